@@ -1,0 +1,42 @@
+# Kiln: `make run` starts the dev fleet, `make test` runs the suite. Both install first.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test lint typecheck check bench clean install tiny
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+tiny: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/kiln models make-tiny
+
+run: tiny
+	@echo "Kiln dev fleet: API http://127.0.0.1:$${KILN_API_PORT:-8000}  Flower http://127.0.0.1:$${KILN_FLOWER_PORT:-5555}"
+	PATH=$(abspath $(BIN)):$$PATH HF_HUB_OFFLINE=1 $(BIN)/honcho -f Procfile.dev start
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q; rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "no tests were collected" >&2; exit 1; fi; exit $$rc
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy app tasks pipelines config
+
+check: lint typecheck test
+
+bench: $(STAMP)
+	for b in batching; do $(BIN)/python -m bench.$$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,47 @@
+"""Kiln's API: ``create_app()`` builds the Flask app (no torch is ever imported here).
+
+    gunicorn -k gthread --threads 32 --no-control-socket "app:create_app()"
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Flask
+from flask_smorest import Api
+
+from config.settings import Settings, from_env
+
+
+def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
+    """Application factory; ``test_config`` may hold ``KILN_SETTINGS`` or Flask keys."""
+    app = Flask(__name__)
+    test_config = dict(test_config or {})
+    settings: Settings = test_config.pop("KILN_SETTINGS", None) or from_env()
+    app.config.update(
+        KILN_SETTINGS=settings,
+        API_TITLE="Kiln",
+        API_VERSION="v1",
+        OPENAPI_VERSION="3.0.3",
+        OPENAPI_URL_PREFIX="/",
+        OPENAPI_JSON_PATH="openapi.json",
+        MAX_CONTENT_LENGTH=64 * 1024,
+        JSON_SORT_KEYS=False,
+    )
+    app.config.update(test_config)
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+
+    from app.errors import register_error_handlers
+    from app.service import init_service
+
+    init_service(app, settings)
+    api = Api(app, spec_kwargs={"info": {"description": "Self-hosted image generation."}})
+    register_error_handlers(app)
+
+    from app import health, jobs, models
+
+    api.register_blueprint(jobs.blp)
+    api.register_blueprint(models.blp)
+    api.register_blueprint(health.blp)
+    return app

@@ -1,0 +1,62 @@
+"""Response schemas (for the OpenAPI spec); request schemas live in ``tasks.schema``."""
+
+from __future__ import annotations
+
+from marshmallow import Schema, fields
+
+from tasks.schema import JobSchema  # noqa: F401  (re-exported: one schema for all doors)
+
+
+class ImageSchema(Schema):
+    url = fields.String(metadata={"description": "presigned or public URL of the PNG"})
+    key = fields.String(metadata={"example": "generated/<job_id>/0.png"})
+    seed = fields.Integer()
+    width = fields.Integer()
+    height = fields.Integer()
+
+
+class ApiErrorDetailSchema(Schema):
+    code = fields.String()
+    message = fields.String()
+    fields = fields.Dict()
+
+
+class ApiErrorSchema(Schema):
+    error = fields.Nested(ApiErrorDetailSchema)
+
+
+class ProgressSchema(Schema):
+    step = fields.Integer()
+    steps = fields.Integer()
+
+
+class JobViewSchema(Schema):
+    id = fields.String()
+    status = fields.String(metadata={"enum": ["queued", "running", "succeeded", "failed",
+                                              "canceled"]})
+    model = fields.String()
+    params = fields.Dict()
+    seeds = fields.List(fields.Integer())
+    created_at = fields.Float(allow_none=True)
+    started_at = fields.Float(allow_none=True)
+    completed_at = fields.Float(allow_none=True)
+    progress = fields.Nested(ProgressSchema)
+    images = fields.List(fields.Nested(ImageSchema))
+    error = fields.Nested(ApiErrorDetailSchema, allow_none=True)
+    attempts = fields.Integer()
+    webhook = fields.Dict(allow_none=True)
+    batch_id = fields.String(allow_none=True)
+    batch_size = fields.Integer(allow_none=True)
+    queue_position = fields.Integer(allow_none=True)
+    eta_s = fields.Float(allow_none=True)
+    urls = fields.Dict(keys=fields.String(), values=fields.String())
+
+
+class ModelListSchema(Schema):
+    object = fields.String()
+    data = fields.List(fields.Dict())
+
+
+class HealthSchema(Schema):
+    status = fields.String()
+    checks = fields.Dict()

@@ -1,0 +1,164 @@
+"""Model entries of ``models.yaml`` as frozen data (no torch here).
+
+An entry names a model, its family and where its weights are. Everything else
+has a default from the family (``pipelines.families``), so five lines of YAML
+add a model:
+
+    - name: my-sdxl
+      family: sdxl
+      source: stabilityai/stable-diffusion-xl-base-1.0   # hub id or local folder
+      dtype: fp16
+      max_batch: 8
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DTYPES = ("fp16", "bf16", "fp32")
+
+
+class ModelConfigError(ValueError):
+    """``models.yaml`` is wrong; the message names the model and the field."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Defaults:
+    width: int | None = None
+    height: int | None = None
+    steps: int | None = None
+    guidance_scale: float | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Limits:
+    min_size: int | None = None
+    max_size: int | None = None
+    max_steps: int | None = None
+    max_n: int = 8
+    max_prompt_chars: int = 2000
+    min_guidance: float = 0.0
+    max_guidance: float = 30.0
+    max_pixels_per_batch: int = 8 * 1024 * 1024
+    max_loras: int = 3
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoraSpec:
+    name: str
+    source: str  # local folder or .safetensors file, or hub id
+    weight_name: str | None = None
+    default_weight: float = 1.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelSpec:
+    name: str
+    family: str  # sd15 | sdxl | flux-schnell | flux-dev | generic
+    source: str = ""  # local folder or hub id
+    tiny: str | None = None  # stand-in recipe built by `kiln models make-tiny`
+    revision: str | None = None
+    variant: str | None = None  # e.g. "fp16" weight files on the hub
+    dtype: str = "fp16"
+    scheduler: str | None = None
+    schedulers: tuple[str, ...] = ()
+    defaults: Defaults = field(default_factory=Defaults)
+    limits: Limits = field(default_factory=Limits)
+    max_batch: int = 4
+    max_wait_ms: int = 50
+    compile: bool = False
+    channels_last: bool = False
+    attention: str = "sdpa"  # sdpa | default
+    vae_slicing: bool = False
+    vae_tiling: bool = False
+    cpu_offload: bool = False
+    upcast_vae: bool | None = None  # SDXL fp16: None = decide from the VAE config
+    vae: str | None = None  # fp16-safe VAE override (folder or hub id)
+    loras: tuple[LoraSpec, ...] = ()
+    soft_time_limit_s: int = 300
+    time_limit_s: int = 360
+    enabled: bool = True
+    description: str = ""
+
+    @property
+    def stand_in(self) -> bool:
+        return self.tiny is not None
+
+    @property
+    def queue(self) -> str:
+        return f"gen.{self.name}"
+
+    def lora(self, name: str) -> LoraSpec | None:
+        return next((lo for lo in self.loras if lo.name == name), None)
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    if data is None:
+        return cls()
+    if not isinstance(data, Mapping):
+        raise ModelConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ModelConfigError(f"{where}: unknown field(s) {', '.join(unknown)}")
+    try:
+        return cls(**dict(data))
+    except TypeError as exc:
+        raise ModelConfigError(f"{where}: {exc}") from None
+
+
+def parse_model(raw: Mapping[str, Any], *, base_dir: Path | None = None) -> ModelSpec:
+    if not isinstance(raw, Mapping):
+        raise ModelConfigError(f"models.yaml: each model must be a mapping, got {raw!r}")
+    name = raw.get("name")
+    if not isinstance(name, str) or not name or not name.replace("-", "").replace(".", "").replace(
+        "_", ""
+    ).isalnum():
+        raise ModelConfigError(f"models.yaml: name must be letters, digits, '-', '_', '.': {name!r}")
+    where = f"models.yaml model {name!r}"
+    data = dict(raw)
+    data["defaults"] = _build(Defaults, data.get("defaults"), f"{where} defaults")
+    data["limits"] = _build(Limits, data.get("limits"), f"{where} limits")
+    data["loras"] = tuple(
+        _build(LoraSpec, lo, f"{where} loras[{i}]") for i, lo in enumerate(data.get("loras") or [])
+    )
+    data["schedulers"] = tuple(data.get("schedulers") or ())
+    spec: ModelSpec = _build(ModelSpec, data, where)
+    if spec.dtype not in DTYPES:
+        raise ModelConfigError(f"{where}: dtype must be one of {DTYPES}, got {spec.dtype!r}")
+    if not spec.source and not spec.tiny:
+        raise ModelConfigError(f"{where}: give a source (folder or hub id) or a tiny recipe")
+    if spec.max_batch < 1 or spec.max_wait_ms < 0:
+        raise ModelConfigError(f"{where}: max_batch must be >= 1 and max_wait_ms >= 0")
+    if spec.time_limit_s <= spec.soft_time_limit_s:
+        raise ModelConfigError(f"{where}: time_limit_s must exceed soft_time_limit_s")
+    # Relative local paths are relative to the models file.
+    if base_dir is not None and spec.source.startswith(("./", "../")):
+        spec = replace(spec, source=str((base_dir / spec.source).resolve()))
+    return spec
+
+
+def load_models(path: Path) -> dict[str, ModelSpec]:
+    """Read ``models.yaml``; returns the enabled models by name, in file order."""
+    try:
+        doc = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise ModelConfigError(f"models file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise ModelConfigError(f"{path}: not valid YAML: {exc}") from None
+    items = doc.get("models") if isinstance(doc, Mapping) else doc
+    if not isinstance(items, list) or not items:
+        raise ModelConfigError(f"{path}: expected a non-empty list under 'models:'")
+    out: dict[str, ModelSpec] = {}
+    for raw in items:
+        spec = parse_model(raw, base_dir=Path(path).parent)
+        if spec.name in out:
+            raise ModelConfigError(f"{path}: model {spec.name!r} is listed twice")
+        if spec.enabled:
+            out[spec.name] = spec
+    return out

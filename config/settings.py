@@ -1,0 +1,170 @@
+"""Settings: one frozen object read once from ``KILN_*`` environment variables.
+
+Nothing else in Kiln reads ``os.environ``. Defaults are the dev profile, so that
+``make run`` and the tests need no configuration at all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+DEFAULT_MODELS_FILE = PACKAGE_DIR / "models.yaml"
+DEFAULT_DATA_DIR = Path.home() / ".cache" / "kiln"
+
+SECRET_FIELDS = frozenset(
+    {"s3_secret_key", "webhook_secret", "flower_basic_auth", "api_keys", "broker_url", "redis_url"}
+)
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+class SettingsError(ValueError):
+    """A ``KILN_*`` variable has a value Kiln cannot use; the message names it."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Every knob Kiln has; ``KILN_<FIELD>`` in upper case sets each one."""
+
+    profile: str = "dev"  # dev | prod
+    data_dir: Path = DEFAULT_DATA_DIR
+
+    # Broker and job store. The dev ports stay clear of a system Redis on 6379.
+    broker_url: str = "redis://127.0.0.1:6390/0"
+    redis_url: str = ""  # job store; defaults to broker_url when it is redis://
+    job_ttl_s: int = 7 * 24 * 3600
+    visibility_timeout_s: int = 0  # 0: derived from the longest model time limit
+
+    # Object storage (any S3 API: AWS, MinIO, R2, SeaweedFS, rclone).
+    s3_endpoint_url: str = "http://127.0.0.1:9390"
+    s3_bucket: str = "kiln"
+    s3_access_key: str = "kiln-dev"
+    s3_secret_key: str = "kiln-dev-secret"
+    s3_region: str = "us-east-1"
+    s3_create_bucket: bool = True
+    public_base_url: str = ""  # e.g. https://cdn.example.com: URLs are <base>/<key>
+    url_expiry_s: int = 3600  # presigned GET lifetime when public_base_url is empty
+
+    # Models.
+    models_file: Path = DEFAULT_MODELS_FILE
+    models_dir: Path = DEFAULT_DATA_DIR / "models"  # where tiny stand-ins live
+    device: str = ""  # "", "cpu", "cuda", "cuda:0": empty picks cuda when present
+
+    # Processes.
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    flower_host: str = "127.0.0.1"
+    flower_port: int = 5555
+    flower_basic_auth: str = ""  # user:password
+    broker_port: int = 6390  # embedded Valkey in the dev fleet
+    s3_port: int = 9390  # embedded S3 server in the dev fleet
+
+    # Webhooks.
+    webhook_secret: str = ""
+    webhook_allow_private: bool = False
+    webhook_max_attempts: int = 6
+    webhook_backoff_s: float = 2.0
+    webhook_timeout_s: float = 10.0
+
+    # Jobs.
+    max_deliveries: int = 3
+    sync_timeout_s: float = 120.0  # OpenAI-compatible endpoint waits this long
+    api_keys: str = ""  # name:sha256hex:scope+scope, comma separated
+    log_format: str = ""  # "json" or "text"; empty: text in dev, json elsewhere
+    log_level: str = "INFO"
+
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.profile not in {"dev", "prod", "test"}:
+            raise SettingsError(f"KILN_PROFILE must be dev, test or prod, got {self.profile!r}")
+        if not self.redis_url:
+            if not self.broker_url.startswith(("redis://", "rediss://")):
+                raise SettingsError(
+                    "KILN_REDIS_URL is required when KILN_BROKER_URL is not a redis:// URL"
+                )
+            object.__setattr__(self, "redis_url", self.broker_url)
+
+    @property
+    def is_dev(self) -> bool:
+        return self.profile == "dev"
+
+    @property
+    def effective_log_format(self) -> str:
+        return self.log_format or ("text" if self.is_dev else "json")
+
+    def redacted(self) -> dict[str, Any]:
+        """The settings as plain values, secrets replaced by ``***``."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            if f.name == "extra":
+                continue
+            value = getattr(self, f.name)
+            if f.name in SECRET_FIELDS and value:
+                value = redact_url(value) if f.name.endswith("_url") else "***"
+            out[f.name] = str(value) if isinstance(value, Path) else value
+        return out
+
+
+def redact_url(url: str) -> str:
+    """``redis://user:pw@host`` → ``redis://user:***@host``."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    cred, _, host = rest.rpartition("@")
+    user = cred.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}" if ":" in cred else f"{scheme}://***@{host}"
+
+
+def _coerce(name: str, raw: str, default: Any) -> Any:
+    if isinstance(default, bool):
+        low = raw.strip().lower()
+        if low in _TRUE:
+            return True
+        if low in _FALSE:
+            return False
+        raise SettingsError(f"KILN_{name.upper()} must be true or false, got {raw!r}")
+    if isinstance(default, int):
+        try:
+            return int(raw)
+        except ValueError:
+            raise SettingsError(f"KILN_{name.upper()} must be an integer, got {raw!r}") from None
+    if isinstance(default, float):
+        try:
+            return float(raw)
+        except ValueError:
+            raise SettingsError(f"KILN_{name.upper()} must be a number, got {raw!r}") from None
+    if isinstance(default, Path):
+        return Path(raw).expanduser()
+    return raw
+
+
+def from_env(env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    """Build settings from ``KILN_*`` variables (``os.environ`` by default)."""
+    env = os.environ if env is None else env
+    defaults = Settings()
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(Settings):
+        if f.name == "extra":
+            continue
+        key = f"KILN_{f.name.upper()}"
+        if key in env:
+            values[f.name] = _coerce(f.name, env[key], getattr(defaults, f.name))
+    data_dir = values.get("data_dir", defaults.data_dir)
+    if "models_dir" not in values:
+        values["models_dir"] = Path(data_dir) / "models"
+    values.update(overrides)
+    return Settings(**values)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return from_env()

@@ -1,0 +1,130 @@
+"""Family rules: what each diffusers architecture takes, and its defaults.
+
+Torch-free on purpose: the API validates requests against these rules without
+loading torch. The worker uses the same rules to build each pipeline call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Request-facing scheduler names → diffusers scheduler class and extra config.
+SCHEDULERS: dict[str, tuple[str, dict[str, object]]] = {
+    "euler": ("EulerDiscreteScheduler", {}),
+    "euler_a": ("EulerAncestralDiscreteScheduler", {}),
+    "ddim": ("DDIMScheduler", {}),
+    "dpmpp_2m": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++"}),
+    "dpmpp_2m_karras": (
+        "DPMSolverMultistepScheduler",
+        {"algorithm_type": "dpmsolver++", "use_karras_sigmas": True},
+    ),
+    "unipc": ("UniPCMultistepScheduler", {}),
+    "pndm": ("PNDMScheduler", {}),
+    "flow_euler": ("FlowMatchEulerDiscreteScheduler", {}),
+}
+UNET_SCHEDULERS = ("dpmpp_2m", "dpmpp_2m_karras", "euler", "euler_a", "ddim", "unipc", "pndm")
+FLOW_SCHEDULERS = ("flow_euler",)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Family:
+    name: str
+    pipeline_class: str
+    size_multiple: int
+    width: int
+    height: int
+    steps: int
+    guidance_scale: float
+    scheduler: str
+    schedulers: tuple[str, ...]
+    min_size: int = 64
+    max_size: int = 2048
+    max_steps: int = 150
+    negative_prompt: bool = True
+    guidance: bool = True  # False: guidance is fixed (schnell) and requests may not set it
+    max_sequence_length: int | None = None
+    text_encoders: int = 1
+
+
+FAMILIES: dict[str, Family] = {
+    f.name: f
+    for f in (
+        Family(
+            name="sd15",
+            pipeline_class="StableDiffusionPipeline",
+            size_multiple=8,
+            width=512,
+            height=512,
+            steps=30,
+            guidance_scale=7.5,
+            scheduler="dpmpp_2m",
+            schedulers=UNET_SCHEDULERS,
+        ),
+        Family(
+            name="sdxl",
+            pipeline_class="StableDiffusionXLPipeline",
+            size_multiple=8,
+            width=1024,
+            height=1024,
+            steps=30,
+            guidance_scale=5.0,
+            scheduler="euler",
+            schedulers=UNET_SCHEDULERS,
+            text_encoders=2,
+        ),
+        Family(
+            name="flux-schnell",
+            pipeline_class="FluxPipeline",
+            size_multiple=16,
+            width=1024,
+            height=1024,
+            steps=4,
+            guidance_scale=0.0,
+            scheduler="flow_euler",
+            schedulers=FLOW_SCHEDULERS,
+            max_steps=50,
+            negative_prompt=False,
+            guidance=False,
+            max_sequence_length=256,
+            text_encoders=2,
+        ),
+        Family(
+            name="flux-dev",
+            pipeline_class="FluxPipeline",
+            size_multiple=16,
+            width=1024,
+            height=1024,
+            steps=28,
+            guidance_scale=3.5,
+            scheduler="flow_euler",
+            schedulers=FLOW_SCHEDULERS,
+            negative_prompt=False,
+            max_sequence_length=512,
+            text_encoders=2,
+        ),
+        Family(
+            name="generic",
+            pipeline_class="DiffusionPipeline",
+            size_multiple=8,
+            width=512,
+            height=512,
+            steps=30,
+            guidance_scale=7.5,
+            scheduler="",
+            schedulers=(),
+        ),
+    )
+}
+
+
+class UnknownFamily(KeyError):
+    pass
+
+
+def get_family(name: str) -> Family:
+    try:
+        return FAMILIES[name]
+    except KeyError:
+        raise UnknownFamily(
+            f"unknown family {name!r}; known: {', '.join(sorted(FAMILIES))}"
+        ) from None

@@ -1,0 +1,85 @@
+"""The Celery app: JSON only, one queue per model, settings for long GPU tasks."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from celery import Celery
+from kombu import Queue
+
+from config.settings import Settings, get_settings
+
+GENERATE = "kiln.generate"
+DELIVER_WEBHOOK = "kiln.deliver_webhook"
+WEBHOOKS_QUEUE = "webhooks"
+
+
+def queue_for(model: str) -> str:
+    return f"gen.{model}"
+
+
+def route_task(name: str, args: Any, kwargs: Any, options: Any, task: Any = None, **kw: Any) -> Any:
+    """Route ``kiln.generate`` by its ``model`` kwarg: one queue per model."""
+    if name == GENERATE and isinstance(kwargs, dict) and isinstance(kwargs.get("model"), str):
+        return {"queue": queue_for(kwargs["model"])}
+    if name == DELIVER_WEBHOOK:
+        return {"queue": WEBHOOKS_QUEUE}
+    return None
+
+
+def visibility_timeout(settings: Settings, longest_time_limit_s: int) -> int:
+    """Above the longest healthy job, or a running job is delivered twice (Redis)."""
+    return settings.visibility_timeout_s or max(600, 2 * longest_time_limit_s)
+
+
+def make_celery(settings: Settings | None = None, *, longest_time_limit_s: int = 360) -> Celery:
+    settings = settings or get_settings()
+    app = Celery("kiln", set_as_current=False)
+    app.conf.update(
+        broker_url=settings.broker_url,
+        result_backend=settings.redis_url,
+        result_expires=settings.job_ttl_s,
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        event_serializer="json",
+        # Long GPU tasks: ack after the work, re-deliver if the worker dies, take one at a time.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_track_started=True,
+        task_send_sent_event=True,
+        worker_send_task_events=True,
+        task_routes=(route_task,),
+        task_default_queue="kiln",
+        task_create_missing_queues=True,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={
+            "visibility_timeout": visibility_timeout(settings, longest_time_limit_s),
+            # Look for a dead worker's unacked messages every few seconds, not every ~100 s.
+            "unacked_restore_interval": 2,
+            "unacked_restore_throttle": 1,
+        },
+        worker_hijack_root_logger=False,
+        worker_redirect_stdouts=False,
+    )
+    app.kiln_settings = settings  # type: ignore[attr-defined]
+    # Register the tasks (their modules import no torch).
+    import tasks.generate  # noqa: F401
+
+    return app
+
+
+def generate_queue(model: str) -> Queue:
+    return Queue(queue_for(model), routing_key=queue_for(model))
+
+
+@lru_cache(maxsize=1)
+def get_celery() -> Celery:
+    """The process-wide app for ``celery -A tasks``."""
+    from config.models import load_models
+
+    settings = get_settings()
+    longest = max((m.time_limit_s for m in load_models(settings.models_file).values()), default=360)
+    return make_celery(settings, longest_time_limit_s=longest)

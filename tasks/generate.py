@@ -1,0 +1,186 @@
+"""``kiln.generate``: one job per Celery message, batched by the worker's engine.
+
+The task thread validates, hands the request to the engine (which batches it with
+other jobs for the same model), then encodes and uploads PNGs while the engine
+already runs the next batch. Bad input fails the job at once and is never
+retried; transient storage or broker errors are retried with backoff.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+from celery import shared_task
+from marshmallow import ValidationError
+
+from config.errors import (
+    Canceled,
+    InvalidInput,
+    KilnError,
+    PermanentError,
+    TooManyDeliveries,
+    TransientError,
+)
+from tasks import runtime as rt
+from tasks.celery_app import GENERATE
+from tasks.images import encode_png
+from tasks.jobs import TERMINAL, now
+from tasks.records import new_record
+from tasks.schema import load_job
+from tasks.storage import image_key
+
+log = logging.getLogger("kiln.generate")
+PROGRESS_EVERY_S = 0.2
+
+
+@shared_task(name=GENERATE, bind=True, acks_late=True, max_retries=3)
+def generate(self: Any, **payload: Any) -> dict[str, Any]:
+    """Generate images for one job; returns the job record (JSON)."""
+    runtime = rt.current()
+    job_id = str(payload.get("job_id") or self.request.id)
+    if runtime is None:
+        raise RuntimeError("kiln.generate runs only in a `kiln worker` process")
+    try:
+        return run_job(runtime, payload, job_id=job_id)
+    except TransientError as exc:
+        if self.request.retries >= self.max_retries:
+            return fail(runtime, job_id, exc)
+        countdown = min(60, 2 ** (self.request.retries + 1))
+        log.warning("job %s: %s; retry in %ss", job_id, exc.message, countdown)
+        runtime.store.transition(job_id, status="queued", allowed_from=("running",),
+                                 event="retrying", data={"reason": exc.code})
+        raise self.retry(exc=exc, countdown=countdown) from None
+
+
+def fail(runtime: rt.Runtime, job_id: str, exc: KilnError) -> dict[str, Any]:
+    status = "canceled" if isinstance(exc, Canceled) else "failed"
+    runtime.store.transition(
+        job_id,
+        status=status,
+        allowed_from=("queued", "running"),
+        event=status,
+        data={"error": exc.to_dict()},
+        completed_at=now(),
+        error=None if status == "canceled" else exc.to_dict(),
+    )
+    log.info("job %s %s: %s", job_id, status, exc.message)
+    return runtime.store.get(job_id) or {"id": job_id, "status": status, "error": exc.to_dict()}
+
+
+def run_job(runtime: rt.Runtime, payload: dict[str, Any], *, job_id: str) -> dict[str, Any]:
+    store = runtime.store
+    # 1. Validate. A malformed message from another service fails its job, never the worker.
+    try:
+        params = load_job(payload, runtime.registry, task=True)
+    except ValidationError as exc:
+        fields = exc.messages if isinstance(exc.messages, dict) else {"_schema": exc.messages}
+        if store.get(job_id) is None:
+            store.create({"id": job_id, "status": "queued", "model": payload.get("model"),
+                          "created_at": now(), "source": "celery", "attempts": 0})
+        return fail(runtime, job_id, InvalidInput("invalid kiln.generate payload", fields=fields))
+    if params["model"] != runtime.model.name:
+        return fail(runtime, job_id, InvalidInput(
+            f"this worker serves {runtime.model.name!r}, not {params['model']!r}",
+            fields={"model": ["sent to the wrong queue"]}))
+
+    # 2. Jobs sent straight to the Celery task get their record here.
+    store.create(new_record(job_id, params, source="celery"))
+    record = store.get(job_id) or {}
+    if record.get("status") in TERMINAL:  # re-delivered after it finished: nothing to do
+        return record
+
+    # 3. Count the delivery; a job that keeps killing workers stops here.
+    attempts = int(record.get("attempts") or 0) + 1
+    if attempts > runtime.settings.max_deliveries:
+        return fail(runtime, job_id, TooManyDeliveries(
+            f"job was delivered {attempts} times without finishing; giving up"))
+    prev, applied = store.transition(
+        job_id, status="running", allowed_from=("queued", "running"), event="started",
+        data={"attempt": attempts}, started_at=now(), attempts=attempts,
+    )
+    if not applied:
+        return store.get(job_id) or record
+
+    # 4. Generate (the engine batches this with other jobs).
+    try:
+        result = _generate(runtime, job_id, params)
+    except TransientError:
+        raise
+    except PermanentError as exc:
+        return fail(runtime, job_id, exc)
+    except KilnError as exc:
+        return fail(runtime, job_id, exc)
+
+    # 5. Encode and upload on this thread, while the engine runs the next batch.
+    images = _upload(runtime, job_id, params, result)
+
+    # 6. Done.
+    batch = result.batches[-1] if result.batches else None
+    store.transition(
+        job_id,
+        status="succeeded",
+        allowed_from=("running",),
+        event="succeeded",
+        data={"images": len(images)},
+        completed_at=now(),
+        images=images,
+        progress={"step": params["steps"], "steps": params["steps"]},
+        batch_id=batch.id if batch else None,
+        batch_size=batch.size if batch else None,
+        batches=[{"id": b.id, "size": b.size} for b in result.batches],
+        run_s=round(result.run_s, 4),
+    )
+    return store.get(job_id) or {}
+
+
+def _generate(runtime: rt.Runtime, job_id: str, params: dict[str, Any]) -> Any:
+    from pipelines.batch import Params
+    from pipelines.engine import Request
+
+    cancel = runtime.cancel_events.setdefault(job_id, threading.Event())
+    last = [0.0]
+
+    def on_progress(step: int, steps: int) -> None:
+        t = time.monotonic()
+        if step >= steps or t - last[0] >= PROGRESS_EVERY_S:
+            last[0] = t
+            runtime.store.progress(job_id, step, steps)
+
+    request = Request(
+        id=job_id,
+        prompt=params["prompt"],
+        negative_prompt=params["negative_prompt"],
+        seeds=list(params["seeds"]),
+        params=Params(
+            width=params["width"],
+            height=params["height"],
+            steps=params["steps"],
+            guidance_scale=params["guidance_scale"],
+            scheduler=params["scheduler"],
+            loras=tuple((lo["name"], lo["weight"]) for lo in params["loras"]),
+        ),
+        on_progress=on_progress,
+        cancel_event=cancel,
+    )
+    try:
+        return runtime.engine.submit(request).result()
+    finally:
+        runtime.cancel_events.pop(job_id, None)
+
+
+def _upload(runtime: rt.Runtime, job_id: str, params: dict[str, Any], result: Any) -> list[dict]:
+    images = []
+    for i, (image, seed) in enumerate(zip(result.images, result.seeds, strict=True)):
+        meta = {k: params[k] for k in ("prompt", "negative_prompt", "model", "steps",
+                                       "guidance_scale", "scheduler", "width", "height")}
+        meta.update(seed=seed, job_id=job_id, index=i)
+        if params["loras"]:
+            meta["loras"] = params["loras"]
+        key = image_key(job_id, i)
+        runtime.storage.put(key, encode_png(image, meta), metadata={"seed": str(seed)})
+        images.append({"url": runtime.storage.url(key), "key": key, "seed": seed,
+                       "width": image.width, "height": image.height})
+    return images

@@ -1,0 +1,151 @@
+"""The job store: one Redis hash per job plus a stream of its events.
+
+``kiln:job:<id>`` holds the record (each field JSON-encoded), ``kiln:job:<id>:events``
+the ordered events (``queued``, ``started``, ``progress``, terminal) that feed the
+live event stream. Both expire after ``job_ttl_s``. Status changes are atomic and
+only move forward: a canceled job never turns ``running`` again.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import redis
+
+from config.errors import BrokerUnavailable
+
+STATUSES = ("queued", "running", "succeeded", "failed", "canceled")
+TERMINAL = frozenset({"succeeded", "failed", "canceled"})
+PREFIX = "kiln:job:"
+
+# KEYS[1] record, KEYS[2] events; ARGV: ttl, allowed-from (comma list or "*"), new status,
+# event type, event data, then field/value pairs. Returns the previous status, or false.
+_TRANSITION = """
+local cur = redis.call('HGET', KEYS[1], 'status')
+if not cur then return false end
+local prev = cjson.decode(cur)
+if ARGV[2] ~= '*' then
+  local ok = false
+  for s in string.gmatch(ARGV[2], '[^,]+') do if s == prev then ok = true end end
+  if not ok then return {prev, 0} end
+end
+if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'status', cjson.encode(ARGV[3])) end
+for i = 6, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+if ARGV[4] ~= '' then
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', 2000, '*', 'type', ARGV[4], 'data', ARGV[5])
+  redis.call('EXPIRE', KEYS[2], ARGV[1])
+end
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return {prev, 1}
+"""
+
+
+def now() -> float:
+    return round(time.time(), 3)
+
+
+def job_key(job_id: str) -> str:
+    return f"{PREFIX}{job_id}"
+
+
+def events_key(job_id: str) -> str:
+    return f"{PREFIX}{job_id}:events"
+
+
+class JobStore:
+    def __init__(self, redis_url: str, *, ttl_s: int = 7 * 24 * 3600) -> None:
+        self.redis = redis.Redis.from_url(
+            redis_url, decode_responses=True, socket_connect_timeout=5, health_check_interval=30
+        )
+        self.ttl_s = ttl_s
+        self._transition = self.redis.register_script(_TRANSITION)
+
+    # -- reads --------------------------------------------------------------
+    def get(self, job_id: str) -> dict[str, Any] | None:
+        try:
+            raw = self.redis.hgetall(job_key(job_id))
+        except redis.RedisError as exc:
+            raise BrokerUnavailable(f"job store unreachable: {type(exc).__name__}") from exc
+        if not raw:
+            return None
+        return {k: json.loads(v) for k, v in raw.items()}
+
+    def events(self, job_id: str, after: str = "0-0", *, block_ms: int | None = None) -> list[
+        tuple[str, str, Any]
+    ]:
+        """Events after stream id ``after``: ``[(event_id, type, data), ...]``."""
+        res = self.redis.xread({events_key(job_id): after}, block=block_ms, count=500)
+        out: list[tuple[str, str, Any]] = []
+        for _stream, entries in res or []:
+            for eid, fields in entries:
+                out.append((eid, fields["type"], json.loads(fields["data"])))
+        return out
+
+    # -- writes -------------------------------------------------------------
+    def create(self, record: Mapping[str, Any], *, event: str = "queued") -> bool:
+        """Write a new record; False when a record with that id already exists."""
+        key = job_key(record["id"])
+        fields = {k: json.dumps(v) for k, v in record.items()}
+        if not self.redis.hsetnx(key, "id", fields["id"]):
+            return False
+        with self.redis.pipeline() as pipe:
+            pipe.hset(key, mapping=fields)
+            pipe.expire(key, self.ttl_s)
+            pipe.xadd(events_key(record["id"]), {"type": event, "data": json.dumps(
+                {"status": record.get("status"), "at": record.get("created_at")})}, maxlen=2000)
+            pipe.expire(events_key(record["id"]), self.ttl_s)
+            pipe.execute()
+        return True
+
+    def transition(
+        self,
+        job_id: str,
+        *,
+        status: str | None = None,
+        allowed_from: Iterable[str] | None = None,
+        event: str | None = None,
+        data: Any = None,
+        **fields: Any,
+    ) -> tuple[str | None, bool]:
+        """Atomically set ``status`` and ``fields`` if the current status is allowed.
+
+        Returns ``(previous_status, applied)``; previous is None when the job does
+        not exist.
+        """
+        if status is not None:
+            fields.pop("status", None)
+        allowed = "*" if allowed_from is None else ",".join(allowed_from)
+        argv: list[Any] = [
+            self.ttl_s,
+            allowed,
+            status or "",
+            event or "",
+            json.dumps(data if data is not None else {}),
+        ]
+        for k, v in fields.items():
+            argv += [k, json.dumps(v)]
+        try:
+            res = self._transition(keys=[job_key(job_id), events_key(job_id)], args=argv)
+        except redis.RedisError as exc:
+            raise BrokerUnavailable(f"job store unreachable: {type(exc).__name__}") from exc
+        if not res:
+            return None, False
+        return res[0], bool(res[1])
+
+    def progress(self, job_id: str, step: int, steps: int) -> None:
+        self.transition(
+            job_id,
+            allowed_from=("running",),
+            event="progress",
+            data={"step": step, "steps": steps},
+            progress={"step": step, "steps": steps},
+        )
+
+    def ping(self) -> bool:
+        try:
+            return bool(self.redis.ping())
+        except redis.RedisError:
+            return False

@@ -1,0 +1,95 @@
+"""What one worker process holds: its model's engine, the job store and storage.
+
+``kiln worker --model M`` builds it, loads and warms the model (in the engine's
+own thread), and only then starts consuming ``gen.M``. A heartbeat key tells the
+API that the model has a ready worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from config.settings import Settings
+from pipelines.registry import Model, Registry
+from tasks.jobs import JobStore
+from tasks.storage import Storage
+
+log = logging.getLogger("kiln.worker")
+
+READY_PREFIX = "kiln:ready:"
+HEARTBEAT_S = 5.0
+
+
+def ready_key(model: str, hostname: str) -> str:
+    return f"{READY_PREFIX}{model}:{hostname}"
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    registry: Registry
+    model: Model
+    hostname: str
+    store: JobStore
+    storage: Storage
+    engine: Any = None
+    cancel_events: dict[str, threading.Event] = field(default_factory=dict)
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def start_engine(self, *, timeout: float | None = None) -> None:
+        from pipelines.engine import Engine  # torch is imported only here, in workers
+
+        self.engine = Engine(self.model, models_dir=self.settings.models_dir,
+                             device=self.settings.device)
+        self.engine.start()
+        self.engine.wait_ready(timeout)
+
+    def heartbeat_forever(self) -> None:
+        key = ready_key(self.model.name, self.hostname)
+        while not self._stop.is_set():
+            try:
+                self.store.redis.set(key, "1", ex=int(HEARTBEAT_S * 3))
+            except Exception as exc:  # keep beating through a broker blip
+                log.warning("heartbeat failed: %s", type(exc).__name__)
+            self._stop.wait(HEARTBEAT_S)
+
+    def start_heartbeat(self) -> None:
+        threading.Thread(target=self.heartbeat_forever, name="kiln-heartbeat", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        try:
+            self.store.redis.delete(ready_key(self.model.name, self.hostname))
+        except Exception:
+            pass
+        if self.engine is not None:
+            self.engine.stop()
+
+
+_RUNTIME: Runtime | None = None
+
+
+def build(settings: Settings, model_name: str, *, hostname: str | None = None) -> Runtime:
+    global _RUNTIME
+    registry = Registry.from_file(settings.models_file)
+    _RUNTIME = Runtime(
+        settings=settings,
+        registry=registry,
+        model=registry[model_name],
+        hostname=hostname or socket.gethostname(),
+        store=JobStore(settings.redis_url, ttl_s=settings.job_ttl_s),
+        storage=Storage(settings),
+    )
+    return _RUNTIME
+
+
+def current() -> Runtime | None:
+    return _RUNTIME
+
+
+def ready_workers(store: JobStore, model: str) -> int:
+    return sum(1 for _ in store.redis.scan_iter(f"{READY_PREFIX}{model}:*", count=100))

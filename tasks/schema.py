@@ -1,0 +1,205 @@
+"""The job schema: one marshmallow schema for every front door and the Celery task.
+
+Field checks live on the schema; checks that depend on the model (sizes, steps,
+family rules, schedulers, LoRAs) are applied by :func:`validate_job` against the
+registry. Both raise ``marshmallow.ValidationError`` keyed by field name, which
+every door turns into ``422 {"error": {"code", "message", "fields"}}``.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from marshmallow import (
+    EXCLUDE,
+    RAISE,
+    Schema,
+    ValidationError,
+    fields,
+    validate,
+    validates_schema,
+)
+
+from pipelines.registry import Registry
+
+MAX_SEED = 2**64 - 1
+MAX_PROMPT = 2000
+
+
+class LoraSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    name = fields.String(required=True, validate=validate.Length(min=1, max=200))
+    weight = fields.Float(
+        load_default=1.0, validate=validate.Range(min=-4, max=4), allow_nan=False
+    )
+
+
+class JobSchema(Schema):
+    """A text-to-image job. Every field but ``prompt`` has a per-model default."""
+
+    class Meta:
+        unknown = RAISE
+        ordered = True
+
+    prompt = fields.String(
+        required=True,
+        validate=validate.Length(min=1, max=MAX_PROMPT),
+        metadata={"example": "a red fox in the snow, golden hour"},
+    )
+    negative_prompt = fields.String(
+        load_default=None, allow_none=True, validate=validate.Length(max=MAX_PROMPT)
+    )
+    model = fields.String(
+        load_default=None,
+        validate=validate.Length(min=1, max=200),
+        metadata={"example": "tiny-sd", "description": "See GET /v1/models; default: the first"},
+    )
+    width = fields.Integer(
+        load_default=None, strict=True, validate=validate.Range(min=8, max=8192),
+        metadata={"example": 64},
+    )
+    height = fields.Integer(
+        load_default=None, strict=True, validate=validate.Range(min=8, max=8192),
+        metadata={"example": 64},
+    )
+    steps = fields.Integer(
+        load_default=None, strict=True, validate=validate.Range(min=1, max=1000),
+        metadata={"example": 4},
+    )
+    guidance_scale = fields.Float(
+        load_default=None, allow_nan=False, validate=validate.Range(min=0, max=100)
+    )
+    scheduler = fields.String(load_default=None, validate=validate.Length(min=1, max=64))
+    seed = fields.Integer(
+        load_default=None,
+        allow_none=True,
+        strict=True,
+        validate=validate.Range(min=0, max=MAX_SEED),
+        metadata={"example": 0, "description": "image i gets seed + i; absent: random"},
+    )
+    n = fields.Integer(
+        load_default=1, strict=True, validate=validate.Range(min=1, max=64),
+        metadata={"description": "number of images"},
+    )
+    loras = fields.List(
+        fields.Nested(LoraSchema), load_default=list, validate=validate.Length(max=16)
+    )
+    webhook_url = fields.Url(
+        load_default=None, allow_none=True, schemes={"http", "https"}, require_tld=False
+    )
+
+    @validates_schema
+    def _seed_range(self, data: dict[str, Any], **_: Any) -> None:
+        seed, n = data.get("seed"), data.get("n") or 1
+        if seed is not None and seed + n - 1 > MAX_SEED:
+            raise ValidationError(f"seed + n - 1 must be <= {MAX_SEED}", "seed")
+
+
+class JobTaskSchema(JobSchema):
+    """What ``kiln.generate`` takes: the job schema plus the ids the API adds."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    job_id = fields.String(load_default=None, validate=validate.Length(min=1, max=64))
+    seeds = fields.List(fields.Integer(validate=validate.Range(min=0, max=MAX_SEED)),
+                        load_default=None)
+
+
+def _check_size(errors: dict[str, list[str]], name: str, value: int, model: Any) -> None:
+    mult = model.family.size_multiple
+    if value % mult:
+        errors.setdefault(name, []).append(f"must be a multiple of {mult}, got {value}")
+    if not model.min_size <= value <= model.max_size:
+        errors.setdefault(name, []).append(
+            f"must be between {model.min_size} and {model.max_size} for {model.name}, got {value}"
+        )
+
+
+def validate_job(data: dict[str, Any], registry: Registry) -> dict[str, Any]:
+    """Apply the model's rules and defaults to loaded job data; returns the job params."""
+    name = data.get("model") or next(iter(registry))
+    if name not in registry:
+        raise ValidationError(
+            {"model": [f"unknown model {name!r}; available: {', '.join(registry)}"]}
+        )
+    model = registry[name]
+    fam, lim = model.family, model.spec.limits
+    errors: dict[str, list[str]] = {}
+
+    def err(field: str, msg: str) -> None:
+        errors.setdefault(field, []).append(msg)
+
+    width = data.get("width") or model.width
+    height = data.get("height") or model.height
+    _check_size(errors, "width", width, model)
+    _check_size(errors, "height", height, model)
+    steps = data.get("steps") or model.steps
+    if steps > model.max_steps:
+        err("steps", f"must be at most {model.max_steps} for {name}, got {steps}")
+    if len(data["prompt"]) > lim.max_prompt_chars:
+        err("prompt", f"must be at most {lim.max_prompt_chars} characters for {name}")
+    if data.get("negative_prompt") is not None and not fam.negative_prompt:
+        err("negative_prompt", f"{fam.name} models take no negative prompt")
+    guidance = data.get("guidance_scale")
+    if guidance is not None and not fam.guidance:
+        if guidance != model.guidance_scale:
+            err("guidance_scale", f"{fam.name} uses a fixed guidance of {model.guidance_scale}")
+    elif guidance is not None and not lim.min_guidance <= guidance <= lim.max_guidance:
+        err("guidance_scale", f"must be between {lim.min_guidance} and {lim.max_guidance}")
+    scheduler = data.get("scheduler") or model.scheduler
+    if data.get("scheduler") and scheduler not in model.schedulers:
+        err("scheduler", f"unknown scheduler {scheduler!r}; choose from {list(model.schedulers)}")
+    n = data.get("n") or 1
+    if n > lim.max_n:
+        err("n", f"must be at most {lim.max_n} for {name}, got {n}")
+    if width * height * min(n, model.spec.max_batch) > lim.max_pixels_per_batch:
+        err("n", f"{n} images of {width}x{height} exceed {lim.max_pixels_per_batch} pixels")
+    loras = data.get("loras") or []
+    if len(loras) > lim.max_loras:
+        err("loras", f"at most {lim.max_loras} LoRAs, got {len(loras)}")
+    for lo in loras:
+        if model.spec.lora(lo["name"]) is None:
+            known = [x.name for x in model.spec.loras]
+            err("loras", f"unknown LoRA {lo['name']!r} for {name}; available: {known}")
+    if len({lo["name"] for lo in loras}) != len(loras):
+        err("loras", "each LoRA may appear once")
+    if errors:
+        raise ValidationError(errors)
+
+    seeds = data.get("seeds")
+    if not seeds or len(seeds) != n:
+        seed = data.get("seed")
+        if seed is None:
+            seed = secrets.randbelow(2**32 - n)
+        seeds = [seed + i for i in range(n)]
+    return {
+        "prompt": data["prompt"],
+        "negative_prompt": data.get("negative_prompt"),
+        "model": name,
+        "width": width,
+        "height": height,
+        "steps": steps,
+        "guidance_scale": model.guidance_scale if guidance is None else float(guidance),
+        "scheduler": scheduler,
+        "n": n,
+        "seed": seeds[0],
+        "seeds": seeds,
+        "loras": [{"name": lo["name"], "weight": float(lo["weight"])} for lo in loras],
+        "webhook_url": data.get("webhook_url"),
+    }
+
+
+def load_job(payload: Any, registry: Registry, *, task: bool = False) -> dict[str, Any]:
+    """Validate a raw payload (dict) into job params; raises ValidationError."""
+    if not isinstance(payload, dict):
+        raise ValidationError({"_schema": ["expected a JSON object"]})
+    schema = JobTaskSchema() if task else JobSchema()
+    data = schema.load(payload)
+    params = validate_job(data, registry)
+    if task and data.get("job_id"):
+        params["job_id"] = data["job_id"]
+    return params

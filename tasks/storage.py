@@ -1,0 +1,91 @@
+"""Object storage on any S3 API (AWS, MinIO, R2, SeaweedFS, rclone) through boto3.
+
+Keys derive from the job id (``generated/<job_id>/<i>.png``), so a re-run
+overwrites, never duplicates. URLs are presigned GETs with an expiry, or
+``<public_base_url>/<key>`` when the operator serves the bucket publicly.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from config.errors import StorageUnavailable
+from config.settings import Settings
+
+log = logging.getLogger("kiln.storage")
+
+
+def image_key(job_id: str, index: int) -> str:
+    return f"generated/{job_id}/{index}.png"
+
+
+class Storage:
+    def __init__(self, settings: Settings) -> None:
+        self.bucket = settings.s3_bucket
+        self.public_base_url = settings.public_base_url.rstrip("/")
+        self.expiry_s = settings.url_expiry_s
+        self.client: Any = boto3.client(
+            "s3",
+            endpoint_url=settings.s3_endpoint_url or None,
+            aws_access_key_id=settings.s3_access_key or None,
+            aws_secret_access_key=settings.s3_secret_key or None,
+            region_name=settings.s3_region,
+            config=Config(
+                signature_version="s3v4",
+                s3={"addressing_style": "path"},
+                retries={"max_attempts": 3, "mode": "standard"},
+                connect_timeout=5,
+                read_timeout=30,
+            ),
+        )
+
+    def ensure_bucket(self) -> None:
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") not in {"404", "NoSuchBucket", "NotFound"}:
+                raise _transient("check bucket", exc) from exc
+            self.client.create_bucket(Bucket=self.bucket)
+            log.info("created bucket %s", self.bucket)
+        except BotoCoreError as exc:
+            raise _transient("check bucket", exc) from exc
+
+    def put(
+        self, key: str, data: bytes, *, content_type: str = "image/png", metadata: dict | None = None
+    ) -> None:
+        try:
+            self.client.put_object(
+                Bucket=self.bucket,
+                Key=key,
+                Body=data,
+                ContentType=content_type,
+                Metadata=metadata or {},
+            )
+        except (BotoCoreError, ClientError) as exc:
+            raise _transient(f"upload {key}", exc) from exc
+
+    def url(self, key: str) -> str:
+        if self.public_base_url:
+            return f"{self.public_base_url}/{key}"
+        return str(
+            self.client.generate_presigned_url(
+                "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=self.expiry_s
+            )
+        )
+
+    def ping(self) -> bool:
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+            return True
+        except (BotoCoreError, ClientError):
+            return False
+
+
+def _transient(what: str, exc: Exception) -> StorageUnavailable:
+    # The message names the operation and the error class, never credentials.
+    return StorageUnavailable(f"object storage failed to {what}: {type(exc).__name__}")

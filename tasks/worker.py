@@ -1,0 +1,72 @@
+"""``kiln worker --model M [--gpu I]``: one process per GPU per model.
+
+Pins the GPU with ``CUDA_VISIBLE_DEVICES`` before torch is imported, loads and
+warms the model in the engine thread, and only then consumes ``gen.M`` on a
+threads pool big enough to fill two batches (one running, one gathering).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from typing import Any
+
+from celery.signals import worker_ready, worker_shutdown
+
+from config.settings import get_settings
+from tasks import runtime as rt
+
+log = logging.getLogger("kiln.worker")
+
+
+def worker_name(model: str, gpu: int | None, host: str | None = None) -> str:
+    return f"{model}@{'cpu' if gpu is None else f'gpu{gpu}'}@{host or socket.gethostname()}"
+
+
+def run_worker(
+    model: str,
+    *,
+    gpu: int | None = None,
+    concurrency: int | None = None,
+    loglevel: str = "INFO",
+    extra_args: tuple[str, ...] = (),
+) -> None:
+    if gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)  # before torch is imported
+    settings = get_settings()
+    name = worker_name(model, gpu)
+    runtime = rt.build(settings, model, hostname=name)
+
+    t0 = time.perf_counter()
+    runtime.start_engine()
+    log.info("model %s ready in %.2fs (worker %s)", model, time.perf_counter() - t0, name)
+    runtime.storage.ensure_bucket()
+
+    def on_ready(**_: Any) -> None:
+        runtime.start_heartbeat()
+
+    def on_shutdown(**_: Any) -> None:
+        runtime.stop()
+
+    worker_ready.connect(on_ready, weak=False)
+    worker_shutdown.connect(on_shutdown, weak=False)
+
+    from tasks.celery_app import get_celery
+
+    threads = concurrency or max(2, 2 * runtime.model.spec.max_batch)
+    argv = [
+        "worker",
+        f"--queues={runtime.model.queue}",
+        "--pool=threads",
+        f"--concurrency={threads}",
+        f"--hostname={name}",
+        f"--loglevel={loglevel}",
+        "--prefetch-multiplier=1",
+        "--task-events",
+        "--without-gossip",
+        "--without-mingle",
+        *extra_args,
+    ]
+    get_celery().worker_main(argv)

@@ -1,0 +1,181 @@
+"""Start the real stack on free ports: Valkey, an S3 server, workers, the API.
+
+Used by the integration fixtures and by the benchmarks. Every process is a real
+subprocess; everything listens on 127.0.0.1 only and is stopped on close.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+import requests
+
+from app.devfleet import s3_argv, valkey_argv
+from config.settings import Settings, from_env
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(check, *, timeout: float, what: str, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{what}: process exited with {proc.returncode}")
+        with contextlib.suppress(Exception):
+            if check():
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"{what} not ready after {timeout}s")
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen
+    log: Path
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> None:
+        if self.popen.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.popen.pid, sig)
+        try:
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.popen.pid, signal.SIGKILL)
+            self.popen.wait(5)
+
+    def kill(self) -> None:
+        """SIGKILL the process itself (as the OOM killer would)."""
+        with contextlib.suppress(ProcessLookupError):
+            self.popen.send_signal(signal.SIGKILL)
+        self.popen.wait(10)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+@dataclass
+class Stack:
+    workdir: Path
+    env_overrides: Mapping[str, str] = field(default_factory=dict)
+    models_dir: Path | None = None
+    procs: list[Proc] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    api_url: str = ""
+
+    # -- servers --------------------------------------------------------------
+    def start_servers(self, *, broker_url: str | None = None) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        redis_port, s3_port = free_port(), free_port()
+        access, secret = "kiln-test", "kiln-test-secret-" + os.urandom(6).hex()
+        self.spawn("valkey", valkey_argv(redis_port))
+        s3_dir = self.workdir / "s3"
+        s3_dir.mkdir(exist_ok=True)
+        self.spawn("s3", s3_argv(s3_port, s3_dir, access, secret))
+        redis_url = f"redis://127.0.0.1:{redis_port}/0"
+        wait_for(lambda: redis.Redis.from_url(redis_url).ping(), timeout=20, what="valkey")
+        wait_for(lambda: socket.create_connection(("127.0.0.1", s3_port), 0.5),
+                 timeout=20, what="s3")
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("KILN_")},
+            "HF_HUB_OFFLINE": "1",
+            "PYTHONUNBUFFERED": "1",
+            "KILN_PROFILE": "test",
+            "KILN_DATA_DIR": str(self.workdir / "data"),
+            "KILN_MODELS_DIR": str(self.models_dir or self.workdir / "models"),
+            "KILN_BROKER_URL": broker_url or redis_url,
+            "KILN_REDIS_URL": redis_url,
+            "KILN_S3_ENDPOINT_URL": f"http://127.0.0.1:{s3_port}",
+            "KILN_S3_ACCESS_KEY": access,
+            "KILN_S3_SECRET_KEY": secret,
+            "KILN_S3_BUCKET": "kiln-test",
+            **self.env_overrides,
+        }
+
+    @property
+    def settings(self) -> Settings:
+        return from_env(self.env)
+
+    def spawn(self, name: str, argv: list[str], *, env: Mapping[str, str] | None = None) -> Proc:
+        log = self.workdir / f"{name}.log"
+        fh = log.open("ab")
+        popen = subprocess.Popen(
+            argv, cwd=ROOT, env=dict(env or self.env or os.environ), stdout=fh,
+            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+        proc = Proc(name, popen, log)
+        self.procs.append(proc)
+        return proc
+
+    # -- kiln processes -------------------------------------------------------
+    def start_worker(self, model: str, *, name: str | None = None, args: tuple[str, ...] = (),
+                     env: Mapping[str, str] | None = None, wait: bool = True,
+                     timeout: float = 120) -> Proc:
+        proc = self.spawn(name or f"worker-{model}",
+                          [str(BIN / "kiln"), "worker", "--model", model, *args],
+                          env={**self.env, **(env or {})})
+        if wait:
+            self.wait_worker_ready(model, proc, timeout=timeout)
+        return proc
+
+    def ready_workers(self, model: str) -> int:
+        r = redis.Redis.from_url(self.env["KILN_REDIS_URL"])
+        return sum(1 for _ in r.scan_iter(f"kiln:ready:{model}:*"))
+
+    def wait_worker_ready(self, model: str, proc: Proc, *, timeout: float = 120,
+                          count: int = 1) -> None:
+        try:
+            wait_for(lambda: self.ready_workers(model) >= count, timeout=timeout,
+                     what=f"worker {model}", proc=proc.popen)
+        except Exception as exc:
+            raise RuntimeError(f"{exc}\n--- {proc.name} log ---\n{proc.output()[-4000:]}") from exc
+
+    def start_api(self, *, threads: int = 16, workers: int = 1,
+                  env: Mapping[str, str] | None = None) -> str:
+        port = free_port()
+        proc = self.spawn(
+            f"api-{port}",
+            [str(BIN / "gunicorn"), "-k", "gthread", "--threads", str(threads), "--workers",
+             str(workers), "--no-control-socket", "-b", f"127.0.0.1:{port}",
+             "app:create_app()"],
+            env={**self.env, **(env or {})},
+        )
+        url = f"http://127.0.0.1:{port}"
+        wait_for(lambda: requests.get(f"{url}/healthz", timeout=1).ok, timeout=30,
+                 what="api", proc=proc.popen)
+        self.api_url = self.api_url or url
+        return url
+
+    def close(self) -> None:
+        for proc in reversed(self.procs):
+            proc.stop()
+        self.procs.clear()
+
+
+@contextlib.contextmanager
+def running_stack(workdir: Path, **kw) -> Iterator[Stack]:
+    stack = Stack(workdir, **kw)
+    try:
+        stack.start_servers()
+        yield stack
+    finally:
+        stack.close()
