@@ -99,6 +99,10 @@ class Stack:
             **{k: v for k, v in os.environ.items() if not k.startswith("KILN_")},
             "HF_HUB_OFFLINE": "1",
             "PYTHONUNBUFFERED": "1",
+            # Subprocesses import this checkout, whatever the venv's editable install points at.
+            "PYTHONPATH": os.pathsep.join(
+                [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
+            ),
             "KILN_PROFILE": "test",
             "KILN_DATA_DIR": str(self.workdir / "data"),
             "KILN_MODELS_DIR": str(self.models_dir or self.workdir / "models"),
