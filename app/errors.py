@@ -72,10 +72,7 @@ def register_error_handlers(app: Flask) -> None:
         status = exc.code or 500
         data = getattr(exc, "data", None) or {}
         fields = flatten_messages(data["messages"]) if "messages" in data else None
-        if fields:
-            message = validation_message(fields)
-        else:
-            message = exc.description or exc.name
+        message = validation_message(fields) if fields else exc.description or exc.name
         resp = jsonify(error_body(CODES.get(status, "error"), message, fields))
         for k, v in (data.get("headers") or {}).items():
             resp.headers[k] = v

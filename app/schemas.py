@@ -18,7 +18,7 @@ class ImageSchema(Schema):
 class ApiErrorDetailSchema(Schema):
     code = fields.String()
     message = fields.String()
-    fields = fields.Dict()
+    fields_ = fields.Dict(data_key="fields", metadata={"description": "messages by field name"})
 
 
 class ApiErrorSchema(Schema):

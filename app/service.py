@@ -13,8 +13,8 @@ def init_service(app: Flask, settings: Settings) -> None:
 
 
 def dispatcher() -> Dispatcher:
-    return current_app.extensions["kiln"]  # type: ignore[no-any-return]
+    return current_app.extensions["kiln"]
 
 
 def settings() -> Settings:
-    return current_app.config["KILN_SETTINGS"]  # type: ignore[no-any-return]
+    return current_app.config["KILN_SETTINGS"]

@@ -63,9 +63,8 @@ def setup_logging(settings: Settings) -> None:
         handler.setFormatter(
             logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
         )
-    handler.addFilter(
-        RedactingFilter((settings.s3_secret_key, settings.webhook_secret, settings.flower_basic_auth))
-    )
+    secrets = (settings.s3_secret_key, settings.webhook_secret, settings.flower_basic_auth)
+    handler.addFilter(RedactingFilter(secrets))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level.upper())

@@ -119,7 +119,9 @@ def parse_model(raw: Mapping[str, Any], *, base_dir: Path | None = None) -> Mode
     if not isinstance(name, str) or not name or not name.replace("-", "").replace(".", "").replace(
         "_", ""
     ).isalnum():
-        raise ModelConfigError(f"models.yaml: name must be letters, digits, '-', '_', '.': {name!r}")
+        raise ModelConfigError(
+            f"models.yaml: name must be letters, digits, '-', '_', '.': {name!r}"
+        )
     where = f"models.yaml model {name!r}"
     data = dict(raw)
     data["defaults"] = _build(Defaults, data.get("defaults"), f"{where} defaults")

@@ -64,7 +64,7 @@ def make_celery(settings: Settings | None = None, *, longest_time_limit_s: int =
         worker_hijack_root_logger=False,
         worker_redirect_stdouts=False,
     )
-    app.kiln_settings = settings  # type: ignore[attr-defined]
+    app.kiln_settings = settings
     # Register the tasks (their modules import no torch).
     import tasks.generate  # noqa: F401
 

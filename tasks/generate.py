@@ -97,7 +97,7 @@ def run_job(runtime: rt.Runtime, payload: dict[str, Any], *, job_id: str) -> dic
     if attempts > runtime.settings.max_deliveries:
         return fail(runtime, job_id, TooManyDeliveries(
             f"job was delivered {attempts} times without finishing; giving up"))
-    prev, applied = store.transition(
+    _prev, applied = store.transition(
         job_id, status="running", allowed_from=("queued", "running"), event="started",
         data={"attempt": attempts}, started_at=now(), attempts=attempts,
     )

@@ -57,7 +57,7 @@ def events_key(job_id: str) -> str:
 
 class JobStore:
     def __init__(self, redis_url: str, *, ttl_s: int = 7 * 24 * 3600) -> None:
-        self.redis = redis.Redis.from_url(
+        self.redis: Any = redis.Redis.from_url(
             redis_url, decode_responses=True, socket_connect_timeout=5, health_check_interval=30
         )
         self.ttl_s = ttl_s

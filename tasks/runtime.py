@@ -7,6 +7,7 @@ API that the model has a ready worker.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import threading
@@ -62,10 +63,8 @@ class Runtime:
 
     def stop(self) -> None:
         self._stop.set()
-        try:
+        with contextlib.suppress(Exception):
             self.store.redis.delete(ready_key(self.model.name, self.hostname))
-        except Exception:
-            pass
         if self.engine is not None:
             self.engine.stop()
 

@@ -56,7 +56,12 @@ class Storage:
             raise _transient("check bucket", exc) from exc
 
     def put(
-        self, key: str, data: bytes, *, content_type: str = "image/png", metadata: dict | None = None
+        self,
+        key: str,
+        data: bytes,
+        *,
+        content_type: str = "image/png",
+        metadata: dict | None = None,
     ) -> None:
         try:
             self.client.put_object(

@@ -1,0 +1,1 @@
+"""Benchmarks: each prints a small table and ratios measured side by side in one run."""

@@ -1,0 +1,102 @@
+"""What the benchmarks share: a stack with one model's worker, bursts of jobs, tables."""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from config.settings import DEFAULT_MODELS_FILE
+from tests.stack import Stack
+from tests.support import KilnHTTP
+
+
+def models_file(directory: Path, **overrides: Any) -> Path:
+    """A copy of the shipped models.yaml with fields overridden on every model."""
+    doc = yaml.safe_load(DEFAULT_MODELS_FILE.read_text())
+    for m in doc["models"]:
+        m.update(overrides)
+    out = directory / f"models-{abs(hash(tuple(sorted(overrides.items()))))}.yaml"
+    out.write_text(yaml.safe_dump(doc))
+    return out
+
+
+@contextmanager
+def stack_with_worker(
+    model: str, *, models_dir: Path, workdir: Path | None = None, **model_overrides: Any
+) -> Iterator[tuple[Stack, KilnHTTP]]:
+    tmp = Path(workdir or tempfile.mkdtemp(prefix="kiln-bench-"))
+    mf = models_file(tmp, **model_overrides)
+    stack = Stack(
+        tmp / f"stack-{time.monotonic_ns()}",
+        models_dir=models_dir,
+        env_overrides={"KILN_MODELS_FILE": str(mf), "KILN_LOG_LEVEL": "WARNING"},
+    )
+    try:
+        stack.start_servers()
+        stack.start_worker(model, timeout=300)
+        stack.start_api()
+        yield stack, KilnHTTP(stack.api_url)
+    finally:
+        stack.close()
+
+
+def burst(api: KilnHTTP, jobs: Sequence[dict[str, Any]], *, timeout: float = 600) -> dict:
+    """Submit all jobs at once, wait for all; wall time, per-job completion times."""
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(16) as pool:
+        submitted = list(pool.map(lambda j: api.submit(**j), jobs))
+    done: dict[str, float] = {}
+    records: dict[str, dict] = {}
+    deadline = time.monotonic() + timeout
+    pending = {j["id"] for j in submitted}
+    while pending and time.monotonic() < deadline:
+        for job_id in list(pending):
+            rec = api.get(f"/v1/jobs/{job_id}").json()
+            if rec["status"] in {"succeeded", "failed", "canceled"}:
+                done[job_id] = time.perf_counter() - t0
+                records[job_id] = rec
+                pending.discard(job_id)
+        time.sleep(0.02)
+    if pending:
+        raise TimeoutError(f"{len(pending)} jobs unfinished")
+    failed = [r for r in records.values() if r["status"] != "succeeded"]
+    if failed:
+        raise RuntimeError(f"{len(failed)} jobs failed: {failed[0].get('error')}")
+    wall = max(done.values())
+    images = sum(len(r["images"]) for r in records.values())
+    lat = sorted(done.values())
+    return {
+        "wall_s": wall,
+        "images": images,
+        "images_per_s": images / wall,
+        "p50_s": statistics.median(lat),
+        "p95_s": lat[min(len(lat) - 1, int(0.95 * len(lat)))],
+        "calls": len({b["id"] for r in records.values() for b in r.get("batches") or []}),
+        "records": records,
+    }
+
+
+def table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
+    cells = [[str(c) for c in header]] + [[fmt(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.3f}" if abs(v) < 100 else f"{v:.1f}"
+    return str(v)
+
+
+__all__ = ["burst", "models_file", "replace", "stack_with_worker", "table"]

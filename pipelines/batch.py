@@ -1,0 +1,153 @@
+"""One pipeline call for many images of one compatibility key.
+
+Prompts, negative prompts and seeds may differ within a call; everything in
+:class:`Params` must be equal. Each image has its own ``torch.Generator``, so an
+image made in a batch is the image its seed makes alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from config.errors import InvalidInput
+from pipelines.registry import Model
+
+MAX_SEED = 2**64 - 1
+
+
+@dataclass(frozen=True, kw_only=True)
+class Params:
+    """Everything that must be equal within one pipeline call (hashable: the batch key)."""
+
+    width: int
+    height: int
+    steps: int
+    guidance_scale: float
+    scheduler: str
+    loras: tuple[tuple[str, float], ...] = ()
+
+
+@dataclass(frozen=True)
+class Item:
+    """One image: its prompt, negative prompt (``None``: none) and seed."""
+
+    prompt: str
+    negative_prompt: str | None
+    seed: int
+
+
+def check_inputs(model: Model, params: Params, items: Sequence[Item]) -> None:
+    """Raise ``InvalidInput`` naming the argument and the bad value."""
+    fam = model.family
+    for name in ("width", "height"):
+        value = getattr(params, name)
+        if value < fam.size_multiple or value % fam.size_multiple:
+            raise InvalidInput(
+                f"`{name}` must be a positive multiple of {fam.size_multiple}, got {value}",
+                fields={name: [value]},
+            )
+    if params.steps < 1:
+        raise InvalidInput(
+            f"`steps` must be >= 1, got {params.steps}", fields={"steps": [params.steps]}
+        )
+    if not items:
+        raise InvalidInput("`items` is empty", fields={"items": []})
+    for item in items:
+        if not 0 <= item.seed <= MAX_SEED:
+            raise InvalidInput(
+                f"`seed` must be in [0, 2**64-1], got {item.seed}", fields={"seed": [item.seed]}
+            )
+        if item.negative_prompt is not None and not fam.negative_prompt:
+            raise InvalidInput(
+                f"{fam.name} takes no `negative_prompt`, got {item.negative_prompt!r}",
+                fields={"negative_prompt": ["-"]},
+            )
+
+
+def run_batch(
+    loaded: Any,
+    params: Params,
+    items: Sequence[Item],
+    *,
+    on_step: Callable[[int], bool | None] | None = None,
+) -> list[Any]:
+    """Generate one PIL image per item in ONE pipeline call.
+
+    ``on_step(step)`` is called after each denoising step (1-based); returning True
+    stops the remaining steps, raising aborts the call.
+    """
+    import torch
+
+    model: Model = loaded.model
+    pipe = loaded.pipe
+    # 1. Check inputs.
+    check_inputs(model, params, items)
+
+    # 2. Scheduler and LoRA set for this key (no-ops when already set).
+    loaded.set_scheduler(params.scheduler)
+    loaded.set_loras(params.loras)
+
+    # 3. One generator per image, on the pipeline's device.
+    generators = [torch.Generator(loaded.device).manual_seed(it.seed) for it in items]
+
+    # 4. Step callback: progress, cancellation.
+    def callback(p: Any, step: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+        if on_step is not None and on_step(step + 1):
+            p._interrupt = True
+        return kwargs
+
+    # 5. Family-specific inputs.
+    kwargs: dict[str, Any] = dict(
+        num_inference_steps=params.steps,
+        width=params.width,
+        height=params.height,
+        generator=generators,
+        output_type="pil",
+        callback_on_step_end=callback,
+    )
+    fam = model.family.name
+    with torch.inference_mode():
+        if fam == "sdxl":
+            kwargs.update(_sdxl_embeddings(loaded, params, items))
+        elif fam.startswith("flux"):
+            kwargs["prompt"] = [it.prompt for it in items]
+            limit = model.family.max_sequence_length or 512
+            kwargs["max_sequence_length"] = min(limit, pipe.tokenizer_2.model_max_length)
+            kwargs["guidance_scale"] = params.guidance_scale
+        else:
+            kwargs["prompt"] = [it.prompt for it in items]
+            kwargs["negative_prompt"] = [it.negative_prompt or "" for it in items]
+            kwargs["guidance_scale"] = params.guidance_scale
+
+        # 6. Denoise and decode.
+        out = pipe(**kwargs)
+    return list(out.images)
+
+
+def _sdxl_embeddings(loaded: Any, params: Params, items: Sequence[Item]) -> dict[str, Any]:
+    """Encode each request alone and concatenate: a missing negative prompt stays zeros."""
+    import torch
+
+    cfg = params.guidance_scale > 1.0
+    parts: list[tuple[Any, Any, Any, Any]] = [
+        loaded.pipe.encode_prompt(
+            prompt=it.prompt,
+            device=loaded.device,
+            num_images_per_prompt=1,
+            do_classifier_free_guidance=cfg,
+            negative_prompt=it.negative_prompt,
+        )
+        for it in items
+    ]
+    pe, npe, ppe, nppe = (list(x) for x in zip(*parts, strict=True))
+    out: dict[str, Any] = {
+        "prompt_embeds": torch.cat(pe),
+        "pooled_prompt_embeds": torch.cat(ppe),
+        "guidance_scale": params.guidance_scale,
+    }
+    if cfg:
+        out["negative_prompt_embeds"] = torch.cat(npe)
+        out["negative_pooled_prompt_embeds"] = torch.cat(nppe)
+    return out

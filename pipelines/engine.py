@@ -1,0 +1,321 @@
+"""The engine: one thread per worker process owns all torch work and batches requests.
+
+Requests arrive from many task threads (``submit`` is thread-safe). The engine
+thread gathers queued images with the same :class:`~pipelines.batch.Params` until
+``max_batch`` images or ``max_wait_ms`` after the oldest, runs ONE pipeline call,
+and resolves each request's future once all of its images exist. A request with
+``n`` images takes ``n`` slots and may span batches. The thread loads and warms
+the model itself (torch used from two threads runs markedly slower on the CPU)
+and survives any failure of a batch, failing only that batch's requests.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from config.errors import Canceled, EngineNotReady, GenerationFailed, KilnError, OutOfMemory
+from pipelines.batch import Item, Params, run_batch
+from pipelines.registry import Model
+
+log = logging.getLogger("kiln.engine")
+
+
+@dataclass(kw_only=True)
+class Request:
+    id: str
+    prompt: str
+    negative_prompt: str | None = None
+    seeds: list[int]
+    params: Params
+    on_progress: Callable[[int, int], None] | None = None
+    cancel_event: threading.Event | None = None
+
+
+@dataclass
+class BatchInfo:
+    id: str
+    size: int
+
+
+@dataclass
+class Result:
+    images: list[Any]
+    seeds: list[int]
+    batches: list[BatchInfo]
+    run_s: float
+
+
+@dataclass(eq=False)
+class _Pending:
+    request: Request
+    future: Future[Result]
+    arrived: float
+    todo: collections.deque[int]  # image indexes not yet scheduled
+    images: dict[int, Any] = field(default_factory=dict)
+    batches: list[BatchInfo] = field(default_factory=list)
+    run_s: float = 0.0
+
+    @property
+    def canceled(self) -> bool:
+        ev = self.request.cancel_event
+        return ev is not None and ev.is_set()
+
+
+class _Abort(Exception):
+    """Raised from the step callback when every request of a batch was canceled."""
+
+
+def _default_load(model: Model, models_dir: Path, device: str) -> Any:
+    from pipelines.loader import load_model, warm_up
+
+    loaded = load_model(model, device=device, models_dir=models_dir)
+    warm_up(loaded)
+    return loaded
+
+
+class Engine:
+    def __init__(
+        self,
+        model: Model,
+        *,
+        models_dir: Path,
+        device: str = "",
+        load: Callable[[], Any] | None = None,
+        on_batch: Callable[[BatchInfo, float, float], None] | None = None,
+    ) -> None:
+        self.model = model
+        self.max_batch = model.spec.max_batch
+        self.max_wait_s = model.spec.max_wait_ms / 1000
+        self._load = load or (lambda: _default_load(model, models_dir, device))
+        self.on_batch = on_batch
+        self.loaded: Any = None
+        self._load_error: BaseException | None = None
+        self._ready = threading.Event()
+        self._cond = threading.Condition()
+        self._pending: list[_Pending] = []
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self.shape_limits: dict[tuple[int, int], int] = {}
+        self.stats: dict[str, Any] = {
+            "calls": 0,
+            "images": 0,
+            "oom_splits": 0,
+            "batch_sizes": collections.Counter(),
+            "failures": 0,
+        }
+
+    # -- lifecycle ----------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(
+            target=self._main, name=f"kiln-engine-{self.model.name}", daemon=True
+        )
+        self._thread.start()
+
+    def wait_ready(self, timeout: float | None = None) -> None:
+        if not self._ready.wait(timeout):
+            raise EngineNotReady(f"model {self.model.name} not loaded after {timeout}s")
+        if self._load_error is not None:
+            raise self._load_error
+
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set() and self._load_error is None
+
+    def stop(self, timeout: float = 10) -> None:
+        with self._cond:
+            self._stopping = True
+            pending, self._pending = self._pending, []
+            self._cond.notify_all()
+        for p in pending:
+            _fail(p, EngineNotReady("worker is shutting down"))
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def submit(self, request: Request) -> Future[Result]:
+        """Queue a request; the future resolves with all of its images."""
+        fut: Future[Result] = Future()
+        if not request.seeds:
+            fut.set_exception(GenerationFailed("request has no seeds"))
+            return fut
+        p = _Pending(request, fut, time.monotonic(), collections.deque(range(len(request.seeds))))
+        with self._cond:
+            if self._stopping:
+                fut.set_exception(EngineNotReady("worker is shutting down"))
+                return fut
+            self._pending.append(p)
+            self._cond.notify_all()
+        return fut
+
+    # -- the engine thread --------------------------------------------------------
+    def _main(self) -> None:
+        try:
+            self.loaded = self._load()
+        except BaseException as exc:
+            log.exception("loading %s failed", self.model.name)
+            self._load_error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        while True:
+            batch = self._next_batch()
+            if batch is None:
+                return
+            params, slots = batch
+            self._run(params, slots)
+
+    def _limit(self, params: Params) -> int:
+        return self.shape_limits.get((params.width, params.height), self.max_batch)
+
+    def _next_batch(self) -> tuple[Params, list[tuple[_Pending, int]]] | None:
+        with self._cond:
+            while True:
+                if self._stopping:
+                    return None
+                for p in [p for p in self._pending if p.canceled]:
+                    self._pending.remove(p)
+                    _fail(p, Canceled("canceled before it ran"))
+                groups: dict[Params, list[_Pending]] = {}
+                for p in self._pending:
+                    groups.setdefault(p.request.params, []).append(p)
+                now, wake = time.monotonic(), None
+                ready: list[tuple[float, Params]] = []
+                for key, ps in groups.items():
+                    oldest = min(p.arrived for p in ps)
+                    deadline = oldest + self.max_wait_s
+                    if sum(len(p.todo) for p in ps) >= self._limit(key) or now >= deadline:
+                        ready.append((oldest, key))
+                    else:
+                        wake = deadline if wake is None else min(wake, deadline)
+                if ready:
+                    _, key = min(ready, key=lambda r: r[0])
+                    return key, self._take(key, groups[key])
+                self._cond.wait(None if wake is None else max(0.0, wake - now))
+
+    def _take(self, key: Params, group: list[_Pending]) -> list[tuple[_Pending, int]]:
+        slots: list[tuple[_Pending, int]] = []
+        limit = self._limit(key)
+        for p in sorted(group, key=lambda p: p.arrived):
+            while p.todo and len(slots) < limit:
+                slots.append((p, p.todo.popleft()))
+            if not p.todo:
+                self._pending.remove(p)
+            if len(slots) >= limit:
+                break
+        return slots
+
+    def _run(self, params: Params, slots: list[tuple[_Pending, int]]) -> None:
+        import torch
+
+        live = [s for s in slots if not s[0].future.done()]
+        if not live:
+            return
+        try:
+            self._call(params, live)
+        except torch.cuda.OutOfMemoryError:
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            if len(live) == 1:
+                self._fail_slots(
+                    live,
+                    OutOfMemory(
+                        f"one {params.width}x{params.height} image does not fit in device memory"
+                    ),
+                )
+                return
+            half = len(live) // 2
+            shape = (params.width, params.height)
+            self.shape_limits[shape] = max(1, min(self._limit(params), half))
+            self.stats["oom_splits"] += 1
+            log.warning(
+                "out of memory at batch %d for %dx%d: splitting, max_batch now %d",
+                len(live),
+                *shape,
+                self.shape_limits[shape],
+            )
+            self._run(params, live[:half])
+            self._run(params, live[half:])
+        except _Abort:
+            pass  # every request of the batch was canceled; their futures are failed
+        except KilnError as exc:
+            self._fail_slots(live, exc)
+        except Exception as exc:
+            log.exception("batch failed for %s", self.model.name)
+            self._fail_slots(
+                live, GenerationFailed(f"generation failed: {type(exc).__name__}: {exc}"[:500])
+            )
+
+    def _call(self, params: Params, slots: list[tuple[_Pending, int]]) -> None:
+        requests = list(dict.fromkeys(p for p, _ in slots))
+        info = BatchInfo(uuid.uuid4().hex[:12], len(slots))
+
+        def on_step(step: int) -> bool:
+            alive = 0
+            for p in requests:
+                if p.future.done():
+                    continue
+                if p.canceled:
+                    self._drop(p, Canceled(f"canceled at step {step}"))
+                    continue
+                alive += 1
+                if p.request.on_progress is not None:
+                    try:
+                        p.request.on_progress(step, params.steps)
+                    except Exception:  # a broken callback never breaks the batch
+                        log.warning("progress callback of %s failed", p.request.id, exc_info=True)
+            if not alive:
+                raise _Abort
+            return False
+
+        items = [
+            Item(p.request.prompt, p.request.negative_prompt, p.request.seeds[i]) for p, i in slots
+        ]
+        t0 = time.perf_counter()
+        images = run_batch(self.loaded, params, items, on_step=on_step)
+        took = time.perf_counter() - t0
+        self.stats["calls"] += 1
+        self.stats["images"] += len(items)
+        self.stats["batch_sizes"][len(items)] += 1
+        if self.on_batch is not None:
+            try:
+                self.on_batch(info, took, len(items) / max(1, self._limit(params)))
+            except Exception:
+                log.warning("on_batch hook failed", exc_info=True)
+        for (p, i), image in zip(slots, images, strict=True):
+            if p.future.done():
+                continue
+            p.images[i] = image
+            if not p.batches or p.batches[-1] is not info:
+                p.batches.append(info)
+                p.run_s += took
+            if len(p.images) == len(p.request.seeds):
+                seeds = p.request.seeds
+                p.future.set_result(
+                    Result(
+                        [p.images[k] for k in range(len(seeds))], list(seeds), p.batches, p.run_s
+                    )
+                )
+
+    def _drop(self, p: _Pending, exc: Exception) -> None:
+        with self._cond:
+            if p in self._pending:
+                self._pending.remove(p)
+        _fail(p, exc)
+
+    def _fail_slots(self, slots: list[tuple[_Pending, int]], exc: Exception) -> None:
+        self.stats["failures"] += 1
+        for p in dict.fromkeys(p for p, _ in slots):
+            self._drop(p, exc)
+
+
+def _fail(p: _Pending, exc: Exception) -> None:
+    if not p.future.done():
+        p.future.set_exception(exc)
