@@ -1,0 +1,46 @@
+"""dtype/device selection: half precision on CUDA, fp32 fallback on the CPU."""
+
+import logging
+
+import pytest
+import torch
+
+from pipelines import devices
+from pipelines.devices import pick_device, pick_dtype
+
+
+@pytest.fixture(autouse=True)
+def fresh_warnings() -> None:
+    devices._warned.clear()
+
+
+def test_fp16_on_cuda() -> None:
+    assert pick_dtype("fp16", "cuda") is torch.float16
+
+
+def test_bf16_for_flux_on_a_pinned_gpu() -> None:
+    assert pick_dtype("bf16", "cuda:0") is torch.bfloat16
+
+
+def test_fp32_is_fp32_everywhere() -> None:
+    assert pick_dtype("fp32", "cuda") is torch.float32
+    assert pick_dtype("fp32", "cpu") is torch.float32
+
+
+def test_cpu_falls_back_to_fp32_with_one_log_line(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="kiln.pipelines"):
+        assert pick_dtype("fp16", "cpu") is torch.float32
+        assert pick_dtype("fp16", "cpu") is torch.float32
+    lines = [r for r in caplog.records if "fp32" in r.getMessage()]
+    assert len(lines) == 1
+
+
+def test_unknown_dtype_names_the_value() -> None:
+    with pytest.raises(ValueError, match="int8"):
+        pick_dtype("int8", "cuda")
+
+
+def test_device_choice() -> None:
+    assert pick_device("cuda:1") == "cuda:1"
+    assert pick_device("cpu") == "cpu"
+    assert pick_device("") == ("cuda" if torch.cuda.is_available() else "cpu")
