@@ -47,6 +47,7 @@ class JobViewSchema(Schema):
     webhook = fields.Dict(allow_none=True)
     batch_id = fields.String(allow_none=True)
     batch_size = fields.Integer(allow_none=True)
+    batches = fields.List(fields.Dict(), allow_none=True)
     queue_position = fields.Integer(allow_none=True)
     eta_s = fields.Float(allow_none=True)
     urls = fields.Dict(keys=fields.String(), values=fields.String())

@@ -44,6 +44,7 @@ class Request:
 class BatchInfo:
     id: str
     size: int
+    scheduler: str = ""  # class name of the scheduler the call used
 
 
 @dataclass
@@ -281,6 +282,7 @@ class Engine:
         t0 = time.perf_counter()
         images = run_batch(self.loaded, params, items, on_step=on_step)
         took = time.perf_counter() - t0
+        info.scheduler = type(getattr(self.loaded.pipe, "scheduler", None)).__name__
         self.stats["calls"] += 1
         self.stats["images"] += len(items)
         self.stats["batch_sizes"][len(items)] += 1

@@ -33,6 +33,7 @@ class LoadedModel:
     load_time_s: float
     lora_loads: collections.Counter[str] = field(default_factory=collections.Counter)
     scheduler_name: str = ""
+    models_dir: Path | None = None
     active_loras: tuple[tuple[str, float], ...] = ()
     _schedulers: dict[str, Any] = field(default_factory=dict)
     _base_scheduler_config: Any = None
@@ -62,12 +63,15 @@ class LoadedModel:
             raise InvalidInput(
                 f"unknown LoRA {name!r} for {self.model.name}", fields={"loras": [name]}
             )
-        source, weight_name = spec.source, spec.weight_name
+        source, weight_name = lora_source(spec.source, self), spec.weight_name
         p = Path(source)
         if p.suffix == ".safetensors" and p.exists():
             source, weight_name = str(p.parent), p.name
+        t0 = time.perf_counter()
         self.pipe.load_lora_weights(source, weight_name=weight_name, adapter_name=name)
         self.lora_loads[name] += 1
+        log.info("loaded LoRA %s for %s in %.3fs (load #%d)", name, self.model.name,
+                 time.perf_counter() - t0, self.lora_loads[name])
 
     def set_loras(self, loras: tuple[tuple[str, float], ...]) -> None:
         """Activate exactly these adapters with these weights (none: LoRA off)."""
@@ -83,6 +87,19 @@ class LoadedModel:
         elif self.lora_loads:
             self.pipe.disable_lora()
         self.active_loras = loras
+
+
+def lora_source(source: str, loaded: LoadedModel) -> str:
+    """``{models_dir}`` in a LoRA source is the tiny models folder; built when missing."""
+    if "{models_dir}" not in source or loaded.models_dir is None:
+        return source
+    path = Path(source.format(models_dir=loaded.models_dir))
+    recipe = loaded.model.spec.tiny
+    if not path.exists() and recipe and path.suffix == ".safetensors":
+        from pipelines.tiny import make_tiny_lora
+
+        make_tiny_lora(recipe, path.parent, name=path.stem)
+    return str(path)
 
 
 def resolve_source(model: Model, models_dir: Path) -> str:
@@ -131,7 +148,9 @@ def load_model(model: Model, *, device: str = "", models_dir: Path) -> LoadedMod
     pipe = cls.from_pretrained(source, **kwargs)
     pipe.set_progress_bar_config(disable=True)
 
-    loaded = LoadedModel(model=model, pipe=pipe, device=device, dtype=dtype, load_time_s=0.0)
+    loaded = LoadedModel(
+        model=model, pipe=pipe, device=device, dtype=dtype, load_time_s=0.0, models_dir=models_dir
+    )
     _apply_options(loaded)
     loaded._base_scheduler_config = pipe.scheduler.config
     loaded.scheduler_name = ""

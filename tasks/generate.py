@@ -130,7 +130,7 @@ def run_job(runtime: rt.Runtime, payload: dict[str, Any], *, job_id: str) -> dic
         progress={"step": params["steps"], "steps": params["steps"]},
         batch_id=batch.id if batch else None,
         batch_size=batch.size if batch else None,
-        batches=[{"id": b.id, "size": b.size} for b in result.batches],
+        batches=[{"id": b.id, "size": b.size, "scheduler": b.scheduler} for b in result.batches],
         run_s=round(result.run_s, 4),
     )
     return store.get(job_id) or {}
