@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from typing import Any
 
 from celery import shared_task
@@ -33,7 +32,6 @@ from tasks.schema import load_job
 from tasks.storage import image_key
 
 log = logging.getLogger("kiln.generate")
-PROGRESS_EVERY_S = 0.2
 
 
 @shared_task(name=GENERATE, bind=True, acks_late=True, max_retries=3)
@@ -141,13 +139,11 @@ def _generate(runtime: rt.Runtime, job_id: str, params: dict[str, Any]) -> Any:
     from pipelines.engine import Request
 
     cancel = runtime.cancel_events.setdefault(job_id, threading.Event())
-    last = [0.0]
+    writer = runtime.progress
 
     def on_progress(step: int, steps: int) -> None:
-        t = time.monotonic()
-        if step >= steps or t - last[0] >= PROGRESS_EVERY_S:
-            last[0] = t
-            runtime.store.progress(job_id, step, steps)
+        if writer is not None:
+            writer.update(job_id, step, steps)
 
     request = Request(
         id=job_id,
@@ -169,6 +165,8 @@ def _generate(runtime: rt.Runtime, job_id: str, params: dict[str, Any]) -> Any:
         return runtime.engine.submit(request).result()
     finally:
         runtime.cancel_events.pop(job_id, None)
+        if writer is not None:
+            writer.discard(job_id)
 
 
 def _upload(runtime: rt.Runtime, job_id: str, params: dict[str, Any], result: Any) -> list[dict]:

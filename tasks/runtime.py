@@ -17,6 +17,7 @@ from typing import Any
 from config.settings import Settings
 from pipelines.registry import Model, Registry
 from tasks.jobs import JobStore
+from tasks.progress import ProgressWriter
 from tasks.storage import Storage
 
 log = logging.getLogger("kiln.worker")
@@ -38,6 +39,7 @@ class Runtime:
     store: JobStore
     storage: Storage
     engine: Any = None
+    progress: ProgressWriter | None = None
     cancel_events: dict[str, threading.Event] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
 
@@ -48,6 +50,7 @@ class Runtime:
                              device=self.settings.device)
         self.engine.start()
         self.engine.wait_ready(timeout)
+        self.progress = ProgressWriter(self.store).start()
 
     def heartbeat_forever(self) -> None:
         key = ready_key(self.model.name, self.hostname)
@@ -67,6 +70,8 @@ class Runtime:
             self.store.redis.delete(ready_key(self.model.name, self.hostname))
         if self.engine is not None:
             self.engine.stop()
+        if self.progress is not None:
+            self.progress.stop()
 
 
 _RUNTIME: Runtime | None = None
