@@ -35,8 +35,9 @@ class Bare:
         model = Registry.from_file(DEFAULT_MODELS_FILE)[MODEL]
         self.loaded = load_model(model, models_dir=models_dir)
         warm_up(self.loaded)
-        self.params = Params(width=size, height=size, steps=steps, guidance_scale=7.5,
-                             scheduler=model.scheduler)
+        self.params = Params(
+            width=size, height=size, steps=steps, guidance_scale=7.5, scheduler=model.scheduler
+        )
 
     def images_per_s(self, *, batch: int, images: int) -> float:
         from pipelines.batch import Item, run_batch
@@ -62,15 +63,25 @@ def main() -> None:
 
     models_dir = args.models_dir or Path(tempfile.mkdtemp(prefix="kiln-models-"))
     make_all(models_dir)
-    jobs = [dict(prompt=f"a red fox, take {i}", model=MODEL, width=args.size,
-                 height=args.size, steps=args.steps, seed=i) for i in range(args.images)]
+    jobs = [
+        dict(
+            prompt=f"a red fox, take {i}",
+            model=MODEL,
+            width=args.size,
+            height=args.size,
+            steps=args.steps,
+            seed=i,
+        )
+        for i in range(args.images)
+    ]
 
     best: dict[str, float] = {}
     calls: dict[int, int] = {}
     with ExitStack() as es:
         stacks: dict[int, Any] = {
-            b: es.enter_context(stack_with_worker(MODEL, models_dir=models_dir, max_batch=b,
-                                                  max_wait_ms=100))
+            b: es.enter_context(
+                stack_with_worker(MODEL, models_dir=models_dir, max_batch=b, max_wait_ms=100)
+            )
             for b in (1, 8)
         }
         for stack, api in stacks.values():
@@ -82,35 +93,42 @@ def main() -> None:
                 row[f"bare{b}"] = bare.images_per_s(batch=b, images=args.images)
                 res = burst(*stacks[b], jobs)
                 row[f"stack{b}"], calls[b] = res["images_per_s"], res["calls"]
-            print(f"round {r + 1}: " + ", ".join(f"{k} {v:.2f}" for k, v in row.items()),
-                  flush=True)
+            print(
+                f"round {r + 1}: " + ", ".join(f"{k} {v:.2f}" for k, v in row.items()), flush=True
+            )
             for k, v in row.items():
                 best[k] = max(best.get(k, 0.0), v)
 
-    print(f"\ntiny-sd, {args.size}x{args.size}, {args.steps} steps, {args.images} images, "
-          f"best of {args.rounds} interleaved rounds\n")
-    print(table(
-        [
-            ["bare pipeline", 1, best["bare1"], args.images],
-            ["bare pipeline", 8, best["bare8"], -(-args.images // 8)],
-            ["through stack", 1, best["stack1"], calls[1]],
-            ["through stack", 8, best["stack8"], calls[8]],
-        ],
-        ["path", "max batch", "images/s", "pipeline calls"],
-    ))
+    print(
+        f"\ntiny-sd, {args.size}x{args.size}, {args.steps} steps, {args.images} images, "
+        f"best of {args.rounds} interleaved rounds\n"
+    )
+    print(
+        table(
+            [
+                ["bare pipeline", 1, best["bare1"], args.images],
+                ["bare pipeline", 8, best["bare8"], -(-args.images // 8)],
+                ["through stack", 1, best["stack1"], calls[1]],
+                ["through stack", 8, best["stack8"], calls[8]],
+            ],
+            ["path", "max batch", "images/s", "pipeline calls"],
+        )
+    )
     gain_bare = best["bare8"] / best["bare1"]
     gain_stack = best["stack8"] / best["stack1"]
     print("\nratios")
-    print(table(
-        [
-            ["stack/bare at batch 1", best["stack1"] / best["bare1"]],
-            ["stack/bare at batch 8", best["stack8"] / best["bare8"]],
-            ["batched/unbatched, bare", gain_bare],
-            ["batched/unbatched, stack", gain_stack],
-            ["stack's share of the bare batching gain", gain_stack / gain_bare],
-        ],
-        ["ratio", "value"],
-    ))
+    print(
+        table(
+            [
+                ["stack/bare at batch 1", best["stack1"] / best["bare1"]],
+                ["stack/bare at batch 8", best["stack8"] / best["bare8"]],
+                ["batched/unbatched, bare", gain_bare],
+                ["batched/unbatched, stack", gain_stack],
+                ["stack's share of the bare batching gain", gain_stack / gain_bare],
+            ],
+            ["ratio", "value"],
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from tests.stack import Stack
 from tests.support import KilnHTTP
 
 
-def models_file(directory: Path, **overrides: Any) -> Path:
+def make_models_file(directory: Path, **overrides: Any) -> Path:
     """A copy of the shipped models.yaml with fields overridden on every model."""
     doc = yaml.safe_load(DEFAULT_MODELS_FILE.read_text())
     for m in doc["models"]:
@@ -33,10 +33,16 @@ def models_file(directory: Path, **overrides: Any) -> Path:
 
 @contextmanager
 def stack_with_worker(
-    model: str, *, models_dir: Path, workdir: Path | None = None, **model_overrides: Any
+    model: str,
+    *,
+    models_dir: Path,
+    workdir: Path | None = None,
+    models_file: Path | None = None,
+    **model_overrides: Any,
 ) -> Iterator[tuple[Stack, KilnHTTP]]:
+    """A stack with one worker of ``model``; the shipped models with overrides by default."""
     tmp = Path(workdir or tempfile.mkdtemp(prefix="kiln-bench-"))
-    mf = models_file(tmp, **model_overrides)
+    mf = models_file or make_models_file(tmp, **model_overrides)
     stack = Stack(
         tmp / f"stack-{time.monotonic_ns()}",
         models_dir=models_dir,
@@ -51,8 +57,9 @@ def stack_with_worker(
         stack.close()
 
 
-def burst(stack: Stack, api: KilnHTTP, jobs: Sequence[dict[str, Any]], *,
-          timeout: float = 600) -> dict:
+def burst(
+    stack: Stack, api: KilnHTTP, jobs: Sequence[dict[str, Any]], *, timeout: float = 600
+) -> dict:
     """Submit all jobs at once, wait for all; wall time, per-job completion times.
 
     Completion is watched in the job store with one pipelined read every 20 ms, so the
@@ -111,4 +118,4 @@ def fmt(v: Any) -> str:
     return str(v)
 
 
-__all__ = ["burst", "models_file", "replace", "stack_with_worker", "table"]
+__all__ = ["burst", "make_models_file", "replace", "stack_with_worker", "table"]

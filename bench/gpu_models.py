@@ -1,0 +1,175 @@
+"""Full-size SDXL and FLUX.1-schnell architectures with random weights, from configs.
+
+No hub access: the configs of the published models are typed in here, the weights are
+random (initialised directly on the GPU in the target dtype), and the tokenizers are
+the tiny offline ones (the text encoders still see real sequence lengths: 77 CLIP
+tokens, 256 T5 tokens). Same compute per image as the real models.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+SDXL_UNET: dict[str, Any] = dict(
+    act_fn="silu",
+    addition_embed_type="text_time",
+    addition_embed_type_num_heads=64,
+    addition_time_embed_dim=256,
+    attention_head_dim=[5, 10, 20],
+    block_out_channels=[320, 640, 1280],
+    cross_attention_dim=2048,
+    down_block_types=["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+    up_block_types=["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+    in_channels=4,
+    out_channels=4,
+    layers_per_block=2,
+    norm_num_groups=32,
+    projection_class_embeddings_input_dim=2816,
+    sample_size=128,
+    transformer_layers_per_block=[1, 2, 10],
+    use_linear_projection=True,
+)
+VAE_4CH: dict[str, Any] = dict(
+    block_out_channels=[128, 256, 512, 512],
+    layers_per_block=2,
+    latent_channels=4,
+    down_block_types=["DownEncoderBlock2D"] * 4,
+    up_block_types=["UpDecoderBlock2D"] * 4,
+    norm_num_groups=32,
+    sample_size=1024,
+    scaling_factor=0.13025,
+    force_upcast=True,
+)
+CLIP_L: dict[str, Any] = dict(
+    hidden_size=768,
+    intermediate_size=3072,
+    num_attention_heads=12,
+    num_hidden_layers=12,
+    max_position_embeddings=77,
+    vocab_size=49408,
+    projection_dim=768,
+    hidden_act="quick_gelu",
+    bos_token_id=0,
+    eos_token_id=1,
+    pad_token_id=1,
+)
+CLIP_BIG_G: dict[str, Any] = dict(
+    hidden_size=1280,
+    intermediate_size=5120,
+    num_attention_heads=20,
+    num_hidden_layers=32,
+    max_position_embeddings=77,
+    vocab_size=49408,
+    projection_dim=1280,
+    hidden_act="gelu",
+    bos_token_id=0,
+    eos_token_id=1,
+    pad_token_id=1,
+)
+FLUX_TRANSFORMER: dict[str, Any] = dict(
+    patch_size=1,
+    in_channels=64,
+    num_layers=19,
+    num_single_layers=38,
+    attention_head_dim=128,
+    num_attention_heads=24,
+    joint_attention_dim=4096,
+    pooled_projection_dim=768,
+    guidance_embeds=False,
+    axes_dims_rope=[16, 56, 56],
+)
+FLUX_VAE: dict[str, Any] = dict(
+    block_out_channels=[128, 256, 512, 512],
+    layers_per_block=2,
+    latent_channels=16,
+    down_block_types=["DownEncoderBlock2D"] * 4,
+    up_block_types=["UpDecoderBlock2D"] * 4,
+    norm_num_groups=32,
+    sample_size=1024,
+    use_quant_conv=False,
+    use_post_quant_conv=False,
+    shift_factor=0.1159,
+    scaling_factor=0.3611,
+)
+T5_XXL: dict[str, Any] = dict(
+    vocab_size=32128,
+    d_model=4096,
+    d_kv=64,
+    d_ff=10240,
+    num_layers=24,
+    num_heads=64,
+    feed_forward_proj="gated-gelu",
+    relative_attention_num_buckets=32,
+    relative_attention_max_distance=128,
+    is_encoder_decoder=False,
+)
+
+
+def _on(device: str, dtype: Any) -> Any:
+    """Build modules directly on ``device`` in ``dtype`` (no slow CPU init)."""
+    import contextlib
+
+    import torch
+
+    @contextlib.contextmanager
+    def ctx() -> Any:
+        old = torch.get_default_dtype()
+        torch.set_default_dtype(dtype)
+        try:
+            with torch.device(device):
+                yield
+        finally:
+            torch.set_default_dtype(old)
+
+    return ctx()
+
+
+def build_full_sdxl(dtype: Any, device: str = "cuda") -> Any:
+    from diffusers import (
+        AutoencoderKL,
+        EulerDiscreteScheduler,
+        StableDiffusionXLPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from pipelines.tiny import SD_SCHEDULER, clip_tokenizer
+
+    with _on(device, dtype):
+        pipe = StableDiffusionXLPipeline(
+            unet=UNet2DConditionModel(**SDXL_UNET),
+            vae=AutoencoderKL(**VAE_4CH),
+            text_encoder=CLIPTextModel(CLIPTextConfig(**CLIP_L)),
+            text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**CLIP_BIG_G)),
+            tokenizer=clip_tokenizer(),
+            tokenizer_2=clip_tokenizer(),
+            scheduler=EulerDiscreteScheduler(**SD_SCHEDULER),
+        )
+    return pipe
+
+
+def build_full_flux_schnell(dtype: Any, device: str = "cuda") -> Any:
+    from diffusers import (
+        AutoencoderKL,
+        FlowMatchEulerDiscreteScheduler,
+        FluxPipeline,
+        FluxTransformer2DModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    from pipelines.tiny import clip_tokenizer, t5_tokenizer
+
+    with _on(device, dtype):
+        pipe = FluxPipeline(
+            transformer=FluxTransformer2DModel(**FLUX_TRANSFORMER),
+            vae=AutoencoderKL(**FLUX_VAE),
+            text_encoder=CLIPTextModel(CLIPTextConfig(**CLIP_L)),
+            tokenizer=clip_tokenizer(),
+            text_encoder_2=T5EncoderModel(T5Config(**T5_XXL)),
+            tokenizer_2=t5_tokenizer(),
+            scheduler=FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=False),
+        )
+    return pipe
+
+
+BUILDERS = {"sdxl": build_full_sdxl, "flux-schnell": build_full_flux_schnell}
