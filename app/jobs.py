@@ -1,16 +1,20 @@
-"""``/v1/jobs``: submit a job, read it back."""
+"""``/v1/jobs``: submit, read, cancel, and follow a job's live events."""
 
 from __future__ import annotations
 
+import json
+import time
+from collections.abc import Iterator
 from typing import Any
 
-from flask import url_for
+from flask import Response, request, stream_with_context, url_for
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
-from app.schemas import ApiErrorSchema, JobSchema, JobViewSchema
-from app.service import dispatcher
+from app.schemas import ApiErrorSchema, CancelSchema, JobSchema, JobViewSchema
+from app.service import dispatcher, settings
 from config.errors import NotFound
+from tasks.jobs import TERMINAL
 from tasks.schema import validate_job
 
 blp = Blueprint("jobs", __name__, url_prefix="/v1/jobs", description="Text-to-image jobs")
@@ -18,15 +22,15 @@ blp = Blueprint("jobs", __name__, url_prefix="/v1/jobs", description="Text-to-im
 PUBLIC = (
     "id", "status", "model", "params", "seeds", "created_at", "started_at", "completed_at",
     "progress", "images", "error", "attempts", "webhook", "batch_id", "batch_size", "batches",
+    "queue_position", "eta_s",
 )
 
 
 def job_view(record: dict[str, Any]) -> dict[str, Any]:
     out = {k: record.get(k) for k in PUBLIC}
-    out["queue_position"] = None
-    out["eta_s"] = None
     out["urls"] = {
-        "self": url_for("jobs.Job", job_id=record["id"], _external=False),
+        "self": url_for("jobs.Job", job_id=record["id"]),
+        "events": url_for("jobs.events", job_id=record["id"]),
     }
     return out
 
@@ -42,13 +46,27 @@ def get_job_or_404(job_id: str) -> dict[str, Any]:
 class Jobs(MethodView):
     @blp.arguments(JobSchema, example={"prompt": "a red fox", "model": "tiny-sd", "seed": 0})
     @blp.response(202, JobViewSchema)
+    @blp.alt_response(200, schema=JobViewSchema,
+                      description="Same Idempotency-Key and body: the job made first")
+    @blp.alt_response(409, schema=ApiErrorSchema,
+                      description="Idempotency-Key reused with another body")
     @blp.alt_response(422, schema=ApiErrorSchema, description="Invalid input; fields are named")
     def post(self, data: dict[str, Any]) -> Any:
-        """Submit a job; poll its ``urls.self`` until it is ``succeeded``."""
+        """Submit a job; poll ``urls.self`` or follow ``urls.events`` until it ends.
+
+        Send an ``Idempotency-Key`` header to make retries safe: the same key and body
+        return the same job (200) instead of a new one.
+        """
         d = dispatcher()
         params = validate_job(data, d.registry)
-        record = d.submit(params)
-        return job_view(record), 202, {"Location": url_for("jobs.Job", job_id=record["id"])}
+        d.check_webhook(params)
+        record, created = d.submit(
+            params,
+            idempotency_key=request.headers.get("Idempotency-Key") or None,
+            request_body=request.get_json(silent=True),
+        )
+        view = job_view(d.get(record["id"]) or record) if created else job_view(record)
+        return view, 202 if created else 200, {"Location": view["urls"]["self"]}
 
 
 @blp.route("/<string:job_id>")
@@ -56,5 +74,55 @@ class Job(MethodView):
     @blp.response(200, JobViewSchema)
     @blp.alt_response(404, schema=ApiErrorSchema)
     def get(self, job_id: str) -> Any:
-        """A job's record: status, progress, images with their seeds."""
+        """A job's record: status, progress, queue position and ETA, images and seeds."""
         return job_view(get_job_or_404(job_id))
+
+    @blp.response(200, CancelSchema, description="A queued job was canceled; it will not run")
+    @blp.alt_response(202, schema=CancelSchema,
+                      description="A running job will stop at its next denoising step")
+    @blp.alt_response(404, schema=ApiErrorSchema)
+    @blp.alt_response(409, schema=ApiErrorSchema, description="The job already ended")
+    def delete(self, job_id: str) -> Any:
+        """Cancel a job."""
+        out = dispatcher().cancel(job_id)
+        return out, 200 if out["status"] == "canceled" else 202
+
+
+def sse(event_id: str, event: str, data: Any) -> str:
+    return f"id: {event_id}\nevent: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+
+
+@blp.route("/<string:job_id>/events", endpoint="events")
+@blp.doc(responses={"200": {"description": "text/event-stream: queued, started, progress, "
+                            "succeeded | failed | canceled", "content": {"text/event-stream": {
+                                "schema": {"type": "string"}}}},
+                    "404": {"description": "No such job"}})
+def events(job_id: str) -> Any:
+    """Server-Sent Events of one job, in order, ending with its terminal state.
+
+    Resumable: send ``Last-Event-ID`` to get only the events after it.
+    """
+    d = dispatcher()
+    if d.store.get(job_id) is None:
+        raise NotFound(f"no job {job_id!r}", fields={"job_id": [job_id]})
+    after = request.headers.get("Last-Event-ID") or request.args.get("last_event_id") or "0-0"
+    max_s = settings().sse_max_s
+
+    def stream() -> Iterator[str]:
+        cursor, deadline = after, time.monotonic() + max_s
+        yield "retry: 1000\n\n"
+        while time.monotonic() < deadline:
+            batch = d.store.events(job_id, cursor, block_ms=10_000)
+            if not batch:
+                yield ": keep-alive\n\n"
+                if (d.store.get(job_id) or {}).get("status") in TERMINAL:
+                    return
+                continue
+            for event_id, event, data in batch:
+                cursor = event_id
+                yield sse(event_id, event, data)
+                if event in TERMINAL:
+                    return
+
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return Response(stream_with_context(stream()), mimetype="text/event-stream", headers=headers)

@@ -61,3 +61,9 @@ class ModelListSchema(Schema):
 class HealthSchema(Schema):
     status = fields.String()
     checks = fields.Dict()
+
+
+class CancelSchema(Schema):
+    id = fields.String()
+    status = fields.String(metadata={"enum": ["canceled", "canceling"]})
+    was = fields.String(metadata={"enum": ["queued", "running"]})

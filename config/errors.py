@@ -79,6 +79,10 @@ class GenerationFailed(PermanentError):
     code = "generation_failed"
 
 
+class TimeLimitExceeded(PermanentError):
+    code = "time_limit_exceeded"
+
+
 class TooManyDeliveries(PermanentError):
     code = "too_many_deliveries"
 

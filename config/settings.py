@@ -75,6 +75,9 @@ class Settings:
 
     # Jobs.
     max_deliveries: int = 3
+    idempotency_ttl_s: int = 24 * 3600
+    sse_max_s: int = 900  # one event stream stays open at most this long
+    default_s_per_image: float = 1.0  # ETA before a worker has measured anything
     sync_timeout_s: float = 120.0  # OpenAI-compatible endpoint waits this long
     api_keys: str = ""  # name:sha256hex:scope+scope, comma separated
     log_format: str = ""  # "json" or "text"; empty: text in dev, json elsewhere
@@ -164,7 +167,26 @@ def from_env(env: Mapping[str, str] | None = None, **overrides: Any) -> Settings
     return Settings(**values)
 
 
+def dev_webhook_secret(data_dir: Path) -> str:
+    """The dev profile's webhook secret: made once, kept in ``<data_dir>/webhook-secret``."""
+    import base64
+    import secrets
+
+    path = Path(data_dir) / "webhook-secret"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("whsec_" + base64.b64encode(secrets.token_bytes(24)).decode() + "\n")
+        tmp.chmod(0o600)
+        tmp.replace(path)
+    return path.read_text().strip()
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """The process-wide settings, read once."""
-    return from_env()
+    """The process-wide settings, read once (dev: a webhook secret is made on first use)."""
+    settings = from_env()
+    if settings.is_dev and not settings.webhook_secret:
+        secret = dev_webhook_secret(settings.data_dir)
+        settings = dataclasses.replace(settings, webhook_secret=secret)
+    return settings

@@ -66,7 +66,8 @@ def make_celery(settings: Settings | None = None, *, longest_time_limit_s: int =
     )
     app.kiln_settings = settings
     # Register the tasks (their modules import no torch).
-    import tasks.generate  # noqa: F401
+    import tasks.generate
+    import tasks.webhooks  # noqa: F401
 
     return app
 

@@ -2,12 +2,15 @@
 
 The task thread validates, hands the request to the engine (which batches it with
 other jobs for the same model), then encodes and uploads PNGs while the engine
-already runs the next batch. Bad input fails the job at once and is never
-retried; transient storage or broker errors are retried with backoff.
+already runs the next batch. Bad input fails the job at once and is never retried;
+transient storage or broker errors are retried with backoff; a job re-delivered
+after its worker died runs again (storage keys derive from the job id, so a re-run
+overwrites) until ``max_deliveries``.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import threading
 from typing import Any
@@ -19,10 +22,11 @@ from config.errors import (
     Canceled,
     InvalidInput,
     KilnError,
-    PermanentError,
+    TimeLimitExceeded,
     TooManyDeliveries,
     TransientError,
 )
+from tasks import queues
 from tasks import runtime as rt
 from tasks.celery_app import GENERATE
 from tasks.images import encode_png
@@ -30,6 +34,7 @@ from tasks.jobs import TERMINAL, now
 from tasks.records import new_record
 from tasks.schema import load_job
 from tasks.storage import image_key
+from tasks.webhooks import enqueue as enqueue_webhook
 
 log = logging.getLogger("kiln.generate")
 
@@ -45,15 +50,17 @@ def generate(self: Any, **payload: Any) -> dict[str, Any]:
         return run_job(runtime, payload, job_id=job_id)
     except TransientError as exc:
         if self.request.retries >= self.max_retries:
-            return fail(runtime, job_id, exc)
+            return finish(runtime, job_id, exc)
         countdown = min(60, 2 ** (self.request.retries + 1))
-        log.warning("job %s: %s; retry in %ss", job_id, exc.message, countdown)
+        log.warning("job %s: %s; retry in %ss", job_id, exc.message, countdown,
+                    extra={"job_id": job_id})
         runtime.store.transition(job_id, status="queued", allowed_from=("running",),
                                  event="retrying", data={"reason": exc.code})
         raise self.retry(exc=exc, countdown=countdown) from None
 
 
-def fail(runtime: rt.Runtime, job_id: str, exc: KilnError) -> dict[str, Any]:
+def finish(runtime: rt.Runtime, job_id: str, exc: KilnError) -> dict[str, Any]:
+    """End a job as failed (or canceled), then send its webhook."""
     status = "canceled" if isinstance(exc, Canceled) else "failed"
     runtime.store.transition(
         job_id,
@@ -62,10 +69,13 @@ def fail(runtime: rt.Runtime, job_id: str, exc: KilnError) -> dict[str, Any]:
         event=status,
         data={"error": exc.to_dict()},
         completed_at=now(),
-        error=None if status == "canceled" else exc.to_dict(),
+        error=exc.to_dict(),
     )
-    log.info("job %s %s: %s", job_id, status, exc.message)
-    return runtime.store.get(job_id) or {"id": job_id, "status": status, "error": exc.to_dict()}
+    queues.mark_dequeued(runtime.store.redis, runtime.model.name, job_id)
+    log.info("job %s %s: %s", job_id, status, exc.message, extra={"job_id": job_id})
+    record = runtime.store.get(job_id) or {"id": job_id, "status": status}
+    enqueue_webhook(runtime.celery, record)
+    return record
 
 
 def run_job(runtime: rt.Runtime, payload: dict[str, Any], *, job_id: str) -> dict[str, Any]:
@@ -77,28 +87,33 @@ def run_job(runtime: rt.Runtime, payload: dict[str, Any], *, job_id: str) -> dic
         fields = exc.messages if isinstance(exc.messages, dict) else {"_schema": exc.messages}
         if store.get(job_id) is None:
             store.create({"id": job_id, "status": "queued", "model": payload.get("model"),
-                          "created_at": now(), "source": "celery", "attempts": 0})
-        return fail(runtime, job_id, InvalidInput("invalid kiln.generate payload", fields=fields))
+                          "created_at": now(), "source": "celery", "attempts": 0,
+                          "images": [], "error": None, "webhook": None})
+        return finish(runtime, job_id, InvalidInput("invalid kiln.generate payload",
+                                                     fields=fields))
     if params["model"] != runtime.model.name:
-        return fail(runtime, job_id, InvalidInput(
+        return finish(runtime, job_id, InvalidInput(
             f"this worker serves {runtime.model.name!r}, not {params['model']!r}",
             fields={"model": ["sent to the wrong queue"]}))
 
     # 2. Jobs sent straight to the Celery task get their record here.
     store.create(new_record(job_id, params, source="celery"))
     record = store.get(job_id) or {}
-    if record.get("status") in TERMINAL:  # re-delivered after it finished: nothing to do
+    if record.get("status") in TERMINAL:  # canceled while queued, or re-delivered after it ended
+        queues.mark_dequeued(store.redis, runtime.model.name, job_id)
         return record
 
     # 3. Count the delivery; a job that keeps killing workers stops here.
     attempts = int(record.get("attempts") or 0) + 1
     if attempts > runtime.settings.max_deliveries:
-        return fail(runtime, job_id, TooManyDeliveries(
+        return finish(runtime, job_id, TooManyDeliveries(
             f"job was delivered {attempts} times without finishing; giving up"))
     _prev, applied = store.transition(
         job_id, status="running", allowed_from=("queued", "running"), event="started",
-        data={"attempt": attempts}, started_at=now(), attempts=attempts,
+        data={"attempt": attempts, "worker": runtime.hostname}, started_at=now(),
+        attempts=attempts, worker=runtime.hostname,
     )
+    queues.mark_dequeued(store.redis, runtime.model.name, job_id)
     if not applied:
         return store.get(job_id) or record
 
@@ -107,17 +122,15 @@ def run_job(runtime: rt.Runtime, payload: dict[str, Any], *, job_id: str) -> dic
         result = _generate(runtime, job_id, params)
     except TransientError:
         raise
-    except PermanentError as exc:
-        return fail(runtime, job_id, exc)
     except KilnError as exc:
-        return fail(runtime, job_id, exc)
+        return finish(runtime, job_id, exc)
 
     # 5. Encode and upload on this thread, while the engine runs the next batch.
     images = _upload(runtime, job_id, params, result)
 
-    # 6. Done.
+    # 6. Done, unless it was canceled meanwhile.
     batch = result.batches[-1] if result.batches else None
-    store.transition(
+    _prev, applied = store.transition(
         job_id,
         status="succeeded",
         allowed_from=("running",),
@@ -131,7 +144,15 @@ def run_job(runtime: rt.Runtime, payload: dict[str, Any], *, job_id: str) -> dic
         batches=[{"id": b.id, "size": b.size, "scheduler": b.scheduler} for b in result.batches],
         run_s=round(result.run_s, 4),
     )
-    return store.get(job_id) or {}
+    record = store.get(job_id) or {}
+    if applied:
+        log.info("job %s succeeded: %d image(s), batch %s of %s", job_id, len(images),
+                 batch.id if batch else "-", batch.size if batch else "-",
+                 extra={"job_id": job_id, "model": params["model"],
+                        "batch_id": batch.id if batch else None,
+                        "duration_s": round(result.run_s, 4)})
+        enqueue_webhook(runtime.celery, record)
+    return record
 
 
 def _generate(runtime: rt.Runtime, job_id: str, params: dict[str, Any]) -> Any:
@@ -140,6 +161,9 @@ def _generate(runtime: rt.Runtime, job_id: str, params: dict[str, Any]) -> Any:
 
     cancel = runtime.cancel_events.setdefault(job_id, threading.Event())
     writer = runtime.progress
+    rec = runtime.store.get(job_id) or {}
+    if rec.get("cancel_requested"):  # the cancel came before this thread was listening
+        cancel.set()
 
     def on_progress(step: int, steps: int) -> None:
         if writer is not None:
@@ -161,8 +185,13 @@ def _generate(runtime: rt.Runtime, job_id: str, params: dict[str, Any]) -> Any:
         on_progress=on_progress,
         cancel_event=cancel,
     )
+    limit = runtime.model.spec.soft_time_limit_s
+    future = runtime.engine.submit(request)
     try:
-        return runtime.engine.submit(request).result()
+        return future.result(timeout=limit)
+    except concurrent.futures.TimeoutError:
+        cancel.set()  # the engine drops it at the next step
+        raise TimeLimitExceeded(f"job exceeded its time limit of {limit}s") from None
     finally:
         runtime.cancel_events.pop(job_id, None)
         if writer is not None:

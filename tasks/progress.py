@@ -1,8 +1,9 @@
-"""Progress writes off the engine's hot path.
+"""Progress and throughput writes off the engine's hot path.
 
-The engine calls ``update`` from its step callback; a small thread flushes the
-latest step of every running job to the job store every ``interval_s`` in one round
-trip, so the GPU thread never waits on Redis and Redis is not hammered.
+The engine calls ``update`` from its step callback and ``record_batch`` after each
+pipeline call; a small thread flushes the latest step of every running job and the
+batch timings (for ETAs) to Redis every ``interval_s``, so the GPU thread never waits
+on Redis and Redis is not hammered.
 """
 
 from __future__ import annotations
@@ -10,14 +11,17 @@ from __future__ import annotations
 import logging
 import threading
 
+from tasks import queues
 from tasks.jobs import JobStore
 
 log = logging.getLogger("kiln.progress")
 
 
 class ProgressWriter:
-    def __init__(self, store: JobStore, *, interval_s: float = 0.2) -> None:
+    def __init__(self, store: JobStore, *, model: str, interval_s: float = 0.2) -> None:
         self.store = store
+        self.model = model
+        self._batches: list[tuple[float, int]] = []
         self.interval_s = interval_s
         self._latest: dict[str, tuple[int, int]] = {}
         self._lock = threading.Lock()
@@ -32,9 +36,19 @@ class ProgressWriter:
         with self._lock:
             self._latest[job_id] = (step, steps)
 
+    def record_batch(self, seconds: float, images: int) -> None:
+        with self._lock:
+            self._batches.append((seconds, images))
+
     def flush(self) -> None:
         with self._lock:
             batch, self._latest = self._latest, {}
+            timings, self._batches = self._batches, []
+        for seconds, images in timings:
+            try:
+                queues.record_batch(self.store.redis, self.model, seconds=seconds, images=images)
+            except Exception as exc:
+                log.warning("throughput not written: %s", type(exc).__name__)
         for job_id, (step, steps) in batch.items():
             try:
                 self.store.progress(job_id, step, steps)

@@ -18,6 +18,7 @@ from config.settings import Settings
 from pipelines.registry import Model, Registry
 from tasks.jobs import JobStore
 from tasks.progress import ProgressWriter
+from tasks.queues import CANCEL_CHANNEL
 from tasks.storage import Storage
 
 log = logging.getLogger("kiln.worker")
@@ -39,6 +40,7 @@ class Runtime:
     store: JobStore
     storage: Storage
     engine: Any = None
+    celery: Any = None
     progress: ProgressWriter | None = None
     cancel_events: dict[str, threading.Event] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -46,11 +48,16 @@ class Runtime:
     def start_engine(self, *, timeout: float | None = None) -> None:
         from pipelines.engine import Engine  # torch is imported only here, in workers
 
+        self.progress = ProgressWriter(self.store, model=self.model.name).start()
+        writer = self.progress
+
+        def on_batch(info: Any, seconds: float, fill: float) -> None:
+            writer.record_batch(seconds, info.size)
+
         self.engine = Engine(self.model, models_dir=self.settings.models_dir,
-                             device=self.settings.device)
+                             device=self.settings.device, on_batch=on_batch)
         self.engine.start()
         self.engine.wait_ready(timeout)
-        self.progress = ProgressWriter(self.store).start()
 
     def heartbeat_forever(self) -> None:
         key = ready_key(self.model.name, self.hostname)
@@ -60,6 +67,26 @@ class Runtime:
             except Exception as exc:  # keep beating through a broker blip
                 log.warning("heartbeat failed: %s", type(exc).__name__)
             self._stop.wait(HEARTBEAT_S)
+
+    def listen_for_cancels(self) -> None:
+        """Set the cancel event of a job this worker runs when the API cancels it."""
+        while not self._stop.is_set():
+            try:
+                pubsub = self.store.redis.pubsub(ignore_subscribe_messages=True)
+                pubsub.subscribe(CANCEL_CHANNEL)
+                while not self._stop.is_set():
+                    msg = pubsub.get_message(timeout=1.0)
+                    if msg and msg.get("type") == "message":
+                        event = self.cancel_events.get(str(msg["data"]))
+                        if event is not None:
+                            event.set()
+                            log.info("job %s: cancel requested", msg["data"])
+            except Exception as exc:  # reconnect after a broker blip
+                log.warning("cancel listener: %s; reconnecting", type(exc).__name__)
+                self._stop.wait(1.0)
+
+    def start_cancel_listener(self) -> None:
+        threading.Thread(target=self.listen_for_cancels, name="kiln-cancels", daemon=True).start()
 
     def start_heartbeat(self) -> None:
         threading.Thread(target=self.heartbeat_forever, name="kiln-heartbeat", daemon=True).start()

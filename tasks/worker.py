@@ -55,6 +55,8 @@ def run_worker(
 
     from tasks.celery_app import get_celery
 
+    runtime.celery = get_celery()
+    runtime.start_cancel_listener()
     threads = concurrency or max(2, 2 * runtime.model.spec.max_batch)
     argv = [
         "worker",

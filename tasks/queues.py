@@ -1,0 +1,58 @@
+"""Queue position and ETA, for every broker alike.
+
+The API adds each job to ``kiln:queued:<model>`` (a sorted set by submit time) and the
+worker removes it when the job starts or ends, so a waiting job's position is its
+rank there. Workers publish a moving average of seconds per image per model in
+``kiln:stats:<model>``; the ETA divides the work ahead by the ready workers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+EMA_ALPHA = 0.3
+CANCEL_CHANNEL = "kiln:cancel"
+
+
+def queued_key(model: str) -> str:
+    return f"kiln:queued:{model}"
+
+
+def stats_key(model: str) -> str:
+    return f"kiln:stats:{model}"
+
+
+def mark_queued(r: Any, model: str, job_id: str, created_at: float) -> None:
+    r.zadd(queued_key(model), {job_id: created_at})
+
+
+def mark_dequeued(r: Any, model: str, job_id: str) -> None:
+    r.zrem(queued_key(model), job_id)
+
+
+def position(r: Any, model: str, job_id: str) -> int | None:
+    """1 for the next job to start; None when the job is not waiting."""
+    rank = r.zrank(queued_key(model), job_id)
+    return None if rank is None else int(rank) + 1
+
+
+def depth(r: Any, model: str) -> int:
+    return int(r.zcard(queued_key(model)))
+
+
+def record_batch(r: Any, model: str, *, seconds: float, images: int) -> None:
+    """Fold one pipeline call into the moving average of seconds per image."""
+    if images <= 0:
+        return
+    sample = seconds / images
+    old = r.hget(stats_key(model), "s_per_image")
+    value = sample if old is None else (1 - EMA_ALPHA) * float(old) + EMA_ALPHA * sample
+    r.hset(stats_key(model), mapping={"s_per_image": f"{value:.6f}"})
+
+
+def eta_s(r: Any, model: str, *, position: int, images: int, workers: int,
+          default_s_per_image: float) -> float:
+    """Seconds until a waiting job is done: jobs ahead (one image each) plus its own."""
+    raw = r.hget(stats_key(model), "s_per_image")
+    per_image = float(raw) if raw else default_s_per_image
+    return round(max(per_image, (position - 1 + images) * per_image / max(1, workers)), 2)

@@ -1,0 +1,115 @@
+"""``kiln.deliver_webhook``: signed, retried job notifications on the ``webhooks`` queue.
+
+Signed per the Standard Webhooks spec (``webhook-id``, ``webhook-timestamp``,
+``webhook-signature: v1,<base64 HMAC-SHA256>``) with ``KILN_WEBHOOK_SECRET``
+(``whsec_<base64>``). Network errors, 5xx and 429 are retried with exponential
+backoff and jitter; other 4xx are not. The job's ``webhook`` field shows the state:
+``pending`` → ``retrying`` → ``delivered`` | ``dead`` (or ``refused`` for a target
+that is not allowed).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from datetime import UTC, datetime
+from typing import Any
+
+import requests
+from celery import shared_task
+from standardwebhooks.webhooks import Webhook
+
+from config.errors import InvalidInput
+from config.settings import Settings, get_settings
+from tasks.celery_app import DELIVER_WEBHOOK, WEBHOOKS_QUEUE
+from tasks.jobs import JobStore, now
+from tasks.storage import Storage
+from tasks.urlsafety import check_webhook_url
+
+log = logging.getLogger("kiln.webhooks")
+RETRY_STATUSES = {408, 425, 429}
+PUBLIC = ("id", "status", "model", "params", "seeds", "created_at", "started_at",
+          "completed_at", "images", "error", "attempts", "batch_id", "batch_size")
+
+
+def backoff_s(attempt: int, *, base: float, cap: float = 300.0) -> float:
+    """Exponential backoff with full jitter: attempt 1 → up to ``base``, then doubling."""
+    return random.uniform(0.5, 1.0) * min(cap, base * 2 ** (attempt - 1))
+
+
+def sign(secret: str, msg_id: str, timestamp: datetime, body: str) -> dict[str, str]:
+    signature = Webhook(secret).sign(msg_id, timestamp, body)
+    return {
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(int(timestamp.timestamp())),
+        "webhook-signature": signature,
+        "content-type": "application/json",
+        "user-agent": "kiln-webhooks/1",
+    }
+
+
+def payload(record: dict[str, Any], storage: Storage) -> dict[str, Any]:
+    data = {k: record.get(k) for k in PUBLIC}
+    for image in data.get("images") or []:
+        image["url"] = storage.url(image["key"])
+    return {"type": f"job.{record['status']}", "timestamp": datetime.now(UTC).isoformat(),
+            "data": data}
+
+
+def enqueue(celery: Any, record: dict[str, Any]) -> None:
+    """Send the job's webhook, if it has one (called once the job is terminal)."""
+    if record.get("webhook"):
+        celery.send_task(DELIVER_WEBHOOK, kwargs={"job_id": record["id"],
+                                                  "status": record["status"]},
+                         queue=WEBHOOKS_QUEUE)
+
+
+@shared_task(name=DELIVER_WEBHOOK, bind=True, acks_late=True, max_retries=None)
+def deliver_webhook(self: Any, job_id: str, status: str | None = None) -> dict[str, Any]:
+    settings = get_settings()
+    store = JobStore(settings.redis_url, ttl_s=settings.job_ttl_s)
+    record = store.get(job_id)
+    if not record or not record.get("webhook"):
+        return {"job_id": job_id, "state": "gone"}
+    hook = dict(record["webhook"])
+    attempt = int(self.request.retries) + 1
+    outcome, detail, retry = attempt_delivery(settings, record, hook, job_id=job_id)
+    hook.update(attempts=attempt, last_attempt_at=now(), last_result=detail)
+    if outcome == "delivered":
+        hook["state"] = "delivered"
+    elif retry and attempt < settings.webhook_max_attempts:
+        hook["state"] = "retrying"
+        delay = backoff_s(attempt, base=settings.webhook_backoff_s)
+        hook["next_attempt_in_s"] = round(delay, 2)
+        store.transition(job_id, webhook=hook)
+        log.info("webhook for %s: %s; retry %d in %.1fs", job_id, detail, attempt + 1, delay)
+        raise self.retry(countdown=delay)
+    else:
+        hook["state"] = "refused" if outcome == "refused" else "dead"
+    hook.pop("next_attempt_in_s", None)
+    store.transition(job_id, webhook=hook, event="webhook", data={"state": hook["state"]})
+    log.info("webhook for %s %s after %d attempt(s): %s", job_id, hook["state"], attempt, detail)
+    return {"job_id": job_id, "state": hook["state"], "attempts": attempt}
+
+
+def attempt_delivery(settings: Settings, record: dict[str, Any], hook: dict[str, Any], *,
+                     job_id: str) -> tuple[str, str, bool]:
+    """One POST. Returns (outcome, detail, retryable)."""
+    url = hook["url"]
+    try:
+        check_webhook_url(url, allow_private=settings.webhook_allow_private)
+    except InvalidInput as exc:
+        return "refused", exc.message, False
+    body = json.dumps(payload(record, Storage(settings)), separators=(",", ":"))
+    headers = sign(settings.webhook_secret, f"msg_{job_id}_{record['status']}",
+                   datetime.now(UTC), body)
+    try:
+        resp = requests.post(url, data=body, headers=headers,
+                             timeout=settings.webhook_timeout_s, allow_redirects=False)
+    except requests.RequestException as exc:
+        return "error", f"network error: {type(exc).__name__}", True
+    if 200 <= resp.status_code < 300:
+        return "delivered", f"HTTP {resp.status_code}", False
+    retry = resp.status_code >= 500 or resp.status_code in RETRY_STATUSES
+    return "error", f"HTTP {resp.status_code}", retry
