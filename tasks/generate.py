@@ -39,6 +39,14 @@ from tasks.webhooks import enqueue as enqueue_webhook
 log = logging.getLogger("kiln.generate")
 
 
+class RunningElsewhere(Exception):
+    """A re-delivered message for a job that a live worker is still running."""
+
+    def __init__(self, worker: str) -> None:
+        super().__init__(worker)
+        self.worker = worker
+
+
 @shared_task(name=GENERATE, bind=True, acks_late=True, max_retries=3)
 def generate(self: Any, **payload: Any) -> dict[str, Any]:
     """Generate images for one job; returns the job record (JSON)."""
@@ -48,6 +56,12 @@ def generate(self: Any, **payload: Any) -> dict[str, Any]:
         raise RuntimeError("kiln.generate runs only in a `kiln worker` process")
     try:
         return run_job(runtime, payload, job_id=job_id)
+    except RunningElsewhere as exc:
+        # The broker re-delivered a job whose worker still beats (a healthy job that
+        # outran the visibility timeout): look again later instead of running it twice.
+        log.warning("job %s still runs on %s; checking again in %ss", job_id, exc.worker,
+                    rt.RECHECK_S, extra={"job_id": job_id})
+        raise self.retry(countdown=rt.RECHECK_S, max_retries=None) from None
     except TransientError as exc:
         if self.request.retries >= self.max_retries:
             return finish(runtime, job_id, exc)
@@ -103,6 +117,16 @@ def run_job(runtime: rt.Runtime, payload: dict[str, Any], *, job_id: str) -> dic
         queues.mark_dequeued(store.redis, runtime.model.name, job_id)
         return record
 
+    # On Redis a healthy job that outruns the visibility timeout is delivered again; on
+    # RabbitMQ a message only comes back once its consumer is gone.
+    owner = record.get("worker")
+    redis_broker = runtime.settings.broker_url.startswith(("redis", "rediss", "valkey"))
+    if job_id in runtime.active or (
+        redis_broker and record.get("status") == "running" and owner
+        and owner != runtime.hostname and rt.worker_alive(store, runtime.model.name, owner)
+    ):
+        raise RunningElsewhere(owner or runtime.hostname)
+
     # 3. Count the delivery; a job that keeps killing workers stops here.
     attempts = int(record.get("attempts") or 0) + 1
     if attempts > runtime.settings.max_deliveries:
@@ -117,6 +141,15 @@ def run_job(runtime: rt.Runtime, payload: dict[str, Any], *, job_id: str) -> dic
     if not applied:
         return store.get(job_id) or record
 
+    runtime.active.add(job_id)
+    try:
+        return _run_started(runtime, job_id, params)
+    finally:
+        runtime.active.discard(job_id)
+
+
+def _run_started(runtime: rt.Runtime, job_id: str, params: dict[str, Any]) -> dict[str, Any]:
+    store = runtime.store
     # 4. Generate (the engine batches this with other jobs).
     try:
         result = _generate(runtime, job_id, params)

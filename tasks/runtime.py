@@ -24,7 +24,9 @@ from tasks.storage import Storage
 log = logging.getLogger("kiln.worker")
 
 READY_PREFIX = "kiln:ready:"
-HEARTBEAT_S = 5.0
+HEARTBEAT_S = 3.0
+HEARTBEAT_TTL_S = int(HEARTBEAT_S * 3)
+RECHECK_S = HEARTBEAT_TTL_S + 1  # a dead worker's heartbeat is gone by then
 
 
 def ready_key(model: str, hostname: str) -> str:
@@ -43,6 +45,7 @@ class Runtime:
     celery: Any = None
     progress: ProgressWriter | None = None
     cancel_events: dict[str, threading.Event] = field(default_factory=dict)
+    active: set[str] = field(default_factory=set)  # jobs this process is running now
     _stop: threading.Event = field(default_factory=threading.Event)
 
     def start_engine(self, *, timeout: float | None = None) -> None:
@@ -63,7 +66,7 @@ class Runtime:
         key = ready_key(self.model.name, self.hostname)
         while not self._stop.is_set():
             try:
-                self.store.redis.set(key, "1", ex=int(HEARTBEAT_S * 3))
+                self.store.redis.set(key, "1", ex=HEARTBEAT_TTL_S)
             except Exception as exc:  # keep beating through a broker blip
                 log.warning("heartbeat failed: %s", type(exc).__name__)
             self._stop.wait(HEARTBEAT_S)
@@ -120,6 +123,10 @@ def build(settings: Settings, model_name: str, *, hostname: str | None = None) -
 
 def current() -> Runtime | None:
     return _RUNTIME
+
+
+def worker_alive(store: JobStore, model: str, hostname: str) -> bool:
+    return bool(store.redis.exists(ready_key(model, hostname)))
 
 
 def ready_workers(store: JobStore, model: str) -> int:

@@ -22,7 +22,9 @@ log = logging.getLogger("kiln.worker")
 
 
 def worker_name(model: str, gpu: int | None, host: str | None = None) -> str:
-    return f"{model}@{'cpu' if gpu is None else f'gpu{gpu}'}@{host or socket.gethostname()}"
+    """``sdxl@gpu0@host``; CPU workers add their pid, as several may share a host."""
+    device = f"gpu{gpu}" if gpu is not None else f"cpu{os.getpid()}"
+    return f"{model}@{device}@{host or socket.gethostname()}"
 
 
 def run_worker(

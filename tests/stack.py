@@ -6,6 +6,7 @@ subprocess; everything listens on 127.0.0.1 only and is stopped on close.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
 import signal
@@ -81,12 +82,14 @@ class Stack:
     procs: list[Proc] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
     api_url: str = ""
+    webhook_secret: str = ""
 
     # -- servers --------------------------------------------------------------
     def start_servers(self, *, broker_url: str | None = None) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         redis_port, s3_port = free_port(), free_port()
         access, secret = "kiln-test", "kiln-test-secret-" + os.urandom(6).hex()
+        self.webhook_secret = "whsec_" + base64.b64encode(os.urandom(24)).decode()
         self.spawn("valkey", valkey_argv(redis_port))
         s3_dir = self.workdir / "s3"
         s3_dir.mkdir(exist_ok=True)
@@ -112,6 +115,7 @@ class Stack:
             "KILN_S3_ACCESS_KEY": access,
             "KILN_S3_SECRET_KEY": secret,
             "KILN_S3_BUCKET": "kiln-test",
+            "KILN_WEBHOOK_SECRET": self.webhook_secret,
             **self.env_overrides,
         }
 
@@ -168,6 +172,27 @@ class Stack:
                  what="api", proc=proc.popen)
         self.api_url = self.api_url or url
         return url
+
+    def start_webhooks_worker(self, *, env: Mapping[str, str] | None = None) -> Proc:
+        proc = self.spawn("webhooks", [str(BIN / "celery"), "-A", "tasks", "worker",
+                                       "--queues=webhooks", "--pool=threads", "--concurrency=4",
+                                       "--hostname=webhooks@%h", "--loglevel=INFO",
+                                       "--without-mingle", "--without-gossip"],
+                          env={**self.env, **(env or {})})
+        return proc
+
+    def s3(self):
+        import boto3
+
+        return boto3.client(
+            "s3", endpoint_url=self.env["KILN_S3_ENDPOINT_URL"], region_name="us-east-1",
+            aws_access_key_id=self.env["KILN_S3_ACCESS_KEY"],
+            aws_secret_access_key=self.env["KILN_S3_SECRET_KEY"],
+        )
+
+    def objects(self, prefix: str) -> list[str]:
+        resp = self.s3().list_objects_v2(Bucket=self.env["KILN_S3_BUCKET"], Prefix=prefix)
+        return [o["Key"] for o in resp.get("Contents", [])]
 
     def close(self) -> None:
         for proc in reversed(self.procs):
