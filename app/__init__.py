@@ -39,9 +39,12 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     api = Api(app, spec_kwargs={"info": {"description": "Self-hosted image generation."}})
     register_error_handlers(app)
 
-    from app import health, jobs, models
+    from app import classic, health, jobs, models, openai_api, web
 
     api.register_blueprint(jobs.blp)
     api.register_blueprint(models.blp)
+    api.register_blueprint(openai_api.blp)
+    api.register_blueprint(classic.blp)
     api.register_blueprint(health.blp)
+    app.register_blueprint(web.blp)
     return app

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -79,6 +80,96 @@ def make_tiny(directory: Path | None) -> None:
     out = directory or get_settings().models_dir
     for name, path in make_all(out).items():
         click.echo(f"{name:<10} {path}")
+
+
+def _api_url(url: str | None) -> str:
+    if url:
+        return url
+    s = get_settings()
+    return f"http://{s.api_host}:{s.api_port}"
+
+
+@main.command()
+@click.argument("prompt")
+@click.option("--model", "-m", default=None, help="Model name (see GET /v1/models).")
+@click.option("-n", "n", type=int, default=1, help="Number of images.")
+@click.option("--seed", type=int, default=None, help="Seed of image 0 (image i: seed + i).")
+@click.option("--width", type=int, default=None)
+@click.option("--height", type=int, default=None)
+@click.option("--steps", type=int, default=None)
+@click.option("--negative-prompt", default=None)
+@click.option("--out", "out", type=click.Path(path_type=Path), default=Path("."),
+              help="Folder for the PNGs.")
+@click.option("--url", default=None, envvar="KILN_URL", help="API base URL.")
+@click.option("--api-key", default=None, envvar="KILN_API_KEY")
+def generate(prompt: str, model: str | None, n: int, seed: int | None, width: int | None,
+             height: int | None, steps: int | None, negative_prompt: str | None, out: Path,
+             url: str | None, api_key: str | None) -> None:
+    """Generate images for PROMPT, with a progress bar, and write the PNGs to --out."""
+    from tqdm import tqdm
+
+    from app.client import Kiln, KilnError
+
+    kiln = Kiln(_api_url(url), api_key=api_key)
+    given = dict(model=model, n=n, seed=seed, width=width, height=height, steps=steps,
+                 negative_prompt=negative_prompt)
+    params: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
+    try:
+        job = kiln.submit(prompt, **params)
+    except KilnError as exc:
+        extra = " " + json.dumps(exc.fields) if exc.fields else ""
+        raise click.ClickException(f"{exc}{extra}") from None
+    bar = tqdm(total=job["params"]["steps"], desc=f"job {job['id'][:8]}", unit="step",
+               file=sys.stderr)
+
+    def on_progress(step: int, steps: int) -> None:
+        bar.total = steps
+        bar.update(step - bar.n)
+
+    done = kiln.wait(job["id"], on_progress=on_progress)
+    bar.close()
+    if done["status"] != "succeeded":
+        raise click.ClickException(f"job {done['id']} {done['status']}: {done.get('error')}")
+    out.mkdir(parents=True, exist_ok=True)
+    import requests
+
+    for image in done["images"]:
+        path = out / f"{done['id']}-{image['seed']}.png"
+        path.write_bytes(requests.get(image["url"], timeout=30).content)
+        click.echo(f"{path}  seed {image['seed']}")
+
+
+@main.group()
+def jobs() -> None:
+    """Show or cancel a job."""
+
+
+@jobs.command("show")
+@click.argument("job_id")
+@click.option("--url", default=None, envvar="KILN_URL")
+@click.option("--api-key", default=None, envvar="KILN_API_KEY")
+def jobs_show(job_id: str, url: str | None, api_key: str | None) -> None:
+    """Print a job's record as JSON."""
+    from app.client import Kiln, KilnError
+
+    try:
+        click.echo(json.dumps(Kiln(_api_url(url), api_key=api_key).job(job_id), indent=2))
+    except KilnError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@jobs.command("cancel")
+@click.argument("job_id")
+@click.option("--url", default=None, envvar="KILN_URL")
+@click.option("--api-key", default=None, envvar="KILN_API_KEY")
+def jobs_cancel(job_id: str, url: str | None, api_key: str | None) -> None:
+    """Cancel a queued or running job."""
+    from app.client import Kiln, KilnError
+
+    try:
+        click.echo(json.dumps(Kiln(_api_url(url), api_key=api_key).cancel(job_id)))
+    except KilnError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @main.command(context_settings={"ignore_unknown_options": True})

@@ -74,6 +74,12 @@ class Storage:
         except (BotoCoreError, ClientError) as exc:
             raise _transient(f"upload {key}", exc) from exc
 
+    def read(self, key: str) -> bytes:
+        try:
+            return bytes(self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read())
+        except (BotoCoreError, ClientError) as exc:
+            raise _transient(f"read {key}", exc) from exc
+
     def url(self, key: str) -> str:
         if self.public_base_url:
             return f"{self.public_base_url}/{key}"

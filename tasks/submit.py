@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from typing import Any
 
 from celery import Celery
@@ -149,6 +150,24 @@ class Dispatcher:
                     workers=ready_workers(self.store, model),
                     default_s_per_image=self.settings.default_s_per_image)
         return record
+
+    def wait(self, job_id: str, *, timeout: float) -> dict[str, Any] | None:
+        """Block on the job's event stream until it ends or ``timeout`` passes."""
+        deadline = time.monotonic() + timeout
+        cursor = "0-0"
+        while True:
+            record = self.store.get(job_id)
+            if record is None or record.get("status") in TERMINAL:
+                return self.get(job_id)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return self.get(job_id)
+            for event_id, event, _data in self.store.events(
+                job_id, cursor, block_ms=max(1, int(min(left, 5.0) * 1000))
+            ):
+                cursor = event_id
+                if event in TERMINAL:
+                    return self.get(job_id)
 
     # -- cancel ---------------------------------------------------------------
     def cancel(self, job_id: str) -> dict[str, Any]:

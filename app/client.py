@@ -1,0 +1,128 @@
+"""A small Python client for Kiln's REST API (needs only ``requests``).
+
+    from app.client import Kiln
+
+    kiln = Kiln("http://localhost:8000", api_key=None)
+    result = kiln.generate("a red fox", model="tiny-sd", n=2, seed=7,
+                           on_progress=lambda step, steps: print(step, steps))
+    for image, seed in zip(result.images, result.seeds):
+        open(f"fox-{seed}.png", "wb").write(image)
+
+``wait`` follows the job's Server-Sent Events when the server has them and polls
+otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import requests
+
+TERMINAL = {"succeeded", "failed", "canceled"}
+Progress = Callable[[int, int], None]
+
+
+class KilnError(Exception):
+    """An error answer from Kiln: ``code``, ``message`` and the ``fields`` it names."""
+
+    def __init__(self, status: int, body: Any) -> None:
+        err = body.get("error", {}) if isinstance(body, dict) else {}
+        self.status = status
+        self.code = err.get("code", "error")
+        self.fields = err.get("fields") or {}
+        super().__init__(f"{status} {self.code}: {err.get('message', body)}")
+
+
+@dataclass
+class Result:
+    job: dict[str, Any]
+    images: list[bytes] = field(default_factory=list)
+
+    @property
+    def seeds(self) -> list[int]:
+        return [im["seed"] for im in self.job.get("images", [])]
+
+
+class Kiln:
+    def __init__(self, base_url: str = "http://localhost:8000", api_key: str | None = None,
+                 *, timeout: float = 30.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self.http = requests.Session()
+        if api_key:
+            self.http.headers["Authorization"] = f"Bearer {api_key}"
+
+    def _call(self, method: str, path: str, **kw: Any) -> Any:
+        resp = self.http.request(method, self.base_url + path, timeout=self.timeout, **kw)
+        body = resp.json() if resp.content else {}
+        if resp.status_code >= 400:
+            raise KilnError(resp.status_code, body)
+        return body
+
+    # -- jobs -------------------------------------------------------------------------
+    def submit(self, prompt: str, *, idempotency_key: str | None = None,
+               **params: Any) -> dict[str, Any]:
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        return self._call("POST", "/v1/jobs", json={"prompt": prompt, **params},
+                          headers=headers)
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        return self._call("GET", f"/v1/jobs/{job_id}")
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        return self._call("DELETE", f"/v1/jobs/{job_id}")
+
+    def models(self) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/v1/models")["data"])
+
+    def events(self, job_id: str) -> Iterator[tuple[str, dict[str, Any]]]:
+        """The job's events as ``(event, data)`` until it ends (raises 404 if no stream)."""
+        with self.http.get(f"{self.base_url}/v1/jobs/{job_id}/events", stream=True,
+                           timeout=(self.timeout, None)) as resp:
+            if resp.status_code >= 400:
+                raise KilnError(resp.status_code, resp.json())
+            event = None
+            for line in resp.iter_lines(decode_unicode=True):
+                if line.startswith("event: "):
+                    event = line[7:]
+                elif line.startswith("data: ") and event:
+                    yield event, json.loads(line[6:])
+                    if event in TERMINAL:
+                        return
+
+    def wait(self, job_id: str, *, on_progress: Progress | None = None,
+             timeout: float = 600.0) -> dict[str, Any]:
+        """Wait for the job to end; ``on_progress(step, steps)`` as it runs."""
+        try:
+            for event, data in self.events(job_id):
+                if event == "progress" and on_progress:
+                    on_progress(int(data["step"]), int(data["steps"]))
+            return self.job(job_id)
+        except (KilnError, requests.RequestException):
+            pass  # no event stream here: poll
+        deadline, last = time.monotonic() + timeout, -1
+        while time.monotonic() < deadline:
+            job = self.job(job_id)
+            step = job.get("progress", {}).get("step", 0)
+            if on_progress and step != last:
+                last = step
+                on_progress(step, job["progress"]["steps"])
+            if job["status"] in TERMINAL:
+                return job
+            time.sleep(0.25)
+        raise TimeoutError(f"job {job_id} did not end within {timeout}s")
+
+    def generate(self, prompt: str, *, on_progress: Progress | None = None,
+                 timeout: float = 600.0, **params: Any) -> Result:
+        """Submit, wait, download: the images (PNG bytes) and their seeds."""
+        job = self.wait(self.submit(prompt, **params)["id"], on_progress=on_progress,
+                        timeout=timeout)
+        if job["status"] != "succeeded":
+            raise KilnError(500, {"error": job.get("error") or {"message": job["status"]}})
+        images = [requests.get(im["url"], timeout=self.timeout).content
+                  for im in job["images"]]
+        return Result(job=job, images=images)

@@ -1,0 +1,137 @@
+"""``POST /v1/images/generations``: the OpenAI Images API, served by Kiln.
+
+The official ``openai`` SDK pointed at ``http://<kiln>/v1`` works unchanged:
+
+    client = OpenAI(base_url="http://localhost:8000/v1", api_key="kiln")
+    client.images.generate(model="sdxl", prompt="a red fox", size="1024x1024")
+
+Kiln's extras (``negative_prompt``, ``steps``, ``guidance_scale``, ``seed``) ride in
+``extra_body``. The call is synchronous: it waits for the job up to
+``KILN_SYNC_TIMEOUT_S``, then answers 504 with the job id to poll at ``/v1/jobs/<id>``.
+Errors use OpenAI's shape: ``{"error": {"message", "type", "param", "code"}}``.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from flask import jsonify
+from flask.views import MethodView
+from flask_smorest import Blueprint
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
+from werkzeug.exceptions import HTTPException
+
+from app.errors import flatten_messages
+from app.service import dispatcher, settings
+from config.errors import KilnError
+
+blp = Blueprint("openai", __name__, url_prefix="/v1/images",
+                description="OpenAI-compatible image generation")
+
+
+class ImagesRequestSchema(Schema):
+    class Meta:
+        unknown = EXCLUDE  # OpenAI parameters Kiln does not use (quality, style, ...)
+
+    prompt = fields.String(required=True, metadata={"example": "a red fox in the snow"})
+    model = fields.String(load_default=None, metadata={"example": "tiny-sd"})
+    n = fields.Integer(load_default=1, strict=True, validate=validate.Range(min=1, max=64))
+    size = fields.String(load_default=None, validate=validate.Regexp(r"^\d{1,5}x\d{1,5}$"),
+                         metadata={"example": "64x64"})
+    response_format = fields.String(load_default="url",
+                                    validate=validate.OneOf(["url", "b64_json"]))
+    user = fields.String(load_default=None)
+    negative_prompt = fields.String(load_default=None, allow_none=True)
+    steps = fields.Integer(load_default=None, strict=True)
+    guidance_scale = fields.Float(load_default=None, allow_nan=False)
+    seed = fields.Integer(load_default=None, allow_none=True, strict=True)
+
+
+class ImageDataSchema(Schema):
+    url = fields.String()
+    b64_json = fields.String()
+    revised_prompt = fields.String()
+
+
+class ImagesResponseSchema(Schema):
+    created = fields.Integer()
+    data = fields.List(fields.Nested(ImageDataSchema))
+
+
+def openai_error(message: str, status: int, *, param: str | None = None,
+                 kind: str = "invalid_request_error", code: str | None = None) -> Any:
+    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
+    return jsonify(body), status
+
+
+@blp.errorhandler(ValidationError)
+def _validation(exc: ValidationError) -> Any:
+    fields_ = flatten_messages(exc.messages)
+    name = next(iter(fields_), None)
+    detail = fields_.get(name) if name else None
+    msg = f"{name}: {detail[0] if isinstance(detail, list) else detail}" if name else str(exc)
+    return openai_error(msg, 400, param=name)
+
+
+@blp.errorhandler(KilnError)
+def _kiln(exc: KilnError) -> Any:
+    param = next(iter(exc.fields), None)
+    kind = "server_error" if exc.status >= 500 else "invalid_request_error"
+    return openai_error(exc.message, exc.status if exc.status != 422 else 400, param=param,
+                        kind=kind, code=exc.code)
+
+
+@blp.errorhandler(HTTPException)
+def _http(exc: HTTPException) -> Any:
+    data = getattr(exc, "data", None) or {}
+    if "messages" in data:
+        return _validation(ValidationError(data["messages"]))
+    return openai_error(exc.description or exc.name, exc.code or 500)
+
+
+def to_job(data: dict[str, Any]) -> dict[str, Any]:
+    job: dict[str, Any] = {"prompt": data["prompt"], "n": data["n"]}
+    for key in ("model", "negative_prompt", "steps", "guidance_scale", "seed"):
+        if data.get(key) is not None:
+            job[key] = data[key]
+    if data.get("size"):
+        width, height = (int(v) for v in data["size"].split("x"))
+        job.update(width=width, height=height)
+    return job
+
+
+@blp.route("/generations")
+class Generations(MethodView):
+    @blp.arguments(ImagesRequestSchema, location="json")
+    @blp.response(200, ImagesResponseSchema)
+    def post(self, data: dict[str, Any]) -> Any:
+        """Create images (synchronous; 504 with the job id past the timeout)."""
+        d = dispatcher()
+        try:
+            params = d.validate(to_job(data))
+        except ValidationError as exc:
+            fields_ = flatten_messages(exc.messages)
+            if "width" in fields_ or "height" in fields_:
+                detail = fields_.get("width") or fields_.get("height")
+                raise ValidationError({"size": detail}) from None
+            raise
+        record, _ = d.submit(params, owner=None, source="openai")
+        done = d.wait(record["id"], timeout=settings().sync_timeout_s) or record
+        if done.get("status") != "succeeded":
+            if done.get("status") in {"queued", "running"}:
+                return openai_error(
+                    f"job {record['id']} is still {done['status']}; poll /v1/jobs/{record['id']}",
+                    504, kind="timeout", code=record["id"])
+            err = done.get("error") or {}
+            return openai_error(err.get("message", "generation failed"), 500,
+                                kind="server_error", code=err.get("code"))
+        out = []
+        for image in done["images"]:
+            item: dict[str, Any] = {"revised_prompt": data["prompt"]}
+            if data["response_format"] == "b64_json":
+                item["b64_json"] = base64.b64encode(d.storage.read(image["key"])).decode()
+            else:
+                item["url"] = image["url"]
+            out.append(item)
+        return {"created": int(done.get("created_at") or 0), "data": out}
