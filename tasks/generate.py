@@ -159,6 +159,7 @@ def _run_started(runtime: rt.Runtime, job_id: str, params: dict[str, Any]) -> di
         return finish(runtime, job_id, exc)
 
     # 5. Encode and upload on this thread, while the engine runs the next batch.
+    store.progress(job_id, params["steps"], params["steps"])
     images = _upload(runtime, job_id, params, result)
 
     # 6. Done, unless it was canceled meanwhile.

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.stack import Stack
+from tests.support import KilnHTTP
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -18,3 +22,21 @@ def tiny_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("models")
     make_all(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory, tiny_models_dir: Path) -> Iterator[Stack]:
+    """The real stack on free ports: Valkey, an S3 server, a tiny-sd worker, the API."""
+    s = Stack(tmp_path_factory.mktemp("stack"), models_dir=tiny_models_dir)
+    try:
+        s.start_servers()
+        s.start_worker("tiny-sd")
+        s.start_api()
+        yield s
+    finally:
+        s.close()
+
+
+@pytest.fixture(scope="session")
+def api(stack: Stack) -> KilnHTTP:
+    return KilnHTTP(stack.api_url)

@@ -62,7 +62,7 @@ async function finish(id) {
   const job = await (await fetch(`/v1/jobs/${id}`)).json();
   $("submit").disabled = false;
   if (job.status === "succeeded") {
-    $("progress").value = 1;
+    $("progress").value = $("progress").max;
     status(`Done: ${job.images.length} image(s), batch of ${job.batch_size}.`);
     showImages(job);
   } else {
