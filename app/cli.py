@@ -202,5 +202,18 @@ def s3() -> None:
     exec_s3(get_settings())
 
 
+def run() -> None:
+    """The console script: ``main`` with unreachable servers reported in one line."""
+    import requests
+
+    try:
+        main()
+    except requests.ConnectionError as exc:
+        url = getattr(exc.request, "url", "") if exc.request is not None else ""
+        click.echo(f"Error: cannot reach Kiln at {url or 'the configured URL'} "
+                   "(set --url or KILN_URL)", err=True)
+        sys.exit(1)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    run()
