@@ -26,16 +26,20 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         OPENAPI_VERSION="3.0.3",
         OPENAPI_URL_PREFIX="/",
         OPENAPI_JSON_PATH="openapi.json",
-        MAX_CONTENT_LENGTH=64 * 1024,
+        MAX_CONTENT_LENGTH=settings.max_body_bytes,
         JSON_SORT_KEYS=False,
     )
     app.config.update(test_config)
     app.json.sort_keys = False  # type: ignore[attr-defined]
 
+    from app.auth import init_auth
     from app.errors import register_error_handlers
+    from app.limits import init_limits
     from app.service import init_service
 
     init_service(app, settings)
+    init_auth(app, settings)
+    init_limits(app, settings)
     api = Api(app, spec_kwargs={"info": {"description": "Self-hosted image generation."}})
     register_error_handlers(app)
 

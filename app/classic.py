@@ -15,6 +15,7 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
+from app.auth import can_see, owner
 from app.schemas import ApiErrorSchema
 from app.service import dispatcher
 from config.errors import NotFound
@@ -90,7 +91,7 @@ class Generate(MethodView):
         check_size(data)
         d = dispatcher()
         payload = {k: v for k, v in data.items() if v is not None}
-        record, _ = d.submit(d.validate(payload), source="classic")
+        record, _ = d.submit(d.validate(payload), owner=owner(), source="classic")
         view = d.get(record["id"]) or record
         return {"job_id": record["id"], "status": "queued", "estimated_time": view.get("eta_s")}
 
@@ -102,7 +103,7 @@ class ClassicJob(MethodView):
     def get(self, job_id: str) -> Any:
         """The job in the classic shape."""
         record = dispatcher().get(job_id)
-        if record is None:
+        if record is None or not can_see(record.get("owner")):
             raise NotFound(f"no job {job_id!r}", fields={"job_id": [job_id]})
         images = record.get("images") or []
         err = record.get("error")

@@ -82,6 +82,29 @@ def make_tiny(directory: Path | None) -> None:
         click.echo(f"{name:<10} {path}")
 
 
+@main.group()
+def keys() -> None:
+    """Make API keys (only their hashes go in the config)."""
+
+
+@keys.command("create")
+@click.argument("name")
+@click.option("--scopes", default="generate,read", show_default=True,
+              help="Comma-separated: generate, read, admin.")
+def keys_create(name: str, scopes: str) -> None:
+    """Print a new random key for NAME once, and the KILN_API_KEYS entry for it."""
+    from app.auth import SCOPES, hash_key, new_key
+
+    wanted = [s.strip() for s in scopes.split(",") if s.strip()]
+    unknown = sorted(set(wanted) - set(SCOPES))
+    if unknown or not wanted or ":" in name or "," in name:
+        raise click.ClickException(f"bad name or scopes {unknown or wanted}; scopes: {SCOPES}")
+    key = new_key()
+    click.echo(f"API key for {name} (shown once; give it to the client):\n  {key}\n")
+    click.echo("Add this entry to KILN_API_KEYS (comma-separated with others):")
+    click.echo(f"  {name}:{hash_key(key)}:{'+'.join(wanted)}")
+
+
 def _api_url(url: str | None) -> str:
     if url:
         return url

@@ -13,7 +13,7 @@ from flask import Flask, jsonify
 from marshmallow import ValidationError
 from werkzeug.exceptions import HTTPException
 
-from config.errors import KilnError
+from config.errors import KilnError, RateLimited
 
 log = logging.getLogger("kiln.api")
 
@@ -60,7 +60,10 @@ def validation_message(fields: dict[str, Any]) -> str:
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(KilnError)
     def _kiln(exc: KilnError) -> Any:
-        return jsonify(error_body(exc.code, exc.message, exc.fields)), exc.status
+        resp = jsonify(error_body(exc.code, exc.message, exc.fields))
+        if isinstance(exc, RateLimited):
+            resp.headers["Retry-After"] = str(exc.retry_after_s)
+        return resp, exc.status
 
     @app.errorhandler(ValidationError)
     def _validation(exc: ValidationError) -> Any:

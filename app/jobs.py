@@ -11,6 +11,7 @@ from flask import Response, request, stream_with_context, url_for
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
+from app.auth import can_see, owner
 from app.schemas import ApiErrorSchema, CancelSchema, JobSchema, JobViewSchema
 from app.service import dispatcher, settings
 from config.errors import NotFound
@@ -36,8 +37,9 @@ def job_view(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def get_job_or_404(job_id: str) -> dict[str, Any]:
+    """The job, if it exists and this API key may see it (404 either way, no hints)."""
     record = dispatcher().get(job_id)
-    if record is None:
+    if record is None or not can_see(record.get("owner")):
         raise NotFound(f"no job {job_id!r}", fields={"job_id": [job_id]})
     return record
 
@@ -62,6 +64,7 @@ class Jobs(MethodView):
         d.check_webhook(params)
         record, created = d.submit(
             params,
+            owner=owner(),
             idempotency_key=request.headers.get("Idempotency-Key") or None,
             request_body=request.get_json(silent=True),
         )
@@ -84,6 +87,7 @@ class Job(MethodView):
     @blp.alt_response(409, schema=ApiErrorSchema, description="The job already ended")
     def delete(self, job_id: str) -> Any:
         """Cancel a job."""
+        get_job_or_404(job_id)
         out = dispatcher().cancel(job_id)
         return out, 200 if out["status"] == "canceled" else 202
 
@@ -103,8 +107,7 @@ def events(job_id: str) -> Any:
     Resumable: send ``Last-Event-ID`` to get only the events after it.
     """
     d = dispatcher()
-    if d.store.get(job_id) is None:
-        raise NotFound(f"no job {job_id!r}", fields={"job_id": [job_id]})
+    get_job_or_404(job_id)
     after = request.headers.get("Last-Event-ID") or request.args.get("last_event_id") or "0-0"
     max_s = settings().sse_max_s
 

@@ -22,6 +22,7 @@ from flask_smorest import Blueprint
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 from werkzeug.exceptions import HTTPException
 
+from app.auth import owner
 from app.errors import flatten_messages
 from app.service import dispatcher, settings
 from config.errors import KilnError
@@ -116,7 +117,7 @@ class Generations(MethodView):
                 detail = fields_.get("width") or fields_.get("height")
                 raise ValidationError({"size": detail}) from None
             raise
-        record, _ = d.submit(params, owner=None, source="openai")
+        record, _ = d.submit(params, owner=owner(), source="openai")
         done = d.wait(record["id"], timeout=settings().sync_timeout_s) or record
         if done.get("status") != "succeeded":
             if done.get("status") in {"queued", "running"}:

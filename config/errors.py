@@ -87,6 +87,14 @@ class TooManyDeliveries(PermanentError):
     code = "too_many_deliveries"
 
 
+class RateLimited(TransientError):
+    """Too many requests or jobs for this API key; ``retry_after_s`` says when to retry."""
+
+    code = "rate_limited"
+    status = 429
+    retry_after_s = 5
+
+
 class StorageUnavailable(TransientError):
     code = "storage_unavailable"
 

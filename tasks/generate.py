@@ -88,6 +88,7 @@ def finish(runtime: rt.Runtime, job_id: str, exc: KilnError) -> dict[str, Any]:
     queues.mark_dequeued(runtime.store.redis, runtime.model.name, job_id)
     log.info("job %s %s: %s", job_id, status, exc.message, extra={"job_id": job_id})
     record = runtime.store.get(job_id) or {"id": job_id, "status": status}
+    queues.mark_inactive(runtime.store.redis, record.get("owner"), job_id)
     enqueue_webhook(runtime.celery, record)
     return record
 
@@ -179,6 +180,7 @@ def _run_started(runtime: rt.Runtime, job_id: str, params: dict[str, Any]) -> di
         run_s=round(result.run_s, 4),
     )
     record = store.get(job_id) or {}
+    queues.mark_inactive(store.redis, record.get("owner"), job_id)
     if applied:
         log.info("job %s succeeded: %d image(s), batch %s of %s", job_id, len(images),
                  batch.id if batch else "-", batch.size if batch else "-",

@@ -56,3 +56,21 @@ def eta_s(r: Any, model: str, *, position: int, images: int, workers: int,
     raw = r.hget(stats_key(model), "s_per_image")
     per_image = float(raw) if raw else default_s_per_image
     return round(max(per_image, (position - 1 + images) * per_image / max(1, workers)), 2)
+
+
+def active_key(owner: str) -> str:
+    return f"kiln:active:{owner}"
+
+
+def mark_active(r: Any, owner: str | None, job_id: str) -> None:
+    if owner:
+        r.sadd(active_key(owner), job_id)
+
+
+def mark_inactive(r: Any, owner: str | None, job_id: str) -> None:
+    if owner:
+        r.srem(active_key(owner), job_id)
+
+
+def active_jobs(r: Any, owner: str | None) -> int:
+    return int(r.scard(active_key(owner))) if owner else 0

@@ -19,7 +19,7 @@ from typing import Any
 from celery import Celery
 from marshmallow import ValidationError
 
-from config.errors import BrokerUnavailable, Conflict, InvalidInput, NotFound
+from config.errors import BrokerUnavailable, Conflict, InvalidInput, NotFound, RateLimited
 from config.settings import Settings
 from pipelines.registry import Registry
 from tasks import queues
@@ -89,6 +89,10 @@ class Dispatcher:
         (``created`` False); the same key with another body is a ``Conflict``.
         """
         job_id = job_id or new_job_id()
+        quota = self.settings.max_concurrent_jobs
+        if owner and quota and queues.active_jobs(self.store.redis, owner) >= quota:
+            raise RateLimited(f"{quota} jobs of this API key are already queued or running",
+                              fields={"quota": [quota]})
         if idempotency_key:
             existing = self._claim_key(idempotency_key, owner, job_id, request_body)
             if existing is not None:
@@ -96,6 +100,7 @@ class Dispatcher:
         record = new_record(job_id, params, owner=owner, source=source)
         self.store.create(record)
         queues.mark_queued(self.store.redis, params["model"], job_id, record["created_at"])
+        queues.mark_active(self.store.redis, owner, job_id)
         try:
             self.celery.send_task(
                 GENERATE,
@@ -185,6 +190,7 @@ class Dispatcher:
         )
         if applied:
             queues.mark_dequeued(self.store.redis, record["model"], job_id)
+            queues.mark_inactive(self.store.redis, record.get("owner"), job_id)
             try:  # best effort: the worker also skips jobs whose record says canceled
                 self.celery.control.revoke(job_id)
             except Exception as exc:

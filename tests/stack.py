@@ -25,6 +25,8 @@ from app.devfleet import s3_argv, valkey_argv
 from config.settings import Settings, from_env
 
 ROOT = Path(__file__).resolve().parent.parent
+# Every secret any stack of this test session configured: the log scan looks for them.
+SECRETS: list[str] = []
 BIN = Path(sys.executable).parent
 
 
@@ -90,6 +92,7 @@ class Stack:
         redis_port, s3_port = free_port(), free_port()
         access, secret = "kiln-test", "kiln-test-secret-" + os.urandom(6).hex()
         self.webhook_secret = "whsec_" + base64.b64encode(os.urandom(24)).decode()
+        SECRETS.extend([secret, self.webhook_secret])
         self.spawn("valkey", valkey_argv(redis_port))
         s3_dir = self.workdir / "s3"
         s3_dir.mkdir(exist_ok=True)
@@ -116,6 +119,7 @@ class Stack:
             "KILN_S3_SECRET_KEY": secret,
             "KILN_S3_BUCKET": "kiln-test",
             "KILN_WEBHOOK_SECRET": self.webhook_secret,
+            "KILN_RATE_LIMIT": "100000/minute",
             **self.env_overrides,
         }
 

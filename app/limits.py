@@ -1,0 +1,38 @@
+"""Per-key rate limits and concurrent-job quotas, shared by every API process via Redis.
+
+Flask-Limiter counts submits per API key (per client address when the API runs open)
+in the job store's Redis, so all gunicorn workers and API hosts share one budget;
+a 429 carries ``Retry-After``. The concurrent-job quota counts each key's queued and
+running jobs (``kiln:active:<key>``, kept by the dispatcher and the workers).
+"""
+
+from __future__ import annotations
+
+from flask import Flask, request
+from flask_limiter import Limiter
+
+from app.auth import owner
+from config.settings import Settings
+
+SUBMIT_ENDPOINTS = {"jobs.Jobs", "openai.Generations", "classic.Generate"}
+
+
+def limit_key() -> str:
+    return f"key:{owner()}" if owner() else f"addr:{request.remote_addr}"
+
+
+def not_a_submit() -> bool:
+    return request.method != "POST" or request.endpoint not in SUBMIT_ENDPOINTS
+
+
+def init_limits(app: Flask, settings: Settings) -> Limiter:
+    return Limiter(
+        key_func=limit_key,
+        app=app,
+        storage_uri=settings.redis_url,
+        strategy="moving-window",
+        headers_enabled=True,
+        key_prefix="kiln:ratelimit",
+        application_limits=[settings.rate_limit],
+        application_limits_exempt_when=not_a_submit,
+    )

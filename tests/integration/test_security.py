@@ -1,0 +1,149 @@
+"""API keys, scopes, job visibility, rate limits, quotas, body size, private results."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+from openai import OpenAI
+
+from app.auth import hash_key, new_key
+from tests.stack import SECRETS, Stack
+from tests.support import KilnHTTP, fetch_image
+
+pytestmark = pytest.mark.integration
+KEYS = {name: new_key() for name in ("alice", "bob", "reader", "ops")}
+SCOPES = {"alice": "generate+read", "bob": "generate+read", "reader": "read", "ops": "admin"}
+SECRETS.extend(KEYS.values())
+
+
+@pytest.fixture(scope="module")
+def sstack(tmp_path_factory: pytest.TempPathFactory, tiny_models_dir: Path) -> Iterator[Stack]:
+    spec = ",".join(f"{n}:{hash_key(k)}:{SCOPES[n]}" for n, k in KEYS.items())
+    s = Stack(tmp_path_factory.mktemp("security"), models_dir=tiny_models_dir,
+              env_overrides={"KILN_PROFILE": "prod", "KILN_API_KEYS": spec,
+                             "KILN_MAX_BODY_BYTES": "4096", "KILN_MAX_CONCURRENT_JOBS": "3"})
+    try:
+        s.start_servers()
+        s.start_worker("tiny-sd")
+        s.start_api()
+        yield s
+    finally:
+        s.close()
+
+
+def as_(stack: Stack, name: str | None, url: str | None = None) -> KilnHTTP:
+    headers = {"Authorization": f"Bearer {KEYS[name]}"} if name else {}
+    return KilnHTTP(url or stack.api_url, headers=headers)
+
+
+JOB = {"prompt": "a red fox", "model": "tiny-sd", "steps": 2, "seed": 1}
+
+
+def test_missing_or_wrong_key_is_401(sstack: Stack) -> None:
+    assert as_(sstack, None).post("/v1/jobs", json=JOB).status_code == 401
+    wrong = KilnHTTP(sstack.api_url, headers={"Authorization": "Bearer kiln_nope"})
+    r = wrong.get("/v1/models")
+    assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized"
+    # X-API-Key works too; health stays public.
+    assert KilnHTTP(sstack.api_url, headers={"X-API-Key": KEYS["reader"]}).get(
+        "/v1/models").status_code == 200
+    assert as_(sstack, None).get("/healthz").status_code == 200
+
+
+def test_missing_scope_is_403(sstack: Stack) -> None:
+    r = as_(sstack, "reader").post("/v1/jobs", json=JOB)
+    assert r.status_code == 403 and r.json()["error"]["fields"] == {"scope": ["generate"]}
+
+
+def test_a_job_is_visible_to_its_key_and_admin_only(sstack: Stack) -> None:
+    alice, bob, ops = as_(sstack, "alice"), as_(sstack, "bob"), as_(sstack, "ops")
+    job = alice.submit(**JOB)
+    assert alice.wait(job["id"])["status"] == "succeeded"
+    assert bob.get(f"/v1/jobs/{job['id']}").status_code == 404
+    assert bob.delete(f"/v1/jobs/{job['id']}").status_code == 404
+    assert bob.get(f"/v1/jobs/{job['id']}/events").status_code == 404
+    assert ops.get(f"/v1/jobs/{job['id']}").status_code == 200
+
+
+def test_openai_sdk_uses_the_key(sstack: Stack) -> None:
+    client = OpenAI(base_url=f"{sstack.api_url}/v1", api_key=KEYS["alice"])
+    resp = client.images.generate(model="tiny-sd", prompt="x", size="64x64",
+                                  extra_body={"steps": 2})
+    assert resp.data[0].url
+
+
+def test_rate_limit_is_shared_by_two_api_processes(sstack: Stack) -> None:
+    env = {"KILN_RATE_LIMIT": "4/minute"}
+    one, two = sstack.start_api(env=env), sstack.start_api(env=env)
+    bob_one, bob_two = as_(sstack, "bob", one), as_(sstack, "bob", two)
+    codes = []
+    for i in range(6):
+        api = bob_one if i % 2 == 0 else bob_two
+        r = api.post("/v1/jobs", json={**JOB, "model": "sd15"})  # no worker: stays queued
+        codes.append(r.status_code)
+        if r.status_code == 429:
+            assert int(r.headers["Retry-After"]) > 0
+            assert r.json()["error"]["code"] == "rate_limited"
+        elif r.status_code == 202:
+            api.delete(f"/v1/jobs/{r.json()['id']}")
+    assert codes[:4] == [202] * 4 and codes[4:] == [429, 429]
+
+
+def test_concurrent_job_quota(sstack: Stack) -> None:
+    alice = as_(sstack, "alice")
+    ids = [alice.submit(**{**JOB, "model": "sd15"})["id"] for _ in range(3)]  # queued, no worker
+    r = alice.post("/v1/jobs", json={**JOB, "model": "sd15"})
+    assert r.status_code == 429 and "Retry-After" in r.headers
+    for job_id in ids:
+        assert alice.delete(f"/v1/jobs/{job_id}").status_code == 200
+    assert alice.post("/v1/jobs", json=JOB).status_code == 202
+
+
+def test_oversized_body_is_413(sstack: Stack) -> None:
+    r = as_(sstack, "alice").post("/v1/jobs", json={**JOB, "prompt": "x" * 8000})
+    assert r.status_code == 413 and r.json()["error"]["code"] == "payload_too_large"
+
+
+def test_results_are_private_unless_a_public_base_url_is_set(sstack: Stack) -> None:
+    alice = as_(sstack, "alice")
+    done = alice.run(**JOB)
+    image = done["images"][0]
+    assert "X-Amz-Signature" in image["url"]
+    fetch_image(image["url"])
+    bucket = sstack.env["KILN_S3_BUCKET"]
+    unsigned = requests.get(f"{sstack.env['KILN_S3_ENDPOINT_URL']}/{bucket}/{image['key']}",
+                            timeout=10)
+    assert unsigned.status_code in {400, 401, 403}
+    public = as_(sstack, "alice", sstack.start_api(
+        env={"KILN_PUBLIC_BASE_URL": "https://cdn.example.com/kiln"}))
+    url = public.get(f"/v1/jobs/{done['id']}").json()["images"][0]["url"]
+    assert url == f"https://cdn.example.com/kiln/{image['key']}"
+
+
+def test_malformed_celery_payload_fails_the_job_and_the_worker_serves_on(sstack: Stack) -> None:
+    from tasks.celery_app import make_celery
+
+    app = make_celery(sstack.settings)
+    bad = app.send_task("kiln.generate", queue="gen.tiny-sd",
+                        kwargs={"prompt": 42, "model": "tiny-sd", "steps": "many"})
+    record = bad.get(timeout=60)
+    assert record["status"] == "failed"
+    assert record["error"]["code"] == "invalid_request"
+    assert set(record["error"]["fields"]) >= {"prompt", "steps"}
+    good = app.send_task("kiln.generate", queue="gen.tiny-sd", kwargs=JOB).get(timeout=60)
+    assert good["status"] == "succeeded"
+    # Pickle is refused outright.
+    assert app.conf.accept_content == ["json"]
+
+
+def test_prod_profile_refuses_to_start_without_keys() -> None:
+    code = ("from app import create_app\nfrom config.settings import from_env\n"
+            "create_app({'KILN_SETTINGS': from_env({'KILN_PROFILE': 'prod'})})")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode != 0 and "KILN_API_KEYS" in out.stderr
