@@ -55,6 +55,17 @@ class ImageDataSchema(Schema):
     revised_prompt = fields.String()
 
 
+class OpenAIErrorDetailSchema(Schema):
+    message = fields.String()
+    type = fields.String()
+    param = fields.String(allow_none=True)
+    code = fields.String(allow_none=True)
+
+
+class OpenAIErrorSchema(Schema):
+    error = fields.Nested(OpenAIErrorDetailSchema)
+
+
 class ImagesResponseSchema(Schema):
     created = fields.Integer()
     data = fields.List(fields.Nested(ImageDataSchema))
@@ -106,6 +117,12 @@ def to_job(data: dict[str, Any]) -> dict[str, Any]:
 class Generations(MethodView):
     @blp.arguments(ImagesRequestSchema, location="json")
     @blp.response(200, ImagesResponseSchema)
+    @blp.alt_response(400, schema=OpenAIErrorSchema, description="Invalid request")
+    @blp.alt_response(429, schema=OpenAIErrorSchema, description="Rate limited")
+    @blp.alt_response(500, schema=OpenAIErrorSchema, description="The job failed")
+    @blp.alt_response(503, schema=OpenAIErrorSchema, description="Broker unavailable")
+    @blp.alt_response(504, schema=OpenAIErrorSchema,
+                      description="Still running after KILN_SYNC_TIMEOUT_S; code is the job id")
     def post(self, data: dict[str, Any]) -> Any:
         """Create images (synchronous; 504 with the job id past the timeout)."""
         d = dispatcher()
