@@ -35,9 +35,11 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     from app.auth import init_auth
     from app.errors import register_error_handlers
     from app.limits import init_limits
+    from app.metrics import init_metrics
     from app.service import init_service
 
     init_service(app, settings)
+    init_metrics(app, app.extensions["kiln"])
     init_auth(app, settings)
     init_limits(app, settings)
     api = Api(app, spec_kwargs={"info": {"description": "Self-hosted image generation."}})

@@ -16,6 +16,7 @@ from flask_smorest import Blueprint
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
 from app.auth import can_see, owner
+from app.metrics import job_submitted
 from app.schemas import ApiErrorSchema
 from app.service import dispatcher
 from config.errors import NotFound
@@ -91,7 +92,9 @@ class Generate(MethodView):
         check_size(data)
         d = dispatcher()
         payload = {k: v for k, v in data.items() if v is not None}
-        record, _ = d.submit(d.validate(payload), owner=owner(), source="classic")
+        params = d.validate(payload)
+        record, _ = d.submit(params, owner=owner(), source="classic")
+        job_submitted(params["model"], "classic")
         view = d.get(record["id"]) or record
         return {"job_id": record["id"], "status": "queued", "estimated_time": view.get("eta_s")}
 

@@ -39,9 +39,10 @@ def config_cmd(key: str | None) -> None:
 @click.option("--gpu", type=int, default=None, help="GPU index; sets CUDA_VISIBLE_DEVICES.")
 @click.option("--concurrency", "-c", type=int, default=None, help="Task threads (2 batches).")
 @click.option("--loglevel", "-l", default="INFO")
+@click.option("--metrics-port", type=int, default=0, help="Serve Prometheus /metrics here.")
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
 def worker(model: str, gpu: int | None, concurrency: int | None, loglevel: str,
-           celery_args: tuple[str, ...]) -> None:
+           metrics_port: int, celery_args: tuple[str, ...]) -> None:
     """Serve one model on one GPU: load, warm, then consume gen.<model>."""
     from config.logging import setup_logging
     from pipelines.registry import Registry, UnknownModel
@@ -53,7 +54,8 @@ def worker(model: str, gpu: int | None, concurrency: int | None, loglevel: str,
         Registry.from_file(settings.models_file)[model]
     except UnknownModel:
         raise click.ClickException(f"unknown model {model!r}; see `kiln models list`") from None
-    run_worker(model, gpu=gpu, concurrency=concurrency, loglevel=loglevel, extra_args=celery_args)
+    run_worker(model, gpu=gpu, concurrency=concurrency, loglevel=loglevel,
+               metrics_port=metrics_port, extra_args=celery_args)
 
 
 @main.group()
@@ -80,6 +82,41 @@ def make_tiny(directory: Path | None) -> None:
     out = directory or get_settings().models_dir
     for name, path in make_all(out).items():
         click.echo(f"{name:<10} {path}")
+
+
+@main.command()
+@click.option("--model", "-m", "models_", multiple=True, help="Models (default: all).")
+@click.option("--s-per-image", type=float, default=None,
+              help="Seconds per image; default: what the workers measured (job store).")
+@click.option("--usd-per-gpu-hour", type=float, default=2.5, show_default=True)
+@click.option("--gpus", type=int, default=1, show_default=True, help="GPUs per model.")
+def capacity(models_: tuple[str, ...], s_per_image: float | None, usd_per_gpu_hour: float,
+             gpus: int) -> None:
+    """Estimate images/hour and cost per image from seconds per image."""
+    from pipelines.registry import Registry
+    from tasks import queues
+    from tasks.jobs import JobStore
+
+    settings = get_settings()
+    names = list(models_) or list(Registry.from_file(settings.models_file))
+    store = None if s_per_image else JobStore(settings.redis_url)
+    click.echo(f"{'model':<16}{'s/image':>10}{'images/h/GPU':>14}{'images/h':>12}"
+               f"{'$/1k images':>13}")
+    for name in names:
+        spi = s_per_image
+        if spi is None and store is not None:
+            try:
+                raw = store.redis.hget(queues.stats_key(name), "s_per_image")
+            except Exception as exc:
+                raise click.ClickException(f"job store unreachable ({type(exc).__name__}); "
+                                           "pass --s-per-image") from None
+            spi = float(raw) if raw else None
+        if not spi:
+            click.echo(f"{name:<16}{'no data':>10}  (run some jobs, or pass --s-per-image)")
+            continue
+        per_gpu = 3600 / spi
+        click.echo(f"{name:<16}{spi:>10.3f}{per_gpu:>14.0f}{per_gpu * gpus:>12.0f}"
+                   f"{usd_per_gpu_hour * spi / 3600 * 1000:>13.3f}")
 
 
 @main.group()

@@ -11,6 +11,7 @@ from typing import Any
 
 from flask import Flask, jsonify
 from marshmallow import ValidationError
+from redis.exceptions import RedisError
 from werkzeug.exceptions import HTTPException
 
 from config.errors import KilnError, RateLimited
@@ -69,6 +70,11 @@ def register_error_handlers(app: Flask) -> None:
     def _validation(exc: ValidationError) -> Any:
         fields = flatten_messages(exc.messages)
         return jsonify(error_body("invalid_request", validation_message(fields), fields)), 422
+
+    @app.errorhandler(RedisError)
+    def _redis(exc: RedisError) -> Any:
+        log.error("job store unavailable: %s", type(exc).__name__)
+        return jsonify(error_body("unavailable", "the job store is unavailable; try again")), 503
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException) -> Any:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from flask import request
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
@@ -25,14 +26,27 @@ class Healthz(MethodView):
 @blp.route("/readyz")
 class Readyz(MethodView):
     @blp.response(200, HealthSchema)
-    @blp.alt_response(503, schema=HealthSchema)
+    @blp.alt_response(503, schema=HealthSchema, description="Not ready; checks say why")
     def get(self) -> Any:
-        """Broker, storage, and a ready worker for every model; 503 otherwise."""
+        """Job store and storage reachable, and a ready worker for each required model.
+
+        ``?model=NAME`` (repeatable) checks those models only; otherwise the models in
+        ``KILN_REQUIRED_MODELS`` (default: every enabled model). Workers count as ready
+        while their heartbeat (every 3 s, 9 s TTL) is alive; a clean stop removes it.
+        """
         d = dispatcher()
+        asked = request.args.getlist("model")
+        required = asked or [m for m in d.settings.required_models.split(",") if m] or list(
+            d.registry)
+        unknown = [m for m in required if m not in d.registry]
         checks: dict[str, Any] = {"job_store": d.store.ping(), "storage": d.storage.ping()}
         workers = {}
         if checks["job_store"]:
             workers = {name: ready_workers(d.store, name) for name in d.registry}
         checks["workers"] = workers
-        ok = checks["job_store"] and checks["storage"] and all(workers.values())
+        checks["required"] = required
+        if unknown:
+            checks["unknown_models"] = unknown
+        ok = (checks["job_store"] and checks["storage"] and not unknown
+              and all(workers.get(m) for m in required))
         return {"status": "ok" if ok else "unavailable", "checks": checks}, 200 if ok else 503

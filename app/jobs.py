@@ -12,6 +12,7 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 
 from app.auth import can_see, owner
+from app.metrics import job_submitted
 from app.schemas import ApiErrorSchema, CancelSchema, JobSchema, JobViewSchema
 from app.service import dispatcher, settings
 from config.errors import NotFound
@@ -68,6 +69,8 @@ class Jobs(MethodView):
             idempotency_key=request.headers.get("Idempotency-Key") or None,
             request_body=request.get_json(silent=True),
         )
+        if created:
+            job_submitted(params["model"], "rest")
         view = job_view(d.get(record["id"]) or record) if created else job_view(record)
         return view, 202 if created else 200, {"Location": view["urls"]["self"]}
 

@@ -35,4 +35,5 @@ def init_limits(app: Flask, settings: Settings) -> Limiter:
         key_prefix="kiln:ratelimit",
         application_limits=[settings.rate_limit],
         application_limits_exempt_when=not_a_submit,
+        swallow_errors=True,  # Redis down: the submit itself answers 503, not the limiter 500
     )

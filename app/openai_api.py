@@ -24,6 +24,7 @@ from werkzeug.exceptions import HTTPException
 
 from app.auth import owner
 from app.errors import flatten_messages
+from app.metrics import job_submitted
 from app.service import dispatcher, settings
 from config.errors import KilnError
 
@@ -135,6 +136,7 @@ class Generations(MethodView):
                 raise ValidationError({"size": detail}) from None
             raise
         record, _ = d.submit(params, owner=owner(), source="openai")
+        job_submitted(params["model"], "openai")
         done = d.wait(record["id"], timeout=settings().sync_timeout_s) or record
         if done.get("status") != "succeeded":
             if done.get("status") in {"queued", "running"}:

@@ -79,6 +79,7 @@ class Settings:
     sse_max_s: int = 900  # one event stream stays open at most this long
     default_s_per_image: float = 1.0  # ETA before a worker has measured anything
     sync_timeout_s: float = 120.0  # OpenAI-compatible endpoint waits this long
+    required_models: str = ""  # comma list /readyz insists on; empty: every enabled model
     api_keys: str = ""  # name:sha256hex:scope+scope, comma separated (`kiln keys create`)
     rate_limit: str = "120/minute"  # per API key (or per client address when open)
     max_concurrent_jobs: int = 64  # queued + running jobs per API key

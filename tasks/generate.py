@@ -13,6 +13,7 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import threading
+import time
 from typing import Any
 
 from celery import shared_task
@@ -26,7 +27,7 @@ from config.errors import (
     TooManyDeliveries,
     TransientError,
 )
-from tasks import queues
+from tasks import metrics, queues
 from tasks import runtime as rt
 from tasks.celery_app import GENERATE
 from tasks.images import encode_png
@@ -89,6 +90,7 @@ def finish(runtime: rt.Runtime, job_id: str, exc: KilnError) -> dict[str, Any]:
     log.info("job %s %s: %s", job_id, status, exc.message, extra={"job_id": job_id})
     record = runtime.store.get(job_id) or {"id": job_id, "status": status}
     queues.mark_inactive(runtime.store.redis, record.get("owner"), job_id)
+    metrics.job_finished(runtime.store.redis, runtime.model.name, status, record)
     enqueue_webhook(runtime.celery, record)
     return record
 
@@ -161,7 +163,11 @@ def _run_started(runtime: rt.Runtime, job_id: str, params: dict[str, Any]) -> di
 
     # 5. Encode and upload on this thread, while the engine runs the next batch.
     store.progress(job_id, params["steps"], params["steps"])
+    t_upload = time.perf_counter()
     images = _upload(runtime, job_id, params, result)
+    upload_s = time.perf_counter() - t_upload
+    metrics.UPLOAD.labels(params["model"]).observe(upload_s)
+    metrics.RUN.labels(params["model"]).observe(result.run_s)
 
     # 6. Done, unless it was canceled meanwhile.
     batch = result.batches[-1] if result.batches else None
@@ -182,11 +188,13 @@ def _run_started(runtime: rt.Runtime, job_id: str, params: dict[str, Any]) -> di
     record = store.get(job_id) or {}
     queues.mark_inactive(store.redis, record.get("owner"), job_id)
     if applied:
+        metrics.job_finished(store.redis, params["model"], "succeeded", record)
         log.info("job %s succeeded: %d image(s), batch %s of %s", job_id, len(images),
                  batch.id if batch else "-", batch.size if batch else "-",
                  extra={"job_id": job_id, "model": params["model"],
                         "batch_id": batch.id if batch else None,
-                        "duration_s": round(result.run_s, 4)})
+                        "duration_s": round(result.run_s, 4),
+                        "upload_s": round(upload_s, 4)})
         enqueue_webhook(runtime.celery, record)
     return record
 

@@ -89,6 +89,13 @@ class JobStore:
         """Write a new record; False when a record with that id already exists."""
         key = job_key(record["id"])
         fields = {k: json.dumps(v) for k, v in record.items()}
+        try:
+            return self._create(key, fields, record, event)
+        except redis.RedisError as exc:
+            raise BrokerUnavailable(f"job store unreachable: {type(exc).__name__}") from exc
+
+    def _create(self, key: str, fields: dict[str, str], record: Mapping[str, Any],
+                event: str) -> bool:
         if not self.redis.hsetnx(key, "id", fields["id"]):
             return False
         with self.redis.pipeline() as pipe:

@@ -16,6 +16,7 @@ from typing import Any
 
 from config.settings import Settings
 from pipelines.registry import Model, Registry
+from tasks import metrics
 from tasks.jobs import JobStore
 from tasks.progress import ProgressWriter
 from tasks.queues import CANCEL_CHANNEL
@@ -54,8 +55,19 @@ class Runtime:
         self.progress = ProgressWriter(self.store, model=self.model.name).start()
         writer = self.progress
 
+        model = self.model.name
+        seen_ooms = [0]
+
         def on_batch(info: Any, seconds: float, fill: float) -> None:
             writer.record_batch(seconds, info.size)
+            ooms = self.engine.stats["oom_splits"] if self.engine is not None else 0
+            metrics.observe_batch(model, seconds=seconds, size=info.size, fill=fill,
+                                  oom_splits=ooms - seen_ooms[0])
+            seen_ooms[0] = ooms
+            metrics.observe_gpu(model)
+            log.info("batch %s: %d image(s) in %.3fs", info.id, info.size, seconds,
+                     extra={"model": model, "batch_id": info.id, "batch_size": info.size,
+                            "duration_s": round(seconds, 4)})
 
         self.engine = Engine(self.model, models_dir=self.settings.models_dir,
                              device=self.settings.device, on_batch=on_batch)

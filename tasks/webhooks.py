@@ -24,6 +24,7 @@ from config.errors import InvalidInput
 from config.settings import Settings, get_settings
 from tasks.celery_app import DELIVER_WEBHOOK, WEBHOOKS_QUEUE
 from tasks.jobs import JobStore, now
+from tasks.metrics import webhook_delivered
 from tasks.storage import Storage
 from tasks.urlsafety import check_webhook_url
 
@@ -80,6 +81,7 @@ def deliver_webhook(self: Any, job_id: str, status: str | None = None) -> dict[s
         hook["state"] = "delivered"
     elif retry and attempt < settings.webhook_max_attempts:
         hook["state"] = "retrying"
+        webhook_delivered(store.redis, "retried")
         delay = backoff_s(attempt, base=settings.webhook_backoff_s)
         hook["next_attempt_in_s"] = round(delay, 2)
         store.transition(job_id, webhook=hook)
@@ -89,6 +91,7 @@ def deliver_webhook(self: Any, job_id: str, status: str | None = None) -> dict[s
         hook["state"] = "refused" if outcome == "refused" else "dead"
     hook.pop("next_attempt_in_s", None)
     store.transition(job_id, webhook=hook, event="webhook", data={"state": hook["state"]})
+    webhook_delivered(store.redis, hook["state"])
     log.info("webhook for %s %s after %d attempt(s): %s", job_id, hook["state"], attempt, detail)
     return {"job_id": job_id, "state": hook["state"], "attempts": attempt}
 

@@ -33,6 +33,7 @@ def run_worker(
     gpu: int | None = None,
     concurrency: int | None = None,
     loglevel: str = "INFO",
+    metrics_port: int = 0,
     extra_args: tuple[str, ...] = (),
 ) -> None:
     if gpu is not None:
@@ -41,9 +42,15 @@ def run_worker(
     name = worker_name(model, gpu)
     runtime = rt.build(settings, model, hostname=name)
 
+    from tasks import metrics
+
+    metrics.serve(metrics_port)
     t0 = time.perf_counter()
     runtime.start_engine()
-    log.info("model %s ready in %.2fs (worker %s)", model, time.perf_counter() - t0, name)
+    load_s = time.perf_counter() - t0
+    metrics.MODEL_LOAD.labels(model).set(load_s)
+    log.info("model %s ready in %.2fs (worker %s)", model, load_s, name,
+             extra={"model": model, "duration_s": round(load_s, 3), "worker": name})
     runtime.storage.ensure_bucket()
 
     def on_ready(**_: Any) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.stack import Stack
+from tests.stack import Stack, free_port
 from tests.support import KilnHTTP
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -30,7 +30,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory, tiny_models_dir: Path) -> It
     s = Stack(tmp_path_factory.mktemp("stack"), models_dir=tiny_models_dir)
     try:
         s.start_servers()
-        s.start_worker("tiny-sd")
+        s.worker_metrics_port = free_port()
+        s.start_worker("tiny-sd", args=("--metrics-port", str(s.worker_metrics_port)))
         s.start_api()
         yield s
     finally:

@@ -85,6 +85,7 @@ class Stack:
     env: dict[str, str] = field(default_factory=dict)
     api_url: str = ""
     webhook_secret: str = ""
+    worker_metrics_port: int = 0
 
     # -- servers --------------------------------------------------------------
     def start_servers(self, *, broker_url: str | None = None) -> None:
@@ -166,9 +167,8 @@ class Stack:
         port = free_port()
         proc = self.spawn(
             f"api-{port}",
-            [str(BIN / "gunicorn"), "-k", "gthread", "--threads", str(threads), "--workers",
-             str(workers), "--no-control-socket", "-b", f"127.0.0.1:{port}",
-             "app:create_app()"],
+            [str(BIN / "gunicorn"), "-c", "python:config.gunicorn", "--threads", str(threads),
+             "--workers", str(workers), "-b", f"127.0.0.1:{port}", "app:create_app()"],
             env={**self.env, **(env or {})},
         )
         url = f"http://127.0.0.1:{port}"

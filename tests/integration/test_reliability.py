@@ -203,6 +203,13 @@ def test_webhooks_are_signed_retried_and_end_dead(rstack: Stack, rapi: KilnHTTP,
     gaps = [b - a for a, b in itertools.pairwise(times)]
     assert len(times) == 4 and all(g > 0 for g in gaps)
 
+    from tests.integration.test_operations import scrape, value
+
+    fleet = scrape(f"{rstack.api_url}/metrics")
+    assert value(fleet, "kiln_webhook_deliveries_total", outcome="delivered") >= 2
+    assert value(fleet, "kiln_webhook_deliveries_total", outcome="dead") >= 1
+    assert value(fleet, "kiln_webhook_deliveries_total", outcome="retried") >= 2
+
 
 def test_private_webhook_targets_are_refused_unless_allowed(rstack: Stack) -> None:
     strict = KilnHTTP(rstack.start_api(env={"KILN_WEBHOOK_ALLOW_PRIVATE": "false"}))

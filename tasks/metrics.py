@@ -1,0 +1,86 @@
+"""Worker metrics (Prometheus) and fleet-wide counters (Redis).
+
+Each worker serves its own ``/metrics`` on ``--metrics-port`` (one port per worker
+process: scrape them like any exporter): queue wait, run, upload and batch durations,
+batch size and fill, images, OOM splits, model load time, GPU memory. Counts that
+the whole fleet shares — jobs finished by model and status, webhook deliveries by
+outcome — are also kept in Redis (``kiln:counters:*``), so the API's ``/metrics``
+shows them for every host without scraping each worker.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+log = logging.getLogger("kiln.metrics")
+JOB_COUNTERS = "kiln:counters:jobs"
+WEBHOOK_COUNTERS = "kiln:counters:webhooks"
+SECONDS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900)
+
+JOBS_FINISHED = Counter("kiln_worker_jobs_finished_total", "Jobs this worker ended",
+                        ["model", "status"])
+QUEUE_WAIT = Histogram("kiln_job_queue_wait_seconds", "Submit to start", ["model"],
+                       buckets=SECONDS)
+RUN = Histogram("kiln_job_run_seconds", "Pipeline time of a job's batches", ["model"],
+                buckets=SECONDS)
+UPLOAD = Histogram("kiln_job_upload_seconds", "PNG encode and upload of a job", ["model"],
+                   buckets=SECONDS)
+IMAGES = Counter("kiln_images_generated_total", "Images made (rate() = images/s)", ["model"])
+BATCH_SIZE = Histogram("kiln_batch_size", "Images per pipeline call", ["model"],
+                       buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32))
+BATCH_FILL = Histogram("kiln_batch_fill_ratio", "Batch size / max_batch", ["model"],
+                       buckets=(0.125, 0.25, 0.5, 0.75, 0.99, 1.0))
+BATCH_SECONDS = Histogram("kiln_batch_seconds", "Latency of one pipeline call", ["model"],
+                          buckets=SECONDS)
+OOM_SPLITS = Counter("kiln_oom_splits_total", "Batches split after CUDA OOM", ["model"])
+MODEL_LOAD = Gauge("kiln_model_load_seconds", "Model load and warm-up time", ["model"])
+GPU_ALLOCATED = Gauge("kiln_gpu_memory_allocated_bytes", "torch.cuda.memory_allocated",
+                      ["model"])
+GPU_PEAK = Gauge("kiln_gpu_memory_peak_bytes", "torch.cuda.max_memory_allocated", ["model"])
+
+
+def serve(port: int) -> None:
+    if port:
+        start_http_server(port, addr="0.0.0.0")
+        log.info("worker metrics on :%d/metrics", port)
+
+
+def observe_batch(model: str, *, seconds: float, size: int, fill: float, oom_splits: int) -> None:
+    BATCH_SECONDS.labels(model).observe(seconds)
+    BATCH_SIZE.labels(model).observe(size)
+    BATCH_FILL.labels(model).observe(min(1.0, fill))
+    IMAGES.labels(model).inc(size)
+    OOM_SPLITS.labels(model).inc(0)
+    if oom_splits:
+        OOM_SPLITS.labels(model).inc(oom_splits)
+
+
+def observe_gpu(model: str) -> None:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            GPU_ALLOCATED.labels(model).set(torch.cuda.memory_allocated())
+            GPU_PEAK.labels(model).set(torch.cuda.max_memory_allocated())
+    except Exception:  # metrics never break a batch
+        pass
+
+
+def job_finished(r: Any, model: str, status: str, record: dict[str, Any] | None = None) -> None:
+    JOBS_FINISHED.labels(model, status).inc()
+    try:
+        r.hincrby(JOB_COUNTERS, f"{model}|{status}", 1)
+    except Exception as exc:
+        log.warning("job counter not written: %s", type(exc).__name__)
+    if record and record.get("started_at") and record.get("created_at"):
+        QUEUE_WAIT.labels(model).observe(max(0.0, record["started_at"] - record["created_at"]))
+
+
+def webhook_delivered(r: Any, outcome: str) -> None:
+    try:
+        r.hincrby(WEBHOOK_COUNTERS, outcome, 1)
+    except Exception as exc:
+        log.warning("webhook counter not written: %s", type(exc).__name__)

@@ -1,0 +1,104 @@
+"""Operating the fleet: metrics, readiness, structured logs, capacity."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.stack import BIN, Stack, wait_for
+from tests.support import KilnHTTP
+
+
+def scrape(url: str) -> dict[tuple[str, frozenset], float]:
+    text = requests.get(url, timeout=10).text
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for fam in text_string_to_metric_families(text) for s in fam.samples}
+
+
+def value(samples: dict, name: str, **labels: str) -> float:
+    want = set(labels.items())
+    found = [v for (n, lbl), v in samples.items() if n == name and want <= lbl]
+    assert found, f"no {name}{labels}"
+    return sum(found)
+
+
+def test_metrics_after_a_few_jobs(stack: Stack, api: KilnHTTP) -> None:
+    for i in range(3):
+        assert api.run(prompt=f"metric {i}", model="tiny-sd", steps=2, seed=i)[
+            "status"] == "succeeded"
+    fleet = scrape(f"{stack.api_url}/metrics")
+    assert value(fleet, "kiln_jobs_submitted_total", model="tiny-sd", door="rest") >= 3
+    assert value(fleet, "kiln_jobs_finished_total", model="tiny-sd", status="succeeded") >= 3
+    assert value(fleet, "kiln_ready_workers", model="tiny-sd") >= 1
+    assert value(fleet, "kiln_seconds_per_image", model="tiny-sd") > 0
+    value(fleet, "kiln_queue_depth", model="tiny-sd", queue="gen.tiny-sd")  # present
+    assert value(fleet, "kiln_http_requests_total", endpoint="jobs.Jobs", status="202") >= 3
+    assert value(fleet, "kiln_http_request_seconds_count", endpoint="jobs.Job") > 0
+
+    worker = scrape(f"http://127.0.0.1:{stack.worker_metrics_port}/metrics")
+    assert value(worker, "kiln_images_generated_total", model="tiny-sd") >= 3
+    assert value(worker, "kiln_batch_size_count", model="tiny-sd") >= 1
+    assert value(worker, "kiln_batch_fill_ratio_sum", model="tiny-sd") > 0
+    assert value(worker, "kiln_job_queue_wait_seconds_count", model="tiny-sd") >= 3
+    assert value(worker, "kiln_job_run_seconds_sum", model="tiny-sd") > 0
+    assert value(worker, "kiln_job_upload_seconds_count", model="tiny-sd") >= 3
+    assert value(worker, "kiln_batch_seconds_sum", model="tiny-sd") > 0
+    assert value(worker, "kiln_model_load_seconds", model="tiny-sd") > 0
+
+
+def test_worker_logs_are_json_lines_with_job_and_batch(stack: Stack, api: KilnHTTP) -> None:
+    api.run(prompt="log me", model="tiny-sd", steps=2, seed=1)
+    log = next(p for p in stack.procs if p.name == "worker-tiny-sd").output()
+    lines = [json.loads(ln) for ln in log.splitlines() if ln.startswith("{")]
+    jobs = [ln for ln in lines if ln.get("job_id") and "duration_s" in ln]
+    batches = [ln for ln in lines if ln.get("batch_id") and "batch_size" in ln]
+    assert jobs and batches
+    assert {"ts", "level", "logger", "msg", "model"} <= set(jobs[-1])
+
+
+def test_capacity_from_measured_seconds_per_image(stack: Stack) -> None:
+    out = subprocess.run([str(BIN / "kiln"), "capacity", "-m", "tiny-sd",
+                          "--usd-per-gpu-hour", "3.5"], capture_output=True, text=True,
+                         timeout=60, env=stack.env)
+    assert out.returncode == 0, out.stderr
+    row = out.stdout.splitlines()[1].split()
+    assert row[0] == "tiny-sd" and float(row[1]) > 0 and float(row[4]) > 0
+
+
+@pytest.fixture
+def ready_stack(tmp_path: Path, tiny_models_dir: Path):
+    s = Stack(tmp_path, models_dir=tiny_models_dir)
+    try:
+        s.start_servers()
+        s.start_api()
+        yield s
+    finally:
+        s.close()
+
+
+def test_readyz_flips_when_the_only_worker_stops_and_returns(ready_stack: Stack) -> None:
+    api = KilnHTTP(ready_stack.api_url)
+    ready = f"{ready_stack.api_url}/readyz?model=tiny-sd"
+    assert requests.get(ready, timeout=5).status_code == 503
+    body = requests.get(f"{ready_stack.api_url}/readyz", timeout=5).json()
+    assert body["checks"]["job_store"] and body["checks"]["storage"]
+
+    worker = ready_stack.start_worker("tiny-sd")
+    assert requests.get(ready, timeout=5).status_code == 200
+    worker.stop()  # a clean stop removes the heartbeat at once
+    assert requests.get(ready, timeout=5).status_code == 503
+
+    worker = ready_stack.start_worker("tiny-sd", name="worker-again")
+    assert requests.get(ready, timeout=5).status_code == 200
+    worker.kill()  # SIGKILL: the heartbeat expires within its TTL
+    t0 = time.monotonic()
+    wait_for(lambda: requests.get(ready, timeout=5).status_code == 503, timeout=20,
+             what="readyz 503 after SIGKILL")
+    print(f"readyz flipped {time.monotonic() - t0:.1f}s after SIGKILL")
+    assert api.get("/healthz").status_code == 200
