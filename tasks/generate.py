@@ -165,6 +165,7 @@ def _run_started(runtime: rt.Runtime, job_id: str, params: dict[str, Any]) -> di
     store.progress(job_id, params["steps"], params["steps"])
     t_upload = time.perf_counter()
     images = _upload(runtime, job_id, params, result)
+
     upload_s = time.perf_counter() - t_upload
     metrics.UPLOAD.labels(params["model"]).observe(upload_s)
     metrics.RUN.labels(params["model"]).observe(result.run_s)
@@ -184,6 +185,7 @@ def _run_started(runtime: rt.Runtime, job_id: str, params: dict[str, Any]) -> di
         batch_size=batch.size if batch else None,
         batches=[{"id": b.id, "size": b.size, "scheduler": b.scheduler} for b in result.batches],
         run_s=round(result.run_s, 4),
+        upload_s=round(upload_s, 4),
     )
     record = store.get(job_id) or {}
     queues.mark_inactive(store.redis, record.get("owner"), job_id)
