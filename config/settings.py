@@ -77,6 +77,7 @@ class Settings:
     max_deliveries: int = 3
     idempotency_ttl_s: int = 24 * 3600
     sse_max_s: int = 900  # one event stream stays open at most this long
+    sse_max_streams: int = 24  # open event streams per API process (each holds a thread)
     default_s_per_image: float = 1.0  # ETA before a worker has measured anything
     sync_timeout_s: float = 120.0  # OpenAI-compatible endpoint waits this long
     required_models: str = ""  # comma list /readyz insists on; empty: every enabled model
