@@ -172,12 +172,16 @@ def from_env(env: Mapping[str, str] | None = None, **overrides: Any) -> Settings
     return Settings(**values)
 
 
+def dev_webhook_secret_path(data_dir: Path) -> Path:
+    return Path(data_dir) / "webhook-secret"
+
+
 def dev_webhook_secret(data_dir: Path) -> str:
     """The dev profile's webhook secret: made once, kept in ``<data_dir>/webhook-secret``."""
     import base64
     import secrets
 
-    path = Path(data_dir) / "webhook-secret"
+    path = dev_webhook_secret_path(data_dir)
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")

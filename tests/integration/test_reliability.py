@@ -20,7 +20,9 @@ from tests.stack import Stack, wait_for
 from tests.support import KilnHTTP
 
 pytestmark = pytest.mark.integration
-SLOW = dict(model="tiny-sd", width=128, height=128, steps=60)
+# Slow enough to act on mid-run, cheap enough for a shared 2-core machine.
+SLOW = dict(model="tiny-sd", width=64, height=64, steps=150)
+WAIT_S = 300
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +62,8 @@ def test_a_job_canceled_before_any_worker_is_up_never_runs(rstack: Stack,
     assert rapi.delete(f"/v1/jobs/{job['id']}").status_code == 409
     proc = rstack.start_worker("tiny-sd", name="late-worker")
     try:
-        after = rapi.run(prompt="after", model="tiny-sd", steps=2, seed=2)
+        after = rapi.wait(rapi.submit(prompt="after", model="tiny-sd", steps=2, seed=2)["id"],
+                          timeout=WAIT_S)
         assert after["status"] == "succeeded"
     finally:
         proc.stop()
@@ -70,10 +73,10 @@ def test_a_job_canceled_before_any_worker_is_up_never_runs(rstack: Stack,
 
 
 def test_queue_position_decreases_and_eta_is_positive(rapi: KilnHTTP, worker: None) -> None:
-    jobs = [rapi.submit(prompt=f"wait {i}", seed=i, **{**SLOW, "steps": 30}) for i in range(4)]
+    jobs = [rapi.submit(prompt=f"wait {i}", seed=i, **{**SLOW, "steps": 40}) for i in range(4)]
     last = jobs[-1]["id"]
     positions = []
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + WAIT_S
     while time.monotonic() < deadline:
         view = rapi.get(f"/v1/jobs/{last}").json()
         if view["status"] != "queued":
@@ -85,14 +88,14 @@ def test_queue_position_decreases_and_eta_is_positive(rapi: KilnHTTP, worker: No
     assert len(positions) >= 2, positions
     assert positions == sorted(positions, reverse=True) and positions[-1] < positions[0]
     for j in jobs:
-        assert rapi.wait(j["id"])["status"] == "succeeded"
+        assert rapi.wait(j["id"], timeout=WAIT_S)["status"] == "succeeded"
 
 
 def test_live_events_show_progress_to_the_end(rapi: KilnHTTP, worker: None) -> None:
     job = rapi.submit(prompt="stream me", seed=5, **{**SLOW, "steps": 20})
     events: list[tuple[str, dict]] = []
     with requests.get(f"{rapi.base_url}/v1/jobs/{job['id']}/events", stream=True,
-                      timeout=120) as r:
+                      timeout=WAIT_S) as r:
         assert r.headers["content-type"].startswith("text/event-stream")
         name = None
         for line in r.iter_lines(decode_unicode=True):
@@ -121,10 +124,10 @@ def test_a_running_job_cancels_at_the_next_step_and_its_batch_mate_succeeds(
         a = rapi.submit(prompt="victim", seed=1, **SLOW)
         b = rapi.submit(prompt="mate", seed=2, **SLOW)
         wait_for(lambda: all(rapi.get(f"/v1/jobs/{j['id']}").json()["progress"]["step"] >= 2
-                             for j in (a, b)), timeout=60, what="both jobs stepping")
+                             for j in (a, b)), timeout=WAIT_S, what="both jobs stepping")
         r = rapi.delete(f"/v1/jobs/{a['id']}")
         assert r.status_code == 202 and r.json()["was"] == "running"
-        victim, mate = rapi.wait(a["id"]), rapi.wait(b["id"])
+        victim, mate = rapi.wait(a["id"], timeout=WAIT_S), rapi.wait(b["id"], timeout=WAIT_S)
         assert victim["status"] == "canceled", victim
         assert victim["progress"]["step"] < SLOW["steps"]
         # Within one step: at most one more step finished after the cancel reached it.
@@ -200,7 +203,7 @@ def webhook_state(rapi: KilnHTTP, job_id: str, states: set[str]) -> dict:
         out.update(rapi.get(f"/v1/jobs/{job_id}").json()["webhook"] or {})
         return out.get("state") in states
 
-    wait_for(check, timeout=60, what=f"webhook of {job_id} in {states}")
+    wait_for(check, timeout=WAIT_S, what=f"webhook of {job_id} in {states}")
     return out
 
 
@@ -262,12 +265,12 @@ def test_a_storage_outage_is_retried_with_backoff_then_the_job_succeeds(
         r = redis.Redis.from_url(rstack.env["KILN_REDIS_URL"], decode_responses=True)
         wait_for(lambda: any(f["type"] == "retrying" for _, f in
                              r.xrange(f"kiln:job:{job['id']}:events")),
-                 timeout=60, what="a retry after the storage error")
+                 timeout=WAIT_S, what="a retry after the storage error")
     finally:
         port = int(rstack.env["KILN_S3_ENDPOINT_URL"].rsplit(":", 1)[1])
         rstack.spawn("s3", s3_argv(port, rstack.workdir / "s3", rstack.env["KILN_S3_ACCESS_KEY"],
                                    rstack.env["KILN_S3_SECRET_KEY"]))
-    done = rapi.wait(job["id"], timeout=120)
+    done = rapi.wait(job["id"], timeout=WAIT_S)
     assert done["status"] == "succeeded", done["error"]
     assert done["attempts"] >= 2
     retries = [d for n, d in read_events(rapi, job["id"]) if n == "retrying"]
@@ -288,9 +291,9 @@ def test_bad_input_fails_at_once_and_is_never_retried(rstack: Stack, rapi: KilnH
     job_id = "bad-" + uuid.uuid4().hex
     send_raw(rstack, job_id, {"job_id": job_id, "model": "tiny-sd", "prompt": "x",
                               "steps": -1})
-    wait_for(lambda: rapi.get(f"/v1/jobs/{job_id}").status_code == 200, timeout=60,
+    wait_for(lambda: rapi.get(f"/v1/jobs/{job_id}").status_code == 200, timeout=WAIT_S,
              what="the bad job's record")
-    done = rapi.wait(job_id)
+    done = rapi.wait(job_id, timeout=WAIT_S)
     assert done["status"] == "failed" and done["error"]["code"] == "invalid_request"
     assert "steps" in done["error"]["fields"] and done["attempts"] == 0
     assert "retrying" not in [n for n, _ in read_events(rapi, job_id)]
@@ -310,7 +313,7 @@ def test_a_job_that_keeps_losing_its_worker_fails_with_a_clear_error(
     record.update(status="running", attempts=3, worker="tiny-sd@cpu1@gone-host")
     d.store.create(record)
     send_raw(rstack, job_id, task_kwargs(job_id, params))
-    done = rapi.wait(job_id)
+    done = rapi.wait(job_id, timeout=WAIT_S)
     assert done["status"] == "failed" and done["error"]["code"] == "too_many_deliveries"
     assert "4 times" in done["error"]["message"]
     assert rstack.objects(f"generated/{job_id}/") == []

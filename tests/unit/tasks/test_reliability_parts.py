@@ -138,3 +138,11 @@ def test_queue_position_and_eta(r: redis.Redis) -> None:
     queues.record_batch(r, m, seconds=2.0, images=4)  # 0.5 s → moving average 0.85
     eta = queues.eta_s(r, m, position=2, images=1, workers=2, default_s_per_image=9.0)
     assert eta == pytest.approx(0.85)
+
+
+def test_live_event_reads_block_past_the_default_socket_timeout(r: redis.Redis) -> None:
+    """redis-py reads time out after 5 s by default; an idle event stream must not."""
+    from tasks.jobs import JobStore
+
+    store = JobStore("redis://127.0.0.1:6379/0")
+    assert store.events("no-such-job-" + MODEL, block_ms=6000) == []
