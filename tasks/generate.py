@@ -20,6 +20,7 @@ from marshmallow import ValidationError
 
 from config.errors import (
     Canceled,
+    GenerationFailed,
     InvalidInput,
     KilnError,
     TooManyDeliveries,
@@ -77,6 +78,10 @@ def generate(self: Any, **payload: Any) -> dict[str, Any]:
                                  event="retrying", data={"reason": exc.code, "in_s": countdown},
                                  retries=retries + 1)
         raise self.retry(exc=exc, countdown=countdown) from None
+    except Exception as exc:  # a bug must never leave a job "running" forever
+        log.exception("job %s: unexpected %s", job_id, type(exc).__name__,
+                      extra={"job_id": job_id})
+        return finish(runtime, job_id, GenerationFailed(f"internal error: {type(exc).__name__}"))
 
 
 def finish(runtime: rt.Runtime, job_id: str, exc: KilnError) -> dict[str, Any]:
@@ -134,11 +139,27 @@ def run_job(runtime: rt.Runtime, payload: dict[str, Any], *, job_id: str) -> dic
     # RabbitMQ a message only comes back once its consumer is gone.
     owner = record.get("worker")
     redis_broker = runtime.settings.broker_url.startswith(("redis", "rediss", "valkey"))
-    if job_id in runtime.active or (
-        redis_broker and record.get("status") == "running" and owner
-        and owner != runtime.hostname and rt.worker_alive(store, runtime.model.name, owner)
-    ):
-        raise RunningElsewhere(owner or runtime.hostname)
+    if (redis_broker and record.get("status") == "running" and owner
+            and owner != runtime.hostname and rt.worker_alive(store, runtime.model.name, owner)):
+        raise RunningElsewhere(owner)
+    with runtime.lock:  # several copies may land on this worker at once: one runs
+        if job_id in runtime.active:
+            raise RunningElsewhere(runtime.hostname)
+        runtime.active.add(job_id)
+    try:
+        return _claimed(runtime, job_id, params, record)
+    finally:
+        runtime.active.discard(job_id)
+        runtime.steps.pop(job_id, None)
+        runtime.cancel_seen.pop(job_id, None)
+
+
+def _claimed(runtime: rt.Runtime, job_id: str, params: dict[str, Any],
+             record: dict[str, Any]) -> dict[str, Any]:
+    store = runtime.store
+    record = store.get(job_id) or record  # fresh: another copy may have just finished it
+    if record.get("status") in TERMINAL:
+        return record
 
     # 3. Count the delivery; a job that keeps killing workers stops here. Runs that
     # were planned retries of a transient error (``retries``) are not lost deliveries.
@@ -156,14 +177,7 @@ def run_job(runtime: rt.Runtime, payload: dict[str, Any], *, job_id: str) -> dic
     queues.mark_dequeued(store.redis, runtime.model.name, job_id)
     if not applied:
         return store.get(job_id) or record
-
-    runtime.active.add(job_id)
-    try:
-        return _run_started(runtime, job_id, params)
-    finally:
-        runtime.active.discard(job_id)
-        runtime.steps.pop(job_id, None)
-        runtime.cancel_seen.pop(job_id, None)
+    return _run_started(runtime, job_id, params)
 
 
 def _run_started(runtime: rt.Runtime, job_id: str, params: dict[str, Any]) -> dict[str, Any]:

@@ -48,6 +48,7 @@ class Runtime:
     progress: ProgressWriter | None = None
     cancel_events: dict[str, threading.Event] = field(default_factory=dict)
     active: set[str] = field(default_factory=set)  # jobs this process is running now
+    lock: threading.Lock = field(default_factory=threading.Lock)  # guards ``active``
     steps: dict[str, int] = field(default_factory=dict)  # last step each running job finished
     cancel_seen: dict[str, int] = field(default_factory=dict)  # step when its cancel arrived
     _stop: threading.Event = field(default_factory=threading.Event)
