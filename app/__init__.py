@@ -5,20 +5,26 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from typing import Any
 
 from flask import Flask
 from flask_smorest import Api
 
-from config.settings import Settings, from_env
+from config.settings import Settings, dev_webhook_secret_path, get_settings
 
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     """Application factory; ``test_config`` may hold ``KILN_SETTINGS`` or Flask keys."""
     app = Flask(__name__)
     test_config = dict(test_config or {})
-    settings: Settings = test_config.pop("KILN_SETTINGS", None) or from_env()
+    given: Settings | None = test_config.pop("KILN_SETTINGS", None)
+    settings = given or get_settings()  # dev: get_settings makes a webhook secret
+    if given is None and settings.is_dev:
+        secret_file = dev_webhook_secret_path(settings.data_dir)
+        if secret_file.exists() and secret_file.read_text().strip() == settings.webhook_secret:
+            print(f"kiln: dev webhook secret (whsec_...) in {secret_file}", file=sys.stderr)
     app.config.update(
         KILN_SETTINGS=settings,
         API_TITLE="Kiln",

@@ -7,7 +7,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from flask import Response, request, stream_with_context, url_for
+from flask import Response, current_app, request, stream_with_context, url_for
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
@@ -15,6 +15,7 @@ from app.auth import can_see, owner
 from app.metrics import job_submitted
 from app.schemas import ApiErrorSchema, CancelSchema, JobSchema, JobViewSchema
 from app.service import dispatcher, settings
+from app.streams import slots
 from config.errors import NotFound
 from tasks.jobs import TERMINAL
 from tasks.schema import validate_job
@@ -103,7 +104,8 @@ def sse(event_id: str, event: str, data: Any) -> str:
 @blp.doc(responses={"200": {"description": "text/event-stream: queued, started, progress, "
                             "succeeded | failed | canceled", "content": {"text/event-stream": {
                                 "schema": {"type": "string"}}}},
-                    "404": {"description": "No such job"}})
+                    "404": {"description": "No such job"},
+                    "503": {"description": "Too many open streams; retry or poll"}})
 def events(job_id: str) -> Any:
     """Server-Sent Events of one job, in order, ending with its terminal state.
 
@@ -131,4 +133,6 @@ def events(job_id: str) -> Any:
                     return
 
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    return Response(stream_with_context(stream()), mimetype="text/event-stream", headers=headers)
+    response = Response(stream_with_context(stream()), mimetype="text/event-stream",
+                        headers=headers)
+    return slots(current_app, settings().sse_max_streams).hold(response)

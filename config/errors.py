@@ -95,6 +95,14 @@ class RateLimited(TransientError):
     retry_after_s = 5
 
 
+class TooManyStreams(RateLimited):
+    """Every event-stream slot of this API process is taken; retry or poll instead."""
+
+    code = "too_many_streams"
+    status = 503
+    retry_after_s = 2
+
+
 class StorageUnavailable(TransientError):
     code = "storage_unavailable"
 

@@ -77,6 +77,7 @@ class Settings:
     max_deliveries: int = 3
     idempotency_ttl_s: int = 24 * 3600
     sse_max_s: int = 900  # one event stream stays open at most this long
+    sse_max_streams: int = 24  # open event streams per API process (each holds a thread)
     default_s_per_image: float = 1.0  # ETA before a worker has measured anything
     sync_timeout_s: float = 120.0  # OpenAI-compatible endpoint waits this long
     required_models: str = ""  # comma list /readyz insists on; empty: every enabled model
@@ -171,12 +172,16 @@ def from_env(env: Mapping[str, str] | None = None, **overrides: Any) -> Settings
     return Settings(**values)
 
 
+def dev_webhook_secret_path(data_dir: Path) -> Path:
+    return Path(data_dir) / "webhook-secret"
+
+
 def dev_webhook_secret(data_dir: Path) -> str:
     """The dev profile's webhook secret: made once, kept in ``<data_dir>/webhook-secret``."""
     import base64
     import secrets
 
-    path = Path(data_dir) / "webhook-secret"
+    path = dev_webhook_secret_path(data_dir)
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")

@@ -10,7 +10,6 @@ overwrites) until ``max_deliveries``.
 
 from __future__ import annotations
 
-import concurrent.futures
 import logging
 import threading
 import time
@@ -21,9 +20,9 @@ from marshmallow import ValidationError
 
 from config.errors import (
     Canceled,
+    GenerationFailed,
     InvalidInput,
     KilnError,
-    TimeLimitExceeded,
     TooManyDeliveries,
     TransientError,
 )
@@ -32,12 +31,14 @@ from tasks import runtime as rt
 from tasks.celery_app import GENERATE
 from tasks.images import encode_png
 from tasks.jobs import TERMINAL, now
+from tasks.limits import Wedged, wait_result
 from tasks.records import new_record
 from tasks.schema import load_job
 from tasks.storage import image_key
 from tasks.webhooks import enqueue as enqueue_webhook
 
 log = logging.getLogger("kiln.generate")
+TRANSIENT_RETRIES = 3  # storage or broker errors: retried after 2, 4, 8 s, then the job fails
 
 
 class RunningElsewhere(Exception):
@@ -48,7 +49,10 @@ class RunningElsewhere(Exception):
         self.worker = worker
 
 
-@shared_task(name=GENERATE, bind=True, acks_late=True, max_retries=3)
+# Celery's own retry counter is not used as a limit (``max_retries=None``): re-checks of a
+# job that runs elsewhere must go on as long as it runs, so the limits live in the job
+# record (``retries`` for transient errors, ``attempts`` for deliveries).
+@shared_task(name=GENERATE, bind=True, acks_late=True, max_retries=None)
 def generate(self: Any, **payload: Any) -> dict[str, Any]:
     """Generate images for one job; returns the job record (JSON)."""
     runtime = rt.current()
@@ -62,27 +66,38 @@ def generate(self: Any, **payload: Any) -> dict[str, Any]:
         # outran the visibility timeout): look again later instead of running it twice.
         log.warning("job %s still runs on %s; checking again in %ss", job_id, exc.worker,
                     rt.RECHECK_S, extra={"job_id": job_id})
-        raise self.retry(countdown=rt.RECHECK_S, max_retries=None) from None
+        raise self.retry(countdown=rt.RECHECK_S) from None
     except TransientError as exc:
-        if self.request.retries >= self.max_retries:
+        retries = int((runtime.store.get(job_id) or {}).get("retries") or 0)
+        if retries >= TRANSIENT_RETRIES:
             return finish(runtime, job_id, exc)
-        countdown = min(60, 2 ** (self.request.retries + 1))
+        countdown = min(60, 2 ** (retries + 1))
         log.warning("job %s: %s; retry in %ss", job_id, exc.message, countdown,
                     extra={"job_id": job_id})
         runtime.store.transition(job_id, status="queued", allowed_from=("running",),
-                                 event="retrying", data={"reason": exc.code})
+                                 event="retrying", data={"reason": exc.code, "in_s": countdown},
+                                 retries=retries + 1)
         raise self.retry(exc=exc, countdown=countdown) from None
+    except Exception as exc:  # a bug must never leave a job "running" forever
+        log.exception("job %s: unexpected %s", job_id, type(exc).__name__,
+                      extra={"job_id": job_id})
+        return finish(runtime, job_id, GenerationFailed(f"internal error: {type(exc).__name__}"))
 
 
 def finish(runtime: rt.Runtime, job_id: str, exc: KilnError) -> dict[str, Any]:
     """End a job as failed (or canceled), then send its webhook."""
     status = "canceled" if isinstance(exc, Canceled) else "failed"
+    data: dict[str, Any] = {"error": exc.to_dict()}
+    if job_id in runtime.steps:  # how far it ran, and where the cancel found it
+        data["steps_done"] = runtime.steps[job_id]
+        if job_id in runtime.cancel_seen:
+            data["cancel_seen_at_step"] = runtime.cancel_seen[job_id]
     runtime.store.transition(
         job_id,
         status=status,
         allowed_from=("queued", "running"),
         event=status,
-        data={"error": exc.to_dict()},
+        data=data,
         completed_at=now(),
         error=exc.to_dict(),
     )
@@ -124,17 +139,36 @@ def run_job(runtime: rt.Runtime, payload: dict[str, Any], *, job_id: str) -> dic
     # RabbitMQ a message only comes back once its consumer is gone.
     owner = record.get("worker")
     redis_broker = runtime.settings.broker_url.startswith(("redis", "rediss", "valkey"))
-    if job_id in runtime.active or (
-        redis_broker and record.get("status") == "running" and owner
-        and owner != runtime.hostname and rt.worker_alive(store, runtime.model.name, owner)
-    ):
-        raise RunningElsewhere(owner or runtime.hostname)
+    if (redis_broker and record.get("status") == "running" and owner
+            and owner != runtime.hostname and rt.worker_alive(store, runtime.model.name, owner)):
+        raise RunningElsewhere(owner)
+    with runtime.lock:  # several copies may land on this worker at once: one runs
+        if job_id in runtime.active:
+            raise RunningElsewhere(runtime.hostname)
+        runtime.active.add(job_id)
+    try:
+        return _claimed(runtime, job_id, params, record)
+    finally:
+        runtime.active.discard(job_id)
+        runtime.steps.pop(job_id, None)
+        runtime.cancel_seen.pop(job_id, None)
 
-    # 3. Count the delivery; a job that keeps killing workers stops here.
+
+def _claimed(runtime: rt.Runtime, job_id: str, params: dict[str, Any],
+             record: dict[str, Any]) -> dict[str, Any]:
+    store = runtime.store
+    record = store.get(job_id) or record  # fresh: another copy may have just finished it
+    if record.get("status") in TERMINAL:
+        return record
+
+    # 3. Count the delivery; a job that keeps killing workers stops here. Runs that
+    # were planned retries of a transient error (``retries``) are not lost deliveries.
     attempts = int(record.get("attempts") or 0) + 1
-    if attempts > runtime.settings.max_deliveries:
+    deliveries = attempts - int(record.get("retries") or 0)
+    if deliveries > runtime.settings.max_deliveries:
         return finish(runtime, job_id, TooManyDeliveries(
-            f"job was delivered {attempts} times without finishing; giving up"))
+            f"job was delivered {deliveries} times without finishing (its worker died "
+            f"each time); giving up"))
     _prev, applied = store.transition(
         job_id, status="running", allowed_from=("queued", "running"), event="started",
         data={"attempt": attempts, "worker": runtime.hostname}, started_at=now(),
@@ -143,12 +177,7 @@ def run_job(runtime: rt.Runtime, payload: dict[str, Any], *, job_id: str) -> dic
     queues.mark_dequeued(store.redis, runtime.model.name, job_id)
     if not applied:
         return store.get(job_id) or record
-
-    runtime.active.add(job_id)
-    try:
-        return _run_started(runtime, job_id, params)
-    finally:
-        runtime.active.discard(job_id)
+    return _run_started(runtime, job_id, params)
 
 
 def _run_started(runtime: rt.Runtime, job_id: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -159,7 +188,10 @@ def _run_started(runtime: rt.Runtime, job_id: str, params: dict[str, Any]) -> di
     except TransientError:
         raise
     except KilnError as exc:
-        return finish(runtime, job_id, exc)
+        record = finish(runtime, job_id, exc)
+        if isinstance(exc, Wedged):
+            runtime.abort(exc.message)  # a fresh worker takes over; others are re-delivered
+        return record
 
     # 5. Encode and upload on this thread, while the engine runs the next batch.
     store.progress(job_id, params["steps"], params["steps"])
@@ -209,9 +241,12 @@ def _generate(runtime: rt.Runtime, job_id: str, params: dict[str, Any]) -> Any:
     writer = runtime.progress
     rec = runtime.store.get(job_id) or {}
     if rec.get("cancel_requested"):  # the cancel came before this thread was listening
+        runtime.cancel_seen.setdefault(job_id, 0)
         cancel.set()
+    runtime.steps[job_id] = 0
 
     def on_progress(step: int, steps: int) -> None:
+        runtime.steps[job_id] = step  # unthrottled, in memory: where a cancel finds it
         if writer is not None:
             writer.update(job_id, step, steps)
 
@@ -231,13 +266,11 @@ def _generate(runtime: rt.Runtime, job_id: str, params: dict[str, Any]) -> Any:
         on_progress=on_progress,
         cancel_event=cancel,
     )
-    limit = runtime.model.spec.soft_time_limit_s
+    spec = runtime.model.spec
     future = runtime.engine.submit(request)
     try:
-        return future.result(timeout=limit)
-    except concurrent.futures.TimeoutError:
-        cancel.set()  # the engine drops it at the next step
-        raise TimeLimitExceeded(f"job exceeded its time limit of {limit}s") from None
+        return wait_result(future, cancel, soft_s=spec.soft_time_limit_s,
+                           hard_s=spec.time_limit_s)
     finally:
         runtime.cancel_events.pop(job_id, None)
         if writer is not None:

@@ -20,6 +20,7 @@ from config.errors import BrokerUnavailable
 STATUSES = ("queued", "running", "succeeded", "failed", "canceled")
 TERMINAL = frozenset({"succeeded", "failed", "canceled"})
 PREFIX = "kiln:job:"
+MAX_BLOCK_MS = 20_000  # longest XREAD BLOCK; its client's read timeout sits above it
 
 # KEYS[1] record, KEYS[2] events; ARGV: ttl, allowed-from (comma list or "*"), new status,
 # event type, event data, then field/value pairs. Returns the previous status, or false.
@@ -62,6 +63,12 @@ class JobStore:
         )
         self.ttl_s = ttl_s
         self._transition = self.redis.register_script(_TRANSITION)
+        # redis-py reads with a 5 s socket timeout by default: blocking reads (live
+        # events) get a client of their own whose timeout sits above the longest block.
+        self._blocking: Any = redis.Redis.from_url(
+            redis_url, decode_responses=True, socket_connect_timeout=5,
+            socket_timeout=MAX_BLOCK_MS / 1000 + 10, health_check_interval=30,
+        )
 
     # -- reads --------------------------------------------------------------
     def get(self, job_id: str) -> dict[str, Any] | None:
@@ -76,8 +83,14 @@ class JobStore:
     def events(self, job_id: str, after: str = "0-0", *, block_ms: int | None = None) -> list[
         tuple[str, str, Any]
     ]:
-        """Events after stream id ``after``: ``[(event_id, type, data), ...]``."""
-        res = self.redis.xread({events_key(job_id): after}, block=block_ms, count=500)
+        """Events after stream id ``after``: ``[(event_id, type, data), ...]``.
+
+        ``block_ms`` waits up to that long (at most ``MAX_BLOCK_MS``) for new events.
+        """
+        client = self.redis
+        if block_ms is not None:
+            client, block_ms = self._blocking, min(block_ms, MAX_BLOCK_MS)
+        res = client.xread({events_key(job_id): after}, block=block_ms, count=500)
         out: list[tuple[str, str, Any]] = []
         for _stream, entries in res or []:
             for eid, fields in entries:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import socket
 import threading
 from dataclasses import dataclass, field
@@ -47,6 +48,9 @@ class Runtime:
     progress: ProgressWriter | None = None
     cancel_events: dict[str, threading.Event] = field(default_factory=dict)
     active: set[str] = field(default_factory=set)  # jobs this process is running now
+    lock: threading.Lock = field(default_factory=threading.Lock)  # guards ``active``
+    steps: dict[str, int] = field(default_factory=dict)  # last step each running job finished
+    cancel_seen: dict[str, int] = field(default_factory=dict)  # step when its cancel arrived
     _stop: threading.Event = field(default_factory=threading.Event)
 
     def start_engine(self, *, timeout: float | None = None) -> None:
@@ -92,8 +96,10 @@ class Runtime:
                 while not self._stop.is_set():
                     msg = pubsub.get_message(timeout=1.0)
                     if msg and msg.get("type") == "message":
-                        event = self.cancel_events.get(str(msg["data"]))
+                        job_id = str(msg["data"])
+                        event = self.cancel_events.get(job_id)
                         if event is not None:
+                            self.cancel_seen.setdefault(job_id, self.steps.get(job_id, 0))
                             event.set()
                             log.info("job %s: cancel requested", msg["data"])
             except Exception as exc:  # reconnect after a broker blip
@@ -105,6 +111,14 @@ class Runtime:
 
     def start_heartbeat(self) -> None:
         threading.Thread(target=self.heartbeat_forever, name="kiln-heartbeat", daemon=True).start()
+
+    def abort(self, reason: str) -> None:
+        """End this process now (its engine is wedged): unacked jobs go to other workers."""
+        log.critical("worker %s exits: %s", self.hostname, reason)
+        with contextlib.suppress(Exception):
+            self.store.redis.delete(ready_key(self.model.name, self.hostname))
+        logging.shutdown()
+        os._exit(70)
 
     def stop(self) -> None:
         self._stop.set()

@@ -6,11 +6,13 @@ import itertools
 import json
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+import redis
 import requests
 from standardwebhooks.webhooks import Webhook
 
@@ -18,7 +20,9 @@ from tests.stack import Stack, wait_for
 from tests.support import KilnHTTP
 
 pytestmark = pytest.mark.integration
-SLOW = dict(model="tiny-sd", width=128, height=128, steps=60)
+# Slow enough to act on mid-run, cheap enough for a shared 2-core machine.
+SLOW = dict(model="tiny-sd", width=64, height=64, steps=150)
+WAIT_S = 300
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +62,8 @@ def test_a_job_canceled_before_any_worker_is_up_never_runs(rstack: Stack,
     assert rapi.delete(f"/v1/jobs/{job['id']}").status_code == 409
     proc = rstack.start_worker("tiny-sd", name="late-worker")
     try:
-        after = rapi.run(prompt="after", model="tiny-sd", steps=2, seed=2)
+        after = rapi.wait(rapi.submit(prompt="after", model="tiny-sd", steps=2, seed=2)["id"],
+                          timeout=WAIT_S)
         assert after["status"] == "succeeded"
     finally:
         proc.stop()
@@ -68,10 +73,10 @@ def test_a_job_canceled_before_any_worker_is_up_never_runs(rstack: Stack,
 
 
 def test_queue_position_decreases_and_eta_is_positive(rapi: KilnHTTP, worker: None) -> None:
-    jobs = [rapi.submit(prompt=f"wait {i}", seed=i, **{**SLOW, "steps": 30}) for i in range(4)]
+    jobs = [rapi.submit(prompt=f"wait {i}", seed=i, **{**SLOW, "steps": 40}) for i in range(4)]
     last = jobs[-1]["id"]
     positions = []
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + WAIT_S
     while time.monotonic() < deadline:
         view = rapi.get(f"/v1/jobs/{last}").json()
         if view["status"] != "queued":
@@ -83,14 +88,14 @@ def test_queue_position_decreases_and_eta_is_positive(rapi: KilnHTTP, worker: No
     assert len(positions) >= 2, positions
     assert positions == sorted(positions, reverse=True) and positions[-1] < positions[0]
     for j in jobs:
-        assert rapi.wait(j["id"])["status"] == "succeeded"
+        assert rapi.wait(j["id"], timeout=WAIT_S)["status"] == "succeeded"
 
 
 def test_live_events_show_progress_to_the_end(rapi: KilnHTTP, worker: None) -> None:
     job = rapi.submit(prompt="stream me", seed=5, **{**SLOW, "steps": 20})
     events: list[tuple[str, dict]] = []
     with requests.get(f"{rapi.base_url}/v1/jobs/{job['id']}/events", stream=True,
-                      timeout=120) as r:
+                      timeout=WAIT_S) as r:
         assert r.headers["content-type"].startswith("text/event-stream")
         name = None
         for line in r.iter_lines(decode_unicode=True):
@@ -119,16 +124,34 @@ def test_a_running_job_cancels_at_the_next_step_and_its_batch_mate_succeeds(
         a = rapi.submit(prompt="victim", seed=1, **SLOW)
         b = rapi.submit(prompt="mate", seed=2, **SLOW)
         wait_for(lambda: all(rapi.get(f"/v1/jobs/{j['id']}").json()["progress"]["step"] >= 2
-                             for j in (a, b)), timeout=60, what="both jobs stepping")
+                             for j in (a, b)), timeout=WAIT_S, what="both jobs stepping")
         r = rapi.delete(f"/v1/jobs/{a['id']}")
         assert r.status_code == 202 and r.json()["was"] == "running"
-        victim, mate = rapi.wait(a["id"]), rapi.wait(b["id"])
+        victim, mate = rapi.wait(a["id"], timeout=WAIT_S), rapi.wait(b["id"], timeout=WAIT_S)
         assert victim["status"] == "canceled", victim
         assert victim["progress"]["step"] < SLOW["steps"]
+        # Within one step: at most one more step finished after the cancel reached it.
+        ended = [d for n, d in read_events(rapi, a["id"]) if n == "canceled"][-1]
+        print(f"cancel reached the job after step {ended['cancel_seen_at_step']}; "
+              f"it stopped after step {ended['steps_done']} of {SLOW['steps']}")
+        assert ended["steps_done"] - ended["cancel_seen_at_step"] <= 1, ended
         assert mate["status"] == "succeeded" and mate["batch_id"]
         assert rstack.objects(f"generated/{a['id']}/") == []
     finally:
         proc.stop()
+
+
+def read_events(rapi: KilnHTTP, job_id: str, **headers: str) -> list[tuple[str, dict]]:
+    """A finished job's whole event stream, read with a plain HTTP client."""
+    text = requests.get(f"{rapi.base_url}/v1/jobs/{job_id}/events", headers=headers,
+                        timeout=30).text
+    out, name = [], None
+    for line in text.splitlines():
+        if line.startswith("event: "):
+            name = line[7:]
+        elif line.startswith("data: ") and name:
+            out.append((name, json.loads(line[6:])))
+    return out
 
 
 def test_idempotency_key(rapi: KilnHTTP) -> None:
@@ -143,7 +166,7 @@ def test_idempotency_key(rapi: KilnHTTP) -> None:
 
 
 class Receiver:
-    """A local webhook receiver: /ok, /flaky (fails twice), /dead (always 500)."""
+    """A local webhook receiver: /ok, /flaky (fails twice), /dead (always 500), /gone (410)."""
 
     def __init__(self) -> None:
         self.hits: dict[str, list[tuple[float, dict, bytes]]] = {}
@@ -155,7 +178,7 @@ class Receiver:
                 hits = outer.hits.setdefault(self.path, [])
                 hits.append((time.monotonic(), dict(self.headers), body))
                 ok = self.path == "/ok" or (self.path == "/flaky" and len(hits) >= 3)
-                self.send_response(200 if ok else 500)
+                self.send_response(200 if ok else 410 if self.path == "/gone" else 500)
                 self.end_headers()
 
             def log_message(self, *args: object) -> None:
@@ -180,7 +203,7 @@ def webhook_state(rapi: KilnHTTP, job_id: str, states: set[str]) -> dict:
         out.update(rapi.get(f"/v1/jobs/{job_id}").json()["webhook"] or {})
         return out.get("state") in states
 
-    wait_for(check, timeout=60, what=f"webhook of {job_id} in {states}")
+    wait_for(check, timeout=WAIT_S, what=f"webhook of {job_id} in {states}")
     return out
 
 
@@ -194,7 +217,12 @@ def test_webhooks_are_signed_retried_and_end_dead(rstack: Stack, rapi: KilnHTTP,
                        webhook_url=receiver.url + "/dead")
     assert webhook_state(rapi, ok["id"], {"delivered"})["attempts"] == 1
     assert webhook_state(rapi, flaky["id"], {"delivered"})["attempts"] == 3
+    gone = rapi.submit(prompt="hook", model="tiny-sd", steps=2, seed=4,
+                       webhook_url=receiver.url + "/gone")
     assert webhook_state(rapi, dead["id"], {"dead"})["attempts"] == 4
+    gone_hook = webhook_state(rapi, gone["id"], {"dead"})
+    assert gone_hook["attempts"] == 1 and gone_hook["last_result"] == "HTTP 410"  # no retry
+    assert len(receiver.hits["/gone"]) == 1
 
     _, headers, body = receiver.hits["/ok"][0]
     payload = Webhook(rstack.webhook_secret).verify(body, headers)
@@ -202,6 +230,11 @@ def test_webhooks_are_signed_retried_and_end_dead(rstack: Stack, rapi: KilnHTTP,
     times = [t for t, _, _ in receiver.hits["/dead"]]
     gaps = [b - a for a, b in itertools.pairwise(times)]
     assert len(times) == 4 and all(g > 0 for g in gaps)
+    flaky_times = [t for t, _, _ in receiver.hits["/flaky"]]
+    print("webhook /flaky: 3 attempts, gaps "
+          + ", ".join(f"{b - a:.2f}s" for a, b in itertools.pairwise(flaky_times))
+          + "; /dead: 4 attempts, gaps " + ", ".join(f"{g:.2f}s" for g in gaps)
+          + " (KILN_WEBHOOK_BACKOFF_S=0.2, full jitter)")
 
     from tests.integration.test_operations import scrape, value
 
@@ -218,3 +251,88 @@ def test_private_webhook_targets_are_refused_unless_allowed(rstack: Stack) -> No
                                           "webhook_url": url})
         assert r.status_code == 422, r.text
         assert "webhook_url" in r.json()["error"]["fields"]
+
+
+def test_a_storage_outage_is_retried_with_backoff_then_the_job_succeeds(
+    rstack: Stack, rapi: KilnHTTP, worker: None
+) -> None:
+    from app.devfleet import s3_argv
+
+    s3 = next(p for p in rstack.procs if p.name == "s3")
+    s3.stop()
+    try:
+        job = rapi.submit(prompt="outage", model="tiny-sd", steps=2, seed=11)
+        r = redis.Redis.from_url(rstack.env["KILN_REDIS_URL"], decode_responses=True)
+        wait_for(lambda: any(f["type"] == "retrying" for _, f in
+                             r.xrange(f"kiln:job:{job['id']}:events")),
+                 timeout=WAIT_S, what="a retry after the storage error")
+    finally:
+        port = int(rstack.env["KILN_S3_ENDPOINT_URL"].rsplit(":", 1)[1])
+        rstack.spawn("s3", s3_argv(port, rstack.workdir / "s3", rstack.env["KILN_S3_ACCESS_KEY"],
+                                   rstack.env["KILN_S3_SECRET_KEY"]))
+    done = rapi.wait(job["id"], timeout=WAIT_S)
+    assert done["status"] == "succeeded", done["error"]
+    assert done["attempts"] >= 2
+    retries = [d for n, d in read_events(rapi, job["id"]) if n == "retrying"]
+    assert retries and {d["reason"] for d in retries} == {"storage_unavailable"}
+    assert rstack.objects(f"generated/{job['id']}/") == [f"generated/{job['id']}/0.png"]
+
+
+def send_raw(rstack: Stack, job_id: str, kwargs: dict) -> None:
+    """What another Python service does: send ``kiln.generate`` straight to the queue."""
+    from tasks.celery_app import GENERATE, make_celery
+
+    make_celery(rstack.settings).send_task(GENERATE, kwargs=kwargs, queue="gen.tiny-sd",
+                                           task_id=job_id)
+
+
+def test_bad_input_fails_at_once_and_is_never_retried(rstack: Stack, rapi: KilnHTTP,
+                                                      worker: None) -> None:
+    job_id = "bad-" + uuid.uuid4().hex
+    send_raw(rstack, job_id, {"job_id": job_id, "model": "tiny-sd", "prompt": "x",
+                              "steps": -1})
+    wait_for(lambda: rapi.get(f"/v1/jobs/{job_id}").status_code == 200, timeout=WAIT_S,
+             what="the bad job's record")
+    done = rapi.wait(job_id, timeout=WAIT_S)
+    assert done["status"] == "failed" and done["error"]["code"] == "invalid_request"
+    assert "steps" in done["error"]["fields"] and done["attempts"] == 0
+    assert "retrying" not in [n for n, _ in read_events(rapi, job_id)]
+
+
+def test_a_job_that_keeps_losing_its_worker_fails_with_a_clear_error(
+    rstack: Stack, rapi: KilnHTTP, worker: None
+) -> None:
+    """Its 3 earlier deliveries each ended with the worker dead (no heartbeat)."""
+    from tasks.records import new_record, task_kwargs
+    from tasks.submit import Dispatcher
+
+    d = Dispatcher(rstack.settings)
+    params = d.validate({"prompt": "poison", "model": "tiny-sd", "steps": 2, "seed": 1})
+    job_id = uuid.uuid4().hex
+    record = new_record(job_id, params)
+    record.update(status="running", attempts=3, worker="tiny-sd@cpu1@gone-host")
+    d.store.create(record)
+    send_raw(rstack, job_id, task_kwargs(job_id, params))
+    done = rapi.wait(job_id, timeout=WAIT_S)
+    assert done["status"] == "failed" and done["error"]["code"] == "too_many_deliveries"
+    assert "4 times" in done["error"]["message"]
+    assert rstack.objects(f"generated/{job_id}/") == []
+
+
+def test_open_event_streams_are_capped_per_process(rstack: Stack) -> None:
+    capped = KilnHTTP(rstack.start_api(env={"KILN_SSE_MAX_STREAMS": "1"}))
+    job = capped.submit(prompt="waits", model="sd15", steps=2)  # no sd15 worker: stays queued
+    try:
+        first = requests.get(f"{capped.base_url}/v1/jobs/{job['id']}/events", stream=True,
+                             timeout=30)
+        assert first.status_code == 200
+        second = capped.get(f"/v1/jobs/{job['id']}/events")
+        assert second.status_code == 503 and second.headers["Retry-After"]
+        assert second.json()["error"]["code"] == "too_many_streams"
+        assert capped.get(f"/v1/jobs/{job['id']}").status_code == 200  # polling still works
+        capped.delete(f"/v1/jobs/{job['id']}")  # the stream ends with the job
+        assert "event: canceled" in first.text
+        wait_for(lambda: capped.get(f"/v1/jobs/{job['id']}/events").status_code == 200,
+                 timeout=30, what="the slot given back")
+    finally:
+        capped.delete(f"/v1/jobs/{job['id']}")
