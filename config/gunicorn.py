@@ -25,3 +25,11 @@ def child_exit(server: Any, worker: Any) -> None:
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)
+
+
+def post_fork(server: Any, worker: Any) -> None:
+    """Each API worker logs like the rest of Kiln (JSON outside dev), secrets redacted."""
+    from config.logging import setup_logging
+    from config.settings import get_settings
+
+    setup_logging(get_settings())

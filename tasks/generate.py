@@ -53,12 +53,15 @@ class RunningElsewhere(Exception):
 # job that runs elsewhere must go on as long as it runs, so the limits live in the job
 # record (``retries`` for transient errors, ``attempts`` for deliveries).
 @shared_task(name=GENERATE, bind=True, acks_late=True, max_retries=None)
-def generate(self: Any, **payload: Any) -> dict[str, Any]:
+def generate(self: Any, *args: Any, **payload: Any) -> dict[str, Any]:
     """Generate images for one job; returns the job record (JSON)."""
     runtime = rt.current()
     job_id = str(payload.get("job_id") or self.request.id)
     if runtime is None:
         raise RuntimeError("kiln.generate runs only in a `kiln worker` process")
+    if args:  # the task takes keyword arguments only: fail the job, not the worker
+        return reject(runtime, payload, job_id,
+                      {"_schema": ["kiln.generate takes keyword arguments only"]})
     try:
         return run_job(runtime, payload, job_id=job_id)
     except RunningElsewhere as exc:
@@ -110,6 +113,18 @@ def finish(runtime: rt.Runtime, job_id: str, exc: KilnError) -> dict[str, Any]:
     return record
 
 
+def reject(runtime: rt.Runtime, payload: dict[str, Any], job_id: str, fields: dict[str, Any],
+           message: str = "invalid kiln.generate payload") -> dict[str, Any]:
+    """A malformed message (another service's wrong fields) fails its job with the fields."""
+    if runtime.store.get(job_id) is None:
+        model = payload.get("model")
+        runtime.store.create({"id": job_id, "status": "queued", "created_at": now(),
+                              "model": model if isinstance(model, str) else None,
+                              "source": "celery", "attempts": 0, "images": [], "error": None,
+                              "webhook": None})
+    return finish(runtime, job_id, InvalidInput(message, fields=fields))
+
+
 def run_job(runtime: rt.Runtime, payload: dict[str, Any], *, job_id: str) -> dict[str, Any]:
     store = runtime.store
     # 1. Validate. A malformed message from another service fails its job, never the worker.
@@ -117,16 +132,10 @@ def run_job(runtime: rt.Runtime, payload: dict[str, Any], *, job_id: str) -> dic
         params = load_job(payload, runtime.registry, task=True)
     except ValidationError as exc:
         fields = exc.messages if isinstance(exc.messages, dict) else {"_schema": exc.messages}
-        if store.get(job_id) is None:
-            store.create({"id": job_id, "status": "queued", "model": payload.get("model"),
-                          "created_at": now(), "source": "celery", "attempts": 0,
-                          "images": [], "error": None, "webhook": None})
-        return finish(runtime, job_id, InvalidInput("invalid kiln.generate payload",
-                                                     fields=fields))
+        return reject(runtime, payload, job_id, fields)
     if params["model"] != runtime.model.name:
-        return finish(runtime, job_id, InvalidInput(
-            f"this worker serves {runtime.model.name!r}, not {params['model']!r}",
-            fields={"model": ["sent to the wrong queue"]}))
+        return reject(runtime, payload, job_id, {"model": ["sent to the wrong queue"]},
+                      f"this worker serves {runtime.model.name!r}, not {params['model']!r}")
 
     # 2. Jobs sent straight to the Celery task get their record here.
     store.create(new_record(job_id, params, source="celery"))
