@@ -32,7 +32,7 @@ from tasks import runtime as rt
 from tasks.celery_app import GENERATE
 from tasks.images import encode_png
 from tasks.jobs import TERMINAL, now
-from tasks.records import new_record
+from tasks.records import new_record, task_result
 from tasks.schema import load_job
 from tasks.storage import image_key
 from tasks.webhooks import enqueue as enqueue_webhook
@@ -56,7 +56,7 @@ def generate(self: Any, **payload: Any) -> dict[str, Any]:
     if runtime is None:
         raise RuntimeError("kiln.generate runs only in a `kiln worker` process")
     try:
-        return run_job(runtime, payload, job_id=job_id)
+        return task_result(run_job(runtime, payload, job_id=job_id))
     except RunningElsewhere as exc:
         # The broker re-delivered a job whose worker still beats (a healthy job that
         # outran the visibility timeout): look again later instead of running it twice.
@@ -65,7 +65,7 @@ def generate(self: Any, **payload: Any) -> dict[str, Any]:
         raise self.retry(countdown=rt.RECHECK_S, max_retries=None) from None
     except TransientError as exc:
         if self.request.retries >= self.max_retries:
-            return finish(runtime, job_id, exc)
+            return task_result(finish(runtime, job_id, exc))
         countdown = min(60, 2 ** (self.request.retries + 1))
         log.warning("job %s: %s; retry in %ss", job_id, exc.message, countdown,
                     extra={"job_id": job_id})
