@@ -32,7 +32,7 @@ from tasks.celery_app import GENERATE
 from tasks.images import encode_png
 from tasks.jobs import TERMINAL, now
 from tasks.limits import Wedged, wait_result
-from tasks.records import new_record
+from tasks.records import new_record, task_result
 from tasks.schema import load_job
 from tasks.storage import image_key
 from tasks.webhooks import enqueue as enqueue_webhook
@@ -60,10 +60,10 @@ def generate(self: Any, *args: Any, **payload: Any) -> dict[str, Any]:
     if runtime is None:
         raise RuntimeError("kiln.generate runs only in a `kiln worker` process")
     if args:  # the task takes keyword arguments only: fail the job, not the worker
-        return reject(runtime, payload, job_id,
-                      {"_schema": ["kiln.generate takes keyword arguments only"]})
+        return task_result(reject(runtime, payload, job_id,
+                                  {"_schema": ["kiln.generate takes keyword arguments only"]}))
     try:
-        return run_job(runtime, payload, job_id=job_id)
+        return task_result(run_job(runtime, payload, job_id=job_id))
     except RunningElsewhere as exc:
         # The broker re-delivered a job whose worker still beats (a healthy job that
         # outran the visibility timeout): look again later instead of running it twice.
@@ -73,7 +73,7 @@ def generate(self: Any, *args: Any, **payload: Any) -> dict[str, Any]:
     except TransientError as exc:
         retries = int((runtime.store.get(job_id) or {}).get("retries") or 0)
         if retries >= TRANSIENT_RETRIES:
-            return finish(runtime, job_id, exc)
+            return task_result(finish(runtime, job_id, exc))
         countdown = min(60, 2 ** (retries + 1))
         log.warning("job %s: %s; retry in %ss", job_id, exc.message, countdown,
                     extra={"job_id": job_id})
@@ -84,7 +84,8 @@ def generate(self: Any, *args: Any, **payload: Any) -> dict[str, Any]:
     except Exception as exc:  # a bug must never leave a job "running" forever
         log.exception("job %s: unexpected %s", job_id, type(exc).__name__,
                       extra={"job_id": job_id})
-        return finish(runtime, job_id, GenerationFailed(f"internal error: {type(exc).__name__}"))
+        return task_result(finish(runtime, job_id,
+                                  GenerationFailed(f"internal error: {type(exc).__name__}")))
 
 
 def finish(runtime: rt.Runtime, job_id: str, exc: KilnError) -> dict[str, Any]:
