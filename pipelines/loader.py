@@ -49,11 +49,8 @@ class LoadedModel:
         return transformer if transformer is not None else getattr(self.pipe, "unet", None)
 
     def set_scheduler(self, name: str) -> None:
-        """Switch the scheduler by its request-facing name (``families.SCHEDULERS``).
-
-        Each instance is built once from the pipeline's own scheduler config and
-        cached; a no-op when ``name`` is already set (or empty: keep the pipeline's).
-        """
+        """Switch by request-facing name (``families.SCHEDULERS``); each instance is built
+        once from the model's own scheduler config. ``""``: keep the current one."""
         if not name or name == self.scheduler_name:
             return
         allowed = self.model.schedulers
@@ -75,12 +72,8 @@ class LoadedModel:
         self.scheduler_name = name
 
     def set_loras(self, loras: tuple[tuple[str, float], ...]) -> None:
-        """Activate exactly these ``(name, weight)`` adapters; ``()`` turns LoRA off.
-
-        Adapters are loaded from disk once (at load time); switching is
-        ``set_adapters`` (a few ms) and ``disable_lora`` restores the base model
-        bit-exactly. A no-op when the same set and weights are already active.
-        """
+        """Activate exactly these ``(name, weight)`` adapters; ``()`` turns LoRA off
+        (bit-exact base model). Loaded from disk once; switching costs a few ms."""
         loras = tuple((str(n), float(w)) for n, w in loras)
         names = [n for n, _ in loras]
         for n in names:
@@ -121,8 +114,7 @@ class LoadedModel:
         t0 = time.perf_counter()
         self.pipe.load_lora_weights(source, weight_name=weight_name, adapter_name=name, **kwargs)
         self.lora_loads[name] += 1
-        took = time.perf_counter() - t0
-        log.info("loaded LoRA %s for %s in %.3fs", name, self.model.name, took)
+        log.info("LoRA %s for %s in %.3fs", name, self.model.name, time.perf_counter() - t0)
 
     def _lora_source(self, source: str) -> str:
         """``{models_dir}`` is the tiny models folder; a stand-in's LoRA is built if missing."""
@@ -266,12 +258,12 @@ def _compile(loaded: LoadedModel) -> None:
 
 
 def warm_up(loaded: LoadedModel, *, steps: int = 2) -> float:
-    """Run before the first request; returns seconds.
+    """Pay one-off costs before the first request; returns seconds.
 
-    Without ``compile``: one small call (≤ 256²) that pays the one-off costs. With
-    ``compile``: calls at the default size with 1 and then 2 images, so the
-    compiled graphs (dynamic in the batch after the second shape) exist before any
-    request arrives.
+    Without ``compile``: one small call (≤ 256²). With ``compile``: the default size
+    with 1, then 2 images (graphs turn dynamic in the batch), then 1 with every listed
+    LoRA on (switching adapters on changes the graph). Other LoRA sets or weights may
+    still recompile once, on first use.
     """
     import torch
 
@@ -288,11 +280,18 @@ def warm_up(loaded: LoadedModel, *, steps: int = 2) -> float:
     if model.family.max_sequence_length:
         limit = loaded.pipe.tokenizer_2.model_max_length
         kwargs["max_sequence_length"] = min(model.family.max_sequence_length, limit)
-    batches = [1, 2] if compiled and model.spec.max_batch > 1 else [1]
+    calls: list[tuple[int, tuple[tuple[str, float], ...]]] = [(1, ())]
+    if compiled:
+        calls += [(2, ())] if model.spec.max_batch > 1 else []
+        all_loras = tuple((lo.name, lo.default_weight) for lo in model.spec.loras)
+        calls += [(1, all_loras)] if all_loras else []
+    before = loaded.active_loras
     with torch.inference_mode():
-        for n in batches:
+        for n, loras in calls:
+            loaded.set_loras(loras)
             gens = [torch.Generator(loaded.device).manual_seed(i) for i in range(n)]
             loaded.pipe(prompt=["warm up"] * n, generator=gens, **kwargs)
+    loaded.set_loras(before)
     took = time.perf_counter() - t0
     log.info("warmed up %s in %.2fs (compile: %s)", model.name, took, compiled)
     return took

@@ -139,3 +139,42 @@ def test_stand_in_lora_from_the_models_yaml_template(tiny_models_dir: Path) -> N
     assert loaded.lora_loads == {"style": 1}
     assert loaded.active_loras == ()
     assert warm_up(loaded) > 0
+
+
+class RecordingPipe:
+    """Stands in for a compiled pipeline: records what warm_up runs."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, object, int]] = []
+        self.adapters: object = None
+
+    def load_lora_weights(self, source, *, weight_name, adapter_name, **kwargs) -> None:
+        pass
+
+    def enable_lora(self) -> None:
+        pass
+
+    def set_adapters(self, names, adapter_weights) -> None:
+        self.adapters = list(zip(names, adapter_weights, strict=True))
+
+    def disable_lora(self) -> None:
+        self.adapters = None
+
+    def __call__(self, *, prompt, generator, width, **kwargs) -> None:
+        assert len(generator) == len(prompt)
+        self.calls.append((len(prompt), self.adapters, width))
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_warm_up_compiles_every_shape_before_the_first_request(compiled: bool) -> None:
+    from pipelines.loader import LoadedModel
+
+    model = resolve(replace(REGISTRY["sdxl"].spec, compile=compiled, max_batch=4))
+    pipe = RecordingPipe()
+    loaded = LoadedModel(model=model, pipe=pipe, device="cpu", dtype=torch.float32, load_time_s=0)
+    warm_up(loaded)
+    if compiled:  # default size; batch 1 then 2; then with the LoRAs on
+        assert pipe.calls == [(1, None, 1024), (2, None, 1024), (1, [("style", 1.0)], 1024)]
+    else:
+        assert pipe.calls == [(1, None, 256)]
+    assert pipe.adapters is None and loaded.active_loras == ()
