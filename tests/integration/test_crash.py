@@ -62,7 +62,7 @@ def kill_midbatch(tmp: Path, models_dir: Path, *, broker: str) -> dict:
 
         worker_a.kill()
         killed_at = time.monotonic()
-        done = [api.wait(j["id"], timeout=VISIBILITY_S + 400) for j in jobs]  # slow machines
+        done = [api.wait(j["id"], timeout=VISIBILITY_S + 600) for j in jobs]
         recovered_s = max(d["completed_at"] for d in done) - (time.time() - (
             time.monotonic() - killed_at))
         for d in done:

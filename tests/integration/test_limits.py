@@ -31,6 +31,7 @@ def test_a_job_past_its_soft_limit_stops_and_fails_and_the_worker_goes_on(
                         "tiny": "sd-mini",
                         "max_batch": 4,
                         "max_wait_ms": 50,
+                        "defaults": {"width": 64, "height": 64, "steps": 2},
                         "limits": {"max_size": 512, "max_steps": 1000},
                         "soft_time_limit_s": 3,
                         "time_limit_s": 120,
@@ -53,7 +54,7 @@ def test_a_job_past_its_soft_limit_stops_and_fails_and_the_worker_goes_on(
         failed = json.loads(text.rsplit("data: ", 1)[1])
         assert 0 < failed["steps_done"] < 1000  # stopped mid-run, not left running
         assert stack.objects(f"generated/{slow['id']}/") == []
-        quick = api.run(prompt="quick", model=model, steps=2, seed=2)
+        quick = api.run(prompt="quick", model=model, width=64, height=64, steps=2, seed=2)
         assert quick["status"] == "succeeded", quick  # the engine was freed, not wedged
     finally:
         stack.close()
