@@ -114,7 +114,7 @@ class LoadedModel:
         t0 = time.perf_counter()
         self.pipe.load_lora_weights(source, weight_name=weight_name, adapter_name=name, **kwargs)
         self.lora_loads[name] += 1
-        log.info("LoRA %s for %s in %.3fs", name, self.model.name, time.perf_counter() - t0)
+        log.info("loaded LoRA %s for %s in %.3fs", name, self.model.name, time.perf_counter() - t0)
 
     def _lora_source(self, source: str) -> str:
         """``{models_dir}`` is the tiny models folder; a stand-in's LoRA is built if missing."""
