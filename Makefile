@@ -43,7 +43,8 @@ typecheck: $(STAMP)
 check: lint typecheck test
 
 bench: $(STAMP)
-	for b in batching; do $(BIN)/python -m bench.$$b || exit 1; done
+	for b in batching overhead baseline api startup; do $(BIN)/python -m bench.$$b || exit 1; done
+	$(BIN)/python -m bench.gpu
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

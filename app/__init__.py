@@ -38,7 +38,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.config.update(test_config)
     app.json.sort_keys = False  # type: ignore[attr-defined]
 
-    from app.auth import init_auth
+    from app.auth import document_auth, init_auth
     from app.errors import register_error_handlers
     from app.limits import init_limits
     from app.metrics import init_metrics
@@ -49,6 +49,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     init_auth(app, settings)
     init_limits(app, settings)
     api = Api(app, spec_kwargs={"info": {"description": "Self-hosted image generation."}})
+    document_auth(api)
     register_error_handlers(app)
 
     from app import classic, health, jobs, models, openai_api, web

@@ -4,8 +4,9 @@
 with ``kiln keys create alice --scopes generate,read`` (the key is shown once, only
 its hash is configured). Send ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``.
 Scopes: ``generate`` (submit, cancel), ``read`` (jobs, models), ``admin`` (everything,
-and every key's jobs). Without keys the dev and test profiles run open, loudly; the
-prod profile refuses to start.
+and every key's jobs). ``KILN_API_KEYS_FILE`` adds entries, one per line. Without keys
+the dev profile runs open, loudly; every other profile refuses to start, except the
+test profile with an explicit ``KILN_AUTH=off``.
 """
 
 from __future__ import annotations
@@ -14,8 +15,12 @@ import hashlib
 import logging
 import secrets
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
+from apispec import BasePlugin
 from flask import Flask, g, request
+from flask_smorest import Api
 
 from config.errors import KilnError
 from config.settings import Settings, SettingsError
@@ -23,8 +28,15 @@ from config.settings import Settings, SettingsError
 log = logging.getLogger("kiln.auth")
 SCOPES = ("generate", "read", "admin")
 PUBLIC_ENDPOINTS = {
-    "health.Healthz", "health.Readyz", "classic.ClassicHealth", "web.index", "web.docs",
-    "web.docs_assets", "static", "api-docs.openapi_json", "metrics",
+    "health.Healthz",
+    "health.Readyz",
+    "classic.ClassicHealth",
+    "web.index",
+    "web.docs",
+    "web.docs_assets",
+    "static",
+    "api-docs.openapi_json",
+    "metrics",
 }
 # endpoint → scope; anything not listed here and not public needs "admin".
 ENDPOINT_SCOPES = {
@@ -81,6 +93,21 @@ def parse_keys(spec: str) -> dict[str, ApiKey]:
     return keys
 
 
+def load_keys(settings: Settings) -> dict[str, ApiKey]:
+    """Entries of ``KILN_API_KEYS`` plus the lines of ``KILN_API_KEYS_FILE``."""
+    spec = settings.api_keys
+    if settings.api_keys_file:
+        try:
+            text = Path(settings.api_keys_file).expanduser().read_text()
+        except OSError as exc:
+            raise SettingsError(
+                f"KILN_API_KEYS_FILE cannot be read: {type(exc).__name__}"
+            ) from None
+        lines = (ln.split("#", 1)[0].strip() for ln in text.splitlines())
+        spec = ",".join([spec, *filter(None, lines)])
+    return parse_keys(spec)
+
+
 def presented_key() -> str | None:
     header = request.headers.get("Authorization", "")
     if header.lower().startswith("bearer "):
@@ -103,15 +130,32 @@ def can_see(record_owner: str | None) -> bool:
     return key is None or "admin" in key.scopes or record_owner == key.name
 
 
+OPEN_BANNER = (
+    "\n"
+    + "*" * 78
+    + "\n*** NO API KEYS: the Kiln API is OPEN to anyone who can reach it (%s). ***\n"
+    "*** Make keys with `kiln keys create NAME` and set KILN_API_KEYS before exposing it. ***\n"
+    + "*"
+    * 78
+)
+
+
 def init_auth(app: Flask, settings: Settings) -> None:
-    keys = parse_keys(settings.api_keys)
+    """Check every request's key and scope, or refuse to start when keys are required."""
+    keys = load_keys(settings)
     app.extensions["kiln_keys"] = keys
+    if settings.auth == "off":
+        if settings.profile not in {"dev", "test"}:
+            raise SettingsError(f"KILN_AUTH=off is refused in the {settings.profile} profile")
+        log.warning(OPEN_BANNER, f"KILN_AUTH=off, {settings.profile} profile")
+        return
     if not keys:
-        if settings.profile == "prod":
-            raise SettingsError("KILN_API_KEYS is required in the prod profile "
-                                "(make one with `kiln keys create NAME`)")
-        log.warning("*** NO API KEYS: the API is open to anyone who can reach it "
-                    "(%s profile). Set KILN_API_KEYS before exposing it. ***", settings.profile)
+        if not settings.is_dev or settings.auth == "on":
+            raise SettingsError(
+                f"KILN_API_KEYS is required in the {settings.profile} profile (make one with "
+                "`kiln keys create NAME`; only tests may set KILN_AUTH=off)"
+            )
+        log.warning(OPEN_BANNER, "dev profile")
         return
 
     @app.before_request
@@ -125,8 +169,82 @@ def init_auth(app: Flask, settings: Settings) -> None:
         key = keys.get(hash_key(presented))
         if key is None:
             raise Unauthorized("invalid API key")
-        scope = ENDPOINT_SCOPES.get((endpoint, request.method), "admin")
+        method = "GET" if request.method == "HEAD" else request.method
+        scope = ENDPOINT_SCOPES.get((endpoint, method), "admin")
         if not key.allows(scope):
-            raise Forbidden(f"this key lacks the {scope!r} scope",
-                            fields={"scope": [scope]})
+            raise Forbidden(f"this key lacks the {scope!r} scope", fields={"scope": [scope]})
         g.api_key = key
+
+
+SECURITY: list[dict[str, list[str]]] = [{"bearerAuth": []}, {"apiKey": []}]
+SUBMIT_ENDPOINTS = {"jobs.Jobs", "openai.Generations", "classic.Generate"}
+
+
+class AuthDocPlugin(BasePlugin):
+    """Documents keys, scopes and the 401/403/413/429 answers on every guarded operation."""
+
+    def operation_helper(
+        self, path: str | None = None, operations: dict | None = None, **kwargs: Any
+    ) -> None:
+        from app.schemas import ApiErrorSchema
+
+        rule = kwargs.get("rule")
+        endpoint = getattr(rule, "endpoint", "")
+        if endpoint in PUBLIC_ENDPOINTS:
+            return
+        for method, op in (operations or {}).items():
+            scope = ENDPOINT_SCOPES.get((endpoint, method.upper()), "admin")
+            op.setdefault("security", SECURITY)
+            op["x-scope"] = scope
+            responses = op.setdefault("responses", {})
+            # A door with its own error shape (OpenAI) documents it on its 4xx answers.
+            error = next(
+                (
+                    r["content"]
+                    for code, r in sorted(responses.items(), key=lambda kv: str(kv[0]))
+                    if str(code).startswith("4") and "content" in r
+                ),
+                {"application/json": {"schema": ApiErrorSchema}},
+            )
+            responses.setdefault(
+                "401", {"description": "No API key, or an unknown one", "content": error}
+            )
+            responses.setdefault(
+                "403", {"description": f"The key lacks the {scope!r} scope", "content": error}
+            )
+            if "requestBody" in op:
+                responses.setdefault(
+                    "413", {"description": "Request body too large", "content": error}
+                )
+            if endpoint in SUBMIT_ENDPOINTS:
+                responses.setdefault(
+                    "429",
+                    {
+                        "description": "Rate limit or concurrent-job quota of this key reached",
+                        "headers": {
+                            "Retry-After": {
+                                "schema": {"type": "integer"},
+                                "description": "seconds to wait",
+                            }
+                        },
+                        "content": error,
+                    },
+                )
+
+
+def document_auth(api: Api) -> None:
+    """Call before registering blueprints: security schemes plus per-operation answers."""
+    api.spec.components.security_scheme(
+        "bearerAuth",
+        {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "`Authorization: Bearer <key>` (`kiln keys create`)",
+        },
+    )
+    api.spec.components.security_scheme(
+        "apiKey", {"type": "apiKey", "in": "header", "name": "X-API-Key"}
+    )
+    plugin = AuthDocPlugin()
+    plugin.init_spec(api.spec)
+    api.spec.plugins.insert(0, plugin)  # before marshmallow's, which resolves the schemas

@@ -32,7 +32,8 @@ class Readyz(MethodView):
 
         ``?model=NAME`` (repeatable) checks those models only; otherwise the models in
         ``KILN_REQUIRED_MODELS`` (default: every enabled model). Workers count as ready
-        while their heartbeat (every 3 s, 9 s TTL) is alive; a clean stop removes it.
+        while their heartbeat (every 2 s, 6 s TTL) is alive; a clean stop removes it at
+        once, before the worker drains its running jobs.
         """
         d = dispatcher()
         asked = request.args.getlist("model")

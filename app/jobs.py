@@ -25,7 +25,7 @@ blp = Blueprint("jobs", __name__, url_prefix="/v1/jobs", description="Text-to-im
 PUBLIC = (
     "id", "status", "model", "params", "seeds", "created_at", "started_at", "completed_at",
     "progress", "images", "error", "attempts", "webhook", "batch_id", "batch_size", "batches",
-    "queue_position", "eta_s",
+    "queue_position", "eta_s", "run_s", "upload_s",
 )
 
 

@@ -11,10 +11,8 @@ from __future__ import annotations
 from flask import Flask, request
 from flask_limiter import Limiter
 
-from app.auth import owner
+from app.auth import SUBMIT_ENDPOINTS, owner
 from config.settings import Settings
-
-SUBMIT_ENDPOINTS = {"jobs.Jobs", "openai.Generations", "classic.Generate"}
 
 
 def limit_key() -> str:

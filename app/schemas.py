@@ -48,6 +48,8 @@ class JobViewSchema(Schema):
     batch_id = fields.String(allow_none=True)
     batch_size = fields.Integer(allow_none=True)
     batches = fields.List(fields.Dict(), allow_none=True)
+    run_s = fields.Float(allow_none=True, metadata={"description": "pipeline seconds"})
+    upload_s = fields.Float(allow_none=True, metadata={"description": "encode + upload"})
     queue_position = fields.Integer(allow_none=True)
     eta_s = fields.Float(allow_none=True)
     urls = fields.Dict(keys=fields.String(), values=fields.String())

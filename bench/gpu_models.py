@@ -3,12 +3,17 @@
 No hub access: the configs of the published models are typed in here, the weights are
 random (initialised directly on the GPU in the target dtype), and the tokenizers are
 the tiny offline ones (the text encoders still see real sequence lengths: 77 CLIP
-tokens, 256 T5 tokens). Same compute per image as the real models.
+tokens, 256 T5 tokens). Same compute per image as the real models. Importable without
+CUDA; ``build_full_sdxl(torch.float16, "meta")`` checks the shapes on any machine.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any
+
+import torch
 
 SDXL_UNET: dict[str, Any] = dict(
     act_fn="silu",
@@ -105,26 +110,31 @@ T5_XXL: dict[str, Any] = dict(
 )
 
 
-def _on(device: str, dtype: Any) -> Any:
-    """Build modules directly on ``device`` in ``dtype`` (no slow CPU init)."""
-    import contextlib
+@contextlib.contextmanager
+def _materialize(device: str, dtype: torch.dtype) -> Iterator[None]:
+    """Create parameters directly on ``device`` in ``dtype``: no CPU init, no cast copy.
 
-    import torch
-
-    @contextlib.contextmanager
-    def ctx() -> Any:
-        old = torch.get_default_dtype()
-        torch.set_default_dtype(dtype)
-        try:
-            with torch.device(device):
-                yield
-        finally:
-            torch.set_default_dtype(old)
-
-    return ctx()
+    ``device="meta"`` builds the architecture without memory (to check configs on a
+    machine without a GPU). Only modules go in here: schedulers compute their tables
+    in fp32 on the CPU.
+    """
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            yield
+    finally:
+        torch.set_default_dtype(old)
 
 
-def build_full_sdxl(dtype: Any, device: str = "cuda") -> Any:
+def _module(make: Callable[[], Any], device: str, dtype: torch.dtype) -> Any:
+    with _materialize(device, dtype):
+        module = make()
+    return module.eval().requires_grad_(False)
+
+
+def build_full_sdxl(dtype: torch.dtype, device: str = "cuda") -> Any:
+    """SDXL base 1.0 architecture (UNet 2.57B, CLIP-L + OpenCLIP bigG, 4-channel VAE)."""
     from diffusers import (
         AutoencoderKL,
         EulerDiscreteScheduler,
@@ -135,20 +145,21 @@ def build_full_sdxl(dtype: Any, device: str = "cuda") -> Any:
 
     from pipelines.tiny import SD_SCHEDULER, clip_tokenizer
 
-    with _on(device, dtype):
-        pipe = StableDiffusionXLPipeline(
-            unet=UNet2DConditionModel(**SDXL_UNET),
-            vae=AutoencoderKL(**VAE_4CH),
-            text_encoder=CLIPTextModel(CLIPTextConfig(**CLIP_L)),
-            text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**CLIP_BIG_G)),
-            tokenizer=clip_tokenizer(),
-            tokenizer_2=clip_tokenizer(),
-            scheduler=EulerDiscreteScheduler(**SD_SCHEDULER),
-        )
-    return pipe
+    return StableDiffusionXLPipeline(
+        unet=_module(lambda: UNet2DConditionModel(**SDXL_UNET), device, dtype),
+        vae=_module(lambda: AutoencoderKL(**VAE_4CH), device, dtype),
+        text_encoder=_module(lambda: CLIPTextModel(CLIPTextConfig(**CLIP_L)), device, dtype),
+        text_encoder_2=_module(
+            lambda: CLIPTextModelWithProjection(CLIPTextConfig(**CLIP_BIG_G)), device, dtype
+        ),
+        tokenizer=clip_tokenizer(),
+        tokenizer_2=clip_tokenizer(),
+        scheduler=EulerDiscreteScheduler(**SD_SCHEDULER),
+    )
 
 
-def build_full_flux_schnell(dtype: Any, device: str = "cuda") -> Any:
+def build_full_flux_schnell(dtype: torch.dtype, device: str = "cuda") -> Any:
+    """FLUX.1-schnell architecture (transformer 11.9B, CLIP-L + T5-XXL encoder, 16-ch VAE)."""
     from diffusers import (
         AutoencoderKL,
         FlowMatchEulerDiscreteScheduler,
@@ -159,17 +170,18 @@ def build_full_flux_schnell(dtype: Any, device: str = "cuda") -> Any:
 
     from pipelines.tiny import clip_tokenizer, t5_tokenizer
 
-    with _on(device, dtype):
-        pipe = FluxPipeline(
-            transformer=FluxTransformer2DModel(**FLUX_TRANSFORMER),
-            vae=AutoencoderKL(**FLUX_VAE),
-            text_encoder=CLIPTextModel(CLIPTextConfig(**CLIP_L)),
-            tokenizer=clip_tokenizer(),
-            text_encoder_2=T5EncoderModel(T5Config(**T5_XXL)),
-            tokenizer_2=t5_tokenizer(),
-            scheduler=FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=False),
-        )
-    return pipe
+    return FluxPipeline(
+        transformer=_module(lambda: FluxTransformer2DModel(**FLUX_TRANSFORMER), device, dtype),
+        vae=_module(lambda: AutoencoderKL(**FLUX_VAE), device, dtype),
+        text_encoder=_module(lambda: CLIPTextModel(CLIPTextConfig(**CLIP_L)), device, dtype),
+        tokenizer=clip_tokenizer(),
+        text_encoder_2=_module(lambda: T5EncoderModel(T5Config(**T5_XXL)), device, dtype),
+        tokenizer_2=t5_tokenizer(),
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=False),
+    )
 
 
-BUILDERS = {"sdxl": build_full_sdxl, "flux-schnell": build_full_flux_schnell}
+BUILDERS: dict[str, Callable[[torch.dtype, str], Any]] = {
+    "sdxl": build_full_sdxl,
+    "flux-schnell": build_full_flux_schnell,
+}

@@ -15,11 +15,13 @@ _EXTRA_KEYS = ("job_id", "model", "batch_id", "batch_size", "duration_s", "uploa
 # Credentials in URLs (scheme://user:pw@host) and bearer tokens.
 _URL_CRED = re.compile(r"(\w+://[^:/\s@]*:)[^@\s]+@")
 _BEARER = re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+")
+_API_KEY = re.compile(r"(kiln_)[A-Za-z0-9_-]{16,}")  # keys made by `kiln keys create`
 
 
 def scrub(text: str, secrets: tuple[str, ...] = ()) -> str:
     text = _URL_CRED.sub(r"\1***@", text)
     text = _BEARER.sub(r"\1***", text)
+    text = _API_KEY.sub(r"\1***", text)
     for s in secrets:
         if s:
             text = text.replace(s, "***")

@@ -82,6 +82,8 @@ class Settings:
     sync_timeout_s: float = 120.0  # OpenAI-compatible endpoint waits this long
     required_models: str = ""  # comma list /readyz insists on; empty: every enabled model
     api_keys: str = ""  # name:sha256hex:scope+scope, comma separated (`kiln keys create`)
+    api_keys_file: str = ""  # more entries, one per line (# comments), e.g. a mounted secret
+    auth: str = ""  # "off": no keys asked, dev and test profiles only; "on" or "": keys
     rate_limit: str = "120/minute"  # per API key (or per client address when open)
     max_concurrent_jobs: int = 64  # queued + running jobs per API key
     max_body_bytes: int = 64 * 1024
@@ -93,6 +95,8 @@ class Settings:
     def __post_init__(self) -> None:
         if self.profile not in {"dev", "prod", "test"}:
             raise SettingsError(f"KILN_PROFILE must be dev, test or prod, got {self.profile!r}")
+        if self.auth not in {"", "on", "off"}:
+            raise SettingsError(f"KILN_AUTH must be on or off, got {self.auth!r}")
         if not self.redis_url:
             if not self.broker_url.startswith(("redis://", "rediss://")):
                 raise SettingsError(

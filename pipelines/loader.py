@@ -1,10 +1,10 @@
-"""Loading (``setup``) apart from running: open a model once, switch schedulers and LoRAs.
+"""Loading apart from running: open a model once, then switch schedulers and LoRAs.
 
 ``load_model`` honours the model entry: family pipeline class, dtype and device,
-SDPA attention, channels_last, VAE slicing/tiling, CPU offload, an fp16-safe VAE,
-and ``torch.compile`` of the denoiser and the VAE decoder (compiled by
+attention, channels_last, VAE slicing/tiling, CPU offload, an fp16-safe VAE and its
+upcast, and ``torch.compile`` of the denoiser and the VAE decoder (compiled by
 ``warm_up`` at worker start, never on the first request). Every listed LoRA is
-loaded once here; requests only switch adapters.
+loaded from disk once, here; requests only switch adapters and weights.
 """
 
 from __future__ import annotations
@@ -14,14 +14,18 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from config.errors import InvalidInput
-from pipelines.devices import pick_device, pick_dtype
+from pipelines.devices import is_cuda, pick_device, pick_dtype
 from pipelines.families import SCHEDULERS
 from pipelines.registry import Model
 
+if TYPE_CHECKING:
+    import torch
+
 log = logging.getLogger("kiln.pipelines")
+PATH_PREFIXES = ("/", "./", "../", "~")  # a source starting so is a path, never a hub id
 
 
 @dataclass
@@ -29,87 +33,116 @@ class LoadedModel:
     model: Model
     pipe: Any
     device: str
-    dtype: Any
+    dtype: torch.dtype
     load_time_s: float
     lora_loads: collections.Counter[str] = field(default_factory=collections.Counter)
     scheduler_name: str = ""
-    models_dir: Path | None = None
     active_loras: tuple[tuple[str, float], ...] = ()
-    _schedulers: dict[str, Any] = field(default_factory=dict)
-    _base_scheduler_config: Any = None
+    models_dir: Path | None = None
+    _schedulers: dict[str, Any] = field(default_factory=dict, repr=False)
+    _base_scheduler_config: Any = field(default=None, repr=False)
 
     @property
     def denoiser(self) -> Any:
-        return getattr(self.pipe, "transformer", None) or self.pipe.unet
+        """The UNet, or the transformer (Flux)."""
+        transformer = getattr(self.pipe, "transformer", None)
+        return transformer if transformer is not None else getattr(self.pipe, "unet", None)
 
     def set_scheduler(self, name: str) -> None:
-        """Switch the pipeline's scheduler by its request-facing name."""
+        """Switch by request-facing name (``families.SCHEDULERS``); each instance is built
+        once from the model's own scheduler config. ``""``: keep the current one."""
         if not name or name == self.scheduler_name:
             return
-        if name not in SCHEDULERS:
-            raise InvalidInput(f"unknown scheduler {name!r}", fields={"scheduler": [name]})
+        allowed = self.model.schedulers
+        if name not in SCHEDULERS or (allowed and name not in allowed):
+            raise InvalidInput(
+                f"scheduler {name!r} is not available for {self.model.name}; "
+                f"choose from {', '.join(allowed)}",
+                fields={"scheduler": [name]},
+            )
         if name not in self._schedulers:
             import diffusers
 
+            if self._base_scheduler_config is None:
+                self._base_scheduler_config = self.pipe.scheduler.config
             cls_name, extra = SCHEDULERS[name]
             cls = getattr(diffusers, cls_name)
             self._schedulers[name] = cls.from_config(self._base_scheduler_config, **extra)
         self.pipe.scheduler = self._schedulers[name]
         self.scheduler_name = name
 
-    def load_lora(self, name: str) -> None:
-        spec = self.model.spec.lora(name)
-        if spec is None:
-            raise InvalidInput(
-                f"unknown LoRA {name!r} for {self.model.name}", fields={"loras": [name]}
-            )
-        source, weight_name = lora_source(spec.source, self), spec.weight_name
-        p = Path(source)
-        if p.suffix == ".safetensors" and p.exists():
-            source, weight_name = str(p.parent), p.name
-        t0 = time.perf_counter()
-        self.pipe.load_lora_weights(source, weight_name=weight_name, adapter_name=name)
-        self.lora_loads[name] += 1
-        log.info("loaded LoRA %s for %s in %.3fs (load #%d)", name, self.model.name,
-                 time.perf_counter() - t0, self.lora_loads[name])
-
     def set_loras(self, loras: tuple[tuple[str, float], ...]) -> None:
-        """Activate exactly these adapters with these weights (none: LoRA off)."""
-        loras = tuple(loras)
-        if loras == self.active_loras:
+        """Activate exactly these ``(name, weight)`` adapters; ``()`` turns LoRA off
+        (bit-exact base model). Loaded from disk once; switching costs a few ms."""
+        loras = tuple((str(n), float(w)) for n, w in loras)
+        names = [n for n, _ in loras]
+        for n in names:
+            if self.model.spec.lora(n) is None:
+                known = ", ".join(lo.name for lo in self.model.spec.loras) or "none"
+                raise InvalidInput(
+                    f"unknown LoRA {n!r} for model {self.model.name} (known: {known})",
+                    fields={"loras": [n]},
+                )
+        if len(set(names)) != len(names):
+            raise InvalidInput(f"LoRA listed twice: {names}", fields={"loras": names})
+        if dict(loras) == dict(self.active_loras):
             return
-        for name, _ in loras:
-            if name not in self.lora_loads:
-                self.load_lora(name)
+        for n in names:
+            if n not in self.lora_loads:
+                self.load_lora(n)
         if loras:
             self.pipe.enable_lora()
-            self.pipe.set_adapters([n for n, _ in loras], adapter_weights=[w for _, w in loras])
+            self.pipe.set_adapters(names, adapter_weights=[w for _, w in loras])
         elif self.lora_loads:
             self.pipe.disable_lora()
         self.active_loras = loras
 
+    def load_lora(self, name: str) -> None:
+        """Load one listed adapter from disk (or the hub) under its own name."""
+        spec = self.model.spec.lora(name)
+        if spec is None:
+            raise InvalidInput(f"unknown LoRA {name!r}", fields={"loras": [name]})
+        source, weight_name = self._lora_source(spec.source), spec.weight_name
+        path = Path(source)
+        kwargs: dict[str, Any] = {}
+        if path.is_file():
+            source, weight_name = str(path.parent), path.name
+        if path.exists():
+            kwargs["local_files_only"] = True
+        elif source.startswith(PATH_PREFIXES):
+            raise FileNotFoundError(f"LoRA {name!r} of {self.model.name}: {source} not found")
+        t0 = time.perf_counter()
+        self.pipe.load_lora_weights(source, weight_name=weight_name, adapter_name=name, **kwargs)
+        self.lora_loads[name] += 1
+        log.info("LoRA %s for %s in %.3fs", name, self.model.name, time.perf_counter() - t0)
 
-def lora_source(source: str, loaded: LoadedModel) -> str:
-    """``{models_dir}`` in a LoRA source is the tiny models folder; built when missing."""
-    if "{models_dir}" not in source or loaded.models_dir is None:
-        return source
-    path = Path(source.format(models_dir=loaded.models_dir))
-    recipe = loaded.model.spec.tiny
-    if not path.exists() and recipe and path.suffix == ".safetensors":
-        from pipelines.tiny import make_tiny_lora
+    def _lora_source(self, source: str) -> str:
+        """``{models_dir}`` is the tiny models folder; a stand-in's LoRA is built if missing."""
+        if "{models_dir}" not in source or self.models_dir is None:
+            return str(Path(source).expanduser()) if source.startswith("~") else source
+        path = Path(source.format(models_dir=self.models_dir))
+        recipe = self.model.spec.tiny
+        if recipe and path.suffix == ".safetensors" and not path.exists():
+            from pipelines.tiny import make_tiny_lora
 
-        make_tiny_lora(recipe, path.parent, name=path.stem)
-    return str(path)
+            make_tiny_lora(recipe, path.parent, name=path.stem)
+        return str(path)
 
 
 def resolve_source(model: Model, models_dir: Path) -> str:
-    """Tiny recipe → its folder (built when missing); a local path; or a hub id."""
+    """Tiny recipe → ``models_dir/<recipe>`` (built when missing); a local folder; a hub id."""
     spec = model.spec
     if spec.tiny:
         from pipelines.tiny import make_tiny
 
         return str(make_tiny(spec.tiny, Path(models_dir) / spec.tiny))
-    return spec.source
+    source = spec.source.replace("{models_dir}", str(models_dir))
+    path = Path(source).expanduser()
+    if path.exists():
+        return str(path)
+    if source.startswith(PATH_PREFIXES):
+        raise FileNotFoundError(f"model {spec.name}: source folder {source} not found")
+    return source  # a hub id: the only case that may touch the network
 
 
 def _quiet() -> None:
@@ -123,7 +156,7 @@ def _quiet() -> None:
 
 
 def load_model(model: Model, *, device: str = "", models_dir: Path) -> LoadedModel:
-    """Open the model's pipeline on ``device`` with the entry's options."""
+    """Open the model's pipeline on ``device`` with the entry's options; log the time."""
     import diffusers
     import torch
 
@@ -132,8 +165,7 @@ def load_model(model: Model, *, device: str = "", models_dir: Path) -> LoadedMod
     device = pick_device(device)
     dtype = pick_dtype(spec.dtype, device)
     source = resolve_source(model, models_dir)
-    local = Path(source).exists()
-    kwargs: dict[str, Any] = {"dtype": dtype, "local_files_only": local}
+    kwargs: dict[str, Any] = {"dtype": dtype, "local_files_only": Path(source).exists()}
     if spec.variant:
         kwargs["variant"] = spec.variant
     if spec.revision:
@@ -141,9 +173,7 @@ def load_model(model: Model, *, device: str = "", models_dir: Path) -> LoadedMod
     if model.family.name == "sd15":
         kwargs.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     if spec.vae:
-        kwargs["vae"] = diffusers.AutoencoderKL.from_pretrained(
-            spec.vae, dtype=dtype, local_files_only=Path(spec.vae).exists()
-        )
+        kwargs["vae"] = _load_vae(spec.vae, dtype, models_dir)
     cls = getattr(diffusers, model.family.pipeline_class)
     pipe = cls.from_pretrained(source, **kwargs)
     pipe.set_progress_bar_config(disable=True)
@@ -151,17 +181,17 @@ def load_model(model: Model, *, device: str = "", models_dir: Path) -> LoadedMod
     loaded = LoadedModel(
         model=model, pipe=pipe, device=device, dtype=dtype, load_time_s=0.0, models_dir=models_dir
     )
-    _apply_options(loaded)
     loaded._base_scheduler_config = pipe.scheduler.config
-    loaded.scheduler_name = ""
-    if model.scheduler:
-        loaded.set_scheduler(model.scheduler)
-    for lora in spec.loras:
+    loaded.set_scheduler(model.scheduler)
+    _apply_options(loaded)
+    for lora in spec.loras:  # once, now: no request pays for it
         loaded.load_lora(lora.name)
     if spec.loras:
-        pipe.disable_lora()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
+        pipe.disable_lora()  # loading made the last adapter active
+    if spec.compile:  # after the LoRAs: adapters go into the compiled graph
+        _compile(loaded)
+    if is_cuda(device):
+        torch.cuda.synchronize(device)
     loaded.load_time_s = time.perf_counter() - t0
     log.info(
         "loaded %s (%s) from %s on %s as %s in %.2fs",
@@ -175,59 +205,93 @@ def load_model(model: Model, *, device: str = "", models_dir: Path) -> LoadedMod
     return loaded
 
 
+def _load_vae(source: str, dtype: torch.dtype, models_dir: Path) -> Any:
+    """An fp16-safe VAE override: a VAE folder, a pipeline folder (its ``vae/``), or a hub id."""
+    from diffusers import AutoencoderKL
+
+    source = source.replace("{models_dir}", str(models_dir))
+    path = Path(source).expanduser()
+    if path.exists():
+        sub = "vae" if (path / "vae" / "config.json").exists() else None  # a pipeline folder
+        return AutoencoderKL.from_pretrained(
+            str(path), subfolder=sub, dtype=dtype, local_files_only=True
+        )
+    return AutoencoderKL.from_pretrained(source, dtype=dtype)
+
+
 def _apply_options(loaded: LoadedModel) -> None:
     import torch
 
-    spec, pipe = loaded.model.spec, loaded.pipe
-    denoiser = loaded.denoiser
+    spec, pipe, denoiser = loaded.model.spec, loaded.pipe, loaded.denoiser
     if spec.attention == "default":
-        denoiser.set_default_attn_processor()
-    if spec.upcast_vae is not None and hasattr(pipe.vae.config, "force_upcast"):
-        pipe.vae.register_to_config(force_upcast=spec.upcast_vae)
-    if spec.cpu_offload and loaded.device.startswith("cuda"):
-        pipe.enable_model_cpu_offload()
+        if hasattr(denoiser, "set_default_attn_processor"):
+            denoiser.set_default_attn_processor()
+        else:
+            log.info("attention=default: %s has no such processor; SDPA", type(denoiser).__name__)
+    elif spec.attention != "sdpa":
+        raise ValueError(f"model {spec.name}: attention must be sdpa or default")
+    vae = getattr(pipe, "vae", None)
+    if vae is not None and spec.upcast_vae is not None and "force_upcast" in vae.config:
+        vae.register_to_config(force_upcast=spec.upcast_vae)  # SDXL decodes fp16 in fp32 if set
+    if spec.cpu_offload and is_cuda(loaded.device):
+        pipe.enable_model_cpu_offload(device=loaded.device)
     else:
         pipe.to(loaded.device)
     if spec.channels_last:
-        denoiser.to(memory_format=torch.channels_last)
-        pipe.vae.to(memory_format=torch.channels_last)
-    if spec.vae_slicing:
-        pipe.vae.enable_slicing()
-    if spec.vae_tiling:
-        pipe.vae.enable_tiling()
-    if spec.compile:
-        mode = "max-autotune-no-cudagraphs" if loaded.device.startswith("cuda") else None
-        if hasattr(pipe, "transformer") and pipe.transformer is not None:
-            pipe.transformer = torch.compile(pipe.transformer, mode=mode, fullgraph=False)
-        else:
-            pipe.unet = torch.compile(pipe.unet, mode=mode, fullgraph=False)
-        pipe.vae.decode = torch.compile(pipe.vae.decode, mode=mode, fullgraph=False)
+        for module in (denoiser, vae):
+            if module is not None:
+                module.to(memory_format=torch.channels_last)
+    if vae is not None and spec.vae_slicing:
+        vae.enable_slicing()
+    if vae is not None and spec.vae_tiling:
+        vae.enable_tiling()
+
+
+def _compile(loaded: LoadedModel) -> None:
+    """Lazy ``torch.compile`` of the denoiser (in place) and ``vae.decode``: warm_up compiles."""
+    import torch
+
+    mode = "max-autotune-no-cudagraphs" if is_cuda(loaded.device) else None
+    loaded.denoiser.compile(mode=mode, fullgraph=False)
+    vae = loaded.pipe.vae
+    vae.decode = torch.compile(vae.decode, mode=mode, fullgraph=False)
 
 
 def warm_up(loaded: LoadedModel, *, steps: int = 2) -> float:
-    """One call at the default size (compiles when ``compile`` is on); returns seconds."""
+    """Pay one-off costs before the first request; returns seconds.
+
+    Without ``compile``: one small call (≤ 256²). With ``compile``: the default size
+    with 1, then 2 images (graphs turn dynamic in the batch), then 1 with every listed
+    LoRA on (switching adapters on changes the graph). Other LoRA sets or weights may
+    still recompile once, on first use.
+    """
     import torch
 
     model, t0 = loaded.model, time.perf_counter()
+    compiled, m = model.spec.compile, model.family.size_multiple
+    cap = 1 << 30 if compiled else 256  # compiled: the default size, the shape requests use
     kwargs: dict[str, Any] = {
-        "prompt": ["warm up"],
         "num_inference_steps": steps,
-        "width": model.width if model.spec.compile else min(model.width, 256),
-        "height": model.height if model.spec.compile else min(model.height, 256),
-        "generator": [torch.Generator(loaded.device).manual_seed(0)],
+        "width": max(m, min(model.width, cap) // m * m),
+        "height": max(m, min(model.height, cap) // m * m),
+        "guidance_scale": model.guidance_scale,
         "output_type": "pil",
     }
     if model.family.max_sequence_length:
-        kwargs["max_sequence_length"] = min(
-            model.family.max_sequence_length, loaded.pipe.tokenizer_2.model_max_length
-        )
-    if model.family.guidance:
-        kwargs["guidance_scale"] = model.guidance_scale
-    m = model.family.size_multiple
-    kwargs["width"] -= kwargs["width"] % m
-    kwargs["height"] -= kwargs["height"] % m
+        limit = loaded.pipe.tokenizer_2.model_max_length
+        kwargs["max_sequence_length"] = min(model.family.max_sequence_length, limit)
+    calls: list[tuple[int, tuple[tuple[str, float], ...]]] = [(1, ())]
+    if compiled:
+        calls += [(2, ())] if model.spec.max_batch > 1 else []
+        all_loras = tuple((lo.name, lo.default_weight) for lo in model.spec.loras)
+        calls += [(1, all_loras)] if all_loras else []
+    before = loaded.active_loras
     with torch.inference_mode():
-        loaded.pipe(**kwargs)
+        for n, loras in calls:
+            loaded.set_loras(loras)
+            gens = [torch.Generator(loaded.device).manual_seed(i) for i in range(n)]
+            loaded.pipe(prompt=["warm up"] * n, generator=gens, **kwargs)
+    loaded.set_loras(before)
     took = time.perf_counter() - t0
-    log.info("warmed up %s in %.2fs", model.name, took)
+    log.info("warmed up %s in %.2fs (compile: %s)", model.name, took, compiled)
     return took

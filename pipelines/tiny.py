@@ -1,9 +1,8 @@
 """Tiny random-weight pipelines of the real architectures, built offline.
 
 ``kiln models make-tiny DIR`` writes one folder per recipe with ``save_pretrained``;
-the loader opens them with ``from_pretrained`` like any local model. They make
-noise, fast, and need no hub: the tokenizers are written from an in-memory
-vocabulary.
+the loader opens them with ``from_pretrained`` like any local model. They make noise,
+fast, with no hub: tokenizers come from an in-memory vocabulary, weights from a fixed seed.
 
 - ``sd-mini``: SD 1.5 architecture at 64×64 scale (VAE scale factor 2): fastest.
 - ``sd15``, ``sdxl``, ``flux``: stand-ins that keep the real VAE scale factor of 8,
@@ -12,10 +11,12 @@ vocabulary.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from typing import Any
 log = logging.getLogger("kiln.pipelines")
 
 RECIPES = ("sd-mini", "sd15", "sdxl", "flux")
+SEED = 0
 CLIP: dict[str, Any] = dict(
     bos_token_id=0,
     eos_token_id=1,
@@ -31,7 +33,7 @@ CLIP: dict[str, Any] = dict(
     intermediate_size=37,
     num_attention_heads=4,
     num_hidden_layers=2,
-    vocab_size=1000,
+    vocab_size=1000,  # >= the 514 ids of clip_tokenizer()
     projection_dim=32,
     max_position_embeddings=77,
 )
@@ -42,6 +44,8 @@ SD_SCHEDULER: dict[str, Any] = dict(
     timestep_spacing="leading",
     steps_offset=1,
 )
+_SEEDED = threading.Lock()  # the seed is process-global: one seeded build at a time
+FLUX_LATENT_CHANNELS = 16  # as the real Flux VAE; packed 2×2 → transformer in_channels 64
 
 
 def clip_tokenizer() -> Any:
@@ -55,6 +59,7 @@ def clip_tokenizer() -> Any:
 
 
 def t5_tokenizer() -> Any:
+    """Unigram T5 tokenizer, 46 ids."""
     from transformers import T5TokenizerFast  # type: ignore[attr-defined]
 
     chars = "▁abcdefghijklmnopqrstuvwxyz0123456789.,!?'-"
@@ -62,232 +67,233 @@ def t5_tokenizer() -> Any:
     return T5TokenizerFast(vocab=vocab, extra_ids=0, model_max_length=512)
 
 
-def _vae(*, factor8: bool, **extra: Any) -> Any:
+def _vae(*, factor8: bool, latent_channels: int = 4, **extra: Any) -> Any:
     from diffusers import AutoencoderKL
 
-    if factor8:
-        return AutoencoderKL(
-            latent_channels=4,
-            block_out_channels=[8, 16, 32, 32],
-            layers_per_block=1,
-            norm_num_groups=8,
-            down_block_types=["DownEncoderBlock2D"] * 4,
-            up_block_types=["UpDecoderBlock2D"] * 4,
-            sample_size=1024,
-            **extra,
-        )
+    blocks = [8, 16, 32, 32] if factor8 else [32, 64]  # scale factor 2 ** (len - 1)
     return AutoencoderKL(
-        latent_channels=4,
-        block_out_channels=[32, 64],
+        latent_channels=latent_channels,
+        block_out_channels=blocks,
         layers_per_block=1,
-        norm_num_groups=32,
-        down_block_types=["DownEncoderBlock2D"] * 2,
-        up_block_types=["UpDecoderBlock2D"] * 2,
-        sample_size=64,
+        norm_num_groups=8 if factor8 else 32,
+        down_block_types=["DownEncoderBlock2D"] * len(blocks),
+        up_block_types=["UpDecoderBlock2D"] * len(blocks),
+        sample_size=1024 if factor8 else 64,
         **extra,
     )
 
 
-def _unet(*, factor8: bool, **extra: Any) -> Any:
+def _unet(*, factor8: bool, sample_size: int = 64, **extra: Any) -> Any:
+    """SD-style UNet, attention only at the lowest level; default size = 8 × sample_size."""
     from diffusers import UNet2DConditionModel
 
-    if factor8:
-        return UNet2DConditionModel(
-            sample_size=32,
-            layers_per_block=1,
-            block_out_channels=(16, 32, 64),
-            norm_num_groups=8,
-            down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
-            **extra,
-        )
+    down = ("DownBlock2D",) * (2 if factor8 else 1) + ("CrossAttnDownBlock2D",)
     return UNet2DConditionModel(
-        sample_size=32,
+        sample_size=sample_size if factor8 else 32,
         layers_per_block=1,
-        block_out_channels=(32, 64),
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        block_out_channels=(16, 32, 64) if factor8 else (32, 64),
+        norm_num_groups=8 if factor8 else 32,
+        down_block_types=down,
+        up_block_types=("CrossAttnUpBlock2D",) + ("UpBlock2D",) * (len(down) - 1),
         **extra,
     )
 
 
-def build_sd(*, factor8: bool) -> Any:
-    from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    return StableDiffusionPipeline(
-        unet=_unet(factor8=factor8, attention_head_dim=8, cross_attention_dim=32),
-        vae=_vae(factor8=factor8),
-        text_encoder=CLIPTextModel(CLIPTextConfig(**CLIP)),
-        tokenizer=clip_tokenizer(),
-        scheduler=EulerDiscreteScheduler(**SD_SCHEDULER),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-
-
-def build_sdxl() -> Any:
-    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
-    unet = _unet(
+def _sdxl_unet() -> Any:
+    return _unet(
         factor8=True,
+        sample_size=128,
         attention_head_dim=(2, 4, 8),
         use_linear_projection=True,
         addition_embed_type="text_time",
         addition_time_embed_dim=8,
         transformer_layers_per_block=(1, 1, 2),
-        projection_class_embeddings_input_dim=6 * 8 + 32,
-        cross_attention_dim=64,
-    )
-    return StableDiffusionXLPipeline(
-        unet=unet,
-        vae=_vae(factor8=True),
-        text_encoder=CLIPTextModel(CLIPTextConfig(**CLIP)),
-        text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**CLIP)),
-        tokenizer=clip_tokenizer(),
-        tokenizer_2=clip_tokenizer(),
-        scheduler=EulerDiscreteScheduler(**SD_SCHEDULER),
+        projection_class_embeddings_input_dim=6 * 8 + CLIP["projection_dim"],
+        cross_attention_dim=2 * CLIP["hidden_size"],  # both text encoders, concatenated
     )
 
 
-def build_flux() -> Any:
-    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
-    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+def _flux_transformer() -> Any:
+    from diffusers import FluxTransformer2DModel
 
-    transformer = FluxTransformer2DModel(
+    return FluxTransformer2DModel(
         patch_size=1,
-        in_channels=16,
+        in_channels=4 * FLUX_LATENT_CHANNELS,
         num_layers=1,
         num_single_layers=1,
         attention_head_dim=16,
         num_attention_heads=2,
-        joint_attention_dim=32,
-        pooled_projection_dim=32,
-        axes_dims_rope=[4, 4, 8],
-    )
-    t5 = T5EncoderModel(
-        T5Config(
-            vocab_size=64,
-            d_model=32,
-            d_kv=8,
-            d_ff=37,
-            num_layers=2,
-            num_heads=4,
-            relative_attention_num_buckets=8,
-        )
-    )
-    return FluxPipeline(
-        transformer=transformer,
-        vae=_vae(
-            factor8=True,
-            use_quant_conv=False,
-            use_post_quant_conv=False,
-            shift_factor=0.0609,
-            scaling_factor=1.5035,
-        ),
-        text_encoder=CLIPTextModel(CLIPTextConfig(**CLIP)),
-        tokenizer=clip_tokenizer(),
-        text_encoder_2=t5,
-        tokenizer_2=t5_tokenizer(),
-        scheduler=FlowMatchEulerDiscreteScheduler(),
+        joint_attention_dim=32,  # = T5 d_model
+        pooled_projection_dim=CLIP["hidden_size"],
+        guidance_embeds=False,  # schnell
+        axes_dims_rope=[4, 6, 6],  # sums to the head dim; even each
     )
 
 
-BUILDERS: dict[str, Callable[[], Any]] = {
-    "sd-mini": lambda: build_sd(factor8=False),
-    "sd15": lambda: build_sd(factor8=True),
-    "sdxl": build_sdxl,
-    "flux": build_flux,
+DENOISERS: dict[str, Callable[[], Any]] = {
+    "sd-mini": lambda: _unet(factor8=False, attention_head_dim=8, cross_attention_dim=32),
+    "sd15": lambda: _unet(factor8=True, attention_head_dim=8, cross_attention_dim=32),
+    "sdxl": _sdxl_unet,
+    "flux": _flux_transformer,
+}
+PIPELINES = {
+    "sd-mini": "StableDiffusionPipeline",
+    "sd15": "StableDiffusionPipeline",
+    "sdxl": "StableDiffusionXLPipeline",
+    "flux": "FluxPipeline",
 }
 
 
-def _publish(build: Callable[[Path], None], out_dir: Path, marker: str) -> Path:
-    """Build into a temp folder beside ``out_dir``, then rename: never half-written."""
+def build(recipe: str) -> Any:
+    """The recipe's pipeline, in memory, with weights from the current torch seed."""
+    import diffusers
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    cls = getattr(diffusers, PIPELINES[recipe])
+    denoiser = DENOISERS[recipe]()
+    text = CLIPTextModel(CLIPTextConfig(**CLIP))
+    if recipe in ("sd-mini", "sd15"):
+        return cls(
+            unet=denoiser,
+            vae=_vae(factor8=recipe == "sd15"),
+            text_encoder=text,
+            tokenizer=clip_tokenizer(),
+            scheduler=diffusers.EulerDiscreteScheduler(**SD_SCHEDULER),
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+    if recipe == "sdxl":
+        from transformers import CLIPTextModelWithProjection
+
+        return cls(
+            unet=denoiser,
+            vae=_vae(factor8=True, scaling_factor=0.13025),
+            text_encoder=text,
+            text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**CLIP)),
+            tokenizer=clip_tokenizer(),
+            tokenizer_2=clip_tokenizer(),
+            scheduler=diffusers.EulerDiscreteScheduler(**SD_SCHEDULER),
+        )
+    from transformers import T5Config, T5EncoderModel
+
+    # vocab_size >= the 46 ids of t5_tokenizer(); d_model = the transformer's joint_attention_dim
+    t5: dict[str, Any] = dict(vocab_size=64, d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4)
+    vae = _vae(
+        factor8=True,
+        latent_channels=FLUX_LATENT_CHANNELS,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+        shift_factor=0.1159,
+        scaling_factor=0.3611,
+    )
+    return cls(
+        transformer=denoiser,
+        vae=vae,
+        text_encoder=text,
+        tokenizer=clip_tokenizer(),
+        text_encoder_2=T5EncoderModel(T5Config(relative_attention_num_buckets=8, **t5)),
+        tokenizer_2=t5_tokenizer(),
+        scheduler=diffusers.FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=False),
+    )
+
+
+def _check(recipe: str) -> None:
+    if recipe not in RECIPES:
+        raise ValueError(f"unknown tiny recipe {recipe!r}; choose from {', '.join(RECIPES)}")
+
+
+def make_tiny(recipe: str, out_dir: Path, *, overwrite: bool = False) -> Path:
+    """Write the tiny pipeline ``recipe`` to ``out_dir`` (same weights every time).
+
+    Skipped when ``out_dir/model_index.json`` exists (unless ``overwrite``). Built in
+    a temporary folder beside ``out_dir`` and renamed into place, so a half-written
+    folder never looks complete, and two processes racing both end with one good copy.
+    """
+    import torch
+
+    _check(recipe)
     out_dir = Path(out_dir)
-    if (out_dir / marker).exists():
+    if (out_dir / "model_index.json").exists() and not overwrite:
         return out_dir
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
     try:
-        build(tmp)
-        try:
-            os.rename(tmp, out_dir)
-        except OSError:  # another process won the race, or an old folder is in the way
-            if not (out_dir / marker).exists():
-                shutil.rmtree(out_dir, ignore_errors=True)
-                os.rename(tmp, out_dir)
+        with _SEEDED, torch.random.fork_rng(devices=[]):
+            torch.manual_seed(SEED)
+            pipe = build(recipe)
+        pipe.save_pretrained(tmp)
+        _move_into_place(tmp, out_dir, overwrite=overwrite)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    log.info("tiny %s pipeline at %s", recipe, out_dir)
     return out_dir
 
 
-def make_tiny(recipe: str, out_dir: Path, *, overwrite: bool = False) -> Path:
-    """Write the tiny pipeline ``recipe`` to ``out_dir`` (deterministic weights)."""
-    if recipe not in BUILDERS:
-        raise ValueError(f"unknown tiny recipe {recipe!r}; choose from {RECIPES}")
-    if overwrite:
-        shutil.rmtree(out_dir, ignore_errors=True)
-
-    def build(tmp: Path) -> None:
-        import torch
-
-        torch.manual_seed(0)
-        BUILDERS[recipe]().save_pretrained(tmp)
-
-    path = _publish(build, out_dir, "model_index.json")
-    log.info("tiny %s pipeline at %s", recipe, path)
-    return path
+def _move_into_place(tmp: Path, out_dir: Path, *, overwrite: bool) -> None:
+    old = tmp.with_name(f"{tmp.name}-old")
+    if overwrite or not (out_dir / "model_index.json").exists():
+        with contextlib.suppress(FileNotFoundError):  # a folder to replace, or a partial one
+            os.rename(out_dir, old)
+    try:
+        os.rename(tmp, out_dir)  # atomic
+    except OSError:  # another process won the race: keep its identical copy
+        if not (out_dir / "model_index.json").exists():
+            raise
+    finally:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def make_tiny_lora(recipe: str, out_dir: Path, *, name: str = "style") -> Path:
-    """Write ``<out_dir>/<name>.safetensors``: a tiny LoRA for the recipe's denoiser."""
-    target = Path(out_dir) / f"{name}.safetensors"
+    """Write ``<out_dir>/<name>.safetensors``: a tiny random LoRA for the recipe's denoiser.
+
+    Attention projections (``to_q/to_k/to_v/to_out.0``), rank 4, non-zero ``lora_B``,
+    so it visibly changes the image. Written under a temporary name and renamed.
+    """
+    import diffusers
+    import torch
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    _check(recipe)
+    out_dir = Path(out_dir)
+    target = out_dir / f"{name}.safetensors"
     if target.exists():
         return target
-
-    def build(tmp: Path) -> None:
-        import torch
-        from diffusers.utils import convert_state_dict_to_diffusers
-        from peft import LoraConfig
-        from peft.utils import get_peft_model_state_dict
-
-        torch.manual_seed(1)
-        pipe = BUILDERS[recipe]()
-        denoiser = pipe.transformer if recipe == "flux" else pipe.unet
-        denoiser.add_adapter(
-            LoraConfig(
-                r=4,
-                lora_alpha=4,
-                init_lora_weights="gaussian",
-                target_modules=["to_q", "to_k", "to_v", "to_out.0"],
-            )
-        )
-        with torch.no_grad():
-            for pname, p in denoiser.named_parameters():
-                if "lora_B" in pname:
-                    p.normal_(0, 0.5)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=out_dir))
+    targets = ["to_q", "to_k", "to_v", "to_out.0"]
+    lora = LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian", target_modules=targets)
+    try:
+        with _SEEDED, torch.random.fork_rng(devices=[]):
+            torch.manual_seed(SEED + 1)
+            denoiser = DENOISERS[recipe]()
+            denoiser.add_adapter(lora)
+            with torch.no_grad():
+                for pname, p in denoiser.named_parameters():
+                    if "lora_B" in pname:  # peft starts them at zero: a no-op LoRA
+                        p.normal_(0.0, 0.5)
         layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(denoiser))
         key = "transformer_lora_layers" if recipe == "flux" else "unet_lora_layers"
-        type(pipe).save_lora_weights(tmp, weight_name=f"{name}.safetensors", **{key: layers})
-
-    staging = Path(out_dir).parent / f".{Path(out_dir).name}-{name}"
-    _publish(build, staging, f"{name}.safetensors")
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
-    os.replace(staging / f"{name}.safetensors", target)
-    shutil.rmtree(staging, ignore_errors=True)
+        cls = getattr(diffusers, PIPELINES[recipe])
+        cls.save_lora_weights(tmp, weight_name=f"{name}.safetensors", **{key: layers})
+        os.replace(tmp / f"{name}.safetensors", target)  # atomic; identical if raced
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 
 def make_all(models_dir: Path) -> dict[str, Path]:
-    """Every recipe to ``models_dir/<recipe>``, a LoRA each to ``models_dir/loras/<recipe>``."""
+    """Every recipe to ``models_dir/<recipe>`` (keys: recipes) and a LoRA each to
+    ``models_dir/loras/<recipe>/style.safetensors`` (keys: ``lora:<recipe>``)."""
     from diffusers.utils import logging as dlog
     from transformers.utils import logging as tlog
 
     dlog.disable_progress_bar()
     tlog.disable_progress_bar()
-    out = {r: make_tiny(r, Path(models_dir) / r) for r in RECIPES}
+    models_dir = Path(models_dir)
+    out = {r: make_tiny(r, models_dir / r) for r in RECIPES}
     for r in RECIPES:
-        out[f"lora:{r}"] = make_tiny_lora(r, Path(models_dir) / "loras" / r)
+        out[f"lora:{r}"] = make_tiny_lora(r, models_dir / "loras" / r)
     return out

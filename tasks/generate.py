@@ -32,7 +32,7 @@ from tasks.celery_app import GENERATE
 from tasks.images import encode_png
 from tasks.jobs import TERMINAL, now
 from tasks.limits import Wedged, wait_result
-from tasks.records import new_record
+from tasks.records import new_record, task_result
 from tasks.schema import load_job
 from tasks.storage import image_key
 from tasks.webhooks import enqueue as enqueue_webhook
@@ -53,14 +53,17 @@ class RunningElsewhere(Exception):
 # job that runs elsewhere must go on as long as it runs, so the limits live in the job
 # record (``retries`` for transient errors, ``attempts`` for deliveries).
 @shared_task(name=GENERATE, bind=True, acks_late=True, max_retries=None)
-def generate(self: Any, **payload: Any) -> dict[str, Any]:
+def generate(self: Any, *args: Any, **payload: Any) -> dict[str, Any]:
     """Generate images for one job; returns the job record (JSON)."""
     runtime = rt.current()
     job_id = str(payload.get("job_id") or self.request.id)
     if runtime is None:
         raise RuntimeError("kiln.generate runs only in a `kiln worker` process")
+    if args:  # the task takes keyword arguments only: fail the job, not the worker
+        return task_result(reject(runtime, payload, job_id,
+                                  {"_schema": ["kiln.generate takes keyword arguments only"]}))
     try:
-        return run_job(runtime, payload, job_id=job_id)
+        return task_result(run_job(runtime, payload, job_id=job_id))
     except RunningElsewhere as exc:
         # The broker re-delivered a job whose worker still beats (a healthy job that
         # outran the visibility timeout): look again later instead of running it twice.
@@ -70,7 +73,7 @@ def generate(self: Any, **payload: Any) -> dict[str, Any]:
     except TransientError as exc:
         retries = int((runtime.store.get(job_id) or {}).get("retries") or 0)
         if retries >= TRANSIENT_RETRIES:
-            return finish(runtime, job_id, exc)
+            return task_result(finish(runtime, job_id, exc))
         countdown = min(60, 2 ** (retries + 1))
         log.warning("job %s: %s; retry in %ss", job_id, exc.message, countdown,
                     extra={"job_id": job_id})
@@ -81,7 +84,8 @@ def generate(self: Any, **payload: Any) -> dict[str, Any]:
     except Exception as exc:  # a bug must never leave a job "running" forever
         log.exception("job %s: unexpected %s", job_id, type(exc).__name__,
                       extra={"job_id": job_id})
-        return finish(runtime, job_id, GenerationFailed(f"internal error: {type(exc).__name__}"))
+        return task_result(finish(runtime, job_id,
+                                  GenerationFailed(f"internal error: {type(exc).__name__}")))
 
 
 def finish(runtime: rt.Runtime, job_id: str, exc: KilnError) -> dict[str, Any]:
@@ -110,6 +114,18 @@ def finish(runtime: rt.Runtime, job_id: str, exc: KilnError) -> dict[str, Any]:
     return record
 
 
+def reject(runtime: rt.Runtime, payload: dict[str, Any], job_id: str, fields: dict[str, Any],
+           message: str = "invalid kiln.generate payload") -> dict[str, Any]:
+    """A malformed message (another service's wrong fields) fails its job with the fields."""
+    if runtime.store.get(job_id) is None:
+        model = payload.get("model")
+        runtime.store.create({"id": job_id, "status": "queued", "created_at": now(),
+                              "model": model if isinstance(model, str) else None,
+                              "source": "celery", "attempts": 0, "images": [], "error": None,
+                              "webhook": None})
+    return finish(runtime, job_id, InvalidInput(message, fields=fields))
+
+
 def run_job(runtime: rt.Runtime, payload: dict[str, Any], *, job_id: str) -> dict[str, Any]:
     store = runtime.store
     # 1. Validate. A malformed message from another service fails its job, never the worker.
@@ -117,16 +133,10 @@ def run_job(runtime: rt.Runtime, payload: dict[str, Any], *, job_id: str) -> dic
         params = load_job(payload, runtime.registry, task=True)
     except ValidationError as exc:
         fields = exc.messages if isinstance(exc.messages, dict) else {"_schema": exc.messages}
-        if store.get(job_id) is None:
-            store.create({"id": job_id, "status": "queued", "model": payload.get("model"),
-                          "created_at": now(), "source": "celery", "attempts": 0,
-                          "images": [], "error": None, "webhook": None})
-        return finish(runtime, job_id, InvalidInput("invalid kiln.generate payload",
-                                                     fields=fields))
+        return reject(runtime, payload, job_id, fields)
     if params["model"] != runtime.model.name:
-        return finish(runtime, job_id, InvalidInput(
-            f"this worker serves {runtime.model.name!r}, not {params['model']!r}",
-            fields={"model": ["sent to the wrong queue"]}))
+        return reject(runtime, payload, job_id, {"model": ["sent to the wrong queue"]},
+                      f"this worker serves {runtime.model.name!r}, not {params['model']!r}")
 
     # 2. Jobs sent straight to the Celery task get their record here.
     store.create(new_record(job_id, params, source="celery"))
@@ -197,6 +207,7 @@ def _run_started(runtime: rt.Runtime, job_id: str, params: dict[str, Any]) -> di
     store.progress(job_id, params["steps"], params["steps"])
     t_upload = time.perf_counter()
     images = _upload(runtime, job_id, params, result)
+
     upload_s = time.perf_counter() - t_upload
     metrics.UPLOAD.labels(params["model"]).observe(upload_s)
     metrics.RUN.labels(params["model"]).observe(result.run_s)
@@ -216,6 +227,7 @@ def _run_started(runtime: rt.Runtime, job_id: str, params: dict[str, Any]) -> di
         batch_size=batch.size if batch else None,
         batches=[{"id": b.id, "size": b.size, "scheduler": b.scheduler} for b in result.batches],
         run_s=round(result.run_s, 4),
+        upload_s=round(upload_s, 4),
     )
     record = store.get(job_id) or {}
     queues.mark_inactive(store.redis, record.get("owner"), job_id)

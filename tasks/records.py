@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from typing import Any
+from urllib.parse import urlsplit
 
 from tasks.jobs import now
 
@@ -50,3 +51,28 @@ def task_kwargs(job_id: str, params: dict[str, Any]) -> dict[str, Any]:
     out["seeds"] = list(params["seeds"])
     out["job_id"] = job_id
     return out
+
+
+def redact_webhook_url(url: str) -> str:
+    """``https://user:pw@hooks.example.com/T0/token?sig=x`` → ``https://hooks.example.com/***``.
+
+    Webhook URLs often carry a token in their path, query or credentials."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname or ''}/***"
+
+
+def kwargs_repr(kwargs: dict[str, Any]) -> str:
+    """What Flower and task events show for ``kiln.generate`` kwargs (no webhook token)."""
+    shown = dict(kwargs)
+    if shown.get("webhook_url"):
+        shown["webhook_url"] = redact_webhook_url(str(shown["webhook_url"]))
+    return repr(shown)[:1024]
+
+
+def task_result(record: dict[str, Any]) -> dict[str, Any]:
+    """The record a ``kiln.generate`` task returns. Celery logs it and Flower shows it,
+    so its webhook URL is redacted (the job store keeps the real one)."""
+    hook = record.get("webhook")
+    if isinstance(hook, dict) and hook.get("url"):
+        return {**record, "webhook": {**hook, "url": redact_webhook_url(str(hook["url"]))}}
+    return record

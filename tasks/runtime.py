@@ -26,8 +26,8 @@ from tasks.storage import Storage
 log = logging.getLogger("kiln.worker")
 
 READY_PREFIX = "kiln:ready:"
-HEARTBEAT_S = 3.0
-HEARTBEAT_TTL_S = int(HEARTBEAT_S * 3)
+HEARTBEAT_S = 2.0
+HEARTBEAT_TTL_S = int(HEARTBEAT_S * 3)  # a SIGKILLed worker stops counting within 6 s
 RECHECK_S = HEARTBEAT_TTL_S + 1  # a dead worker's heartbeat is gone by then
 
 
@@ -52,6 +52,8 @@ class Runtime:
     steps: dict[str, int] = field(default_factory=dict)  # last step each running job finished
     cancel_seen: dict[str, int] = field(default_factory=dict)  # step when its cancel arrived
     _stop: threading.Event = field(default_factory=threading.Event)
+    _beat_stop: threading.Event = field(default_factory=threading.Event)
+    _beat_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def start_engine(self, *, timeout: float | None = None) -> None:
         from pipelines.engine import Engine  # torch is imported only here, in workers
@@ -80,12 +82,21 @@ class Runtime:
 
     def heartbeat_forever(self) -> None:
         key = ready_key(self.model.name, self.hostname)
-        while not self._stop.is_set():
+        while not self._beat_stop.is_set():
             try:
-                self.store.redis.set(key, "1", ex=HEARTBEAT_TTL_S)
+                with self._beat_lock:  # never re-set the key after stop_heartbeat removed it
+                    if not self._beat_stop.is_set():
+                        self.store.redis.set(key, "1", ex=HEARTBEAT_TTL_S)
             except Exception as exc:  # keep beating through a broker blip
                 log.warning("heartbeat failed: %s", type(exc).__name__)
-            self._stop.wait(HEARTBEAT_S)
+            self._beat_stop.wait(HEARTBEAT_S)
+
+    def stop_heartbeat(self) -> None:
+        """Stop counting as ready at once (a warm shutdown still finishes running jobs)."""
+        with self._beat_lock:
+            self._beat_stop.set()
+            with contextlib.suppress(Exception):
+                self.store.redis.delete(ready_key(self.model.name, self.hostname))
 
     def listen_for_cancels(self) -> None:
         """Set the cancel event of a job this worker runs when the API cancels it."""
@@ -109,8 +120,10 @@ class Runtime:
     def start_cancel_listener(self) -> None:
         threading.Thread(target=self.listen_for_cancels, name="kiln-cancels", daemon=True).start()
 
-    def start_heartbeat(self) -> None:
-        threading.Thread(target=self.heartbeat_forever, name="kiln-heartbeat", daemon=True).start()
+    def start_heartbeat(self) -> threading.Thread:
+        beat = threading.Thread(target=self.heartbeat_forever, name="kiln-heartbeat", daemon=True)
+        beat.start()
+        return beat
 
     def abort(self, reason: str) -> None:
         """End this process now (its engine is wedged): unacked jobs go to other workers."""
@@ -122,8 +135,7 @@ class Runtime:
 
     def stop(self) -> None:
         self._stop.set()
-        with contextlib.suppress(Exception):
-            self.store.redis.delete(ready_key(self.model.name, self.hostname))
+        self.stop_heartbeat()
         if self.engine is not None:
             self.engine.stop()
         if self.progress is not None:

@@ -25,7 +25,7 @@ from pipelines.registry import Registry
 from tasks import queues
 from tasks.celery_app import GENERATE, make_celery, queue_for
 from tasks.jobs import TERMINAL, JobStore, now
-from tasks.records import new_job_id, new_record, task_kwargs
+from tasks.records import kwargs_repr, new_job_id, new_record, task_kwargs
 from tasks.runtime import ready_workers
 from tasks.schema import load_job
 from tasks.storage import Storage
@@ -102,9 +102,11 @@ class Dispatcher:
         queues.mark_queued(self.store.redis, params["model"], job_id, record["created_at"])
         queues.mark_active(self.store.redis, owner, job_id)
         try:
+            kwargs = task_kwargs(job_id, params)
             self.celery.send_task(
                 GENERATE,
-                kwargs=task_kwargs(job_id, params),
+                kwargs=kwargs,
+                kwargsrepr=kwargs_repr(kwargs),
                 queue=queue_for(params["model"]),
                 task_id=job_id,
             )
@@ -116,6 +118,9 @@ class Dispatcher:
                 error={"code": "broker_unavailable", "message": "the job could not be queued"},
             )
             raise BrokerUnavailable("the job could not be queued; try again") from exc
+        log.info("job %s queued on %s", job_id, queue_for(params["model"]),
+                 extra={"job_id": job_id, "model": params["model"],
+                        "queue": queue_for(params["model"])})
         return record, True
 
     def _claim_key(self, key: str, owner: str | None, job_id: str,

@@ -13,7 +13,7 @@ import socket
 import time
 from typing import Any
 
-from celery.signals import worker_ready, worker_shutdown
+from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
 
 from config.settings import get_settings
 from tasks import runtime as rt
@@ -59,7 +59,11 @@ def run_worker(
     def on_shutdown(**_: Any) -> None:
         runtime.stop()
 
+    def on_shutting_down(**_: Any) -> None:
+        runtime.stop_heartbeat()  # /readyz stops counting this worker before it drains
+
     worker_ready.connect(on_ready, weak=False)
+    worker_shutting_down.connect(on_shutting_down, weak=False)
     worker_shutdown.connect(on_shutdown, weak=False)
 
     from tasks.celery_app import get_celery

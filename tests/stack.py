@@ -121,6 +121,9 @@ class Stack:
             "KILN_S3_BUCKET": "kiln-test",
             "KILN_WEBHOOK_SECRET": self.webhook_secret,
             "KILN_RATE_LIMIT": "100000/minute",
+            # The test profile, like prod, needs API keys unless told otherwise: this stack
+            # runs open; tests of keys and scopes override KILN_AUTH and KILN_API_KEYS.
+            "KILN_AUTH": "off",
             **self.env_overrides,
         }
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -17,8 +19,11 @@ from tests.support import KilnHTTP
 
 def scrape(url: str) -> dict[tuple[str, frozenset], float]:
     text = requests.get(url, timeout=10).text
-    return {(s.name, frozenset(s.labels.items())): s.value
-            for fam in text_string_to_metric_families(text) for s in fam.samples}
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+    }
 
 
 def value(samples: dict, name: str, **labels: str) -> float:
@@ -30,8 +35,9 @@ def value(samples: dict, name: str, **labels: str) -> float:
 
 def test_metrics_after_a_few_jobs(stack: Stack, api: KilnHTTP) -> None:
     for i in range(3):
-        assert api.run(prompt=f"metric {i}", model="tiny-sd", steps=2, seed=i)[
-            "status"] == "succeeded"
+        assert (
+            api.run(prompt=f"metric {i}", model="tiny-sd", steps=2, seed=i)["status"] == "succeeded"
+        )
     fleet = scrape(f"{stack.api_url}/metrics")
     assert value(fleet, "kiln_jobs_submitted_total", model="tiny-sd", door="rest") >= 3
     assert value(fleet, "kiln_jobs_finished_total", model="tiny-sd", status="succeeded") >= 3
@@ -63,9 +69,13 @@ def test_worker_logs_are_json_lines_with_job_and_batch(stack: Stack, api: KilnHT
 
 
 def test_capacity_from_measured_seconds_per_image(stack: Stack) -> None:
-    out = subprocess.run([str(BIN / "kiln"), "capacity", "-m", "tiny-sd",
-                          "--usd-per-gpu-hour", "3.5"], capture_output=True, text=True,
-                         timeout=60, env=stack.env)
+    out = subprocess.run(
+        [str(BIN / "kiln"), "capacity", "-m", "tiny-sd", "--usd-per-gpu-hour", "3.5"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=stack.env,
+    )
     assert out.returncode == 0, out.stderr
     row = out.stdout.splitlines()[1].split()
     assert row[0] == "tiny-sd" and float(row[1]) > 0 and float(row[4]) > 0
@@ -98,7 +108,53 @@ def test_readyz_flips_when_the_only_worker_stops_and_returns(ready_stack: Stack)
     assert requests.get(ready, timeout=5).status_code == 200
     worker.kill()  # SIGKILL: the heartbeat expires within its TTL
     t0 = time.monotonic()
-    wait_for(lambda: requests.get(ready, timeout=5).status_code == 503, timeout=20,
-             what="readyz 503 after SIGKILL")
+    wait_for(
+        lambda: requests.get(ready, timeout=5).status_code == 503,
+        timeout=20,
+        what="readyz 503 after SIGKILL",
+    )
     print(f"readyz flipped {time.monotonic() - t0:.1f}s after SIGKILL")
     assert api.get("/healthz").status_code == 200
+
+
+def test_api_logs_are_json_lines_with_job_and_model(stack: Stack, api: KilnHTTP) -> None:
+    job = api.submit(prompt="api log", model="tiny-sd", steps=1, seed=2)
+    log = next(p for p in stack.procs if p.name.startswith("api-")).output()
+    lines = [json.loads(ln) for ln in log.splitlines() if ln.startswith("{")]
+    mine = [ln for ln in lines if ln.get("job_id") == job["id"]]
+    assert mine, log[-2000:]
+    assert mine[0]["model"] == "tiny-sd" and mine[0]["queue"] == "gen.tiny-sd"
+    assert {"ts", "level", "logger", "msg"} <= set(mine[0])
+
+
+def requests_to(samples: dict, prefix: str) -> float:
+    return sum(
+        v
+        for (n, lbl), v in samples.items()
+        if n == "kiln_http_requests_total" and dict(lbl).get("endpoint", "").startswith(prefix)
+    )
+
+
+def test_api_metrics_sum_every_gunicorn_worker(stack: Stack, tmp_path: Path) -> None:
+    """Multiprocess mode: any process's /metrics counts the requests of all of them,
+    including a worker that died (its counters stay in PROMETHEUS_MULTIPROC_DIR)."""
+    prom = tmp_path / "prom"
+    url = stack.start_api(workers=2, env={"PROMETHEUS_MULTIPROC_DIR": str(prom)})
+
+    def pids() -> set[int]:
+        return {int(p.stem.rsplit("_", 1)[1]) for p in prom.glob("counter_*.db")}
+
+    sent = 0
+    for _ in range(200):  # new connections until both processes have served some
+        assert requests.get(f"{url}/v1/models", timeout=10).ok
+        sent += 1
+        if len(pids()) >= 2 and sent >= 10:
+            break
+    assert len(pids()) >= 2, "one gunicorn worker served every request"
+    for _ in range(6):  # whichever process answers, the total is the same
+        assert requests_to(scrape(f"{url}/metrics"), "models.") == sent
+
+    victim = min(pids())
+    os.kill(victim, signal.SIGKILL)  # gunicorn starts a new worker; counts survive
+    wait_for(lambda: requests.get(f"{url}/healthz", timeout=2).ok, timeout=30, what="api")
+    assert requests_to(scrape(f"{url}/metrics"), "models.") == sent

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,7 +26,7 @@ SECRETS.extend(KEYS.values())
 def sstack(tmp_path_factory: pytest.TempPathFactory, tiny_models_dir: Path) -> Iterator[Stack]:
     spec = ",".join(f"{n}:{hash_key(k)}:{SCOPES[n]}" for n, k in KEYS.items())
     s = Stack(tmp_path_factory.mktemp("security"), models_dir=tiny_models_dir,
-              env_overrides={"KILN_PROFILE": "prod", "KILN_API_KEYS": spec,
+              env_overrides={"KILN_PROFILE": "prod", "KILN_AUTH": "", "KILN_API_KEYS": spec,
                              "KILN_MAX_BODY_BYTES": "4096", "KILN_MAX_CONCURRENT_JOBS": "3"})
     try:
         s.start_servers()
@@ -119,26 +120,64 @@ def test_results_are_private_unless_a_public_base_url_is_set(sstack: Stack) -> N
     unsigned = requests.get(f"{sstack.env['KILN_S3_ENDPOINT_URL']}/{bucket}/{image['key']}",
                             timeout=10)
     assert unsigned.status_code in {400, 401, 403}
+    assert "X-Amz-Expires=3600" in image["url"]
     public = as_(sstack, "alice", sstack.start_api(
         env={"KILN_PUBLIC_BASE_URL": "https://cdn.example.com/kiln"}))
     url = public.get(f"/v1/jobs/{done['id']}").json()["images"][0]["url"]
     assert url == f"https://cdn.example.com/kiln/{image['key']}"
 
 
-def test_malformed_celery_payload_fails_the_job_and_the_worker_serves_on(sstack: Stack) -> None:
+def test_presigned_urls_expire_as_configured(sstack: Stack) -> None:
+    alice = as_(sstack, "alice")
+    done = alice.run(**JOB)
+    short = as_(sstack, "alice", sstack.start_api(env={"KILN_URL_EXPIRY_S": "1"}))
+    url = short.get(f"/v1/jobs/{done['id']}").json()["images"][0]["url"]
+    assert "X-Amz-Expires=1&" in url
+    time.sleep(2.5)  # past the expiry: the S3 server itself refuses the URL
+    assert requests.get(url, timeout=10).status_code in {400, 401, 403}
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "fields"),
+    [
+        ((), {"prompt": 42, "model": "tiny-sd", "steps": "many"}, {"prompt", "steps"}),
+        ((), {"model": "tiny-sd", "n": 10**30, "loras": "all", "seed": [1]},
+         {"prompt", "n", "loras", "seed"}),
+        ((), {"prompt": "x", "model": {"name": "tiny-sd"}, "width": 1e9}, {"model", "width"}),
+        ((), {"prompt": "x", "model": "sdxl"}, {"model"}),  # sent to the wrong queue
+        (("a red fox", 4), {}, {"_schema"}),  # positional arguments
+    ],
+    ids=["wrong-types", "out-of-range", "nested-junk", "wrong-queue", "positional"],
+)
+def test_malformed_celery_payload_fails_the_job_and_the_worker_serves_on(
+        sstack: Stack, args: tuple, kwargs: dict, fields: set[str]) -> None:
     from tasks.celery_app import make_celery
+    from tasks.jobs import JobStore
 
     app = make_celery(sstack.settings)
-    bad = app.send_task("kiln.generate", queue="gen.tiny-sd",
-                        kwargs={"prompt": 42, "model": "tiny-sd", "steps": "many"})
+    bad = app.send_task("kiln.generate", queue="gen.tiny-sd", args=args, kwargs=kwargs)
     record = bad.get(timeout=60)
     assert record["status"] == "failed"
     assert record["error"]["code"] == "invalid_request"
-    assert set(record["error"]["fields"]) >= {"prompt", "steps"}
+    assert set(record["error"]["fields"]) >= fields
+    stored = JobStore(sstack.settings.redis_url).get(bad.id)
+    assert stored and stored["status"] == "failed" and stored["error"] == record["error"]
     good = app.send_task("kiln.generate", queue="gen.tiny-sd", kwargs=JOB).get(timeout=60)
     assert good["status"] == "succeeded"
-    # Pickle is refused outright.
+
+
+def test_pickle_messages_are_refused_and_the_worker_serves_on(sstack: Stack) -> None:
+    from tasks.celery_app import make_celery
+    from tasks.jobs import JobStore
+
+    app = make_celery(sstack.settings)
     assert app.conf.accept_content == ["json"]
+    bad = app.send_task("kiln.generate", queue="gen.tiny-sd", kwargs=JOB, serializer="pickle")
+    good = app.send_task("kiln.generate", queue="gen.tiny-sd", kwargs=JOB).get(timeout=60)
+    assert good["status"] == "succeeded"
+    assert JobStore(sstack.settings.redis_url).get(bad.id) is None  # never ran
+    worker = next(p for p in sstack.procs if p.name == "worker-tiny-sd")
+    assert "untrusted content of type pickle" in worker.output()
 
 
 def test_prod_profile_refuses_to_start_without_keys() -> None:
@@ -147,3 +186,30 @@ def test_prod_profile_refuses_to_start_without_keys() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=60)
     assert out.returncode != 0 and "KILN_API_KEYS" in out.stderr
+
+
+def test_zz_no_secret_in_any_stored_record(sstack: Stack) -> None:
+    """Runs last here: job records, events, results and limiter keys hold no secret."""
+    import redis
+
+    secrets = [sstack.env["KILN_S3_SECRET_KEY"], sstack.env["KILN_WEBHOOK_SECRET"],
+               *KEYS.values()]
+    r = redis.Redis.from_url(sstack.settings.redis_url)
+    seen = 0
+    for key in r.scan_iter(count=1000):
+        kind = r.type(key).decode()
+        if kind == "hash":
+            blob = repr(r.hgetall(key))
+        elif kind == "string":
+            blob = repr(r.get(key))
+        elif kind == "stream":
+            blob = repr(r.xrange(key))
+        elif kind in {"set", "zset", "list"}:
+            blob = repr(r.sort(key, alpha=True)) if kind != "zset" else repr(r.zrange(key, 0, -1))
+        else:
+            continue
+        seen += 1
+        blob += key.decode(errors="replace")
+        leaks = [s[:6] for s in secrets if s in blob]
+        assert not leaks, f"{key!r} holds a secret: {leaks}"
+    assert seen > 20  # jobs, events, Celery results, rate-limit counters

@@ -6,10 +6,14 @@ import dataclasses
 import json
 import re
 import shlex
+import subprocess
 from pathlib import Path
 
 import yaml
+from prometheus_client.metrics import MetricWrapperBase
 
+from app import metrics as api_metrics
+from app.cli import main as kiln_cli
 from app.metrics import FleetCollector
 from config.models import load_models
 from config.settings import DEFAULT_MODELS_FILE, Settings
@@ -19,13 +23,17 @@ ROOT = Path(__file__).resolve().parents[3]
 DEPLOY = ROOT / "deploy"
 SETTINGS = {f"KILN_{f.name.upper()}" for f in dataclasses.fields(Settings)}
 MODELS = set(load_models(DEFAULT_MODELS_FILE))
-KILN_COMMANDS = {"worker", "flower", "generate", "jobs", "models", "config", "keys", "dev",
-                 "capacity"}
+KILN_COMMANDS = set(kiln_cli.commands)
 
 
 def recipe_texts() -> dict[str, str]:
-    files = [*DEPLOY.rglob("*.yaml"), *DEPLOY.rglob("*.service"), *DEPLOY.rglob("*.example"),
-             ROOT / "Procfile", ROOT / "Procfile.dev"]
+    files = [
+        *DEPLOY.rglob("*.yaml"),
+        *DEPLOY.rglob("*.service"),
+        *DEPLOY.rglob("*.example"),
+        ROOT / "Procfile",
+        ROOT / "Procfile.dev",
+    ]
     return {str(p.relative_to(ROOT)): p.read_text() for p in files}
 
 
@@ -35,13 +43,15 @@ def test_every_kiln_variable_is_a_setting() -> None:
             assert var in SETTINGS, f"{name} uses {var}, which is not a setting"
 
 
-def check_argv(argv: list[str], where: str) -> None:
+def check_argv(argv: list[str], where: str, *, gpu: bool = False) -> None:
     prog = Path(argv[0]).name
     if prog == "kiln":
         assert argv[1] in KILN_COMMANDS, f"{where}: kiln {argv[1]}"
         if argv[1] == "worker":
             model = argv[argv.index("--model") + 1]
             assert model in MODELS or model.startswith("$"), f"{where}: unknown model {model}"
+            if gpu:  # production recipes pin one GPU per worker process
+                assert argv[argv.index("--gpu") + 1].isdigit(), f"{where}: --gpu I"
     elif prog == "gunicorn":
         assert "app:create_app()" in argv and "python:config.gunicorn" in argv, where
     elif prog == "celery":
@@ -57,9 +67,17 @@ def test_kubernetes_manifests() -> None:
     for doc in docs:
         if doc["kind"] == "Deployment":
             for c in doc["spec"]["template"]["spec"]["containers"]:
-                check_argv(c["command"], doc["metadata"]["name"])
+                check_argv(c["command"], doc["metadata"]["name"], gpu=True)
         if doc["kind"] == "ConfigMap":
             assert set(doc["data"]) <= SETTINGS
+    workers = {
+        n
+        for n, d in deployments.items()
+        if "worker" in d["spec"]["template"]["spec"]["containers"][0]["command"]
+        and d["spec"]["template"]["spec"]["containers"][0]["command"][0] == "kiln"
+    }
+    scaled = {d["spec"]["scaleTargetRef"]["name"] for d in docs if d["kind"] == "ScaledObject"}
+    assert workers and workers <= scaled, "every model's worker Deployment autoscales"
     for so in (d for d in docs if d["kind"] == "ScaledObject"):
         target = deployments[so["spec"]["scaleTargetRef"]["name"]]
         (container,) = target["spec"]["template"]["spec"]["containers"]
@@ -76,40 +94,82 @@ def test_procfiles_and_systemd_units() -> None:
             if line and not line.startswith("#"):
                 check_argv(shlex.split(line.split(":", 1)[1]), name)
     for unit in (DEPLOY / "systemd").glob("*.service"):
-        exec_start = next(ln for ln in unit.read_text().splitlines()
-                          if ln.startswith("ExecStart="))
-        argv = shlex.split(exec_start.removeprefix("ExecStart="))
-        if Path(argv[0]).name == "sh":
-            argv = shlex.split(argv[2].removeprefix("exec "))
-        check_argv(argv, unit.name)
+        exec_start = next(ln for ln in unit.read_text().splitlines() if ln.startswith("ExecStart="))
+        argv = shlex.split(systemd_expand(exec_start.removeprefix("ExecStart="), "sdxl:3"))
+        if Path(argv[0]).name == "sh":  # run the real shell line, printing argv instead
+            line = argv[2].replace("exec ", "printf '%s\\n' ", 1)
+            argv = subprocess.run(
+                ["/bin/sh", "-c", line, *argv[3:]], capture_output=True, text=True, check=True
+            ).stdout.splitlines()
+            assert argv[-6:] == ["--model", "sdxl", "--gpu", "3", "--metrics-port", "9103"]
+        check_argv(argv, unit.name, gpu=True)
+
+
+def systemd_expand(line: str, instance: str) -> str:
+    """What systemd hands to exec: specifiers (%i, %%) and $$ replaced."""
+    line = re.sub(r"%([%iI])", lambda m: "%" if m[1] == "%" else instance, line)
+    return line.replace("$$", "$")
+
+
+def collectors() -> list:
+    """Every collector the metrics modules define (a new metric is picked up by itself)."""
+    found = [
+        v
+        for mod in (worker_metrics, api_metrics)
+        for v in vars(mod).values()
+        if isinstance(v, MetricWrapperBase)
+    ]
+    return [*found, FleetCollector(None)]
+
+
+SUFFIXES = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"], "gauge": [""]}
 
 
 def exposed_names() -> set[str]:
-    names: set[str] = set()
-    collectors = [worker_metrics.JOBS_FINISHED, worker_metrics.QUEUE_WAIT, worker_metrics.RUN,
-                  worker_metrics.UPLOAD, worker_metrics.IMAGES, worker_metrics.BATCH_SIZE,
-                  worker_metrics.BATCH_FILL, worker_metrics.BATCH_SECONDS,
-                  worker_metrics.OOM_SPLITS, worker_metrics.MODEL_LOAD,
-                  worker_metrics.GPU_ALLOCATED, worker_metrics.GPU_PEAK]
-    from app import metrics as api_metrics
+    return {fam.name + s for c in collectors() for fam in c.describe() for s in SUFFIXES[fam.type]}
 
-    collectors += [api_metrics.SUBMITTED, api_metrics.REQUESTS, api_metrics.LATENCY,
-                   FleetCollector(None)]
-    suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"],
-                "gauge": [""]}
-    for c in collectors:
-        for fam in c.describe():
-            names |= {fam.name + s for s in suffixes[fam.type]}
-    return names
+
+def fleet_names() -> set[str]:
+    """Series every API host reports alike (read from Redis): never summed across hosts."""
+    return {fam.name + s for fam in FleetCollector(None).describe() for s in SUFFIXES[fam.type]}
+
+
+def check_exprs(exprs: list[str], where: str) -> None:
+    used = {m for e in exprs for m in re.findall(r"\bkiln_[a-z_]+\b", e)}
+    assert used, f"no Kiln metric in {where}"
+    missing = used - exposed_names()
+    assert not missing, f"{where} uses metrics nobody exposes: {missing}"
+    for e in exprs:
+        for name in fleet_names() & set(re.findall(r"\bkiln_[a-z_]+\b", e)):
+            assert not re.search(rf"\bsum\b[^;]*\b{name}\b", e), f"{where}: sum of {name}: {e}"
 
 
 def test_grafana_dashboard_uses_metrics_that_exist() -> None:
     dash = json.loads((DEPLOY / "grafana" / "kiln.json").read_text())
-    exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
-    used = {m for e in exprs for m in re.findall(r"\bkiln_[a-z_]+\b", e)}
-    assert used, "no Kiln metric in the dashboard"
-    missing = used - exposed_names()
-    assert not missing, f"dashboard uses metrics nobody exposes: {missing}"
+    check_exprs([t["expr"] for p in dash["panels"] for t in p["targets"]], "dashboard")
     titles = " ".join(p["title"].lower() for p in dash["panels"])
     for topic in ("queue depth", "throughput", "p95", "batch", "failures"):
         assert topic in titles
+
+
+def test_prometheus_config_and_alerts() -> None:
+    conf = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    assert {j["job_name"] for j in conf["scrape_configs"]} >= {
+        "kiln-api",
+        "kiln-worker",
+        "kiln-flower",
+    }
+    for rule_file in conf["rule_files"]:
+        rules = yaml.safe_load((DEPLOY / "prometheus" / rule_file).read_text())
+        alerts = {r["alert"]: r["expr"] for g in rules["groups"] for r in g["rules"]}
+        assert "kiln_ready_workers" in alerts["KilnModelHasNoReadyWorker"]
+        check_exprs([e for e in alerts.values() if "kiln_" in e], rule_file)
+
+
+def test_fleet_series_check_catches_a_sum() -> None:
+    import pytest
+
+    with pytest.raises(AssertionError, match="sum of kiln_queue_depth"):
+        check_exprs(["sum by (model) (kiln_queue_depth)"], "x")
+    with pytest.raises(AssertionError, match="nobody exposes"):
+        check_exprs(["rate(kiln_no_such_thing_total[5m])"], "x")

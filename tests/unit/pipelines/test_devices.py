@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from pipelines import devices
-from pipelines.devices import pick_device, pick_dtype
+from pipelines.devices import is_cuda, pick_device, pick_dtype
+from tests.unit.pipelines.conftest import REGISTRY
 
 
 @pytest.fixture(autouse=True)
@@ -19,6 +20,7 @@ def test_fp16_on_cuda() -> None:
 
 
 def test_bf16_for_flux_on_a_pinned_gpu() -> None:
+    assert REGISTRY["flux-schnell"].spec.dtype == "bf16"
     assert pick_dtype("bf16", "cuda:0") is torch.bfloat16
 
 
@@ -31,8 +33,16 @@ def test_cpu_falls_back_to_fp32_with_one_log_line(caplog: pytest.LogCaptureFixtu
     with caplog.at_level(logging.INFO, logger="kiln.pipelines"):
         assert pick_dtype("fp16", "cpu") is torch.float32
         assert pick_dtype("fp16", "cpu") is torch.float32
-    lines = [r for r in caplog.records if "fp32" in r.getMessage()]
+    lines = [r for r in caplog.records if r.name == "kiln.pipelines"]
     assert len(lines) == 1
+    assert "fp16" in lines[0].getMessage() and "fp32" in lines[0].getMessage()
+
+
+def test_no_log_line_when_nothing_falls_back(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="kiln.pipelines"):
+        pick_dtype("fp16", "cuda:1")
+        pick_dtype("fp32", "cpu")
+    assert not [r for r in caplog.records if r.name == "kiln.pipelines"]
 
 
 def test_unknown_dtype_names_the_value() -> None:
@@ -44,3 +54,8 @@ def test_device_choice() -> None:
     assert pick_device("cuda:1") == "cuda:1"
     assert pick_device("cpu") == "cpu"
     assert pick_device("") == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_cuda_device_names() -> None:
+    assert is_cuda("cuda") and is_cuda("cuda:3")
+    assert not is_cuda("cpu") and not is_cuda("cudax")
