@@ -52,7 +52,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     document_auth(api)
     register_error_handlers(app)
 
-    from app import classic, health, jobs, models, openai_api, web
+    from app import classic, health, jobs, models, openai_api, openapi_examples, web
 
     api.register_blueprint(jobs.blp)
     api.register_blueprint(models.blp)
@@ -60,4 +60,5 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     api.register_blueprint(classic.blp)
     api.register_blueprint(health.blp)
     app.register_blueprint(web.blp)
+    openapi_examples.add_examples(api)
     return app
