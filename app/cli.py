@@ -191,11 +191,9 @@ def generate(prompt: str, model: str | None, n: int, seed: int | None, width: in
     if done["status"] != "succeeded":
         raise click.ClickException(f"job {done['id']} {done['status']}: {done.get('error')}")
     out.mkdir(parents=True, exist_ok=True)
-    import requests
-
     for image in done["images"]:
         path = out / f"{done['id']}-{image['seed']}.png"
-        path.write_bytes(requests.get(image["url"], timeout=30).content)
+        path.write_bytes(kiln.download(image))
         click.echo(f"{path}  seed {image['seed']}")
 
 

@@ -81,8 +81,9 @@ class Kiln:
 
     def events(self, job_id: str) -> Iterator[tuple[str, dict[str, Any]]]:
         """The job's events as ``(event, data)`` until it ends (raises 404 if no stream)."""
+        # The server sends a keep-alive comment every 10 s: a longer silence is a dead stream.
         with self.http.get(f"{self.base_url}/v1/jobs/{job_id}/events", stream=True,
-                           timeout=(self.timeout, None)) as resp:
+                           timeout=(self.timeout, max(self.timeout, 30.0))) as resp:
             if resp.status_code >= 400:
                 raise KilnError(resp.status_code, resp.json())
             event = None
@@ -96,25 +97,43 @@ class Kiln:
 
     def wait(self, job_id: str, *, on_progress: Progress | None = None,
              timeout: float = 600.0) -> dict[str, Any]:
-        """Wait for the job to end; ``on_progress(step, steps)`` as it runs."""
+        """Wait for the job to end; ``on_progress(step, steps)`` as it runs.
+
+        Follows ``/v1/jobs/<id>/events`` (Server-Sent Events); where the server has no
+        stream (404), refuses one (503) or the stream ends early, polls the job instead.
+        """
+        deadline, last = time.monotonic() + timeout, -1
+
+        def report(step: int, steps: int) -> None:
+            nonlocal last
+            if on_progress and step > last:
+                last = step
+                on_progress(step, steps)
+
         try:
             for event, data in self.events(job_id):
-                if event == "progress" and on_progress:
-                    on_progress(int(data["step"]), int(data["steps"]))
-            return self.job(job_id)
+                if event == "progress":
+                    report(int(data["step"]), int(data["steps"]))
+                if time.monotonic() > deadline:
+                    break
         except (KilnError, requests.RequestException):
             pass  # no event stream here: poll
-        deadline, last = time.monotonic() + timeout, -1
-        while time.monotonic() < deadline:
+        while True:
             job = self.job(job_id)
-            step = job.get("progress", {}).get("step", 0)
-            if on_progress and step != last:
-                last = step
-                on_progress(step, job["progress"]["steps"])
+            progress = job.get("progress") or {}
+            if progress.get("steps"):
+                report(int(progress.get("step") or 0), int(progress["steps"]))
             if job["status"] in TERMINAL:
                 return job
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} did not end within {timeout}s")
             time.sleep(0.25)
-        raise TimeoutError(f"job {job_id} did not end within {timeout}s")
+
+    def download(self, image: dict[str, Any]) -> bytes:
+        """The PNG bytes of one image of a job record (its URL needs no API key)."""
+        resp = requests.get(image["url"], timeout=self.timeout)
+        resp.raise_for_status()
+        return resp.content
 
     def generate(self, prompt: str, *, on_progress: Progress | None = None,
                  timeout: float = 600.0, **params: Any) -> Result:
@@ -123,6 +142,4 @@ class Kiln:
                         timeout=timeout)
         if job["status"] != "succeeded":
             raise KilnError(500, {"error": job.get("error") or {"message": job["status"]}})
-        images = [requests.get(im["url"], timeout=self.timeout).content
-                  for im in job["images"]]
-        return Result(job=job, images=images)
+        return Result(job=job, images=[self.download(im) for im in job["images"]])

@@ -14,6 +14,7 @@ from openai import OpenAI
 from PIL import Image
 
 from app.client import Kiln
+from app.client import KilnError as KilnClientError
 from tests.stack import BIN, Stack
 from tests.support import KilnHTTP, fetch_image
 
@@ -133,6 +134,26 @@ def test_client_reports_increasing_progress(stack: Stack) -> None:
     assert result.seeds == [3] and result.images[0][:4] == b"\x89PNG"
     steps = [s for s, _ in seen]
     assert steps and steps == sorted(steps) and seen[-1] == (12, 12)
+
+
+class NoEventStream(Kiln):
+    """A client whose event stream URL the server does not know (a real 404)."""
+
+    def events(self, job_id: str):  # type: ignore[override]
+        return super().events(f"{job_id}/missing")
+
+
+def test_client_polls_when_there_is_no_event_stream(stack: Stack) -> None:
+    kiln = NoEventStream(stack.api_url)
+    with pytest.raises(KilnClientError) as err:
+        next(iter(kiln.events("x")))
+    assert err.value.status == 404
+    seen: list[tuple[int, int]] = []
+    result = kiln.generate("a red fox", model="tiny-sd", steps=12, seed=4,
+                           on_progress=lambda s, n: seen.append((s, n)))
+    assert result.seeds == [4] and result.images[0][:4] == b"\x89PNG"
+    steps = [s for s, _ in seen]
+    assert steps == sorted(set(steps)) and seen[-1] == (12, 12)
 
 
 def test_cli_writes_pngs(stack: Stack, tmp_path: Path) -> None:
