@@ -58,32 +58,47 @@ function showImages(job) {
   }));
 }
 
-async function finish(id) {
-  const job = await (await fetch(`/v1/jobs/${id}`)).json();
+const TERMINAL = ["succeeded", "failed", "canceled"];
+
+function showProgress(p) {
+  $("progress").max = p.steps;
+  $("progress").value = p.step;
+  status(`Step ${p.step} of ${p.steps}`);
+}
+
+function finish(job) {
   $("submit").disabled = false;
   if (job.status === "succeeded") {
     $("progress").value = $("progress").max;
     status(`Done: ${job.images.length} image(s), batch of ${job.batch_size}.`);
     showImages(job);
   } else {
-    status(`Job ${job.status}.`);
+    status(job.status ? `Job ${job.status}.` : "Failed.");
     if (job.error) showError(job.error);
   }
 }
 
-function follow(id, steps) {
+async function getJob(id) { return (await fetch(`/v1/jobs/${id}`)).json(); }
+
+// Without an event stream (or when it drops), poll the job every 300 ms.
+async function poll(id) {
+  for (;;) {
+    const job = await getJob(id);
+    if (job.status === "running" && job.progress && job.progress.steps) showProgress(job.progress);
+    if (TERMINAL.includes(job.status) || !job.status) return finish(job);
+    await new Promise((resolve) => setTimeout(resolve, 300));
+  }
+}
+
+function follow(id) {
+  if (!window.EventSource) return poll(id);
   const events = new EventSource(`/v1/jobs/${id}/events`);
   events.addEventListener("started", () => status("Running…"));
-  events.addEventListener("progress", (e) => {
-    const p = JSON.parse(e.data);
-    $("progress").max = p.steps;
-    $("progress").value = p.step;
-    status(`Step ${p.step} of ${p.steps}`);
-  });
-  for (const end of ["succeeded", "failed", "canceled"]) {
-    events.addEventListener(end, () => { events.close(); finish(id); });
+  events.addEventListener("progress", (e) => showProgress(JSON.parse(e.data)));
+  for (const end of TERMINAL) {
+    events.addEventListener(end, async () => { events.close(); finish(await getJob(id)); });
   }
-  events.onerror = () => { events.close(); finish(id); };
+  events.onerror = () => { events.close(); poll(id); };
 }
 
 $("job-form").addEventListener("submit", async (e) => {
@@ -97,7 +112,7 @@ $("job-form").addEventListener("submit", async (e) => {
   const body = await res.json();
   if (!res.ok) { showError(body.error); $("submit").disabled = false; status("Rejected."); return; }
   status(body.queue_position ? `Queued (position ${body.queue_position}).` : "Queued.");
-  follow(body.id, body.params.steps);
+  follow(body.id);
 });
 $("model").addEventListener("change", () => { applyDefaults(); showCurl(); });
 $("job-form").addEventListener("input", showCurl);

@@ -54,6 +54,21 @@ def test_fill_submit_and_see_the_images(browser, stack: Stack, tmp_path: Path) -
     print(f"screenshot: {shot}")
 
 
+def test_without_an_event_stream_the_page_polls(browser, stack: Stack) -> None:
+    page = browser.new_page()
+    polled: list[str] = []
+    page.route("**/v1/jobs/*/events", lambda route: route.fulfill(status=404))
+    page.on("request", lambda r: polled.append(r.url) if "/v1/jobs/" in r.url else None)
+    page.goto(stack.api_url + "/")
+    page.get_by_label("Model").select_option("tiny-sd")
+    page.get_by_label("Number of images").fill("1")
+    page.get_by_label("Seed").fill("9")
+    page.get_by_role("button", name="Generate").click()
+    page.locator("#gallery img").first.wait_for(timeout=60_000)
+    assert page.locator("#gallery figcaption").all_inner_texts() == ["seed 9 · 64×64"]
+    assert any(not url.endswith("/events") for url in polled)  # GET /v1/jobs/<id>
+
+
 def test_bad_input_shows_the_field(browser, stack: Stack) -> None:
     page = browser.new_page()
     page.goto(stack.api_url + "/")
@@ -63,3 +78,17 @@ def test_bad_input_shows_the_field(browser, stack: Stack) -> None:
     error = page.get_by_role("alert")
     error.wait_for(timeout=10_000)
     assert "width" in error.inner_text()
+
+
+def test_api_docs_render_offline(browser, stack: Stack, tmp_path: Path) -> None:
+    page = browser.new_page(viewport={"width": 1100, "height": 1300})
+    outside: list[str] = []
+    page.on("request", lambda r: None if r.url.startswith(stack.api_url) else outside.append(r.url))
+    page.goto(stack.api_url + "/docs")
+    page.locator(".opblock").nth(9).wait_for(timeout=30_000)
+    assert page.locator(".opblock-summary-path", has_text="/v1/images/generations").count()
+    page.locator(".opblock-summary", has_text="/generate").first.click()
+    page.locator(".opblock-body .example").first.wait_for(timeout=10_000)  # the schema example
+    assert "a red fox" in page.locator(".opblock-body").first.inner_text()
+    page.screenshot(path=str(tmp_path / "kiln-docs.png"), full_page=True)
+    assert not [u for u in outside if not u.startswith("data:")]  # no CDN
