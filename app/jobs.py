@@ -72,7 +72,7 @@ class Jobs(MethodView):
         )
         if created:
             job_submitted(params["model"], "rest")
-        view = job_view(d.get(record["id"]) or record) if created else job_view(record)
+        view = job_view(d.view(dict(record)) if created else record)
         return view, 202 if created else 200, {"Location": view["urls"]["self"]}
 
 

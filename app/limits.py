@@ -28,7 +28,9 @@ def init_limits(app: Flask, settings: Settings) -> Limiter:
         key_func=limit_key,
         app=app,
         storage_uri=settings.redis_url,
-        strategy="moving-window",
+        # Two counters per key and window (a moving window keeps one list entry per
+        # request: 100 000 entries at the default limit, searched on every submit).
+        strategy="sliding-window-counter",
         headers_enabled=True,
         key_prefix="kiln:ratelimit",
         application_limits=[settings.rate_limit],

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import redis
@@ -70,6 +70,13 @@ class JobStore:
             socket_timeout=MAX_BLOCK_MS / 1000 + 10, health_check_interval=30,
         )
 
+    def script(self, text: str) -> Any:
+        """A Lua script on this store's connection, registered once (then EVALSHA)."""
+        scripts = self.__dict__.setdefault("_scripts", {})
+        if text not in scripts:
+            scripts[text] = self.redis.register_script(text)
+        return scripts[text]
+
     # -- reads --------------------------------------------------------------
     def get(self, job_id: str) -> dict[str, Any] | None:
         try:
@@ -98,26 +105,29 @@ class JobStore:
         return out
 
     # -- writes -------------------------------------------------------------
-    def create(self, record: Mapping[str, Any], *, event: str = "queued") -> bool:
-        """Write a new record; False when a record with that id already exists."""
+    def create(self, record: Mapping[str, Any], *, event: str = "queued",
+               also: Callable[[Any], None] | None = None) -> bool:
+        """Write a new record; False when a record with that id already exists.
+
+        ``also(pipe)`` adds commands (queue bookkeeping) to the same transaction.
+        """
         key = job_key(record["id"])
         fields = {k: json.dumps(v) for k, v in record.items()}
         try:
-            return self._create(key, fields, record, event)
+            if not self.redis.hsetnx(key, "id", fields["id"]):
+                return False
+            with self.redis.pipeline() as pipe:
+                pipe.hset(key, mapping=fields)
+                pipe.expire(key, self.ttl_s)
+                pipe.xadd(events_key(record["id"]), {"type": event, "data": json.dumps(
+                    {"status": record.get("status"), "at": record.get("created_at")})},
+                    maxlen=2000)
+                pipe.expire(events_key(record["id"]), self.ttl_s)
+                if also is not None:
+                    also(pipe)
+                pipe.execute()
         except redis.RedisError as exc:
             raise BrokerUnavailable(f"job store unreachable: {type(exc).__name__}") from exc
-
-    def _create(self, key: str, fields: dict[str, str], record: Mapping[str, Any],
-                event: str) -> bool:
-        if not self.redis.hsetnx(key, "id", fields["id"]):
-            return False
-        with self.redis.pipeline() as pipe:
-            pipe.hset(key, mapping=fields)
-            pipe.expire(key, self.ttl_s)
-            pipe.xadd(events_key(record["id"]), {"type": event, "data": json.dumps(
-                {"status": record.get("status"), "at": record.get("created_at")})}, maxlen=2000)
-            pipe.expire(events_key(record["id"]), self.ttl_s)
-            pipe.execute()
         return True
 
     def transition(

@@ -3,7 +3,9 @@
 The API adds each job to ``kiln:queued:<model>`` (a sorted set by submit time) and the
 worker removes it when the job starts or ends, so a waiting job's position is its
 rank there. Workers publish a moving average of seconds per image per model in
-``kiln:stats:<model>``; the ETA divides the work ahead by the ready workers.
+``kiln:stats:<model>``, and each worker's heartbeat keeps its expiry time (the
+server's clock) in ``kiln:workers:<model>``; the ETA divides the work ahead by the
+ready workers. A waiting job's position, rate and workers are read in one round trip.
 """
 
 from __future__ import annotations
@@ -50,12 +52,28 @@ def record_batch(r: Any, model: str, *, seconds: float, images: int) -> None:
     r.hset(stats_key(model), mapping={"s_per_image": f"{value:.6f}"})
 
 
-def eta_s(r: Any, model: str, *, position: int, images: int, workers: int,
-          default_s_per_image: float) -> float:
+def eta_s(*, position: int, images: int, workers: int, s_per_image: float) -> float:
     """Seconds until a waiting job is done: jobs ahead (one image each) plus its own."""
-    raw = r.hget(stats_key(model), "s_per_image")
-    per_image = float(raw) if raw else default_s_per_image
-    return round(max(per_image, (position - 1 + images) * per_image / max(1, workers)), 2)
+    return round(max(s_per_image, (position - 1 + images) * s_per_image / max(1, workers)), 2)
+
+
+def workers_key(model: str) -> str:
+    return f"kiln:workers:{model}"
+
+
+# KEYS[1] the model's worker set: hosts whose heartbeat has not expired (server clock).
+READY_COUNT = "return redis.call('ZCOUNT', KEYS[1], '(' .. redis.call('TIME')[1], '+inf')"
+
+
+def waiting(r: Any, model: str, job_id: str) -> tuple[int | None, float | None, int]:
+    """``(position, seconds per image or None, ready workers)`` in one round trip."""
+    with r.pipeline(transaction=False) as pipe:
+        pipe.zrank(queued_key(model), job_id)
+        pipe.hget(stats_key(model), "s_per_image")
+        pipe.eval(READY_COUNT, 1, workers_key(model))  # EVALSHA would add a SCRIPT EXISTS
+        rank, rate, workers = pipe.execute()
+    return (None if rank is None else int(rank) + 1,
+            None if rate is None else float(rate), int(workers))
 
 
 def active_key(owner: str) -> str:

@@ -1,8 +1,10 @@
 """What one worker process holds: its model's engine, the job store and storage.
 
 ``kiln worker --model M`` builds it, loads and warms the model (in the engine's
-own thread), and only then starts consuming ``gen.M``. A heartbeat key tells the
-API that the model has a ready worker.
+own thread), and only then starts consuming ``gen.M``. A heartbeat tells the API
+that the model has a ready worker: ``kiln:ready:<model>:<host>`` (expires) and the
+host's expiry time, in the server's clock, in the sorted set ``kiln:workers:<model>``
+so counting ready workers is one O(log N) call, never a scan of the keyspace.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 
 from config.settings import Settings
 from pipelines.registry import Model, Registry
-from tasks import metrics
+from tasks import metrics, queues
 from tasks.jobs import JobStore
 from tasks.progress import ProgressWriter
 from tasks.queues import CANCEL_CHANNEL
@@ -31,8 +33,30 @@ HEARTBEAT_TTL_S = int(HEARTBEAT_S * 3)  # a SIGKILLed worker stops counting with
 RECHECK_S = HEARTBEAT_TTL_S + 1  # a dead worker's heartbeat is gone by then
 
 
+# KEYS[1] the host's ready key, KEYS[2] the model's worker set; ARGV host, ttl.
+_BEAT = """
+local t = redis.call('TIME')
+redis.call('SET', KEYS[1], '1', 'EX', ARGV[2])
+redis.call('ZADD', KEYS[2], t[1] + ARGV[2], ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', t[1] - 3600)
+redis.call('EXPIRE', KEYS[2], 3600)
+"""
+
+
 def ready_key(model: str, hostname: str) -> str:
     return f"{READY_PREFIX}{model}:{hostname}"
+
+
+def beat(store: JobStore, model: str, hostname: str) -> None:
+    store.script(_BEAT)(keys=[ready_key(model, hostname), queues.workers_key(model)],
+                        args=[hostname, HEARTBEAT_TTL_S])
+
+
+def unbeat(store: JobStore, model: str, hostname: str) -> None:
+    with store.redis.pipeline() as pipe:
+        pipe.delete(ready_key(model, hostname))
+        pipe.zrem(queues.workers_key(model), hostname)
+        pipe.execute()
 
 
 @dataclass
@@ -81,12 +105,11 @@ class Runtime:
         self.engine.wait_ready(timeout)
 
     def heartbeat_forever(self) -> None:
-        key = ready_key(self.model.name, self.hostname)
         while not self._beat_stop.is_set():
             try:
                 with self._beat_lock:  # never re-set the key after stop_heartbeat removed it
                     if not self._beat_stop.is_set():
-                        self.store.redis.set(key, "1", ex=HEARTBEAT_TTL_S)
+                        beat(self.store, self.model.name, self.hostname)
             except Exception as exc:  # keep beating through a broker blip
                 log.warning("heartbeat failed: %s", type(exc).__name__)
             self._beat_stop.wait(HEARTBEAT_S)
@@ -96,7 +119,7 @@ class Runtime:
         with self._beat_lock:
             self._beat_stop.set()
             with contextlib.suppress(Exception):
-                self.store.redis.delete(ready_key(self.model.name, self.hostname))
+                unbeat(self.store, self.model.name, self.hostname)
 
     def listen_for_cancels(self) -> None:
         """Set the cancel event of a job this worker runs when the API cancels it."""
@@ -129,7 +152,7 @@ class Runtime:
         """End this process now (its engine is wedged): unacked jobs go to other workers."""
         log.critical("worker %s exits: %s", self.hostname, reason)
         with contextlib.suppress(Exception):
-            self.store.redis.delete(ready_key(self.model.name, self.hostname))
+            unbeat(self.store, self.model.name, self.hostname)
         logging.shutdown()
         os._exit(70)
 
@@ -168,4 +191,4 @@ def worker_alive(store: JobStore, model: str, hostname: str) -> bool:
 
 
 def ready_workers(store: JobStore, model: str) -> int:
-    return sum(1 for _ in store.redis.scan_iter(f"{READY_PREFIX}{model}:*", count=100))
+    return int(store.script(queues.READY_COUNT)(keys=[queues.workers_key(model)]))

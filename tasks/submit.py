@@ -26,7 +26,6 @@ from tasks import queues
 from tasks.celery_app import GENERATE, make_celery, queue_for
 from tasks.jobs import TERMINAL, JobStore, now
 from tasks.records import kwargs_repr, new_job_id, new_record, task_kwargs
-from tasks.runtime import ready_workers
 from tasks.schema import load_job
 from tasks.storage import Storage
 from tasks.urlsafety import check_webhook_url
@@ -98,9 +97,12 @@ class Dispatcher:
             if existing is not None:
                 return existing, False
         record = new_record(job_id, params, owner=owner, source=source)
-        self.store.create(record)
-        queues.mark_queued(self.store.redis, params["model"], job_id, record["created_at"])
-        queues.mark_active(self.store.redis, owner, job_id)
+
+        def bookkeeping(pipe: Any) -> None:
+            queues.mark_queued(pipe, params["model"], job_id, record["created_at"])
+            queues.mark_active(pipe, owner, job_id)
+
+        self.store.create(record, also=bookkeeping)
         try:
             kwargs = task_kwargs(job_id, params)
             self.celery.send_task(
@@ -109,6 +111,7 @@ class Dispatcher:
                 kwargsrepr=kwargs_repr(kwargs),
                 queue=queue_for(params["model"]),
                 task_id=job_id,
+                ignore_result=True,  # the job store has the outcome: no result subscription
             )
         except Exception as exc:  # kombu raises many types for a broker that is down
             log.error("could not enqueue job %s: %s", job_id, type(exc).__name__)
@@ -144,21 +147,22 @@ class Dispatcher:
     def get(self, job_id: str) -> dict[str, Any] | None:
         """The record with fresh image URLs, and queue position and ETA while queued."""
         record = self.store.get(job_id)
-        if not record:
-            return None
+        return None if record is None else self.view(record)
+
+    def view(self, record: dict[str, Any]) -> dict[str, Any]:
+        """``record`` with fresh image URLs, queue position and ETA (one more round trip
+        while it is queued)."""
         for image in record.get("images") or []:
             image["url"] = self.storage.url(image["key"])
         record["queue_position"] = record["eta_s"] = None
         model = record.get("model")
         if record.get("status") == "queued" and isinstance(model, str):
-            r = self.store.redis
-            pos = queues.position(r, model, job_id)
+            pos, rate, workers = queues.waiting(self.store.redis, model, record["id"])
             if pos is not None:
                 record["queue_position"] = pos
                 record["eta_s"] = queues.eta_s(
-                    r, model, position=pos, images=len(record.get("seeds") or [1]),
-                    workers=ready_workers(self.store, model),
-                    default_s_per_image=self.settings.default_s_per_image)
+                    position=pos, images=len(record.get("seeds") or [1]), workers=workers,
+                    s_per_image=rate or self.settings.default_s_per_image)
         return record
 
     def wait(self, job_id: str, *, timeout: float) -> dict[str, Any] | None:

@@ -58,13 +58,16 @@ def runtime() -> rt.Runtime:
 def test_heartbeat_is_removed_at_once_and_not_written_again(runtime: rt.Runtime) -> None:
     key = rt.ready_key("tiny-sd", runtime.hostname)
     r = runtime.store.redis
+    before = rt.ready_workers(runtime.store, "tiny-sd")
     beat = runtime.start_heartbeat()
     deadline = time.monotonic() + 10
     while not r.exists(key) and time.monotonic() < deadline:
         time.sleep(0.01)
     assert r.exists(key) and 0 < r.ttl(key) <= rt.HEARTBEAT_TTL_S
+    assert rt.ready_workers(runtime.store, "tiny-sd") == before + 1
     runtime.stop_heartbeat()
     assert not r.exists(key)
+    assert rt.ready_workers(runtime.store, "tiny-sd") == before
     beat.join(rt.HEARTBEAT_S + 5)
     assert not beat.is_alive()
     assert not r.exists(key)  # the beat thread did not put it back

@@ -132,12 +132,13 @@ def test_queue_position_and_eta(r: redis.Redis) -> None:
     assert [queues.position(r, m, j) for j in "abc"] == [1, 2, 3]
     queues.mark_dequeued(r, m, "a")
     assert queues.position(r, m, "c") == 2 and queues.position(r, m, "a") is None
-    eta = queues.eta_s(r, m, position=2, images=1, workers=1, default_s_per_image=1.0)
-    assert eta == 2.0
+    assert queues.eta_s(position=2, images=1, workers=1, s_per_image=1.0) == 2.0
+    assert queues.waiting(r, m, "c") == (2, None, 0)  # no rate measured, no worker
     queues.record_batch(r, m, seconds=4.0, images=4)  # 1 s per image measured
     queues.record_batch(r, m, seconds=2.0, images=4)  # 0.5 s → moving average 0.85
-    eta = queues.eta_s(r, m, position=2, images=1, workers=2, default_s_per_image=9.0)
-    assert eta == pytest.approx(0.85)
+    _, rate, _ = queues.waiting(r, m, "c")
+    assert rate == pytest.approx(0.85)
+    assert queues.eta_s(position=2, images=1, workers=2, s_per_image=0.85) == pytest.approx(0.85)
 
 
 def test_live_event_reads_block_past_the_default_socket_timeout(r: redis.Redis) -> None:
