@@ -18,7 +18,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from bench.common import burst, stack_with_worker, table
+from bench.common import burst, save, stack_with_worker, table
 
 MODEL = "tiny-sd"
 
@@ -56,6 +56,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--sweep", default="1,2,4,8,16", help="bare pipeline batch sizes")
     ap.add_argument("--models-dir", type=Path, default=None)
     args = ap.parse_args()
 
@@ -98,6 +99,8 @@ def main() -> None:
             )
             for k, v in row.items():
                 best[k] = max(best.get(k, 0.0), v)
+        sweep = {b: bare.images_per_s(batch=b, images=args.images)
+                 for b in (int(x) for x in args.sweep.split(","))}
 
     print(
         f"\ntiny-sd, {args.size}x{args.size}, {args.steps} steps, {args.images} images, "
@@ -114,6 +117,10 @@ def main() -> None:
             ["path", "max batch", "images/s", "pipeline calls"],
         )
     )
+    print("\nbare pipeline, one pass per batch size (images/s)")
+    print(table([[b, v] for b, v in sweep.items()], ["batch", "images/s"]))
+    save("batching", {"size": args.size, "steps": args.steps, "images": args.images,
+                      "best": best, "calls": calls, "bare_sweep": sweep})
     gain_bare = best["bare8"] / best["bare1"]
     gain_stack = best["stack8"] / best["stack1"]
     print("\nratios")
