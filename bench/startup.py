@@ -3,7 +3,9 @@
     python -m bench.startup
 
 API: spawn → first 200 from /healthz, and `create_app()` alone in a fresh interpreter.
-Workers: spawn `kiln worker --model M` → its heartbeat (model loaded and warmed).
+Workers: spawn `kiln worker --model M` → its heartbeat (model loaded and warmed), and
+the import of torch + diffusers alone in a fresh interpreter, the floor of any worker
+start. Ratios last: worker start against the API's, and the imports' share of it.
 """
 
 from __future__ import annotations
@@ -30,6 +32,11 @@ def main() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.split()
     rows = [["create_app() in a fresh interpreter", float(out[0]), f"torch imported: {out[1]}"]]
+    imports = float(subprocess.run(
+        [sys.executable, "-c", "import time; t=time.perf_counter(); import torch, diffusers; "
+         "from diffusers import StableDiffusionPipeline; print(time.perf_counter()-t)"],
+        capture_output=True, text=True, check=True).stdout.split()[-1])
+    rows.append(["import torch + diffusers (fresh interpreter)", imports, "floor of a worker"])
     stack = Stack(Path(tempfile.mkdtemp(prefix="kiln-bench-start-")), models_dir=models_dir)
     try:
         stack.start_servers()
@@ -46,7 +53,13 @@ def main() -> None:
         stack.close()
     print("\ncold starts, 2-core CPU\n")
     print(table(rows, ["what", "seconds", "note"]))
-    save("startup", {r[0]: r[1] for r in rows})
+    secs = {r[0]: r[1] for r in rows}
+    api, worker = secs["API: spawn → /healthz 200"], secs["worker tiny-sd: spawn → ready"]
+    print("\nratios")
+    print(table([["worker tiny-sd start / API start", worker / api],
+                 ["torch + diffusers import / worker tiny-sd start", imports / worker]],
+                ["ratio", "value"]))
+    save("startup", secs)
 
 
 if __name__ == "__main__":
