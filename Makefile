@@ -45,6 +45,7 @@ check: lint typecheck test
 bench: $(STAMP)
 	for b in batching overhead baseline api startup; do $(BIN)/python -m bench.$$b || exit 1; done
 	$(BIN)/python -m bench.gpu
+	$(BIN)/python -m bench.plots
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
