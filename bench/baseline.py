@@ -15,17 +15,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import redis
 
-from bench.common import burst, percentile, save, stack_with_worker, table
+from bench.common import burst, percentile, save, stack_with_worker, table, tiny_models, watch
 from tests.stack import BIN, Stack
 
 MODEL = "tiny-sd"
+
+
+def succeeded(meta: str) -> bool:
+    """A classic task's stored result: True once it succeeded; a failure stops the bench."""
+    if json.loads(meta)["status"] != "SUCCESS":
+        raise RuntimeError(f"classic job failed: {meta[:300]}")
+    return True
 
 
 def classic_burst(stack: Stack, jobs: list[dict[str, Any]], *, timeout: float = 600) -> dict:
@@ -36,27 +42,12 @@ def classic_burst(stack: Stack, jobs: list[dict[str, Any]], *, timeout: float = 
                  backend=stack.env["KILN_REDIS_URL"])
     store = redis.Redis.from_url(stack.env["KILN_REDIS_URL"], decode_responses=True)
     t0 = time.perf_counter()
-    pending = [app.send_task("classic.generate", queue="classic",
-                             kwargs={k: j[k] for k in ("prompt", "seed", "width", "height",
-                                                       "steps")}).id
-               for j in jobs]
-    done: dict[str, float] = {}
-    deadline = time.monotonic() + timeout
-    while pending and time.monotonic() < deadline:
-        with store.pipeline(transaction=False) as pipe:
-            for task_id in pending:
-                pipe.get(f"celery-task-meta-{task_id}")
-            metas = pipe.execute()
-        now = time.perf_counter() - t0
-        for task_id, meta in zip(list(pending), metas, strict=True):
-            if meta:
-                if json.loads(meta)["status"] != "SUCCESS":
-                    raise RuntimeError(f"classic job failed: {meta[:300]}")
-                done[task_id] = now
-                pending.remove(task_id)
-        time.sleep(0.02)
-    if pending:
-        raise TimeoutError(f"{len(pending)} classic jobs unfinished")
+    ids = [app.send_task("classic.generate", queue="classic",
+                         kwargs={k: j[k] for k in ("prompt", "seed", "width", "height",
+                                                   "steps")}).id
+           for j in jobs]
+    done = watch(store, ids, t0=t0, timeout=timeout, finished=succeeded,
+                 read=lambda pipe, task_id: pipe.get(f"celery-task-meta-{task_id}"))
     lat = list(done.values())
     return {"wall_s": max(lat), "images_per_s": len(jobs) / max(lat),
             "p50_s": percentile(lat, 0.5), "p95_s": percentile(lat, 0.95)}
@@ -69,10 +60,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--models-dir", type=Path, default=None)
     args = ap.parse_args()
-    from pipelines.tiny import make_all
-
-    models_dir = args.models_dir or Path(tempfile.mkdtemp(prefix="kiln-models-"))
-    make_all(models_dir)
+    models_dir = tiny_models(args.models_dir)
     sizes = {"same size (64²)": [64], "mixed (64², 96², 128²)": [64, 96, 128]}
     bursts = {name: [dict(prompt=f"a red fox {i}", model=MODEL, steps=args.steps, seed=i,
                           width=s[i % len(s)], height=s[i % len(s)])

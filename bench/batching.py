@@ -12,13 +12,12 @@ all four and the ratios stack/bare and batched/unbatched.
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from bench.common import burst, save, stack_with_worker, table
+from bench.common import burst, save, stack_with_worker, table, tiny_models
 
 MODEL = "tiny-sd"
 
@@ -60,10 +59,7 @@ def main() -> None:
     ap.add_argument("--models-dir", type=Path, default=None)
     args = ap.parse_args()
 
-    from pipelines.tiny import make_all
-
-    models_dir = args.models_dir or Path(tempfile.mkdtemp(prefix="kiln-models-"))
-    make_all(models_dir)
+    models_dir = tiny_models(args.models_dir)
     jobs = [
         dict(
             prompt=f"a red fox, take {i}",

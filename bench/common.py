@@ -6,7 +6,7 @@ import json
 import statistics
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import replace
@@ -70,22 +70,10 @@ def burst(
     t0 = time.perf_counter()
     with ThreadPoolExecutor(16) as pool:
         submitted = list(pool.map(lambda j: api.submit(**j), jobs))
-    done: dict[str, float] = {}
-    deadline = time.monotonic() + timeout
-    pending = [j["id"] for j in submitted]
-    while pending and time.monotonic() < deadline:
-        with store.pipeline(transaction=False) as pipe:
-            for job_id in pending:
-                pipe.hget(f"kiln:job:{job_id}", "status")
-            statuses = pipe.execute()
-        now = time.perf_counter() - t0
-        for job_id, status in zip(list(pending), statuses, strict=True):
-            if status and json.loads(status) in {"succeeded", "failed", "canceled"}:
-                done[job_id] = now
-                pending.remove(job_id)
-        time.sleep(0.02)
-    if pending:
-        raise TimeoutError(f"{len(pending)} jobs unfinished")
+    done = watch(store, [j["id"] for j in submitted], t0=t0, timeout=timeout,
+                 read=lambda pipe, job_id: pipe.hget(f"kiln:job:{job_id}", "status"),
+                 finished=lambda status: json.loads(status) in {"succeeded", "failed",
+                                                                "canceled"})
     records = {j: api.get(f"/v1/jobs/{j}").json() for j in done}
     failed = [r for r in records.values() if r["status"] != "succeeded"]
     if failed:
@@ -102,6 +90,45 @@ def burst(
         "calls": len({b["id"] for r in records.values() for b in r.get("batches") or []}),
         "records": records,
     }
+
+
+def watch(
+    store: redis.Redis,
+    ids: Sequence[str],
+    *,
+    read: Callable[[Any, str], Any],
+    finished: Callable[[str], bool],
+    t0: float,
+    timeout: float,
+) -> dict[str, float]:
+    """Seconds from ``t0`` until each id is ``finished``: one pipelined read of every
+    pending id (``read(pipe, id)``) every 20 ms, cheap next to the work being timed."""
+    done: dict[str, float] = {}
+    pending = list(ids)
+    deadline = time.monotonic() + timeout
+    while pending and time.monotonic() < deadline:
+        with store.pipeline(transaction=False) as pipe:
+            for item in pending:
+                read(pipe, item)
+            values = pipe.execute()
+        now = time.perf_counter() - t0
+        for item, value in zip(list(pending), values, strict=True):
+            if value is not None and finished(value):
+                done[item] = now
+                pending.remove(item)
+        time.sleep(0.02)
+    if pending:
+        raise TimeoutError(f"{len(pending)} jobs unfinished")
+    return done
+
+
+def tiny_models(models_dir: Path | None = None) -> Path:
+    """The tiny stand-ins, built in ``models_dir`` (a fresh temporary folder by default)."""
+    from pipelines.tiny import make_all
+
+    path = models_dir or Path(tempfile.mkdtemp(prefix="kiln-models-"))
+    make_all(path)
+    return path
 
 
 RESULTS = Path(__file__).resolve().parent.parent / "docs" / "bench"

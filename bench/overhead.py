@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import tempfile
 from pathlib import Path
 
 from bench.batching import MODEL, Bare
-from bench.common import burst, save, stack_with_worker, table
+from bench.common import burst, save, stack_with_worker, table, tiny_models
 
 
 def main() -> None:
@@ -28,10 +27,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--models-dir", type=Path, default=None)
     args = ap.parse_args()
-    from pipelines.tiny import make_all
-
-    models_dir = args.models_dir or Path(tempfile.mkdtemp(prefix="kiln-models-"))
-    make_all(models_dir)
+    models_dir = tiny_models(args.models_dir)
     jobs = [dict(prompt=f"a red fox {i}", model=MODEL, steps=args.steps, seed=i)
             for i in range(args.images)]
     bare_best, stack_best, records = 0.0, 0.0, {}

@@ -16,15 +16,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import save, table
+from bench.common import save, table, tiny_models
 from tests.stack import Stack
 
 
 def main() -> None:
-    from pipelines.tiny import make_all
-
-    models_dir = Path(tempfile.mkdtemp(prefix="kiln-models-"))
-    make_all(models_dir)
+    models_dir = tiny_models()
     code = ("import time, sys; t=time.perf_counter(); from app import create_app; "
             "from config.settings import from_env; "
             "create_app({'KILN_SETTINGS': from_env({'KILN_S3_CREATE_BUCKET': 'false'})}); "
