@@ -72,7 +72,7 @@ class Jobs(MethodView):
         )
         if created:
             job_submitted(params["model"], "rest")
-        view = job_view(d.view(dict(record)) if created else record)
+        view = job_view(d.view(record) if created else record)
         return view, 202 if created else 200, {"Location": view["urls"]["self"]}
 
 

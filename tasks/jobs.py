@@ -70,13 +70,6 @@ class JobStore:
             socket_timeout=MAX_BLOCK_MS / 1000 + 10, health_check_interval=30,
         )
 
-    def script(self, text: str) -> Any:
-        """A Lua script on this store's connection, registered once (then EVALSHA)."""
-        scripts = self.__dict__.setdefault("_scripts", {})
-        if text not in scripts:
-            scripts[text] = self.redis.register_script(text)
-        return scripts[text]
-
     # -- reads --------------------------------------------------------------
     def get(self, job_id: str) -> dict[str, Any] | None:
         try:

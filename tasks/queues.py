@@ -65,6 +65,11 @@ def workers_key(model: str) -> str:
 READY_COUNT = "return redis.call('ZCOUNT', KEYS[1], '(' .. redis.call('TIME')[1], '+inf')"
 
 
+def ready_workers(r: Any, model: str) -> int:
+    """Workers of ``model`` whose heartbeat has not expired."""
+    return int(r.eval(READY_COUNT, 1, workers_key(model)))
+
+
 def waiting(r: Any, model: str, job_id: str) -> tuple[int | None, float | None, int]:
     """``(position, seconds per image or None, ready workers)`` in one round trip."""
     with r.pipeline(transaction=False) as pipe:

@@ -48,8 +48,8 @@ def ready_key(model: str, hostname: str) -> str:
 
 
 def beat(store: JobStore, model: str, hostname: str) -> None:
-    store.script(_BEAT)(keys=[ready_key(model, hostname), queues.workers_key(model)],
-                        args=[hostname, HEARTBEAT_TTL_S])
+    store.redis.eval(_BEAT, 2, ready_key(model, hostname), queues.workers_key(model),
+                     hostname, HEARTBEAT_TTL_S)
 
 
 def unbeat(store: JobStore, model: str, hostname: str) -> None:
@@ -191,4 +191,4 @@ def worker_alive(store: JobStore, model: str, hostname: str) -> bool:
 
 
 def ready_workers(store: JobStore, model: str) -> int:
-    return int(store.script(queues.READY_COUNT)(keys=[queues.workers_key(model)]))
+    return queues.ready_workers(store.redis, model)

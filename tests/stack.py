@@ -154,8 +154,9 @@ class Stack:
         return proc
 
     def ready_workers(self, model: str) -> int:
-        r = redis.Redis.from_url(self.env["KILN_REDIS_URL"])
-        return sum(1 for _ in r.scan_iter(f"kiln:ready:{model}:*"))
+        from tasks.queues import ready_workers
+
+        return ready_workers(redis.Redis.from_url(self.env["KILN_REDIS_URL"]), model)
 
     def wait_worker_ready(self, model: str, proc: Proc, *, timeout: float = 120,
                           count: int = 1) -> None:
