@@ -207,7 +207,6 @@ def _run_started(runtime: rt.Runtime, job_id: str, params: dict[str, Any]) -> di
     store.progress(job_id, params["steps"], params["steps"])
     t_upload = time.perf_counter()
     images = _upload(runtime, job_id, params, result)
-
     upload_s = time.perf_counter() - t_upload
     metrics.UPLOAD.labels(params["model"]).observe(upload_s)
     metrics.RUN.labels(params["model"]).observe(result.run_s)

@@ -144,9 +144,10 @@ class Runtime:
         threading.Thread(target=self.listen_for_cancels, name="kiln-cancels", daemon=True).start()
 
     def start_heartbeat(self) -> threading.Thread:
-        beat = threading.Thread(target=self.heartbeat_forever, name="kiln-heartbeat", daemon=True)
-        beat.start()
-        return beat
+        thread = threading.Thread(target=self.heartbeat_forever, name="kiln-heartbeat",
+                                  daemon=True)
+        thread.start()
+        return thread
 
     def abort(self, reason: str) -> None:
         """End this process now (its engine is wedged): unacked jobs go to other workers."""
