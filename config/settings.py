@@ -56,6 +56,7 @@ class Settings:
     models_file: Path = DEFAULT_MODELS_FILE
     models_dir: Path = DEFAULT_DATA_DIR / "models"  # where tiny stand-ins live
     device: str = ""  # "", "cpu", "cuda", "cuda:0": empty picks cuda when present
+    cpu_dtype: str = "fp32"  # half-precision models on the CPU: fp32 | bf16 | auto (bf16 if native)
 
     # Processes.
     api_host: str = "127.0.0.1"
@@ -97,6 +98,10 @@ class Settings:
             raise SettingsError(f"KILN_PROFILE must be dev, test or prod, got {self.profile!r}")
         if self.auth not in {"", "on", "off"}:
             raise SettingsError(f"KILN_AUTH must be on or off, got {self.auth!r}")
+        if self.cpu_dtype not in {"fp32", "bf16", "auto"}:
+            raise SettingsError(
+                f"KILN_CPU_DTYPE must be fp32, bf16 or auto, got {self.cpu_dtype!r}"
+            )
         if not self.redis_url:
             if not self.broker_url.startswith(("redis://", "rediss://")):
                 raise SettingsError(

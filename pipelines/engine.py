@@ -75,10 +75,10 @@ class _Abort(Exception):
     """Raised from the step callback when every request of a batch was canceled."""
 
 
-def _default_load(model: Model, models_dir: Path, device: str) -> Any:
+def _default_load(model: Model, models_dir: Path, device: str, cpu_dtype: str) -> Any:
     from pipelines.loader import load_model, warm_up
 
-    loaded = load_model(model, device=device, models_dir=models_dir)
+    loaded = load_model(model, device=device, models_dir=models_dir, cpu_dtype=cpu_dtype)
     warm_up(loaded)
     return loaded
 
@@ -90,13 +90,14 @@ class Engine:
         *,
         models_dir: Path,
         device: str = "",
+        cpu_dtype: str = "fp32",
         load: Callable[[], Any] | None = None,
         on_batch: Callable[[BatchInfo, float, float], None] | None = None,
     ) -> None:
         self.model = model
         self.max_batch = model.spec.max_batch
         self.max_wait_s = model.spec.max_wait_ms / 1000
-        self._load = load or (lambda: _default_load(model, models_dir, device))
+        self._load = load or (lambda: _default_load(model, models_dir, device, cpu_dtype))
         self.on_batch = on_batch
         self.loaded: Any = None
         self._load_error: BaseException | None = None

@@ -155,15 +155,21 @@ def _quiet() -> None:
     tlog.set_verbosity_error()
 
 
-def load_model(model: Model, *, device: str = "", models_dir: Path) -> LoadedModel:
-    """Open the model's pipeline on ``device`` with the entry's options; log the time."""
+def load_model(
+    model: Model, *, device: str = "", models_dir: Path, cpu_dtype: str = "fp32"
+) -> LoadedModel:
+    """Open the model's pipeline on ``device`` with the entry's options; log the time.
+
+    ``cpu_dtype`` (fp32 | bf16 | auto) is the precision of half-precision entries on
+    the CPU (:func:`~pipelines.devices.pick_dtype`).
+    """
     import diffusers
     import torch
 
     _quiet()
     spec, t0 = model.spec, time.perf_counter()
     device = pick_device(device)
-    dtype = pick_dtype(spec.dtype, device)
+    dtype = pick_dtype(spec.dtype, device, cpu_dtype=cpu_dtype)
     source = resolve_source(model, models_dir)
     kwargs: dict[str, Any] = {"dtype": dtype, "local_files_only": Path(source).exists()}
     if spec.variant:

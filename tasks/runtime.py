@@ -100,7 +100,8 @@ class Runtime:
                             "duration_s": round(seconds, 4)})
 
         self.engine = Engine(self.model, models_dir=self.settings.models_dir,
-                             device=self.settings.device, on_batch=on_batch)
+                             device=self.settings.device, cpu_dtype=self.settings.cpu_dtype,
+                             on_batch=on_batch)
         self.engine.start()
         self.engine.wait_ready(timeout)
 

@@ -24,7 +24,8 @@ def test_env_values_are_typed() -> None:
 
 @pytest.mark.parametrize(
     ("key", "value"),
-    [("KILN_API_PORT", "eighty"), ("KILN_WEBHOOK_ALLOW_PRIVATE", "maybe"), ("KILN_PROFILE", "x")],
+    [("KILN_API_PORT", "eighty"), ("KILN_WEBHOOK_ALLOW_PRIVATE", "maybe"), ("KILN_PROFILE", "x"),
+     ("KILN_CPU_DTYPE", "fp8")],
 )
 def test_bad_values_name_the_variable(key: str, value: str) -> None:
     with pytest.raises(SettingsError, match=key):

@@ -59,3 +59,33 @@ def test_device_choice() -> None:
 def test_cuda_device_names() -> None:
     assert is_cuda("cuda") and is_cuda("cuda:3")
     assert not is_cuda("cpu") and not is_cuda("cudax")
+
+
+@pytest.mark.parametrize(
+    ("cpu_dtype", "native", "expected"),
+    [
+        ("fp32", True, torch.float32),  # the default: bit-equal across batch sizes
+        ("bf16", False, torch.bfloat16),  # asked for: used even where it is emulated
+        ("auto", True, torch.bfloat16),  # AVX512-BF16 / AMX
+        ("auto", False, torch.float32),
+    ],
+)
+def test_cpu_dtype_chooses_the_cpu_precision_of_half_models(
+    monkeypatch: pytest.MonkeyPatch, cpu_dtype: str, native: bool, expected: torch.dtype
+) -> None:
+    monkeypatch.setattr(devices, "native_bf16", lambda: native)
+    assert pick_dtype("fp16", "cpu", cpu_dtype=cpu_dtype) is expected
+    assert pick_dtype("bf16", "cpu", cpu_dtype=cpu_dtype) is expected
+    assert pick_dtype("fp32", "cpu", cpu_dtype=cpu_dtype) is torch.float32  # fp32 stays
+    assert pick_dtype("fp16", "cuda", cpu_dtype=cpu_dtype) is torch.float16  # GPUs ignore it
+
+
+def test_unknown_cpu_dtype_names_the_value() -> None:
+    with pytest.raises(ValueError, match="fp8"):
+        pick_dtype("fp16", "cpu", cpu_dtype="fp8")
+
+
+def test_native_bf16_asks_torch() -> None:
+    cpu = torch.cpu
+    expected = cpu._is_avx512_bf16_supported() or cpu._is_amx_tile_supported()
+    assert devices.native_bf16() is bool(expected)

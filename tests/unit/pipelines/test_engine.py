@@ -202,3 +202,14 @@ def test_real_tiny_model_through_the_engine(loaded_models) -> None:
     results = [f.result(60) for f in futures]
     eng.stop()
     assert all(r.images[0].size == (64, 64) for r in results)
+
+
+def test_the_engine_loads_at_the_cpu_dtype_it_is_given(tiny_models_dir) -> None:
+    """The worker's KILN_CPU_DTYPE reaches the loader on the engine thread."""
+    eng = Engine(REGISTRY["tiny-sd"], models_dir=tiny_models_dir, device="cpu", cpu_dtype="bf16")
+    eng.start()
+    eng.wait_ready(120)
+    result = eng.submit(req(1)).result(60)
+    eng.stop()
+    assert eng.loaded.dtype is torch.bfloat16
+    assert result.images[0].size == (64, 64)
