@@ -139,8 +139,10 @@ def run_job(runtime: rt.Runtime, payload: dict[str, Any], *, job_id: str) -> dic
                       f"this worker serves {runtime.model.name!r}, not {params['model']!r}")
 
     # 2. Jobs sent straight to the Celery task get their record here.
-    store.create(new_record(job_id, params, source="celery"))
-    record = store.get(job_id) or {}
+    record = store.get(job_id)
+    if record is None:
+        store.create(new_record(job_id, params, source="celery"))
+        record = store.get(job_id) or {}  # another copy may have created it first
     if record.get("status") in TERMINAL:  # canceled while queued, or re-delivered after it ended
         queues.mark_dequeued(store.redis, runtime.model.name, job_id)
         return record
@@ -167,15 +169,15 @@ def run_job(runtime: rt.Runtime, payload: dict[str, Any], *, job_id: str) -> dic
 def _claimed(runtime: rt.Runtime, job_id: str, params: dict[str, Any],
              record: dict[str, Any]) -> dict[str, Any]:
     store = runtime.store
-    record = store.get(job_id) or record  # fresh: another copy may have just finished it
-    if record.get("status") in TERMINAL:
-        return record
-
     # 3. Count the delivery; a job that keeps killing workers stops here. Runs that
     # were planned retries of a transient error (``retries``) are not lost deliveries.
+    # (The record was read just before; the transition below only moves a live job.)
     attempts = int(record.get("attempts") or 0) + 1
     deliveries = attempts - int(record.get("retries") or 0)
     if deliveries > runtime.settings.max_deliveries:
+        record = store.get(job_id) or record  # fresh: another copy may have just finished it
+        if record.get("status") in TERMINAL:
+            return record
         return finish(runtime, job_id, TooManyDeliveries(
             f"job was delivered {deliveries} times without finishing (its worker died "
             f"each time); giving up"))

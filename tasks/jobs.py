@@ -44,6 +44,22 @@ return {prev, 1}
 """
 
 
+def _transition_argv(ttl_s: int, status: str | None, allowed_from: Iterable[str] | None,
+                     event: str | None, data: Any, fields: Mapping[str, Any]) -> list[Any]:
+    """ARGV of the transition script (the status is never also a plain field)."""
+    argv: list[Any] = [
+        ttl_s,
+        "*" if allowed_from is None else ",".join(allowed_from),
+        status or "",
+        event or "",
+        json.dumps(data if data is not None else {}),
+    ]
+    for k, v in fields.items():
+        if not (status is not None and k == "status"):
+            argv += [k, json.dumps(v)]
+    return argv
+
+
 def now() -> float:
     return round(time.time(), 3)
 
@@ -138,18 +154,7 @@ class JobStore:
         Returns ``(previous_status, applied)``; previous is None when the job does
         not exist.
         """
-        if status is not None:
-            fields.pop("status", None)
-        allowed = "*" if allowed_from is None else ",".join(allowed_from)
-        argv: list[Any] = [
-            self.ttl_s,
-            allowed,
-            status or "",
-            event or "",
-            json.dumps(data if data is not None else {}),
-        ]
-        for k, v in fields.items():
-            argv += [k, json.dumps(v)]
+        argv = _transition_argv(self.ttl_s, status, allowed_from, event, data, fields)
         try:
             res = self._transition(keys=[job_key(job_id), events_key(job_id)], args=argv)
         except redis.RedisError as exc:
@@ -159,13 +164,24 @@ class JobStore:
         return res[0], bool(res[1])
 
     def progress(self, job_id: str, step: int, steps: int) -> None:
-        self.transition(
-            job_id,
-            allowed_from=("running",),
-            event="progress",
-            data={"step": step, "steps": steps},
-            progress={"step": step, "steps": steps},
-        )
+        progress = {"step": step, "steps": steps}
+        self.transition(job_id, allowed_from=("running",), event="progress", data=progress,
+                        progress=progress)
+
+    def progress_many(self, steps_by_job: Mapping[str, tuple[int, int]]) -> list[str]:
+        """Set the progress of running jobs, one round trip for all; the ids not written."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            for job_id, (step, steps) in steps_by_job.items():
+                progress = {"step": step, "steps": steps}
+                argv = _transition_argv(self.ttl_s, None, ("running",), "progress", progress,
+                                        {"progress": progress})
+                self._transition(keys=[job_key(job_id), events_key(job_id)], args=argv,
+                                 client=pipe)
+            try:
+                results = pipe.execute(raise_on_error=False)
+            except redis.RedisError as exc:
+                raise BrokerUnavailable(f"job store unreachable: {type(exc).__name__}") from exc
+        return [j for j, r in zip(steps_by_job, results, strict=True) if isinstance(r, Exception)]
 
     def ping(self) -> bool:
         try:

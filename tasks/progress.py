@@ -1,9 +1,9 @@
 """Progress and throughput writes off the engine's hot path.
 
 The engine calls ``update`` from its step callback and ``record_batch`` after each
-pipeline call; a small thread flushes the latest step of every running job and the
-batch timings (for ETAs) to Redis every ``interval_s``, so the GPU thread never waits
-on Redis and Redis is not hammered.
+pipeline call; a small thread flushes the latest step of every running job (one
+pipelined round trip for all of them) and the batch timings (for ETAs) to Redis every
+``interval_s``, so the GPU thread never waits on Redis and Redis is not hammered.
 """
 
 from __future__ import annotations
@@ -49,11 +49,15 @@ class ProgressWriter:
                 queues.record_batch(self.store.redis, self.model, seconds=seconds, images=images)
             except Exception as exc:
                 log.warning("throughput not written: %s", type(exc).__name__)
-        for job_id, (step, steps) in batch.items():
-            try:
-                self.store.progress(job_id, step, steps)
-            except Exception as exc:  # progress is best effort; the job goes on
-                log.warning("progress of %s not written: %s", job_id, type(exc).__name__)
+        if not batch:
+            return
+        try:  # progress is best effort; the job goes on
+            missed = self.store.progress_many(batch)
+        except Exception as exc:
+            missed = list(batch)
+            log.warning("progress not written: %s", type(exc).__name__)
+        for job_id in missed:
+            log.warning("progress of %s not written", job_id)
 
     def discard(self, job_id: str) -> None:
         with self._lock:

@@ -147,3 +147,29 @@ def test_live_event_reads_block_past_the_default_socket_timeout(r: redis.Redis) 
 
     store = JobStore("redis://127.0.0.1:6379/0")
     assert store.events("no-such-job-" + MODEL, block_ms=6000) == []
+
+
+def test_progress_of_every_running_job_in_one_flush(r: redis.Redis) -> None:
+    """The progress writer's flush: running jobs get the step and an event; others not."""
+    from tasks.jobs import JobStore, events_key, job_key
+    from tasks.progress import ProgressWriter
+
+    store = JobStore("redis://127.0.0.1:6379/0", ttl_s=60)
+    ids = [f"p-{MODEL}-{i}" for i in range(3)]
+    for job_id, status in zip(ids, ("running", "running", "succeeded"), strict=True):
+        store.create({"id": job_id, "status": status, "created_at": 1.0})
+    try:
+        writer = ProgressWriter(store, model="m-" + MODEL)
+        for job_id in ids:
+            writer.update(job_id, 3, 8)
+        writer.update(ids[0], 4, 8)  # only the latest step of a job is written
+        writer.flush()
+        got = [store.get(j) or {} for j in ids]
+        assert [g.get("progress") for g in got] == [{"step": 4, "steps": 8},
+                                                   {"step": 3, "steps": 8}, None]
+        assert [e[1] for e in store.events(ids[0])] == ["queued", "progress"]
+        assert [e[1] for e in store.events(ids[2])] == ["queued"]  # finished: left alone
+        writer.flush()  # nothing new: no writes
+        assert len(store.events(ids[0])) == 2
+    finally:
+        r.delete(*(job_key(j) for j in ids), *(events_key(j) for j in ids))
