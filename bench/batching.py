@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import burst, save, stack_with_worker, table, tiny_models
+from pipelines.devices import native_bf16
 
 MODEL = "tiny-sd"
 
@@ -25,14 +26,15 @@ MODEL = "tiny-sd"
 class Bare:
     """The bare pipeline: load, warm-up and every call in this (one) thread."""
 
-    def __init__(self, models_dir: Path, *, steps: int, size: int) -> None:
+    def __init__(self, models_dir: Path, *, steps: int, size: int, cpu_dtype: str = "fp32"
+                 ) -> None:
         from config.settings import DEFAULT_MODELS_FILE
         from pipelines.batch import Params
         from pipelines.loader import load_model, warm_up
         from pipelines.registry import Registry
 
         model = Registry.from_file(DEFAULT_MODELS_FILE)[MODEL]
-        self.loaded = load_model(model, models_dir=models_dir)
+        self.loaded = load_model(model, models_dir=models_dir, cpu_dtype=cpu_dtype)
         warm_up(self.loaded)
         self.params = Params(
             width=size, height=size, steps=steps, guidance_scale=7.5, scheduler=model.scheduler
@@ -95,8 +97,11 @@ def main() -> None:
             )
             for k, v in row.items():
                 best[k] = max(best.get(k, 0.0), v)
-        sweep = {b: bare.images_per_s(batch=b, images=args.images)
-                 for b in (int(x) for x in args.sweep.split(","))}
+        sizes = [int(x) for x in args.sweep.split(",")]
+        sweep = {"fp32": {b: bare.images_per_s(batch=b, images=args.images) for b in sizes}}
+        if native_bf16():  # the same sweep with KILN_CPU_DTYPE=bf16
+            bf16 = Bare(models_dir, steps=args.steps, size=args.size, cpu_dtype="bf16")
+            sweep["bf16"] = {b: bf16.images_per_s(batch=b, images=args.images) for b in sizes}
 
     print(
         f"\ntiny-sd, {args.size}x{args.size}, {args.steps} steps, {args.images} images, "
@@ -113,8 +118,9 @@ def main() -> None:
             ["path", "max batch", "images/s", "pipeline calls"],
         )
     )
-    print("\nbare pipeline, one pass per batch size (images/s)")
-    print(table([[b, v] for b, v in sweep.items()], ["batch", "images/s"]))
+    print("\nbare pipeline, one pass per batch size (images/s) and CPU dtype")
+    print(table([[b, *(sweep[dt][b] for dt in sweep)] for b in sizes],
+                ["batch", *(f"{dt} images/s" for dt in sweep)]))
     save("batching", {"size": args.size, "steps": args.steps, "images": args.images,
                       "best": best, "calls": calls, "bare_sweep": sweep})
     gain_bare = best["bare8"] / best["bare1"]
@@ -128,6 +134,8 @@ def main() -> None:
                 ["batched/unbatched, bare", gain_bare],
                 ["batched/unbatched, stack", gain_stack],
                 ["stack's share of the bare batching gain", gain_stack / gain_bare],
+                *([f"bf16/fp32, bare, batch {b}", sweep["bf16"][b] / sweep["fp32"][b]]
+                  for b in (1, 8) if "bf16" in sweep and b in sizes),
             ],
             ["ratio", "value"],
         )

@@ -27,7 +27,8 @@ def pipeline() -> Any:
         from pipelines.registry import Registry
 
         model = Registry.from_file(settings.models_file)["tiny-sd"]
-        _pipe["loaded"] = load_model(model, models_dir=settings.models_dir)
+        _pipe["loaded"] = load_model(model, models_dir=settings.models_dir,
+                                      cpu_dtype=settings.cpu_dtype)
         warm_up(_pipe["loaded"])
     return _pipe["loaded"]
 

@@ -38,15 +38,18 @@ def stack_with_worker(
     models_dir: Path,
     workdir: Path | None = None,
     models_file: Path | None = None,
+    env: dict[str, str] | None = None,
     **model_overrides: Any,
 ) -> Iterator[tuple[Stack, KilnHTTP]]:
-    """A stack with one worker of ``model``; the shipped models with overrides by default."""
+    """A stack with one worker of ``model``; the shipped models with overrides by default.
+
+    ``env`` adds ``KILN_*`` settings for every process of the stack."""
     tmp = Path(workdir or tempfile.mkdtemp(prefix="kiln-bench-"))
     mf = models_file or make_models_file(tmp, **model_overrides)
     stack = Stack(
         tmp / f"stack-{time.monotonic_ns()}",
         models_dir=models_dir,
-        env_overrides={"KILN_MODELS_FILE": str(mf), "KILN_LOG_LEVEL": "WARNING"},
+        env_overrides={"KILN_MODELS_FILE": str(mf), "KILN_LOG_LEVEL": "WARNING", **(env or {})},
     )
     try:
         stack.start_servers()

@@ -26,10 +26,12 @@ def load(name: str) -> dict[str, Any] | None:
 
 def throughput(plt: Any, data: dict[str, Any]) -> Path:
     fig, ax = plt.subplots(figsize=(6, 4))
-    sweep = {int(b): v for b, v in data["bare_sweep"].items()}
-    ax.plot(list(sweep), list(sweep.values()), "o-", label="bare pipeline")
+    for dtype, rates in data["bare_sweep"].items():
+        sweep = {int(b): v for b, v in rates.items()}
+        ax.plot(list(sweep), list(sweep.values()), "o-", label=f"bare pipeline, {dtype}")
     best = data["best"]
-    ax.plot([1, 8], [best["stack1"], best["stack8"]], "s--", label="through Kiln (32-job burst)")
+    ax.plot([1, 8], [best["stack1"], best["stack8"]], "s--",
+            label="through Kiln, fp32 (32-job burst)")
     ax.set_xscale("log", base=2)
     ax.set_xticks(list(sweep), [str(b) for b in sweep])
     ax.set_xlabel("batch size (max_batch)")
@@ -64,14 +66,16 @@ def latency(plt: Any, api: dict[str, Any] | None, baseline: dict[str, Any] | Non
         axes[0].set_title("API latency, no worker")
         axes[0].legend(fontsize=8)
     if baseline:
-        names = list(baseline["results"])
+        groups = [(dt, name, r) for dt, bursts in baseline["results"].items()
+                  for name, r in bursts.items()]
         width = 0.2
         for i, (design, q) in enumerate([("classic", "p50_s"), ("classic", "p95_s"),
                                          ("kiln", "p50_s"), ("kiln", "p95_s")]):
-            axes[1].bar([n + (i - 1.5) * width for n in range(len(names))],
-                        [baseline["results"][name][design][q] for name in names], width,
+            axes[1].bar([n + (i - 1.5) * width for n in range(len(groups))],
+                        [r[design][q] for _, _, r in groups], width,
                         label=f"{design} {q.removesuffix('_s')}")
-        axes[1].set_xticks(range(len(names)), names)
+        axes[1].set_xticks(range(len(groups)),
+                           [f"{dt}\n{name.split(' (')[0]}" for dt, name, _ in groups])
         axes[1].set_ylabel("completion after submit, s")
         axes[1].set_title(f"burst of {baseline['jobs']} jobs: classic vs Kiln")
         axes[1].legend(fontsize=8)
