@@ -17,6 +17,7 @@ from typing import Any
 PACKAGE_DIR = Path(__file__).resolve().parent
 DEFAULT_MODELS_FILE = PACKAGE_DIR / "models.yaml"
 DEFAULT_DATA_DIR = Path.home() / ".cache" / "kiln"
+CPU_DTYPES = ("fp32", "bf16", "auto")  # KILN_CPU_DTYPE: half-precision models on the CPU
 
 SECRET_FIELDS = frozenset(
     {"s3_secret_key", "webhook_secret", "flower_basic_auth", "api_keys", "broker_url", "redis_url"}
@@ -98,9 +99,9 @@ class Settings:
             raise SettingsError(f"KILN_PROFILE must be dev, test or prod, got {self.profile!r}")
         if self.auth not in {"", "on", "off"}:
             raise SettingsError(f"KILN_AUTH must be on or off, got {self.auth!r}")
-        if self.cpu_dtype not in {"fp32", "bf16", "auto"}:
+        if self.cpu_dtype not in CPU_DTYPES:
             raise SettingsError(
-                f"KILN_CPU_DTYPE must be fp32, bf16 or auto, got {self.cpu_dtype!r}"
+                f"KILN_CPU_DTYPE must be one of {', '.join(CPU_DTYPES)}, got {self.cpu_dtype!r}"
             )
         if not self.redis_url:
             if not self.broker_url.startswith(("redis://", "rediss://")):

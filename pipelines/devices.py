@@ -9,13 +9,14 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+from config.settings import CPU_DTYPES
+
 if TYPE_CHECKING:
     import torch
 
 log = logging.getLogger("kiln.pipelines")
 
 _DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
-CPU_DTYPES = ("fp32", "bf16", "auto")
 _warned: set[tuple[str, str, str]] = set()
 
 
