@@ -38,7 +38,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy app tasks pipelines config
+	$(BIN)/mypy app tasks pipelines config bench
 
 check: lint typecheck test
 

@@ -77,7 +77,7 @@ def main() -> None:
     best: dict[str, float] = {}
     calls: dict[int, int] = {}
     with ExitStack() as es:
-        stacks: dict[int, Any] = {
+        stacks: dict[int, tuple[Any, Any]] = {
             b: es.enter_context(
                 stack_with_worker(MODEL, models_dir=models_dir, max_batch=b, max_wait_ms=100)
             )
@@ -90,7 +90,8 @@ def main() -> None:
             row = {}
             for b in (1, 8):
                 row[f"bare{b}"] = bare.images_per_s(batch=b, images=args.images)
-                res = burst(*stacks[b], jobs)
+                stack, api = stacks[b]
+                res = burst(stack, api, jobs)
                 row[f"stack{b}"], calls[b] = res["images_per_s"], res["calls"]
             print(
                 f"round {r + 1}: " + ", ".join(f"{k} {v:.2f}" for k, v in row.items()), flush=True

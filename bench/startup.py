@@ -15,6 +15,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from bench.common import save, table, tiny_models
 from tests.stack import Stack
@@ -28,7 +29,9 @@ def main() -> None:
             "print(time.perf_counter()-t, 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.split()
-    rows = [["create_app() in a fresh interpreter", float(out[0]), f"torch imported: {out[1]}"]]
+    rows: list[list[Any]] = [
+        ["create_app() in a fresh interpreter", float(out[0]), f"torch imported: {out[1]}"]
+    ]
     imports = float(subprocess.run(
         [sys.executable, "-c", "import time; t=time.perf_counter(); import torch, diffusers; "
          "from diffusers import StableDiffusionPipeline; print(time.perf_counter()-t)"],
@@ -50,7 +53,7 @@ def main() -> None:
         stack.close()
     print("\ncold starts, 2-core CPU\n")
     print(table(rows, ["what", "seconds", "note"]))
-    secs = {r[0]: r[1] for r in rows}
+    secs: dict[str, float] = {r[0]: r[1] for r in rows}
     api, worker = secs["API: spawn → /healthz 200"], secs["worker tiny-sd: spawn → ready"]
     print("\nratios")
     print(table([["worker tiny-sd start / API start", worker / api],
