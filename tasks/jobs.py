@@ -156,7 +156,7 @@ class JobStore:
         """
         argv = _transition_argv(self.ttl_s, status, allowed_from, event, data, fields)
         try:
-            res = self._transition(keys=[job_key(job_id), events_key(job_id)], args=argv)
+            res = self._run_transition(job_id, argv)
         except redis.RedisError as exc:
             raise BrokerUnavailable(f"job store unreachable: {type(exc).__name__}") from exc
         if not res:
@@ -164,24 +164,31 @@ class JobStore:
         return res[0], bool(res[1])
 
     def progress(self, job_id: str, step: int, steps: int) -> None:
-        progress = {"step": step, "steps": steps}
-        self.transition(job_id, allowed_from=("running",), event="progress", data=progress,
-                        progress=progress)
+        try:
+            self._run_transition(job_id, self._progress_argv(step, steps))
+        except redis.RedisError as exc:
+            raise BrokerUnavailable(f"job store unreachable: {type(exc).__name__}") from exc
 
     def progress_many(self, steps_by_job: Mapping[str, tuple[int, int]]) -> list[str]:
         """Set the progress of running jobs, one round trip for all; the ids not written."""
         with self.redis.pipeline(transaction=False) as pipe:
             for job_id, (step, steps) in steps_by_job.items():
-                progress = {"step": step, "steps": steps}
-                argv = _transition_argv(self.ttl_s, None, ("running",), "progress", progress,
-                                        {"progress": progress})
-                self._transition(keys=[job_key(job_id), events_key(job_id)], args=argv,
-                                 client=pipe)
+                self._run_transition(job_id, self._progress_argv(step, steps), client=pipe)
             try:
                 results = pipe.execute(raise_on_error=False)
             except redis.RedisError as exc:
                 raise BrokerUnavailable(f"job store unreachable: {type(exc).__name__}") from exc
         return [j for j, r in zip(steps_by_job, results, strict=True) if isinstance(r, Exception)]
+
+    def _progress_argv(self, step: int, steps: int) -> list[Any]:
+        """A running job's progress: the field and a ``progress`` event."""
+        progress = {"step": step, "steps": steps}
+        return _transition_argv(self.ttl_s, None, ("running",), "progress", progress,
+                                {"progress": progress})
+
+    def _run_transition(self, job_id: str, argv: list[Any], client: Any = None) -> Any:
+        return self._transition(keys=[job_key(job_id), events_key(job_id)], args=argv,
+                                client=client)
 
     def ping(self) -> bool:
         try:
