@@ -1,6 +1,6 @@
 """Kiln's API: ``create_app()`` builds the Flask app (no torch is ever imported here).
 
-    gunicorn -k gthread --threads 32 --no-control-socket "app:create_app()"
+gunicorn -k gthread --threads 32 --no-control-socket "app:create_app()"
 """
 
 from __future__ import annotations

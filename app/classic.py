@@ -25,24 +25,32 @@ from tasks.runtime import ready_workers
 
 blp = Blueprint("classic", __name__, description="Classic /generate API")
 
-STATES = {"queued": "queued", "running": "processing", "succeeded": "completed",
-          "failed": "failed", "canceled": "failed"}
+STATES = {
+    "queued": "queued",
+    "running": "processing",
+    "succeeded": "completed",
+    "failed": "failed",
+    "canceled": "failed",
+}
 
 
 class GenerateSchema(Schema):
     class Meta:
         unknown = RAISE
 
-    prompt = fields.String(required=True, validate=validate.Length(min=1, max=2000),
-                           metadata={"example": "a red fox"})
-    negative_prompt = fields.String(load_default=None, allow_none=True,
-                                    validate=validate.Length(max=2000))
+    prompt = fields.String(
+        required=True, validate=validate.Length(min=1, max=2000), metadata={"example": "a red fox"}
+    )
+    negative_prompt = fields.String(
+        load_default=None, allow_none=True, validate=validate.Length(max=2000)
+    )
     model = fields.String(load_default="sdxl")
     width = fields.Integer(load_default=None, strict=True)
     height = fields.Integer(load_default=None, strict=True)
     steps = fields.Integer(load_default=None, strict=True, validate=validate.Range(10, 50))
-    guidance_scale = fields.Float(load_default=None, allow_nan=False,
-                                  validate=validate.Range(1, 20))
+    guidance_scale = fields.Float(
+        load_default=None, allow_nan=False, validate=validate.Range(1, 20)
+    )
     seed = fields.Integer(load_default=None, allow_none=True, strict=True)
     webhook_url = fields.Url(load_default=None, allow_none=True, require_tld=False)
 
@@ -76,8 +84,11 @@ def check_size(data: dict[str, Any]) -> None:
     registry = dispatcher().registry
     model = registry.get(data["model"]) if data["model"] in registry else None
     low = 512 if model is None else min(512, model.min_size)
-    errors = {name: [f"must be between {low} and 2048"] for name in ("width", "height")
-              if data.get(name) is not None and not low <= data[name] <= 2048}
+    errors = {
+        name: [f"must be between {low} and 2048"]
+        for name in ("width", "height")
+        if data.get(name) is not None and not low <= data[name] <= 2048
+    }
     if errors:
         raise ValidationError(errors)
 

@@ -41,8 +41,14 @@ def config_cmd(key: str | None) -> None:
 @click.option("--loglevel", "-l", default="INFO")
 @click.option("--metrics-port", type=int, default=0, help="Serve Prometheus /metrics here.")
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
-def worker(model: str, gpu: int | None, concurrency: int | None, loglevel: str,
-           metrics_port: int, celery_args: tuple[str, ...]) -> None:
+def worker(
+    model: str,
+    gpu: int | None,
+    concurrency: int | None,
+    loglevel: str,
+    metrics_port: int,
+    celery_args: tuple[str, ...],
+) -> None:
     """Serve one model on one GPU: load, warm, then consume gen.<model>."""
     from config.logging import setup_logging
     from pipelines.registry import Registry, UnknownModel
@@ -54,8 +60,14 @@ def worker(model: str, gpu: int | None, concurrency: int | None, loglevel: str,
         Registry.from_file(settings.models_file)[model]
     except UnknownModel:
         raise click.ClickException(f"unknown model {model!r}; see `kiln models list`") from None
-    run_worker(model, gpu=gpu, concurrency=concurrency, loglevel=loglevel,
-               metrics_port=metrics_port, extra_args=celery_args)
+    run_worker(
+        model,
+        gpu=gpu,
+        concurrency=concurrency,
+        loglevel=loglevel,
+        metrics_port=metrics_port,
+        extra_args=celery_args,
+    )
 
 
 @main.group()
@@ -86,12 +98,17 @@ def make_tiny(directory: Path | None) -> None:
 
 @main.command()
 @click.option("--model", "-m", "models_", multiple=True, help="Models (default: all).")
-@click.option("--s-per-image", type=float, default=None,
-              help="Seconds per image; default: what the workers measured (job store).")
+@click.option(
+    "--s-per-image",
+    type=float,
+    default=None,
+    help="Seconds per image; default: what the workers measured (job store).",
+)
 @click.option("--usd-per-gpu-hour", type=float, default=2.5, show_default=True)
 @click.option("--gpus", type=int, default=1, show_default=True, help="GPUs per model.")
-def capacity(models_: tuple[str, ...], s_per_image: float | None, usd_per_gpu_hour: float,
-             gpus: int) -> None:
+def capacity(
+    models_: tuple[str, ...], s_per_image: float | None, usd_per_gpu_hour: float, gpus: int
+) -> None:
     """Estimate images/hour and cost per image from seconds per image."""
     from pipelines.registry import Registry
     from tasks import queues
@@ -100,23 +117,27 @@ def capacity(models_: tuple[str, ...], s_per_image: float | None, usd_per_gpu_ho
     settings = get_settings()
     names = list(models_) or list(Registry.from_file(settings.models_file))
     store = None if s_per_image else JobStore(settings.redis_url)
-    click.echo(f"{'model':<16}{'s/image':>10}{'images/h/GPU':>14}{'images/h':>12}"
-               f"{'$/1k images':>13}")
+    click.echo(
+        f"{'model':<16}{'s/image':>10}{'images/h/GPU':>14}{'images/h':>12}{'$/1k images':>13}"
+    )
     for name in names:
         spi = s_per_image
         if spi is None and store is not None:
             try:
                 raw = store.redis.hget(queues.stats_key(name), "s_per_image")
             except Exception as exc:
-                raise click.ClickException(f"job store unreachable ({type(exc).__name__}); "
-                                           "pass --s-per-image") from None
+                raise click.ClickException(
+                    f"job store unreachable ({type(exc).__name__}); pass --s-per-image"
+                ) from None
             spi = float(raw) if raw else None
         if not spi:
             click.echo(f"{name:<16}{'no data':>10}  (run some jobs, or pass --s-per-image)")
             continue
         per_gpu = 3600 / spi
-        click.echo(f"{name:<16}{spi:>10.3f}{per_gpu:>14.0f}{per_gpu * gpus:>12.0f}"
-                   f"{usd_per_gpu_hour * spi / 3600 * 1000:>13.3f}")
+        click.echo(
+            f"{name:<16}{spi:>10.3f}{per_gpu:>14.0f}{per_gpu * gpus:>12.0f}"
+            f"{usd_per_gpu_hour * spi / 3600 * 1000:>13.3f}"
+        )
 
 
 @main.group()
@@ -126,8 +147,12 @@ def keys() -> None:
 
 @keys.command("create")
 @click.argument("name")
-@click.option("--scopes", default="generate,read", show_default=True,
-              help="Comma-separated: generate, read, admin.")
+@click.option(
+    "--scopes",
+    default="generate,read",
+    show_default=True,
+    help="Comma-separated: generate, read, admin.",
+)
 def keys_create(name: str, scopes: str) -> None:
     """Print a new random key for NAME once, and the KILN_API_KEYS entry for it."""
     from app.auth import SCOPES, hash_key, new_key
@@ -158,29 +183,48 @@ def _api_url(url: str | None) -> str:
 @click.option("--height", type=int, default=None)
 @click.option("--steps", type=int, default=None)
 @click.option("--negative-prompt", default=None)
-@click.option("--out", "out", type=click.Path(path_type=Path), default=Path("."),
-              help="Folder for the PNGs.")
+@click.option(
+    "--out", "out", type=click.Path(path_type=Path), default=Path("."), help="Folder for the PNGs."
+)
 @click.option("--url", default=None, envvar="KILN_URL", help="API base URL.")
 @click.option("--api-key", default=None, envvar="KILN_API_KEY")
-def generate(prompt: str, model: str | None, n: int, seed: int | None, width: int | None,
-             height: int | None, steps: int | None, negative_prompt: str | None, out: Path,
-             url: str | None, api_key: str | None) -> None:
+def generate(
+    prompt: str,
+    model: str | None,
+    n: int,
+    seed: int | None,
+    width: int | None,
+    height: int | None,
+    steps: int | None,
+    negative_prompt: str | None,
+    out: Path,
+    url: str | None,
+    api_key: str | None,
+) -> None:
     """Generate images for PROMPT, with a progress bar, and write the PNGs to --out."""
     from tqdm import tqdm
 
     from app.client import Kiln, KilnError
 
     kiln = Kiln(_api_url(url), api_key=api_key)
-    given = dict(model=model, n=n, seed=seed, width=width, height=height, steps=steps,
-                 negative_prompt=negative_prompt)
+    given = dict(
+        model=model,
+        n=n,
+        seed=seed,
+        width=width,
+        height=height,
+        steps=steps,
+        negative_prompt=negative_prompt,
+    )
     params: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
     try:
         job = kiln.submit(prompt, **params)
     except KilnError as exc:
         extra = " " + json.dumps(exc.fields) if exc.fields else ""
         raise click.ClickException(f"{exc}{extra}") from None
-    bar = tqdm(total=job["params"]["steps"], desc=f"job {job['id'][:8]}", unit="step",
-               file=sys.stderr)
+    bar = tqdm(
+        total=job["params"]["steps"], desc=f"job {job['id'][:8]}", unit="step", file=sys.stderr
+    )
 
     def on_progress(step: int, steps: int) -> None:
         bar.total = steps
@@ -268,8 +312,10 @@ def run() -> None:
         main()
     except requests.ConnectionError as exc:
         url = getattr(exc.request, "url", "") if exc.request is not None else ""
-        click.echo(f"Error: cannot reach Kiln at {url or 'the configured URL'} "
-                   "(set --url or KILN_URL)", err=True)
+        click.echo(
+            f"Error: cannot reach Kiln at {url or 'the configured URL'} (set --url or KILN_URL)",
+            err=True,
+        )
         sys.exit(1)
 
 

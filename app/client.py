@@ -48,8 +48,13 @@ class Result:
 
 
 class Kiln:
-    def __init__(self, base_url: str = "http://localhost:8000", api_key: str | None = None,
-                 *, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        base_url: str = "http://localhost:8000",
+        api_key: str | None = None,
+        *,
+        timeout: float = 30.0,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.http = requests.Session()
@@ -64,11 +69,11 @@ class Kiln:
         return body
 
     # -- jobs -------------------------------------------------------------------------
-    def submit(self, prompt: str, *, idempotency_key: str | None = None,
-               **params: Any) -> dict[str, Any]:
+    def submit(
+        self, prompt: str, *, idempotency_key: str | None = None, **params: Any
+    ) -> dict[str, Any]:
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-        return self._call("POST", "/v1/jobs", json={"prompt": prompt, **params},
-                          headers=headers)
+        return self._call("POST", "/v1/jobs", json={"prompt": prompt, **params}, headers=headers)
 
     def job(self, job_id: str) -> dict[str, Any]:
         return self._call("GET", f"/v1/jobs/{job_id}")
@@ -82,8 +87,11 @@ class Kiln:
     def events(self, job_id: str) -> Iterator[tuple[str, dict[str, Any]]]:
         """The job's events as ``(event, data)`` until it ends (raises 404 if no stream)."""
         # The server sends a keep-alive comment every 10 s: a longer silence is a dead stream.
-        with self.http.get(f"{self.base_url}/v1/jobs/{job_id}/events", stream=True,
-                           timeout=(self.timeout, max(self.timeout, 30.0))) as resp:
+        with self.http.get(
+            f"{self.base_url}/v1/jobs/{job_id}/events",
+            stream=True,
+            timeout=(self.timeout, max(self.timeout, 30.0)),
+        ) as resp:
             if resp.status_code >= 400:
                 raise KilnError(resp.status_code, resp.json())
             event = None
@@ -95,8 +103,9 @@ class Kiln:
                     if event in TERMINAL:
                         return
 
-    def wait(self, job_id: str, *, on_progress: Progress | None = None,
-             timeout: float = 600.0) -> dict[str, Any]:
+    def wait(
+        self, job_id: str, *, on_progress: Progress | None = None, timeout: float = 600.0
+    ) -> dict[str, Any]:
         """Wait for the job to end; ``on_progress(step, steps)`` as it runs.
 
         Follows ``/v1/jobs/<id>/events`` (Server-Sent Events); where the server has no
@@ -135,11 +144,18 @@ class Kiln:
         resp.raise_for_status()
         return resp.content
 
-    def generate(self, prompt: str, *, on_progress: Progress | None = None,
-                 timeout: float = 600.0, **params: Any) -> Result:
+    def generate(
+        self,
+        prompt: str,
+        *,
+        on_progress: Progress | None = None,
+        timeout: float = 600.0,
+        **params: Any,
+    ) -> Result:
         """Submit, wait, download: the images (PNG bytes) and their seeds."""
-        job = self.wait(self.submit(prompt, **params)["id"], on_progress=on_progress,
-                        timeout=timeout)
+        job = self.wait(
+            self.submit(prompt, **params)["id"], on_progress=on_progress, timeout=timeout
+        )
         if job["status"] != "succeeded":
             raise KilnError(500, {"error": job.get("error") or {"message": job["status"]}})
         return Result(job=job, images=[self.download(im) for im in job["images"]])

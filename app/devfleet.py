@@ -30,14 +30,38 @@ def rclone_binary() -> str:
 
 
 def valkey_argv(port: int) -> list[str]:
-    return [valkey_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-            "--appendonly", "no", "--protected-mode", "no"]
+    return [
+        valkey_binary(),
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--protected-mode",
+        "no",
+    ]
 
 
 def s3_argv(port: int, directory: Path, access_key: str, secret_key: str) -> list[str]:
-    return [rclone_binary(), "serve", "s3", "--addr", f"127.0.0.1:{port}",
-            "--auth-key", f"{access_key},{secret_key}", "--etag-hash", "MD5",
-            "--config", "/dev/null", "--log-level", "ERROR", str(directory)]
+    return [
+        rclone_binary(),
+        "serve",
+        "s3",
+        "--addr",
+        f"127.0.0.1:{port}",
+        "--auth-key",
+        f"{access_key},{secret_key}",
+        "--etag-hash",
+        "MD5",
+        "--config",
+        "/dev/null",
+        "--log-level",
+        "ERROR",
+        str(directory),
+    ]
 
 
 def exec_valkey(settings: Settings) -> None:
@@ -54,8 +78,13 @@ def exec_s3(settings: Settings) -> None:
 
 
 def flower_argv(settings: Settings, extra: tuple[str, ...] = ()) -> list[str]:
-    argv = ["-A", "tasks", "flower", f"--address={settings.flower_host}",
-            f"--port={settings.flower_port}"]
+    argv = [
+        "-A",
+        "tasks",
+        "flower",
+        f"--address={settings.flower_host}",
+        f"--port={settings.flower_port}",
+    ]
     if settings.flower_basic_auth:
         argv.append(f"--basic-auth={settings.flower_basic_auth}")
     elif not settings.is_dev:

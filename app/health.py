@@ -37,8 +37,9 @@ class Readyz(MethodView):
         """
         d = dispatcher()
         asked = request.args.getlist("model")
-        required = asked or [m for m in d.settings.required_models.split(",") if m] or list(
-            d.registry)
+        required = (
+            asked or [m for m in d.settings.required_models.split(",") if m] or list(d.registry)
+        )
         unknown = [m for m in required if m not in d.registry]
         checks: dict[str, Any] = {"job_store": d.store.ping(), "storage": d.storage.ping()}
         workers = {}
@@ -48,6 +49,10 @@ class Readyz(MethodView):
         checks["required"] = required
         if unknown:
             checks["unknown_models"] = unknown
-        ok = (checks["job_store"] and checks["storage"] and not unknown
-              and all(workers.get(m) for m in required))
+        ok = (
+            checks["job_store"]
+            and checks["storage"]
+            and not unknown
+            and all(workers.get(m) for m in required)
+        )
         return {"status": "ok" if ok else "unavailable", "checks": checks}, 200 if ok else 503

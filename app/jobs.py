@@ -23,9 +23,26 @@ from tasks.schema import validate_job
 blp = Blueprint("jobs", __name__, url_prefix="/v1/jobs", description="Text-to-image jobs")
 
 PUBLIC = (
-    "id", "status", "model", "params", "seeds", "created_at", "started_at", "completed_at",
-    "progress", "images", "error", "attempts", "webhook", "batch_id", "batch_size", "batches",
-    "queue_position", "eta_s", "run_s", "upload_s",
+    "id",
+    "status",
+    "model",
+    "params",
+    "seeds",
+    "created_at",
+    "started_at",
+    "completed_at",
+    "progress",
+    "images",
+    "error",
+    "attempts",
+    "webhook",
+    "batch_id",
+    "batch_size",
+    "batches",
+    "queue_position",
+    "eta_s",
+    "run_s",
+    "upload_s",
 )
 
 
@@ -50,10 +67,12 @@ def get_job_or_404(job_id: str) -> dict[str, Any]:
 class Jobs(MethodView):
     @blp.arguments(JobSchema, example={"prompt": "a red fox", "model": "tiny-sd", "seed": 0})
     @blp.response(202, JobViewSchema)
-    @blp.alt_response(200, schema=JobViewSchema,
-                      description="Same Idempotency-Key and body: the job made first")
-    @blp.alt_response(409, schema=ApiErrorSchema,
-                      description="Idempotency-Key reused with another body")
+    @blp.alt_response(
+        200, schema=JobViewSchema, description="Same Idempotency-Key and body: the job made first"
+    )
+    @blp.alt_response(
+        409, schema=ApiErrorSchema, description="Idempotency-Key reused with another body"
+    )
     @blp.alt_response(422, schema=ApiErrorSchema, description="Invalid input; fields are named")
     def post(self, data: dict[str, Any]) -> Any:
         """Submit a job; poll ``urls.self`` or follow ``urls.events`` until it ends.
@@ -85,8 +104,9 @@ class Job(MethodView):
         return job_view(get_job_or_404(job_id))
 
     @blp.response(200, CancelSchema, description="A queued job was canceled; it will not run")
-    @blp.alt_response(202, schema=CancelSchema,
-                      description="A running job will stop at its next denoising step")
+    @blp.alt_response(
+        202, schema=CancelSchema, description="A running job will stop at its next denoising step"
+    )
     @blp.alt_response(404, schema=ApiErrorSchema)
     @blp.alt_response(409, schema=ApiErrorSchema, description="The job already ended")
     def delete(self, job_id: str) -> Any:
@@ -101,11 +121,17 @@ def sse(event_id: str, event: str, data: Any) -> str:
 
 
 @blp.route("/<string:job_id>/events", endpoint="events")
-@blp.doc(responses={"200": {"description": "text/event-stream: queued, started, progress, "
-                            "succeeded | failed | canceled", "content": {"text/event-stream": {
-                                "schema": {"type": "string"}}}},
-                    "404": {"description": "No such job"},
-                    "503": {"description": "Too many open streams; retry or poll"}})
+@blp.doc(
+    responses={
+        "200": {
+            "description": "text/event-stream: queued, started, progress, "
+            "succeeded | failed | canceled",
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        },
+        "404": {"description": "No such job"},
+        "503": {"description": "Too many open streams; retry or poll"},
+    }
+)
 def events(job_id: str) -> Any:
     """Server-Sent Events of one job, in order, ending with its terminal state.
 
@@ -133,6 +159,7 @@ def events(job_id: str) -> Any:
                     return
 
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    response = Response(stream_with_context(stream()), mimetype="text/event-stream",
-                        headers=headers)
+    response = Response(
+        stream_with_context(stream()), mimetype="text/event-stream", headers=headers
+    )
     return slots(current_app, settings().sse_max_streams).hold(response)

@@ -33,8 +33,12 @@ from tasks.runtime import ready_workers
 
 SUBMITTED = Counter("kiln_jobs_submitted_total", "Jobs accepted by the API", ["model", "door"])
 REQUESTS = Counter("kiln_http_requests_total", "HTTP requests", ["method", "endpoint", "status"])
-LATENCY = Histogram("kiln_http_request_seconds", "HTTP request latency", ["endpoint"],
-                    buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1, 5))
+LATENCY = Histogram(
+    "kiln_http_request_seconds",
+    "HTTP request latency",
+    ["endpoint"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1, 5),
+)
 
 
 class FleetCollector:
@@ -54,13 +58,17 @@ class FleetCollector:
     def collect(self) -> Iterator[Any]:
         r, models = self.d.store.redis, list(self.d.registry)
         broker_redis = self.d.settings.broker_url.startswith(("redis", "rediss"))
-        depth = GaugeMetricFamily("kiln_queue_depth", "Jobs waiting per model queue",
-                                  labels=["model", "queue"])
-        ready = GaugeMetricFamily("kiln_ready_workers", "Workers with a live heartbeat",
-                                  labels=["model"])
-        per_image = GaugeMetricFamily("kiln_seconds_per_image",
-                                      "Moving average of pipeline seconds per image",
-                                      labels=["model"])
+        depth = GaugeMetricFamily(
+            "kiln_queue_depth", "Jobs waiting per model queue", labels=["model", "queue"]
+        )
+        ready = GaugeMetricFamily(
+            "kiln_ready_workers", "Workers with a live heartbeat", labels=["model"]
+        )
+        per_image = GaugeMetricFamily(
+            "kiln_seconds_per_image",
+            "Moving average of pipeline seconds per image",
+            labels=["model"],
+        )
         for name in models:
             queue = f"gen.{name}"
             n = r.llen(queue) if broker_redis else queues.depth(r, name)
@@ -69,13 +77,15 @@ class FleetCollector:
             raw = r.hget(queues.stats_key(name), "s_per_image")
             if raw:
                 per_image.add_metric([name], float(raw))
-        finished = CounterMetricFamily("kiln_jobs_finished", "Jobs ended, fleet-wide",
-                                       labels=["model", "status"])
+        finished = CounterMetricFamily(
+            "kiln_jobs_finished", "Jobs ended, fleet-wide", labels=["model", "status"]
+        )
         for key, value in (r.hgetall(JOB_COUNTERS) or {}).items():
             model, _, status = key.partition("|")
             finished.add_metric([model, status], int(value))
-        hooks = CounterMetricFamily("kiln_webhook_deliveries", "Webhook deliveries by outcome",
-                                    labels=["outcome"])
+        hooks = CounterMetricFamily(
+            "kiln_webhook_deliveries", "Webhook deliveries by outcome", labels=["outcome"]
+        )
         for outcome, value in (r.hgetall(WEBHOOK_COUNTERS) or {}).items():
             hooks.add_metric([outcome], int(value))
         yield from (depth, ready, per_image, finished, hooks)

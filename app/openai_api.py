@@ -28,8 +28,9 @@ from app.metrics import job_submitted
 from app.service import dispatcher, settings
 from config.errors import KilnError
 
-blp = Blueprint("openai", __name__, url_prefix="/v1/images",
-                description="OpenAI-compatible image generation")
+blp = Blueprint(
+    "openai", __name__, url_prefix="/v1/images", description="OpenAI-compatible image generation"
+)
 
 
 class ImagesRequestSchema(Schema):
@@ -39,10 +40,14 @@ class ImagesRequestSchema(Schema):
     prompt = fields.String(required=True, metadata={"example": "a red fox in the snow"})
     model = fields.String(load_default=None, metadata={"example": "tiny-sd"})
     n = fields.Integer(load_default=1, strict=True, validate=validate.Range(min=1, max=64))
-    size = fields.String(load_default=None, validate=validate.Regexp(r"^\d{1,5}x\d{1,5}$"),
-                         metadata={"example": "64x64"})
-    response_format = fields.String(load_default="url",
-                                    validate=validate.OneOf(["url", "b64_json"]))
+    size = fields.String(
+        load_default=None,
+        validate=validate.Regexp(r"^\d{1,5}x\d{1,5}$"),
+        metadata={"example": "64x64"},
+    )
+    response_format = fields.String(
+        load_default="url", validate=validate.OneOf(["url", "b64_json"])
+    )
     user = fields.String(load_default=None)
     negative_prompt = fields.String(load_default=None, allow_none=True)
     steps = fields.Integer(load_default=None, strict=True)
@@ -72,8 +77,14 @@ class ImagesResponseSchema(Schema):
     data = fields.List(fields.Nested(ImageDataSchema))
 
 
-def openai_error(message: str, status: int, *, param: str | None = None,
-                 kind: str = "invalid_request_error", code: str | None = None) -> Any:
+def openai_error(
+    message: str,
+    status: int,
+    *,
+    param: str | None = None,
+    kind: str = "invalid_request_error",
+    code: str | None = None,
+) -> Any:
     body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
     return jsonify(body), status
 
@@ -91,8 +102,9 @@ def _validation(exc: ValidationError) -> Any:
 def _kiln(exc: KilnError) -> Any:
     param = next(iter(exc.fields), None)
     kind = "server_error" if exc.status >= 500 else "invalid_request_error"
-    return openai_error(exc.message, exc.status if exc.status != 422 else 400, param=param,
-                        kind=kind, code=exc.code)
+    return openai_error(
+        exc.message, exc.status if exc.status != 422 else 400, param=param, kind=kind, code=exc.code
+    )
 
 
 @blp.errorhandler(HTTPException)
@@ -122,8 +134,11 @@ class Generations(MethodView):
     @blp.alt_response(429, schema=OpenAIErrorSchema, description="Rate limited")
     @blp.alt_response(500, schema=OpenAIErrorSchema, description="The job failed")
     @blp.alt_response(503, schema=OpenAIErrorSchema, description="Broker unavailable")
-    @blp.alt_response(504, schema=OpenAIErrorSchema,
-                      description="Still running after KILN_SYNC_TIMEOUT_S; code is the job id")
+    @blp.alt_response(
+        504,
+        schema=OpenAIErrorSchema,
+        description="Still running after KILN_SYNC_TIMEOUT_S; code is the job id",
+    )
     def post(self, data: dict[str, Any]) -> Any:
         """Create images (synchronous; 504 with the job id past the timeout)."""
         d = dispatcher()
@@ -142,10 +157,17 @@ class Generations(MethodView):
             if done.get("status") in {"queued", "running"}:
                 return openai_error(
                     f"job {record['id']} is still {done['status']}; poll /v1/jobs/{record['id']}",
-                    504, kind="timeout", code=record["id"])
+                    504,
+                    kind="timeout",
+                    code=record["id"],
+                )
             err = done.get("error") or {}
-            return openai_error(err.get("message", "generation failed"), 500,
-                                kind="server_error", code=err.get("code"))
+            return openai_error(
+                err.get("message", "generation failed"),
+                500,
+                kind="server_error",
+                code=err.get("code"),
+            )
         out = []
         for image in done["images"]:
             item: dict[str, Any] = {"revised_prompt": data["prompt"]}

@@ -32,8 +32,9 @@ class ProgressSchema(Schema):
 
 class JobViewSchema(Schema):
     id = fields.String()
-    status = fields.String(metadata={"enum": ["queued", "running", "succeeded", "failed",
-                                              "canceled"]})
+    status = fields.String(
+        metadata={"enum": ["queued", "running", "succeeded", "failed", "canceled"]}
+    )
     model = fields.String()
     params = fields.Dict()
     seeds = fields.List(fields.Integer())

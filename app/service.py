@@ -19,8 +19,9 @@ def init_service(app: Flask, settings: Settings) -> None:
         try:  # best effort: workers create it too; /readyz reports storage either way
             d.storage.ensure_bucket()
         except Exception as exc:
-            log.warning("bucket %s not checked at start: %s", settings.s3_bucket,
-                        type(exc).__name__)
+            log.warning(
+                "bucket %s not checked at start: %s", settings.s3_bucket, type(exc).__name__
+            )
 
 
 def dispatcher() -> Dispatcher:

@@ -53,8 +53,9 @@ class Client:
 
 def one_request(c: Client, method: str, n: int, tag: str, job_ids: list[str]) -> bool:
     if method == "POST":
-        status, body = c.request("POST", "/v1/jobs", {"prompt": f"load {tag} {n}",
-                                                      "model": "tiny-sd", "seed": n})
+        status, body = c.request(
+            "POST", "/v1/jobs", {"prompt": f"load {tag} {n}", "model": "tiny-sd", "seed": n}
+        )
         if status == 202 and len(job_ids) < 2000:
             job_ids.append(json.loads(body)["id"])
         return status == 202
@@ -62,8 +63,16 @@ def one_request(c: Client, method: str, n: int, tag: str, job_ids: list[str]) ->
     return status == 200
 
 
-def run(host: str, port: int, clients: int, seconds: float, *, method: str,
-        job_ids: list[str], rate: float | None = None) -> dict[str, Any]:
+def run(
+    host: str,
+    port: int,
+    clients: int,
+    seconds: float,
+    *,
+    method: str,
+    job_ids: list[str],
+    rate: float | None = None,
+) -> dict[str, Any]:
     """``clients`` threads for ``seconds``; closed loop, or each at ``rate`` req/s."""
     lat: list[float] = []
     errors = [0]
@@ -99,9 +108,14 @@ def run(host: str, port: int, clients: int, seconds: float, *, method: str,
         t.start()
     for t in threads:
         t.join()
-    return {"clients": clients, "requests": len(lat), "rps": len(lat) / seconds,
-            "errors": errors[0], "p50_ms": 1000 * percentile(lat, 0.5),
-            "p99_ms": 1000 * percentile(lat, 0.99)}
+    return {
+        "clients": clients,
+        "requests": len(lat),
+        "rps": len(lat) / seconds,
+        "errors": errors[0],
+        "p50_ms": 1000 * percentile(lat, 0.5),
+        "p99_ms": 1000 * percentile(lat, 0.99),
+    }
 
 
 NAMES = {"POST": "submit (POST /v1/jobs)", "GET": "GET /v1/jobs/<id>"}
@@ -115,8 +129,10 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=2.0, help="paced requests/s per client")
     args = ap.parse_args()
     levels = [int(c) for c in args.clients.split(",")]
-    stack = Stack(Path(tempfile.mkdtemp(prefix="kiln-bench-api-")),
-                  env_overrides={"KILN_LOG_LEVEL": "WARNING"})
+    stack = Stack(
+        Path(tempfile.mkdtemp(prefix="kiln-bench-api-")),
+        env_overrides={"KILN_LOG_LEVEL": "WARNING"},
+    )
     out: dict[str, Any] = {"api_workers": args.api_workers, "seconds": args.seconds}
     rows: list[list[Any]] = []
     try:
@@ -125,13 +141,19 @@ def main() -> None:
         host, port = url.removeprefix("http://").split(":")
         job_ids: list[str] = []
 
-        def measure(key: str, method: str, clients: int, seconds: float, label: str,
-                    rate: float | None = None) -> dict[str, Any]:
-            res = run(host, int(port), clients, seconds, method=method, job_ids=job_ids,
-                      rate=rate)
+        def measure(
+            key: str,
+            method: str,
+            clients: int,
+            seconds: float,
+            label: str,
+            rate: float | None = None,
+        ) -> dict[str, Any]:
+            res = run(host, int(port), clients, seconds, method=method, job_ids=job_ids, rate=rate)
             out[key] = res
-            rows.append([NAMES[method], label, res["rps"], res["p50_ms"], res["p99_ms"],
-                         res["errors"]])
+            rows.append(
+                [NAMES[method], label, res["rps"], res["p50_ms"], res["p99_ms"], res["errors"]]
+            )
             print("  ".join(str(c) for c in rows[-1]), flush=True)
             return res
 
@@ -139,26 +161,37 @@ def main() -> None:
             measure(f"{method}-1", method, 1, min(args.seconds, 5), "1 (service time)")
         for clients in levels:
             for method in ("POST", "GET"):
-                measure(f"{method}-{clients}", method, clients, args.seconds,
-                        f"{clients} closed loop")
+                measure(
+                    f"{method}-{clients}", method, clients, args.seconds, f"{clients} closed loop"
+                )
         for method in ("POST", "GET"):
-            measure(f"{method}-50-paced", method, 50, args.seconds,
-                    f"50 paced, {50 * args.rate:.0f} req/s offered", rate=args.rate)
+            measure(
+                f"{method}-50-paced",
+                method,
+                50,
+                args.seconds,
+                f"50 paced, {50 * args.rate:.0f} req/s offered",
+                rate=args.rate,
+            )
     finally:
         stack.close()
-    print(f"\nAPI only (gunicorn {args.api_workers} workers x 64 threads), no worker, "
-          f"{args.seconds:.0f} s per level, loopback, 2-core CPU shared with the clients\n")
+    print(
+        f"\nAPI only (gunicorn {args.api_workers} workers x 64 threads), no worker, "
+        f"{args.seconds:.0f} s per level, loopback, 2-core CPU shared with the clients\n"
+    )
     print(table(rows, ["endpoint", "clients", "req/s", "p50 ms", "p99 ms", "errors"]))
     closed, paced = out.get("POST-50"), out["POST-50-paced"]
     errors = sum(r["errors"] for r in out.values() if isinstance(r, dict))
     print("\nratios")
-    ratio_rows = [["submit service time, 1 client (ms)", out["POST-1"]["p50_ms"]],
-                  ["paced p99 submit at 50 clients / 20 ms target", paced["p99_ms"] / 20]]
+    ratio_rows = [
+        ["submit service time, 1 client (ms)", out["POST-1"]["p50_ms"]],
+        ["paced p99 submit at 50 clients / 20 ms target", paced["p99_ms"] / 20],
+    ]
     if closed:
-        ratio_rows += [["closed-loop p99 submit at 50 clients / 20 ms target",
-                        closed["p99_ms"] / 20],
-                       ["50 / closed-loop submit throughput (Little's law, ms)",
-                        1000 * 50 / closed["rps"]]]
+        ratio_rows += [
+            ["closed-loop p99 submit at 50 clients / 20 ms target", closed["p99_ms"] / 20],
+            ["50 / closed-loop submit throughput (Little's law, ms)", 1000 * 50 / closed["rps"]],
+        ]
     ratio_rows.append(["errors, all levels", errors])
     print(table(ratio_rows, ["ratio", "value"]))
     save("api", out)

@@ -40,19 +40,34 @@ def classic_burst(stack: Stack, jobs: list[dict[str, Any]], *, timeout: float = 
     """Send the burst to the classic queue; time each job until its result is stored."""
     from celery import Celery
 
-    app = Celery("classic-client", broker=stack.env["KILN_BROKER_URL"],
-                 backend=stack.env["KILN_REDIS_URL"])
+    app = Celery(
+        "classic-client", broker=stack.env["KILN_BROKER_URL"], backend=stack.env["KILN_REDIS_URL"]
+    )
     store = redis.Redis.from_url(stack.env["KILN_REDIS_URL"], decode_responses=True)
     t0 = time.perf_counter()
-    ids = [app.send_task("classic.generate", queue="classic",
-                         kwargs={k: j[k] for k in ("prompt", "seed", "width", "height",
-                                                   "steps")}).id
-           for j in jobs]
-    done = watch(store, ids, t0=t0, timeout=timeout, finished=succeeded,
-                 read=lambda pipe, task_id: pipe.get(f"celery-task-meta-{task_id}"))
+    ids = [
+        app.send_task(
+            "classic.generate",
+            queue="classic",
+            kwargs={k: j[k] for k in ("prompt", "seed", "width", "height", "steps")},
+        ).id
+        for j in jobs
+    ]
+    done = watch(
+        store,
+        ids,
+        t0=t0,
+        timeout=timeout,
+        finished=succeeded,
+        read=lambda pipe, task_id: pipe.get(f"celery-task-meta-{task_id}"),
+    )
     lat = list(done.values())
-    return {"wall_s": max(lat), "images_per_s": len(jobs) / max(lat),
-            "p50_s": percentile(lat, 0.5), "p95_s": percentile(lat, 0.95)}
+    return {
+        "wall_s": max(lat),
+        "images_per_s": len(jobs) / max(lat),
+        "p50_s": percentile(lat, 0.5),
+        "p95_s": percentile(lat, 0.95),
+    }
 
 
 def cpu_dtypes(arg: str) -> list[str]:
@@ -64,23 +79,43 @@ def cpu_dtypes(arg: str) -> list[str]:
     return ["fp32", "bf16"] if native_bf16() else ["fp32"]
 
 
-def run_dtype(cpu_dtype: str, bursts: dict[str, list[dict[str, Any]]], *, models_dir: Path,
-              rounds: dict[str, int]) -> dict[str, dict[str, dict[str, float]]]:
+def run_dtype(
+    cpu_dtype: str,
+    bursts: dict[str, list[dict[str, Any]]],
+    *,
+    models_dir: Path,
+    rounds: dict[str, int],
+) -> dict[str, dict[str, dict[str, float]]]:
     """Both designs at one CPU precision: alternating rounds, the best of each kept."""
     keys = ("images_per_s", "wall_s", "p50_s", "p95_s")
     best: dict[str, dict[str, dict[str, float]]] = {n: {} for n in bursts}
-    with stack_with_worker(MODEL, models_dir=models_dir,
-                           env={"KILN_CPU_DTYPE": cpu_dtype}) as (stack, api):
-        classic = stack.spawn("classic", [str(BIN / "celery"), "-A", "bench.classic", "worker",
-                                          "--pool=solo", "--queues=classic",
-                                          "--prefetch-multiplier=1", "--loglevel=WARNING"])
+    with stack_with_worker(MODEL, models_dir=models_dir, env={"KILN_CPU_DTYPE": cpu_dtype}) as (
+        stack,
+        api,
+    ):
+        classic = stack.spawn(
+            "classic",
+            [
+                str(BIN / "celery"),
+                "-A",
+                "bench.classic",
+                "worker",
+                "--pool=solo",
+                "--queues=classic",
+                "--prefetch-multiplier=1",
+                "--loglevel=WARNING",
+            ],
+        )
         for name, jobs in bursts.items():
             burst(stack, api, jobs)  # warm both paths at these sizes
             classic_burst(stack, jobs[:6])
             for r in range(rounds[name]):
                 runs = {"kiln": burst(stack, api, jobs), "classic": classic_burst(stack, jobs)}
-                print(f"{cpu_dtype}, {name}, round {r + 1}: " + ", ".join(
-                    f"{d} {v['images_per_s']:.2f} images/s" for d, v in runs.items()), flush=True)
+                print(
+                    f"{cpu_dtype}, {name}, round {r + 1}: "
+                    + ", ".join(f"{d} {v['images_per_s']:.2f} images/s" for d, v in runs.items()),
+                    flush=True,
+                )
                 for design, res in runs.items():
                     if res["images_per_s"] > best[name].get(design, {}).get("images_per_s", 0):
                         best[name][design] = {k: res[k] for k in keys}
@@ -94,36 +129,65 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=3, help="rounds of the same-size burst")
     ap.add_argument("--mixed-rounds", type=int, default=2, help="rounds of the mixed burst")
-    ap.add_argument("--cpu-dtypes", default="",
-                    help="comma-separated KILN_CPU_DTYPE values (default: fp32, and bf16 "
-                         "when the CPU has it in hardware)")
+    ap.add_argument(
+        "--cpu-dtypes",
+        default="",
+        help="comma-separated KILN_CPU_DTYPE values (default: fp32, and bf16 "
+        "when the CPU has it in hardware)",
+    )
     ap.add_argument("--models-dir", type=Path, default=None)
     args = ap.parse_args()
     models_dir = tiny_models(args.models_dir)
     sizes = {"same size (64²)": [64], "mixed (64², 96², 128²)": [64, 96, 128]}
-    bursts = {name: [dict(prompt=f"a red fox {i}", model=MODEL, steps=args.steps, seed=i,
-                          width=s[i % len(s)], height=s[i % len(s)])
-                     for i in range(args.jobs)] for name, s in sizes.items()}
+    bursts = {
+        name: [
+            dict(
+                prompt=f"a red fox {i}",
+                model=MODEL,
+                steps=args.steps,
+                seed=i,
+                width=s[i % len(s)],
+                height=s[i % len(s)],
+            )
+            for i in range(args.jobs)
+        ]
+        for name, s in sizes.items()
+    }
     rounds = dict(zip(bursts, (args.rounds, args.mixed_rounds), strict=True))
-    results = {dt: run_dtype(dt, bursts, models_dir=models_dir, rounds=rounds)
-               for dt in cpu_dtypes(args.cpu_dtypes)}
-    print(f"\n{args.jobs} jobs at once, {MODEL}, {args.steps} steps, 2-core CPU, "
-          f"best of {args.rounds} (same size) and {args.mixed_rounds} (mixed) alternating "
-          f"rounds; both designs load the model the same way at each CPU precision\n")
-    rows = [[dt, name, label, r[d]["images_per_s"], r[d]["p50_s"], r[d]["p95_s"]]
-            for dt, best in results.items() for name, r in best.items()
-            for d, label in (("classic", "classic (1 job at a time)"),
-                             ("kiln", "kiln (max_batch 8)"))]
-    print(table(rows, ["cpu dtype", "burst", "design", "images/s", "p50 done (s)",
-                       "p95 done (s)"]))
+    results = {
+        dt: run_dtype(dt, bursts, models_dir=models_dir, rounds=rounds)
+        for dt in cpu_dtypes(args.cpu_dtypes)
+    }
+    print(
+        f"\n{args.jobs} jobs at once, {MODEL}, {args.steps} steps, 2-core CPU, "
+        f"best of {args.rounds} (same size) and {args.mixed_rounds} (mixed) alternating "
+        f"rounds; both designs load the model the same way at each CPU precision\n"
+    )
+    rows = [
+        [dt, name, label, r[d]["images_per_s"], r[d]["p50_s"], r[d]["p95_s"]]
+        for dt, best in results.items()
+        for name, r in best.items()
+        for d, label in (("classic", "classic (1 job at a time)"), ("kiln", "kiln (max_batch 8)"))
+    ]
+    print(table(rows, ["cpu dtype", "burst", "design", "images/s", "p50 done (s)", "p95 done (s)"]))
     print("\nratios (kiln / classic)")
-    print(table([[dt, name, r["kiln"]["images_per_s"] / r["classic"]["images_per_s"],
-                  r["classic"]["p50_s"] / r["kiln"]["p50_s"],
-                  r["classic"]["p95_s"] / r["kiln"]["p95_s"]]
-                 for dt, best in results.items() for name, r in best.items()],
-                ["cpu dtype", "burst", "throughput ×", "p50 faster ×", "p95 faster ×"]))
-    save("baseline", {"jobs": args.jobs, "steps": args.steps, "rounds": rounds,
-                      "results": results})
+    print(
+        table(
+            [
+                [
+                    dt,
+                    name,
+                    r["kiln"]["images_per_s"] / r["classic"]["images_per_s"],
+                    r["classic"]["p50_s"] / r["kiln"]["p50_s"],
+                    r["classic"]["p95_s"] / r["kiln"]["p95_s"],
+                ]
+                for dt, best in results.items()
+                for name, r in best.items()
+            ],
+            ["cpu dtype", "burst", "throughput ×", "p50 faster ×", "p95 faster ×"],
+        )
+    )
+    save("baseline", {"jobs": args.jobs, "steps": args.steps, "rounds": rounds, "results": results})
 
 
 if __name__ == "__main__":

@@ -26,8 +26,7 @@ MODEL = "tiny-sd"
 class Bare:
     """The bare pipeline: load, warm-up and every call in this (one) thread."""
 
-    def __init__(self, models_dir: Path, *, steps: int, size: int, cpu_dtype: str = "fp32"
-                 ) -> None:
+    def __init__(self, models_dir: Path, *, steps: int, size: int, cpu_dtype: str = "fp32") -> None:
         from config.settings import DEFAULT_MODELS_FILE
         from pipelines.batch import Params
         from pipelines.loader import load_model, warm_up
@@ -120,10 +119,23 @@ def main() -> None:
         )
     )
     print("\nbare pipeline, one pass per batch size (images/s) and CPU dtype")
-    print(table([[b, *(sweep[dt][b] for dt in sweep)] for b in sizes],
-                ["batch", *(f"{dt} images/s" for dt in sweep)]))
-    save("batching", {"size": args.size, "steps": args.steps, "images": args.images,
-                      "best": best, "calls": calls, "bare_sweep": sweep})
+    print(
+        table(
+            [[b, *(sweep[dt][b] for dt in sweep)] for b in sizes],
+            ["batch", *(f"{dt} images/s" for dt in sweep)],
+        )
+    )
+    save(
+        "batching",
+        {
+            "size": args.size,
+            "steps": args.steps,
+            "images": args.images,
+            "best": best,
+            "calls": calls,
+            "bare_sweep": sweep,
+        },
+    )
     gain_bare = best["bare8"] / best["bare1"]
     gain_stack = best["stack8"] / best["stack1"]
     print("\nratios")
@@ -135,8 +147,11 @@ def main() -> None:
                 ["batched/unbatched, bare", gain_bare],
                 ["batched/unbatched, stack", gain_stack],
                 ["stack's share of the bare batching gain", gain_stack / gain_bare],
-                *([f"bf16/fp32, bare, batch {b}", sweep["bf16"][b] / sweep["fp32"][b]]
-                  for b in (1, 8) if "bf16" in sweep and b in sizes),
+                *(
+                    [f"bf16/fp32, bare, batch {b}", sweep["bf16"][b] / sweep["fp32"][b]]
+                    for b in (1, 8)
+                    if "bf16" in sweep and b in sizes
+                ),
             ],
             ["ratio", "value"],
         )

@@ -16,8 +16,12 @@ from config.settings import get_settings
 
 settings = get_settings()
 app = Celery("classic", broker=settings.broker_url, backend=settings.redis_url)
-app.conf.update(task_serializer="json", accept_content=["json"], task_acks_late=True,
-                worker_prefetch_multiplier=1)
+app.conf.update(
+    task_serializer="json",
+    accept_content=["json"],
+    task_acks_late=True,
+    worker_prefetch_multiplier=1,
+)
 _pipe: dict[str, Any] = {}
 
 
@@ -27,8 +31,9 @@ def pipeline() -> Any:
         from pipelines.registry import Registry
 
         model = Registry.from_file(settings.models_file)["tiny-sd"]
-        _pipe["loaded"] = load_model(model, models_dir=settings.models_dir,
-                                      cpu_dtype=settings.cpu_dtype)
+        _pipe["loaded"] = load_model(
+            model, models_dir=settings.models_dir, cpu_dtype=settings.cpu_dtype
+        )
         warm_up(_pipe["loaded"])
     return _pipe["loaded"]
 
@@ -40,8 +45,13 @@ def generate(prompt: str, seed: int, width: int, height: int, steps: int) -> str
     from tasks.storage import Storage
 
     loaded = pipeline()
-    image = loaded.pipe(prompt=prompt, width=width, height=height, num_inference_steps=steps,
-                        generator=torch.Generator("cpu").manual_seed(seed)).images[0]
+    image = loaded.pipe(
+        prompt=prompt,
+        width=width,
+        height=height,
+        num_inference_steps=steps,
+        generator=torch.Generator("cpu").manual_seed(seed),
+    ).images[0]
     buf = io.BytesIO()
     image.save(buf, format="PNG")
     key = f"classic/{generate.request.id}.png"

@@ -73,10 +73,14 @@ def burst(
     t0 = time.perf_counter()
     with ThreadPoolExecutor(16) as pool:
         submitted = list(pool.map(lambda j: api.submit(**j), jobs))
-    done = watch(store, [j["id"] for j in submitted], t0=t0, timeout=timeout,
-                 read=lambda pipe, job_id: pipe.hget(f"kiln:job:{job_id}", "status"),
-                 finished=lambda status: json.loads(status) in {"succeeded", "failed",
-                                                                "canceled"})
+    done = watch(
+        store,
+        [j["id"] for j in submitted],
+        t0=t0,
+        timeout=timeout,
+        read=lambda pipe, job_id: pipe.hget(f"kiln:job:{job_id}", "status"),
+        finished=lambda status: json.loads(status) in {"succeeded", "failed", "canceled"},
+    )
     records = {j: api.get(f"/v1/jobs/{j}").json() for j in done}
     failed = [r for r in records.values() if r["status"] != "succeeded"]
     if failed:

@@ -28,11 +28,15 @@ def main() -> None:
     ap.add_argument("--models-dir", type=Path, default=None)
     args = ap.parse_args()
     models_dir = tiny_models(args.models_dir)
-    jobs = [dict(prompt=f"a red fox {i}", model=MODEL, steps=args.steps, seed=i)
-            for i in range(args.images)]
+    jobs = [
+        dict(prompt=f"a red fox {i}", model=MODEL, steps=args.steps, seed=i)
+        for i in range(args.images)
+    ]
     bare_best, stack_best, records = 0.0, 0.0, {}
-    with stack_with_worker(MODEL, models_dir=models_dir, max_batch=args.batch,
-                           max_wait_ms=100) as (stack, api):
+    with stack_with_worker(MODEL, models_dir=models_dir, max_batch=args.batch, max_wait_ms=100) as (
+        stack,
+        api,
+    ):
         burst(stack, api, jobs)
         bare = Bare(models_dir, steps=args.steps, size=64)
         for _ in range(args.rounds):
@@ -41,9 +45,17 @@ def main() -> None:
             if res["images_per_s"] > stack_best:
                 stack_best, records = res["images_per_s"], res["records"]
 
-    parts: dict[str, list[float]] = {k: [] for k in
-                                     ("queue wait", "engine wait", "pipeline", "encode + upload",
-                                      "bookkeeping", "total")}
+    parts: dict[str, list[float]] = {
+        k: []
+        for k in (
+            "queue wait",
+            "engine wait",
+            "pipeline",
+            "encode + upload",
+            "bookkeeping",
+            "total",
+        )
+    }
     for r in records.values():
         total = r["completed_at"] - r["created_at"]
         queue = r["started_at"] - r["created_at"]
@@ -59,19 +71,28 @@ def main() -> None:
         parts["bookkeeping"].append(max(0.0, total - queue - run - upload - engine))
         parts["total"].append(total)
     means = {k: statistics.mean(v) for k, v in parts.items()}
-    print(f"\ntiny-sd 64x64, {args.steps} steps, {args.images} jobs, max_batch {args.batch}, "
-          f"best of {args.rounds}\n")
-    print(table([["bare pipeline", bare_best], ["through stack", stack_best]],
-                ["path", "images/s"]))
+    print(
+        f"\ntiny-sd 64x64, {args.steps} steps, {args.images} jobs, max_batch {args.batch}, "
+        f"best of {args.rounds}\n"
+    )
+    print(
+        table([["bare pipeline", bare_best], ["through stack", stack_best]], ["path", "images/s"])
+    )
     print("\nmean split of a job's wall time (a burst: most of it is waiting for batches ahead)")
-    print(table([[k, v, v / means["total"]] for k, v in means.items()],
-                ["part", "seconds", "share"]))
+    print(
+        table([[k, v, v / means["total"]] for k, v in means.items()], ["part", "seconds", "share"])
+    )
     print("\nratios")
-    print(table([["stack/bare", stack_best / bare_best],
-                 ["encode+upload per image (ms)", 1000 * means["encode + upload"]]],
-                ["ratio", "value"]))
-    save("overhead", {"bare": bare_best, "stack": stack_best, "split": means,
-                      "batch": args.batch})
+    print(
+        table(
+            [
+                ["stack/bare", stack_best / bare_best],
+                ["encode+upload per image (ms)", 1000 * means["encode + upload"]],
+            ],
+            ["ratio", "value"],
+        )
+    )
+    save("overhead", {"bare": bare_best, "stack": stack_best, "split": means, "batch": args.batch})
 
 
 if __name__ == "__main__":

@@ -30,8 +30,9 @@ def throughput(plt: Any, data: dict[str, Any]) -> Path:
         sweep = {int(b): v for b, v in rates.items()}
         ax.plot(list(sweep), list(sweep.values()), "o-", label=f"bare pipeline, {dtype}")
     best = data["best"]
-    ax.plot([1, 8], [best["stack1"], best["stack8"]], "s--",
-            label="through Kiln, fp32 (32-job burst)")
+    ax.plot(
+        [1, 8], [best["stack1"], best["stack8"]], "s--", label="through Kiln, fp32 (32-job burst)"
+    )
     ax.set_xscale("log", base=2)
     ax.set_xticks(list(sweep), [str(b) for b in sweep])
     ax.set_xlabel("batch size (max_batch)")
@@ -55,8 +56,13 @@ def latency(plt: Any, api: dict[str, Any] | None, baseline: dict[str, Any] | Non
             for q, style, color in (("p50_ms", "-", "C0"), ("p99_ms", "--", "C1")):
                 color = color if method == "POST" else ("C2" if q == "p50_ms" else "C3")
                 ys = [api.get(k.replace("POST", method), {}).get(q) for k in levels]
-                axes[0].plot(closed, [ys[i] for i in closed], marker + style, color=color,
-                             label=f"{method} {q.removesuffix('_ms')}")
+                axes[0].plot(
+                    closed,
+                    [ys[i] for i in closed],
+                    marker + style,
+                    color=color,
+                    label=f"{method} {q.removesuffix('_ms')}",
+                )
                 axes[0].plot(paced, [ys[i] for i in paced], marker, color=color)
         axes[0].set_xticks(list(x), labels)
         axes[0].set_yscale("log")
@@ -66,16 +72,24 @@ def latency(plt: Any, api: dict[str, Any] | None, baseline: dict[str, Any] | Non
         axes[0].set_title("API latency, no worker")
         axes[0].legend(fontsize=8)
     if baseline:
-        groups = [(dt, name, r) for dt, bursts in baseline["results"].items()
-                  for name, r in bursts.items()]
+        groups = [
+            (dt, name, r)
+            for dt, bursts in baseline["results"].items()
+            for name, r in bursts.items()
+        ]
         width = 0.2
-        for i, (design, q) in enumerate([("classic", "p50_s"), ("classic", "p95_s"),
-                                         ("kiln", "p50_s"), ("kiln", "p95_s")]):
-            axes[1].bar([n + (i - 1.5) * width for n in range(len(groups))],
-                        [r[design][q] for _, _, r in groups], width,
-                        label=f"{design} {q.removesuffix('_s')}")
-        axes[1].set_xticks(range(len(groups)),
-                           [f"{dt}\n{name.split(' (')[0]}" for dt, name, _ in groups])
+        for i, (design, q) in enumerate(
+            [("classic", "p50_s"), ("classic", "p95_s"), ("kiln", "p50_s"), ("kiln", "p95_s")]
+        ):
+            axes[1].bar(
+                [n + (i - 1.5) * width for n in range(len(groups))],
+                [r[design][q] for _, _, r in groups],
+                width,
+                label=f"{design} {q.removesuffix('_s')}",
+            )
+        axes[1].set_xticks(
+            range(len(groups)), [f"{dt}\n{name.split(' (')[0]}" for dt, name, _ in groups]
+        )
         axes[1].set_ylabel("completion after submit, s")
         axes[1].set_title(f"burst of {baseline['jobs']} jobs: classic vs Kiln")
         axes[1].legend(fontsize=8)

@@ -10,8 +10,16 @@ from typing import Any
 
 from config.settings import Settings
 
-_EXTRA_KEYS = ("job_id", "model", "batch_id", "batch_size", "duration_s", "upload_s", "queue",
-               "worker")
+_EXTRA_KEYS = (
+    "job_id",
+    "model",
+    "batch_id",
+    "batch_size",
+    "duration_s",
+    "upload_s",
+    "queue",
+    "worker",
+)
 # Credentials in URLs (scheme://user:pw@host) and bearer tokens.
 _URL_CRED = re.compile(r"(\w+://[^:/\s@]*:)[^@\s]+@")
 _BEARER = re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+")

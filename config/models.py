@@ -116,9 +116,11 @@ def parse_model(raw: Mapping[str, Any], *, base_dir: Path | None = None) -> Mode
     if not isinstance(raw, Mapping):
         raise ModelConfigError(f"models.yaml: each model must be a mapping, got {raw!r}")
     name = raw.get("name")
-    if not isinstance(name, str) or not name or not name.replace("-", "").replace(".", "").replace(
-        "_", ""
-    ).isalnum():
+    if (
+        not isinstance(name, str)
+        or not name
+        or not name.replace("-", "").replace(".", "").replace("_", "").isalnum()
+    ):
         raise ModelConfigError(
             f"models.yaml: name must be letters, digits, '-', '_', '.': {name!r}"
         )

@@ -71,7 +71,12 @@ def pick_dtype(dtype: str, device: str, *, cpu_dtype: str = "fp32") -> torch.dty
     use = "bf16" if cpu_dtype == "bf16" or (cpu_dtype == "auto" and native_bf16()) else "fp32"
     if use != dtype and (dtype, device, cpu_dtype) not in _warned:
         _warned.add((dtype, device, cpu_dtype))
-        log.info("dtype %s requested on %s: using %s instead (cpu_dtype %s)", dtype, device,
-                 use, cpu_dtype)
+        log.info(
+            "dtype %s requested on %s: using %s instead (cpu_dtype %s)",
+            dtype,
+            device,
+            use,
+            cpu_dtype,
+        )
     result = getattr(torch, _DTYPES[use])
     return result

@@ -38,5 +38,6 @@ def send_generate(*, app: Any = None, **job: Any) -> AsyncResult:
     app = app or get_celery()
     params = load_job(job, Registry.from_file(get_settings().models_file))
     kwargs = {k: v for k, v in params.items() if v is not None}
-    return app.send_task(GENERATE, kwargs=kwargs, kwargsrepr=kwargs_repr(kwargs),
-                         queue=queue_for(params["model"]))
+    return app.send_task(
+        GENERATE, kwargs=kwargs, kwargsrepr=kwargs_repr(kwargs), queue=queue_for(params["model"])
+    )

@@ -60,32 +60,49 @@ def generate(self: Any, *args: Any, **payload: Any) -> dict[str, Any]:
     if runtime is None:
         raise RuntimeError("kiln.generate runs only in a `kiln worker` process")
     if args:  # the task takes keyword arguments only: fail the job, not the worker
-        return task_result(reject(runtime, payload, job_id,
-                                  {"_schema": ["kiln.generate takes keyword arguments only"]}))
+        return task_result(
+            reject(
+                runtime,
+                payload,
+                job_id,
+                {"_schema": ["kiln.generate takes keyword arguments only"]},
+            )
+        )
     try:
         return task_result(run_job(runtime, payload, job_id=job_id))
     except RunningElsewhere as exc:
         # The broker re-delivered a job whose worker still beats (a healthy job that
         # outran the visibility timeout): look again later instead of running it twice.
-        log.warning("job %s still runs on %s; checking again in %ss", job_id, exc.worker,
-                    rt.RECHECK_S, extra={"job_id": job_id})
+        log.warning(
+            "job %s still runs on %s; checking again in %ss",
+            job_id,
+            exc.worker,
+            rt.RECHECK_S,
+            extra={"job_id": job_id},
+        )
         raise self.retry(countdown=rt.RECHECK_S) from None
     except TransientError as exc:
         retries = int((runtime.store.get(job_id) or {}).get("retries") or 0)
         if retries >= TRANSIENT_RETRIES:
             return task_result(finish(runtime, job_id, exc))
         countdown = min(60, 2 ** (retries + 1))
-        log.warning("job %s: %s; retry in %ss", job_id, exc.message, countdown,
-                    extra={"job_id": job_id})
-        runtime.store.transition(job_id, status="queued", allowed_from=("running",),
-                                 event="retrying", data={"reason": exc.code, "in_s": countdown},
-                                 retries=retries + 1)
+        log.warning(
+            "job %s: %s; retry in %ss", job_id, exc.message, countdown, extra={"job_id": job_id}
+        )
+        runtime.store.transition(
+            job_id,
+            status="queued",
+            allowed_from=("running",),
+            event="retrying",
+            data={"reason": exc.code, "in_s": countdown},
+            retries=retries + 1,
+        )
         raise self.retry(exc=exc, countdown=countdown) from None
     except Exception as exc:  # a bug must never leave a job "running" forever
-        log.exception("job %s: unexpected %s", job_id, type(exc).__name__,
-                      extra={"job_id": job_id})
-        return task_result(finish(runtime, job_id,
-                                  GenerationFailed(f"internal error: {type(exc).__name__}")))
+        log.exception("job %s: unexpected %s", job_id, type(exc).__name__, extra={"job_id": job_id})
+        return task_result(
+            finish(runtime, job_id, GenerationFailed(f"internal error: {type(exc).__name__}"))
+        )
 
 
 def finish(runtime: rt.Runtime, job_id: str, exc: KilnError) -> dict[str, Any]:
@@ -114,15 +131,29 @@ def finish(runtime: rt.Runtime, job_id: str, exc: KilnError) -> dict[str, Any]:
     return record
 
 
-def reject(runtime: rt.Runtime, payload: dict[str, Any], job_id: str, fields: dict[str, Any],
-           message: str = "invalid kiln.generate payload") -> dict[str, Any]:
+def reject(
+    runtime: rt.Runtime,
+    payload: dict[str, Any],
+    job_id: str,
+    fields: dict[str, Any],
+    message: str = "invalid kiln.generate payload",
+) -> dict[str, Any]:
     """A malformed message (another service's wrong fields) fails its job with the fields."""
     if runtime.store.get(job_id) is None:
         model = payload.get("model")
-        runtime.store.create({"id": job_id, "status": "queued", "created_at": now(),
-                              "model": model if isinstance(model, str) else None,
-                              "source": "celery", "attempts": 0, "images": [], "error": None,
-                              "webhook": None})
+        runtime.store.create(
+            {
+                "id": job_id,
+                "status": "queued",
+                "created_at": now(),
+                "model": model if isinstance(model, str) else None,
+                "source": "celery",
+                "attempts": 0,
+                "images": [],
+                "error": None,
+                "webhook": None,
+            }
+        )
     return finish(runtime, job_id, InvalidInput(message, fields=fields))
 
 
@@ -135,8 +166,13 @@ def run_job(runtime: rt.Runtime, payload: dict[str, Any], *, job_id: str) -> dic
         fields = exc.messages if isinstance(exc.messages, dict) else {"_schema": exc.messages}
         return reject(runtime, payload, job_id, fields)
     if params["model"] != runtime.model.name:
-        return reject(runtime, payload, job_id, {"model": ["sent to the wrong queue"]},
-                      f"this worker serves {runtime.model.name!r}, not {params['model']!r}")
+        return reject(
+            runtime,
+            payload,
+            job_id,
+            {"model": ["sent to the wrong queue"]},
+            f"this worker serves {runtime.model.name!r}, not {params['model']!r}",
+        )
 
     # 2. Jobs sent straight to the Celery task get their record here.
     record = store.get(job_id)
@@ -151,8 +187,13 @@ def run_job(runtime: rt.Runtime, payload: dict[str, Any], *, job_id: str) -> dic
     # RabbitMQ a message only comes back once its consumer is gone.
     owner = record.get("worker")
     redis_broker = runtime.settings.broker_url.startswith(("redis", "rediss", "valkey"))
-    if (redis_broker and record.get("status") == "running" and owner
-            and owner != runtime.hostname and rt.worker_alive(store, runtime.model.name, owner)):
+    if (
+        redis_broker
+        and record.get("status") == "running"
+        and owner
+        and owner != runtime.hostname
+        and rt.worker_alive(store, runtime.model.name, owner)
+    ):
         raise RunningElsewhere(owner)
     with runtime.lock:  # several copies may land on this worker at once: one runs
         if job_id in runtime.active:
@@ -166,8 +207,9 @@ def run_job(runtime: rt.Runtime, payload: dict[str, Any], *, job_id: str) -> dic
         runtime.cancel_seen.pop(job_id, None)
 
 
-def _claimed(runtime: rt.Runtime, job_id: str, params: dict[str, Any],
-             record: dict[str, Any]) -> dict[str, Any]:
+def _claimed(
+    runtime: rt.Runtime, job_id: str, params: dict[str, Any], record: dict[str, Any]
+) -> dict[str, Any]:
     store = runtime.store
     # 3. Count the delivery; a job that keeps killing workers stops here. Runs that
     # were planned retries of a transient error (``retries``) are not lost deliveries.
@@ -178,13 +220,23 @@ def _claimed(runtime: rt.Runtime, job_id: str, params: dict[str, Any],
         record = store.get(job_id) or record  # fresh: another copy may have just finished it
         if record.get("status") in TERMINAL:
             return record
-        return finish(runtime, job_id, TooManyDeliveries(
-            f"job was delivered {deliveries} times without finishing (its worker died "
-            f"each time); giving up"))
+        return finish(
+            runtime,
+            job_id,
+            TooManyDeliveries(
+                f"job was delivered {deliveries} times without finishing (its worker died "
+                f"each time); giving up"
+            ),
+        )
     _prev, applied = store.transition(
-        job_id, status="running", allowed_from=("queued", "running"), event="started",
-        data={"attempt": attempts, "worker": runtime.hostname}, started_at=now(),
-        attempts=attempts, worker=runtime.hostname,
+        job_id,
+        status="running",
+        allowed_from=("queued", "running"),
+        event="started",
+        data={"attempt": attempts, "worker": runtime.hostname},
+        started_at=now(),
+        attempts=attempts,
+        worker=runtime.hostname,
     )
     queues.mark_dequeued(store.redis, runtime.model.name, job_id)
     if not applied:
@@ -234,12 +286,20 @@ def _run_started(runtime: rt.Runtime, job_id: str, params: dict[str, Any]) -> di
     queues.mark_inactive(store.redis, record.get("owner"), job_id)
     if applied:
         metrics.job_finished(store.redis, params["model"], "succeeded", record)
-        log.info("job %s succeeded: %d image(s), batch %s of %s", job_id, len(images),
-                 batch.id if batch else "-", batch.size if batch else "-",
-                 extra={"job_id": job_id, "model": params["model"],
-                        "batch_id": batch.id if batch else None,
-                        "duration_s": round(result.run_s, 4),
-                        "upload_s": round(upload_s, 4)})
+        log.info(
+            "job %s succeeded: %d image(s), batch %s of %s",
+            job_id,
+            len(images),
+            batch.id if batch else "-",
+            batch.size if batch else "-",
+            extra={
+                "job_id": job_id,
+                "model": params["model"],
+                "batch_id": batch.id if batch else None,
+                "duration_s": round(result.run_s, 4),
+                "upload_s": round(upload_s, 4),
+            },
+        )
         enqueue_webhook(runtime.celery, record)
     return record
 
@@ -280,8 +340,7 @@ def _generate(runtime: rt.Runtime, job_id: str, params: dict[str, Any]) -> Any:
     spec = runtime.model.spec
     future = runtime.engine.submit(request)
     try:
-        return wait_result(future, cancel, soft_s=spec.soft_time_limit_s,
-                           hard_s=spec.time_limit_s)
+        return wait_result(future, cancel, soft_s=spec.soft_time_limit_s, hard_s=spec.time_limit_s)
     finally:
         runtime.cancel_events.pop(job_id, None)
         if writer is not None:
@@ -291,13 +350,31 @@ def _generate(runtime: rt.Runtime, job_id: str, params: dict[str, Any]) -> Any:
 def _upload(runtime: rt.Runtime, job_id: str, params: dict[str, Any], result: Any) -> list[dict]:
     images = []
     for i, (image, seed) in enumerate(zip(result.images, result.seeds, strict=True)):
-        meta = {k: params[k] for k in ("prompt", "negative_prompt", "model", "steps",
-                                       "guidance_scale", "scheduler", "width", "height")}
+        meta = {
+            k: params[k]
+            for k in (
+                "prompt",
+                "negative_prompt",
+                "model",
+                "steps",
+                "guidance_scale",
+                "scheduler",
+                "width",
+                "height",
+            )
+        }
         meta.update(seed=seed, job_id=job_id, index=i)
         if params["loras"]:
             meta["loras"] = params["loras"]
         key = image_key(job_id, i)
         runtime.storage.put(key, encode_png(image, meta), metadata={"seed": str(seed)})
-        images.append({"url": runtime.storage.url(key), "key": key, "seed": seed,
-                       "width": image.width, "height": image.height})
+        images.append(
+            {
+                "url": runtime.storage.url(key),
+                "key": key,
+                "seed": seed,
+                "width": image.width,
+                "height": image.height,
+            }
+        )
     return images

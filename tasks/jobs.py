@@ -44,8 +44,14 @@ return {prev, 1}
 """
 
 
-def _transition_argv(ttl_s: int, status: str | None, allowed_from: Iterable[str] | None,
-                     event: str | None, data: Any, fields: Mapping[str, Any]) -> list[Any]:
+def _transition_argv(
+    ttl_s: int,
+    status: str | None,
+    allowed_from: Iterable[str] | None,
+    event: str | None,
+    data: Any,
+    fields: Mapping[str, Any],
+) -> list[Any]:
     """ARGV of the transition script (the status is never also a plain field)."""
     argv: list[Any] = [
         ttl_s,
@@ -82,8 +88,11 @@ class JobStore:
         # redis-py reads with a 5 s socket timeout by default: blocking reads (live
         # events) get a client of their own whose timeout sits above the longest block.
         self._blocking: Any = redis.Redis.from_url(
-            redis_url, decode_responses=True, socket_connect_timeout=5,
-            socket_timeout=MAX_BLOCK_MS / 1000 + 10, health_check_interval=30,
+            redis_url,
+            decode_responses=True,
+            socket_connect_timeout=5,
+            socket_timeout=MAX_BLOCK_MS / 1000 + 10,
+            health_check_interval=30,
         )
 
     # -- reads --------------------------------------------------------------
@@ -96,9 +105,9 @@ class JobStore:
             return None
         return {k: json.loads(v) for k, v in raw.items()}
 
-    def events(self, job_id: str, after: str = "0-0", *, block_ms: int | None = None) -> list[
-        tuple[str, str, Any]
-    ]:
+    def events(
+        self, job_id: str, after: str = "0-0", *, block_ms: int | None = None
+    ) -> list[tuple[str, str, Any]]:
         """Events after stream id ``after``: ``[(event_id, type, data), ...]``.
 
         ``block_ms`` waits up to that long (at most ``MAX_BLOCK_MS``) for new events.
@@ -114,8 +123,13 @@ class JobStore:
         return out
 
     # -- writes -------------------------------------------------------------
-    def create(self, record: Mapping[str, Any], *, event: str = "queued",
-               also: Callable[[Any], None] | None = None) -> bool:
+    def create(
+        self,
+        record: Mapping[str, Any],
+        *,
+        event: str = "queued",
+        also: Callable[[Any], None] | None = None,
+    ) -> bool:
         """Write a new record; False when a record with that id already exists.
 
         ``also(pipe)`` adds commands (queue bookkeeping) to the same transaction.
@@ -128,9 +142,16 @@ class JobStore:
             with self.redis.pipeline() as pipe:
                 pipe.hset(key, mapping=fields)
                 pipe.expire(key, self.ttl_s)
-                pipe.xadd(events_key(record["id"]), {"type": event, "data": json.dumps(
-                    {"status": record.get("status"), "at": record.get("created_at")})},
-                    maxlen=2000)
+                pipe.xadd(
+                    events_key(record["id"]),
+                    {
+                        "type": event,
+                        "data": json.dumps(
+                            {"status": record.get("status"), "at": record.get("created_at")}
+                        ),
+                    },
+                    maxlen=2000,
+                )
                 pipe.expire(events_key(record["id"]), self.ttl_s)
                 if also is not None:
                     also(pipe)
@@ -183,12 +204,14 @@ class JobStore:
     def _progress_argv(self, step: int, steps: int) -> list[Any]:
         """A running job's progress: the field and a ``progress`` event."""
         progress = {"step": step, "steps": steps}
-        return _transition_argv(self.ttl_s, None, ("running",), "progress", progress,
-                                {"progress": progress})
+        return _transition_argv(
+            self.ttl_s, None, ("running",), "progress", progress, {"progress": progress}
+        )
 
     def _run_transition(self, job_id: str, argv: list[Any], client: Any = None) -> Any:
-        return self._transition(keys=[job_key(job_id), events_key(job_id)], args=argv,
-                                client=client)
+        return self._transition(
+            keys=[job_key(job_id), events_key(job_id)], args=argv, client=client
+        )
 
     def ping(self) -> bool:
         try:

@@ -20,25 +20,35 @@ JOB_COUNTERS = "kiln:counters:jobs"
 WEBHOOK_COUNTERS = "kiln:counters:webhooks"
 SECONDS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900)
 
-JOBS_FINISHED = Counter("kiln_worker_jobs_finished_total", "Jobs this worker ended",
-                        ["model", "status"])
-QUEUE_WAIT = Histogram("kiln_job_queue_wait_seconds", "Submit to start", ["model"],
-                       buckets=SECONDS)
-RUN = Histogram("kiln_job_run_seconds", "Pipeline time of a job's batches", ["model"],
-                buckets=SECONDS)
-UPLOAD = Histogram("kiln_job_upload_seconds", "PNG encode and upload of a job", ["model"],
-                   buckets=SECONDS)
+JOBS_FINISHED = Counter(
+    "kiln_worker_jobs_finished_total", "Jobs this worker ended", ["model", "status"]
+)
+QUEUE_WAIT = Histogram("kiln_job_queue_wait_seconds", "Submit to start", ["model"], buckets=SECONDS)
+RUN = Histogram(
+    "kiln_job_run_seconds", "Pipeline time of a job's batches", ["model"], buckets=SECONDS
+)
+UPLOAD = Histogram(
+    "kiln_job_upload_seconds", "PNG encode and upload of a job", ["model"], buckets=SECONDS
+)
 IMAGES = Counter("kiln_images_generated_total", "Images made (rate() = images/s)", ["model"])
-BATCH_SIZE = Histogram("kiln_batch_size", "Images per pipeline call", ["model"],
-                       buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32))
-BATCH_FILL = Histogram("kiln_batch_fill_ratio", "Batch size / max_batch", ["model"],
-                       buckets=(0.125, 0.25, 0.5, 0.75, 0.99, 1.0))
-BATCH_SECONDS = Histogram("kiln_batch_seconds", "Latency of one pipeline call", ["model"],
-                          buckets=SECONDS)
+BATCH_SIZE = Histogram(
+    "kiln_batch_size",
+    "Images per pipeline call",
+    ["model"],
+    buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32),
+)
+BATCH_FILL = Histogram(
+    "kiln_batch_fill_ratio",
+    "Batch size / max_batch",
+    ["model"],
+    buckets=(0.125, 0.25, 0.5, 0.75, 0.99, 1.0),
+)
+BATCH_SECONDS = Histogram(
+    "kiln_batch_seconds", "Latency of one pipeline call", ["model"], buckets=SECONDS
+)
 OOM_SPLITS = Counter("kiln_oom_splits_total", "Batches split after CUDA OOM", ["model"])
 MODEL_LOAD = Gauge("kiln_model_load_seconds", "Model load and warm-up time", ["model"])
-GPU_ALLOCATED = Gauge("kiln_gpu_memory_allocated_bytes", "torch.cuda.memory_allocated",
-                      ["model"])
+GPU_ALLOCATED = Gauge("kiln_gpu_memory_allocated_bytes", "torch.cuda.memory_allocated", ["model"])
 GPU_PEAK = Gauge("kiln_gpu_memory_peak_bytes", "torch.cuda.max_memory_allocated", ["model"])
 
 

@@ -77,8 +77,11 @@ def waiting(r: Any, model: str, job_id: str) -> tuple[int | None, float | None, 
         pipe.hget(stats_key(model), "s_per_image")
         pipe.eval(READY_COUNT, 1, workers_key(model))  # EVALSHA would add a SCRIPT EXISTS
         rank, rate, workers = pipe.execute()
-    return (None if rank is None else int(rank) + 1,
-            None if rate is None else float(rate), int(workers))
+    return (
+        None if rank is None else int(rank) + 1,
+        None if rate is None else float(rate),
+        int(workers),
+    )
 
 
 def active_key(owner: str) -> str:

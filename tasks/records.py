@@ -9,8 +9,16 @@ from urllib.parse import urlsplit
 from tasks.jobs import now
 
 PARAM_KEYS = (
-    "prompt", "negative_prompt", "width", "height", "steps", "guidance_scale", "scheduler",
-    "n", "seed", "loras",
+    "prompt",
+    "negative_prompt",
+    "width",
+    "height",
+    "steps",
+    "guidance_scale",
+    "scheduler",
+    "n",
+    "seed",
+    "loras",
 )
 
 

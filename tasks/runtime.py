@@ -48,8 +48,9 @@ def ready_key(model: str, hostname: str) -> str:
 
 
 def beat(store: JobStore, model: str, hostname: str) -> None:
-    store.redis.eval(_BEAT, 2, ready_key(model, hostname), queues.workers_key(model),
-                     hostname, HEARTBEAT_TTL_S)
+    store.redis.eval(
+        _BEAT, 2, ready_key(model, hostname), queues.workers_key(model), hostname, HEARTBEAT_TTL_S
+    )
 
 
 def unbeat(store: JobStore, model: str, hostname: str) -> None:
@@ -91,17 +92,31 @@ class Runtime:
         def on_batch(info: Any, seconds: float, fill: float) -> None:
             writer.record_batch(seconds, info.size)
             ooms = self.engine.stats["oom_splits"] if self.engine is not None else 0
-            metrics.observe_batch(model, seconds=seconds, size=info.size, fill=fill,
-                                  oom_splits=ooms - seen_ooms[0])
+            metrics.observe_batch(
+                model, seconds=seconds, size=info.size, fill=fill, oom_splits=ooms - seen_ooms[0]
+            )
             seen_ooms[0] = ooms
             metrics.observe_gpu(model)
-            log.info("batch %s: %d image(s) in %.3fs", info.id, info.size, seconds,
-                     extra={"model": model, "batch_id": info.id, "batch_size": info.size,
-                            "duration_s": round(seconds, 4)})
+            log.info(
+                "batch %s: %d image(s) in %.3fs",
+                info.id,
+                info.size,
+                seconds,
+                extra={
+                    "model": model,
+                    "batch_id": info.id,
+                    "batch_size": info.size,
+                    "duration_s": round(seconds, 4),
+                },
+            )
 
-        self.engine = Engine(self.model, models_dir=self.settings.models_dir,
-                             device=self.settings.device, cpu_dtype=self.settings.cpu_dtype,
-                             on_batch=on_batch)
+        self.engine = Engine(
+            self.model,
+            models_dir=self.settings.models_dir,
+            device=self.settings.device,
+            cpu_dtype=self.settings.cpu_dtype,
+            on_batch=on_batch,
+        )
         self.engine.start()
         self.engine.wait_ready(timeout)
 
@@ -145,8 +160,7 @@ class Runtime:
         threading.Thread(target=self.listen_for_cancels, name="kiln-cancels", daemon=True).start()
 
     def start_heartbeat(self) -> threading.Thread:
-        thread = threading.Thread(target=self.heartbeat_forever, name="kiln-heartbeat",
-                                  daemon=True)
+        thread = threading.Thread(target=self.heartbeat_forever, name="kiln-heartbeat", daemon=True)
         thread.start()
         return thread
 

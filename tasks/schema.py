@@ -32,9 +32,7 @@ class LoraSchema(Schema):
         unknown = RAISE
 
     name = fields.String(required=True, validate=validate.Length(min=1, max=200))
-    weight = fields.Float(
-        load_default=1.0, validate=validate.Range(min=-4, max=4), allow_nan=False
-    )
+    weight = fields.Float(load_default=1.0, validate=validate.Range(min=-4, max=4), allow_nan=False)
 
 
 class JobSchema(Schema):
@@ -58,15 +56,21 @@ class JobSchema(Schema):
         metadata={"example": "tiny-sd", "description": "See GET /v1/models; default: the first"},
     )
     width = fields.Integer(
-        load_default=None, strict=True, validate=validate.Range(min=8, max=8192),
+        load_default=None,
+        strict=True,
+        validate=validate.Range(min=8, max=8192),
         metadata={"example": 64},
     )
     height = fields.Integer(
-        load_default=None, strict=True, validate=validate.Range(min=8, max=8192),
+        load_default=None,
+        strict=True,
+        validate=validate.Range(min=8, max=8192),
         metadata={"example": 64},
     )
     steps = fields.Integer(
-        load_default=None, strict=True, validate=validate.Range(min=1, max=1000),
+        load_default=None,
+        strict=True,
+        validate=validate.Range(min=1, max=1000),
         metadata={"example": 4},
     )
     guidance_scale = fields.Float(
@@ -81,7 +85,9 @@ class JobSchema(Schema):
         metadata={"example": 0, "description": "image i gets seed + i; absent: random"},
     )
     n = fields.Integer(
-        load_default=1, strict=True, validate=validate.Range(min=1, max=64),
+        load_default=1,
+        strict=True,
+        validate=validate.Range(min=1, max=64),
         metadata={"description": "number of images"},
     )
     loras = fields.List(
@@ -105,8 +111,9 @@ class JobTaskSchema(JobSchema):
         unknown = EXCLUDE
 
     job_id = fields.String(load_default=None, validate=validate.Length(min=1, max=64))
-    seeds = fields.List(fields.Integer(validate=validate.Range(min=0, max=MAX_SEED)),
-                        load_default=None)
+    seeds = fields.List(
+        fields.Integer(validate=validate.Range(min=0, max=MAX_SEED)), load_default=None
+    )
 
 
 def _check_size(errors: dict[str, list[str]], name: str, value: int, model: Any) -> None:

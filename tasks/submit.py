@@ -67,8 +67,7 @@ class Dispatcher:
         if not self.settings.webhook_secret:
             raise ValidationError({"webhook_url": ["webhooks are off: KILN_WEBHOOK_SECRET unset"]})
         try:
-            check_webhook_url(url, allow_private=self.settings.webhook_allow_private,
-                              strict=False)
+            check_webhook_url(url, allow_private=self.settings.webhook_allow_private, strict=False)
         except InvalidInput as exc:
             raise ValidationError(exc.fields) from None
 
@@ -90,8 +89,10 @@ class Dispatcher:
         job_id = job_id or new_job_id()
         quota = self.settings.max_concurrent_jobs
         if owner and quota and queues.active_jobs(self.store.redis, owner) >= quota:
-            raise RateLimited(f"{quota} jobs of this API key are already queued or running",
-                              fields={"quota": [quota]})
+            raise RateLimited(
+                f"{quota} jobs of this API key are already queued or running",
+                fields={"quota": [quota]},
+            )
         if idempotency_key:
             existing = self._claim_key(idempotency_key, owner, job_id, request_body)
             if existing is not None:
@@ -117,17 +118,24 @@ class Dispatcher:
             log.error("could not enqueue job %s: %s", job_id, type(exc).__name__)
             queues.mark_dequeued(self.store.redis, params["model"], job_id)
             self.store.transition(
-                job_id, status="failed", event="failed", completed_at=now(),
+                job_id,
+                status="failed",
+                event="failed",
+                completed_at=now(),
                 error={"code": "broker_unavailable", "message": "the job could not be queued"},
             )
             raise BrokerUnavailable("the job could not be queued; try again") from exc
-        log.info("job %s queued on %s", job_id, queue_for(params["model"]),
-                 extra={"job_id": job_id, "model": params["model"],
-                        "queue": queue_for(params["model"])})
+        log.info(
+            "job %s queued on %s",
+            job_id,
+            queue_for(params["model"]),
+            extra={"job_id": job_id, "model": params["model"], "queue": queue_for(params["model"])},
+        )
         return record, True
 
-    def _claim_key(self, key: str, owner: str | None, job_id: str,
-                   body: Any) -> dict[str, Any] | None:
+    def _claim_key(
+        self, key: str, owner: str | None, job_id: str, body: Any
+    ) -> dict[str, Any] | None:
         rkey = f"kiln:idem:{owner or '-'}:{hashlib.sha256(key.encode()).hexdigest()}"
         value = json.dumps({"job_id": job_id, "body": body_hash(body)})
         if self.store.redis.set(rkey, value, nx=True, ex=self.settings.idempotency_ttl_s):
@@ -135,12 +143,16 @@ class Dispatcher:
         raw = self.store.redis.get(rkey)
         first = json.loads(raw) if raw else {}
         if first.get("body") != body_hash(body):
-            raise Conflict("Idempotency-Key was used with a different request body",
-                           fields={"Idempotency-Key": ["reused with another body"]})
+            raise Conflict(
+                "Idempotency-Key was used with a different request body",
+                fields={"Idempotency-Key": ["reused with another body"]},
+            )
         record = self.get(first["job_id"])
         if record is None:
-            raise Conflict("Idempotency-Key is being used by a request in progress",
-                           fields={"Idempotency-Key": ["in use"]})
+            raise Conflict(
+                "Idempotency-Key is being used by a request in progress",
+                fields={"Idempotency-Key": ["in use"]},
+            )
         return record
 
     # -- read -----------------------------------------------------------------
@@ -161,8 +173,11 @@ class Dispatcher:
             if pos is not None:
                 record["queue_position"] = pos
                 record["eta_s"] = queues.eta_s(
-                    position=pos, images=len(record.get("seeds") or [1]), workers=workers,
-                    s_per_image=rate or self.settings.default_s_per_image)
+                    position=pos,
+                    images=len(record.get("seeds") or [1]),
+                    workers=workers,
+                    s_per_image=rate or self.settings.default_s_per_image,
+                )
         return record
 
     def wait(self, job_id: str, *, timeout: float) -> dict[str, Any] | None:
@@ -192,7 +207,10 @@ class Dispatcher:
         if record.get("status") in TERMINAL:
             raise Conflict(f"job already {record['status']}", fields={"status": [record["status"]]})
         prev, applied = self.store.transition(
-            job_id, status="canceled", allowed_from=("queued",), event="canceled",
+            job_id,
+            status="canceled",
+            allowed_from=("queued",),
+            event="canceled",
             data={"error": {"code": "canceled", "message": "canceled while queued"}},
             completed_at=now(),
             error={"code": "canceled", "message": "canceled while queued"},
@@ -206,8 +224,9 @@ class Dispatcher:
                 log.warning("revoke of %s not sent: %s", job_id, type(exc).__name__)
             return {"id": job_id, "status": "canceled", "was": "queued"}
         if prev == "running":
-            self.store.transition(job_id, allowed_from=("running",), event="cancel_requested",
-                                  cancel_requested=True)
+            self.store.transition(
+                job_id, allowed_from=("running",), event="cancel_requested", cancel_requested=True
+            )
             self.store.redis.publish(queues.CANCEL_CHANNEL, job_id)
             return {"id": job_id, "status": "canceling", "was": "running"}
         raise Conflict(f"job already {prev}", fields={"status": [prev]})

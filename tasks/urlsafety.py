@@ -18,8 +18,14 @@ from config.errors import InvalidInput
 def _forbidden(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
-    return bool(ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_reserved
-                or ip.is_multicast or ip.is_unspecified)
+    return bool(
+        ip.is_private
+        or ip.is_loopback
+        or ip.is_link_local
+        or ip.is_reserved
+        or ip.is_multicast
+        or ip.is_unspecified
+    )
 
 
 def resolve(host: str, port: int) -> list[str]:
@@ -43,8 +49,10 @@ def check_webhook_url(url: str, *, allow_private: bool, strict: bool = True) -> 
         addresses = [parts.hostname] if _is_ip(parts.hostname) else resolve(parts.hostname, port)
     except OSError:
         if strict:
-            raise InvalidInput("webhook_url host does not resolve",
-                               fields={"webhook_url": ["host does not resolve"]}) from None
+            raise InvalidInput(
+                "webhook_url host does not resolve",
+                fields={"webhook_url": ["host does not resolve"]},
+            ) from None
         return
     bad = [a for a in addresses if _forbidden(ipaddress.ip_address(a.split("%")[0]))]
     if bad:

@@ -30,8 +30,21 @@ from tasks.urlsafety import check_webhook_url
 
 log = logging.getLogger("kiln.webhooks")
 RETRY_STATUSES = {408, 425, 429}
-PUBLIC = ("id", "status", "model", "params", "seeds", "created_at", "started_at",
-          "completed_at", "images", "error", "attempts", "batch_id", "batch_size")
+PUBLIC = (
+    "id",
+    "status",
+    "model",
+    "params",
+    "seeds",
+    "created_at",
+    "started_at",
+    "completed_at",
+    "images",
+    "error",
+    "attempts",
+    "batch_id",
+    "batch_size",
+)
 
 
 def backoff_s(attempt: int, *, base: float, cap: float = 300.0) -> float:
@@ -54,16 +67,21 @@ def payload(record: dict[str, Any], storage: Storage) -> dict[str, Any]:
     data = {k: record.get(k) for k in PUBLIC}
     for image in data.get("images") or []:
         image["url"] = storage.url(image["key"])
-    return {"type": f"job.{record['status']}", "timestamp": datetime.now(UTC).isoformat(),
-            "data": data}
+    return {
+        "type": f"job.{record['status']}",
+        "timestamp": datetime.now(UTC).isoformat(),
+        "data": data,
+    }
 
 
 def enqueue(celery: Any, record: dict[str, Any]) -> None:
     """Send the job's webhook, if it has one (called once the job is terminal)."""
     if record.get("webhook"):
-        celery.send_task(DELIVER_WEBHOOK, kwargs={"job_id": record["id"],
-                                                  "status": record["status"]},
-                         queue=WEBHOOKS_QUEUE)
+        celery.send_task(
+            DELIVER_WEBHOOK,
+            kwargs={"job_id": record["id"], "status": record["status"]},
+            queue=WEBHOOKS_QUEUE,
+        )
 
 
 @shared_task(name=DELIVER_WEBHOOK, bind=True, acks_late=True, max_retries=None)
@@ -96,8 +114,9 @@ def deliver_webhook(self: Any, job_id: str, status: str | None = None) -> dict[s
     return {"job_id": job_id, "state": hook["state"], "attempts": attempt}
 
 
-def attempt_delivery(settings: Settings, record: dict[str, Any], hook: dict[str, Any], *,
-                     job_id: str) -> tuple[str, str, bool]:
+def attempt_delivery(
+    settings: Settings, record: dict[str, Any], hook: dict[str, Any], *, job_id: str
+) -> tuple[str, str, bool]:
     """One POST. Returns (outcome, detail, retryable)."""
     url = hook["url"]
     try:
@@ -105,11 +124,17 @@ def attempt_delivery(settings: Settings, record: dict[str, Any], hook: dict[str,
     except InvalidInput as exc:
         return "refused", exc.message, False
     body = json.dumps(payload(record, Storage(settings)), separators=(",", ":"))
-    headers = sign(settings.webhook_secret, f"msg_{job_id}_{record['status']}",
-                   datetime.now(UTC), body)
+    headers = sign(
+        settings.webhook_secret, f"msg_{job_id}_{record['status']}", datetime.now(UTC), body
+    )
     try:
-        resp = requests.post(url, data=body, headers=headers,
-                             timeout=settings.webhook_timeout_s, allow_redirects=False)
+        resp = requests.post(
+            url,
+            data=body,
+            headers=headers,
+            timeout=settings.webhook_timeout_s,
+            allow_redirects=False,
+        )
     except requests.RequestException as exc:
         return "error", f"network error: {type(exc).__name__}", True
     if 200 <= resp.status_code < 300:

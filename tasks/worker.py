@@ -49,8 +49,13 @@ def run_worker(
     runtime.start_engine()
     load_s = time.perf_counter() - t0
     metrics.MODEL_LOAD.labels(model).set(load_s)
-    log.info("model %s ready in %.2fs (worker %s)", model, load_s, name,
-             extra={"model": model, "duration_s": round(load_s, 3), "worker": name})
+    log.info(
+        "model %s ready in %.2fs (worker %s)",
+        model,
+        load_s,
+        name,
+        extra={"model": model, "duration_s": round(load_s, 3), "worker": name},
+    )
     runtime.storage.ensure_bucket()
 
     def on_ready(**_: Any) -> None:

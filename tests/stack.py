@@ -100,8 +100,9 @@ class Stack:
         self.spawn("s3", s3_argv(s3_port, s3_dir, access, secret))
         redis_url = f"redis://127.0.0.1:{redis_port}/0"
         wait_for(lambda: redis.Redis.from_url(redis_url).ping(), timeout=20, what="valkey")
-        wait_for(lambda: socket.create_connection(("127.0.0.1", s3_port), 0.5),
-                 timeout=20, what="s3")
+        wait_for(
+            lambda: socket.create_connection(("127.0.0.1", s3_port), 0.5), timeout=20, what="s3"
+        )
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("KILN_")},
             "HF_HUB_OFFLINE": "1",
@@ -135,20 +136,34 @@ class Stack:
         log = self.workdir / f"{name}.log"
         fh = log.open("ab")
         popen = subprocess.Popen(
-            argv, cwd=ROOT, env=dict(env or self.env or os.environ), stdout=fh,
-            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            argv,
+            cwd=ROOT,
+            env=dict(env or self.env or os.environ),
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
         )
         proc = Proc(name, popen, log)
         self.procs.append(proc)
         return proc
 
     # -- kiln processes -------------------------------------------------------
-    def start_worker(self, model: str, *, name: str | None = None, args: tuple[str, ...] = (),
-                     env: Mapping[str, str] | None = None, wait: bool = True,
-                     timeout: float = 120) -> Proc:
-        proc = self.spawn(name or f"worker-{model}",
-                          [str(BIN / "kiln"), "worker", "--model", model, *args],
-                          env={**self.env, **(env or {})})
+    def start_worker(
+        self,
+        model: str,
+        *,
+        name: str | None = None,
+        args: tuple[str, ...] = (),
+        env: Mapping[str, str] | None = None,
+        wait: bool = True,
+        timeout: float = 120,
+    ) -> Proc:
+        proc = self.spawn(
+            name or f"worker-{model}",
+            [str(BIN / "kiln"), "worker", "--model", model, *args],
+            env={**self.env, **(env or {})},
+        )
         if wait:
             self.wait_worker_ready(model, proc, timeout=timeout)
         return proc
@@ -158,42 +173,76 @@ class Stack:
 
         return ready_workers(redis.Redis.from_url(self.env["KILN_REDIS_URL"]), model)
 
-    def wait_worker_ready(self, model: str, proc: Proc, *, timeout: float = 120,
-                          count: int = 1) -> None:
+    def wait_worker_ready(
+        self, model: str, proc: Proc, *, timeout: float = 120, count: int = 1
+    ) -> None:
         try:
-            wait_for(lambda: self.ready_workers(model) >= count, timeout=timeout,
-                     what=f"worker {model}", proc=proc.popen)
+            wait_for(
+                lambda: self.ready_workers(model) >= count,
+                timeout=timeout,
+                what=f"worker {model}",
+                proc=proc.popen,
+            )
         except Exception as exc:
             raise RuntimeError(f"{exc}\n--- {proc.name} log ---\n{proc.output()[-4000:]}") from exc
 
-    def start_api(self, *, threads: int = 16, workers: int = 1,
-                  env: Mapping[str, str] | None = None) -> str:
+    def start_api(
+        self, *, threads: int = 16, workers: int = 1, env: Mapping[str, str] | None = None
+    ) -> str:
         port = free_port()
         proc = self.spawn(
             f"api-{port}",
-            [str(BIN / "gunicorn"), "-c", "python:config.gunicorn", "--threads", str(threads),
-             "--workers", str(workers), "-b", f"127.0.0.1:{port}", "app:create_app()"],
+            [
+                str(BIN / "gunicorn"),
+                "-c",
+                "python:config.gunicorn",
+                "--threads",
+                str(threads),
+                "--workers",
+                str(workers),
+                "-b",
+                f"127.0.0.1:{port}",
+                "app:create_app()",
+            ],
             env={**self.env, **(env or {})},
         )
         url = f"http://127.0.0.1:{port}"
-        wait_for(lambda: requests.get(f"{url}/healthz", timeout=1).ok, timeout=30,
-                 what="api", proc=proc.popen)
+        wait_for(
+            lambda: requests.get(f"{url}/healthz", timeout=1).ok,
+            timeout=30,
+            what="api",
+            proc=proc.popen,
+        )
         self.api_url = self.api_url or url
         return url
 
     def start_webhooks_worker(self, *, env: Mapping[str, str] | None = None) -> Proc:
-        proc = self.spawn("webhooks", [str(BIN / "celery"), "-A", "tasks", "worker",
-                                       "--queues=webhooks", "--pool=threads", "--concurrency=4",
-                                       "--hostname=webhooks@%h", "--loglevel=INFO",
-                                       "--without-mingle", "--without-gossip"],
-                          env={**self.env, **(env or {})})
+        proc = self.spawn(
+            "webhooks",
+            [
+                str(BIN / "celery"),
+                "-A",
+                "tasks",
+                "worker",
+                "--queues=webhooks",
+                "--pool=threads",
+                "--concurrency=4",
+                "--hostname=webhooks@%h",
+                "--loglevel=INFO",
+                "--without-mingle",
+                "--without-gossip",
+            ],
+            env={**self.env, **(env or {})},
+        )
         return proc
 
     def s3(self):
         import boto3
 
         return boto3.client(
-            "s3", endpoint_url=self.env["KILN_S3_ENDPOINT_URL"], region_name="us-east-1",
+            "s3",
+            endpoint_url=self.env["KILN_S3_ENDPOINT_URL"],
+            region_name="us-east-1",
             aws_access_key_id=self.env["KILN_S3_ACCESS_KEY"],
             aws_secret_access_key=self.env["KILN_S3_SECRET_KEY"],
         )

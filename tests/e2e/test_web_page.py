@@ -11,8 +11,15 @@ from tests.stack import Stack
 
 pytestmark = pytest.mark.e2e
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--no-first-run", "--disable-sync"]
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+]
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +51,9 @@ def test_fill_submit_and_see_the_images(browser, stack: Stack, tmp_path: Path) -
     images.nth(2).wait_for(timeout=60_000)
     page.wait_for_function(
         "Array.from(document.querySelectorAll('#gallery img')).every(i => i.complete "
-        "&& i.naturalWidth > 0)", timeout=30_000)
+        "&& i.naturalWidth > 0)",
+        timeout=30_000,
+    )
     captions = page.locator("#gallery figcaption").all_inner_texts()
     assert captions == ["seed 42 · 64×64", "seed 43 · 64×64", "seed 44 · 64×64"]
     assert "Done" in page.locator("#status").inner_text()

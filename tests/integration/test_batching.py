@@ -8,8 +8,7 @@ from tests.support import KilnHTTP
 
 
 def test_compatible_jobs_end_in_fewer_pipeline_calls(api: KilnHTTP) -> None:
-    jobs = [dict(prompt=f"a red fox, take {i}", model="tiny-sd", steps=6, seed=i)
-            for i in range(8)]
+    jobs = [dict(prompt=f"a red fox, take {i}", model="tiny-sd", steps=6, seed=i) for i in range(8)]
     with ThreadPoolExecutor(8) as pool:
         submitted = list(pool.map(lambda j: api.submit(**j), jobs))
     done = [api.wait(j["id"]) for j in submitted]
@@ -20,8 +19,17 @@ def test_compatible_jobs_end_in_fewer_pipeline_calls(api: KilnHTTP) -> None:
 
 
 def test_incompatible_shapes_are_never_mixed(api: KilnHTTP) -> None:
-    jobs = [dict(prompt=f"a kite {i}", model="tiny-sd", steps=4, seed=i,
-                 width=64 if i % 2 else 96, height=64 if i % 2 else 96) for i in range(6)]
+    jobs = [
+        dict(
+            prompt=f"a kite {i}",
+            model="tiny-sd",
+            steps=4,
+            seed=i,
+            width=64 if i % 2 else 96,
+            height=64 if i % 2 else 96,
+        )
+        for i in range(6)
+    ]
     with ThreadPoolExecutor(6) as pool:
         submitted = list(pool.map(lambda j: api.submit(**j), jobs))
     done = [api.wait(j["id"]) for j in submitted]

@@ -35,20 +35,41 @@ def rabbitmq_up() -> bool:
 def kill_midbatch(tmp: Path, models_dir: Path, *, broker: str) -> dict:
     model = f"kill-{uuid.uuid4().hex[:8]}"  # its own queue, even on a shared RabbitMQ
     models_file = tmp / "models.yaml"
-    models_file.write_text(yaml.safe_dump({"models": [{
-        "name": model, "family": "sd15", "tiny": "sd-mini", "max_batch": 8,
-        "max_wait_ms": 300, "limits": {"max_size": 512}, "soft_time_limit_s": 300,
-        "time_limit_s": 360}]}))
-    stack = Stack(tmp, models_dir=models_dir, env_overrides={
-        "KILN_MODELS_FILE": str(models_file),
-        "KILN_VISIBILITY_TIMEOUT_S": str(VISIBILITY_S)})
+    models_file.write_text(
+        yaml.safe_dump(
+            {
+                "models": [
+                    {
+                        "name": model,
+                        "family": "sd15",
+                        "tiny": "sd-mini",
+                        "max_batch": 8,
+                        "max_wait_ms": 300,
+                        "limits": {"max_size": 512},
+                        "soft_time_limit_s": 300,
+                        "time_limit_s": 360,
+                    }
+                ]
+            }
+        )
+    )
+    stack = Stack(
+        tmp,
+        models_dir=models_dir,
+        env_overrides={
+            "KILN_MODELS_FILE": str(models_file),
+            "KILN_VISIBILITY_TIMEOUT_S": str(VISIBILITY_S),
+        },
+    )
     try:
         redis_broker = broker == "redis"
         stack.start_servers(broker_url=None if redis_broker else AMQP_URL)
         api = KilnHTTP(stack.start_api())
         worker_a = stack.start_worker(model, name="worker-a")
-        jobs = [api.submit(prompt=f"survivor {i}", model=model, width=128, height=128,
-                           steps=40, seed=i) for i in range(4)]
+        jobs = [
+            api.submit(prompt=f"survivor {i}", model=model, width=128, height=128, steps=40, seed=i)
+            for i in range(4)
+        ]
 
         def all_running_on_a() -> bool:
             recs = [api.get(f"/v1/jobs/{j['id']}").json() for j in jobs]
@@ -63,14 +84,16 @@ def kill_midbatch(tmp: Path, models_dir: Path, *, broker: str) -> dict:
         worker_a.kill()
         killed_at = time.monotonic()
         done = [api.wait(j["id"], timeout=VISIBILITY_S + 600) for j in jobs]
-        recovered_s = max(d["completed_at"] for d in done) - (time.time() - (
-            time.monotonic() - killed_at))
+        recovered_s = max(d["completed_at"] for d in done) - (
+            time.time() - (time.monotonic() - killed_at)
+        )
         for d in done:
             assert d["status"] == "succeeded", (d["error"], d["attempts"])
             assert d["attempts"] == 2
             assert stack.objects(f"generated/{d['id']}/") == [f"generated/{d['id']}/0.png"]
-        restarted = min(d["started_at"] for d in done) - (time.time() - (
-            time.monotonic() - killed_at))
+        restarted = min(d["started_at"] for d in done) - (
+            time.time() - (time.monotonic() - killed_at)
+        )
         return {"redelivered_after_s": restarted, "all_done_after_s": recovered_s}
     finally:
         stack.close()
@@ -83,8 +106,10 @@ def kill_midbatch(tmp: Path, models_dir: Path, *, broker: str) -> dict:
 
 def test_sigkill_mid_batch_on_redis(tmp_path: Path, tiny_models_dir: Path) -> None:
     figures = kill_midbatch(tmp_path, tiny_models_dir, broker="redis")
-    print(f"redis: re-delivered {figures['redelivered_after_s']:.1f}s after the kill, "
-          f"all done after {figures['all_done_after_s']:.1f}s")
+    print(
+        f"redis: re-delivered {figures['redelivered_after_s']:.1f}s after the kill, "
+        f"all done after {figures['all_done_after_s']:.1f}s"
+    )
     # The stated bound: visibility timeout + restore interval + one heartbeat recheck.
     assert figures["redelivered_after_s"] < VISIBILITY_S + 2 + 16 + 30  # + scheduling slack
 
@@ -95,5 +120,7 @@ def test_sigkill_mid_batch_on_rabbitmq(tmp_path: Path, tiny_models_dir: Path) ->
             pytest.fail("RabbitMQ is not reachable on 127.0.0.1:5672 (required under CI)")
         pytest.skip("RabbitMQ is not reachable on 127.0.0.1:5672")
     figures = kill_midbatch(tmp_path, tiny_models_dir, broker="amqp")
-    print(f"rabbitmq: re-delivered {figures['redelivered_after_s']:.1f}s after the kill, "
-          f"all done after {figures['all_done_after_s']:.1f}s")
+    print(
+        f"rabbitmq: re-delivered {figures['redelivered_after_s']:.1f}s after the kill, "
+        f"all done after {figures['all_done_after_s']:.1f}s"
+    )

@@ -21,8 +21,9 @@ from tests.support import KilnHTTP, fetch_image
 
 def test_openai_sdk_with_url(stack: Stack) -> None:
     client = OpenAI(base_url=f"{stack.api_url}/v1", api_key="kiln")
-    resp = client.images.generate(model="tiny-sd", prompt="a red fox", size="64x64", n=2,
-                                  extra_body={"seed": 7, "steps": 4})
+    resp = client.images.generate(
+        model="tiny-sd", prompt="a red fox", size="64x64", n=2, extra_body={"seed": 7, "steps": 4}
+    )
     assert len(resp.data) == 2
     assert fetch_image(resp.data[0].url).size == (64, 64)
     assert resp.data[0].revised_prompt == "a red fox"
@@ -30,15 +31,21 @@ def test_openai_sdk_with_url(stack: Stack) -> None:
 
 def test_openai_sdk_with_b64_json(stack: Stack) -> None:
     client = OpenAI(base_url=f"{stack.api_url}/v1", api_key="kiln")
-    resp = client.images.generate(model="tiny-sd", prompt="a red fox", size="64x64",
-                                  response_format="b64_json", extra_body={"steps": 4})
+    resp = client.images.generate(
+        model="tiny-sd",
+        prompt="a red fox",
+        size="64x64",
+        response_format="b64_json",
+        extra_body={"steps": 4},
+    )
     image = Image.open(io.BytesIO(base64.b64decode(resp.data[0].b64_json)))
     assert image.size == (64, 64)
 
 
 def test_openai_errors_have_the_openai_shape(api: KilnHTTP) -> None:
-    r = api.post("/v1/images/generations", json={"prompt": "x", "model": "tiny-sd",
-                                                 "size": "63x64"})
+    r = api.post(
+        "/v1/images/generations", json={"prompt": "x", "model": "tiny-sd", "size": "63x64"}
+    )
     assert r.status_code == 400
     err = r.json()["error"]
     assert err["type"] == "invalid_request_error" and err["param"] == "size"
@@ -49,8 +56,7 @@ def test_openai_errors_have_the_openai_shape(api: KilnHTTP) -> None:
 def test_openai_times_out_with_the_job_id(stack: Stack) -> None:
     slow = KilnHTTP(stack.start_api(env={"KILN_SYNC_TIMEOUT_S": "0.5"}))
     # No worker serves sd15 in this stack: the job waits in its queue.
-    r = slow.post("/v1/images/generations", json={"prompt": "x", "model": "sd15",
-                                                  "size": "64x64"})
+    r = slow.post("/v1/images/generations", json={"prompt": "x", "model": "sd15", "size": "64x64"})
     assert r.status_code == 504
     job_id = r.json()["error"]["code"]
     assert slow.get(f"/v1/jobs/{job_id}").json()["status"] == "queued"
@@ -58,9 +64,18 @@ def test_openai_times_out_with_the_job_id(stack: Stack) -> None:
 
 
 def test_classic_api(api: KilnHTTP) -> None:
-    r = api.post("/generate", json={"prompt": "a red fox", "model": "tiny-sd", "width": 64,
-                                    "height": 64, "steps": 10, "guidance_scale": 7,
-                                    "seed": 1})
+    r = api.post(
+        "/generate",
+        json={
+            "prompt": "a red fox",
+            "model": "tiny-sd",
+            "width": 64,
+            "height": 64,
+            "steps": 10,
+            "guidance_scale": 7,
+            "seed": 1,
+        },
+    )
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["status"] == "queued" and body["job_id"]
@@ -70,9 +85,11 @@ def test_classic_api(api: KilnHTTP) -> None:
     assert classic["status"] == "completed"
     assert fetch_image(classic["image_url"]).size == (64, 64)
     assert classic["created_at"] and classic["completed_at"]
-    for bad in ({"prompt": "x", "model": "tiny-sd", "steps": 5},
-                {"prompt": "x", "model": "tiny-sd", "guidance_scale": 25},
-                {"prompt": "x", "model": "sdxl", "width": 4096}):
+    for bad in (
+        {"prompt": "x", "model": "tiny-sd", "steps": 5},
+        {"prompt": "x", "model": "tiny-sd", "guidance_scale": 25},
+        {"prompt": "x", "model": "sdxl", "width": 4096},
+    ):
         r = api.post("/generate", json=bad)
         assert r.status_code == 422, bad
     health = api.get("/health").json()
@@ -84,13 +101,17 @@ def celery_only_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A venv with only celery and redis (and packaging, which kombu 5.7 imports)."""
     venv = tmp_path_factory.mktemp("celery-only") / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "celery", "redis",
-                    "packaging"], check=True, timeout=300)
+    subprocess.run(
+        [str(venv / "bin" / "pip"), "install", "-q", "celery", "redis", "packaging"],
+        check=True,
+        timeout=300,
+    )
     return venv / "bin" / "python"
 
 
-def test_celery_task_api_from_a_process_without_kiln(stack: Stack, api: KilnHTTP,
-                                                     celery_only_python: Path) -> None:
+def test_celery_task_api_from_a_process_without_kiln(
+    stack: Stack, api: KilnHTTP, celery_only_python: Path
+) -> None:
     code = textwrap.dedent(f"""
         import json, sys
         from celery import Celery
@@ -99,7 +120,7 @@ def test_celery_task_api_from_a_process_without_kiln(stack: Stack, api: KilnHTTP
             sys.exit("kiln is importable here")
         except ImportError:
             pass
-        broker = "{stack.env['KILN_BROKER_URL']}"
+        broker = "{stack.env["KILN_BROKER_URL"]}"
         client = Celery(broker=broker, backend=broker)
         res = client.send_task("kiln.generate",
                                kwargs={{"prompt": "a red fox", "model": "tiny-sd", "steps": 4,
@@ -107,8 +128,9 @@ def test_celery_task_api_from_a_process_without_kiln(stack: Stack, api: KilnHTTP
                                queue="gen.tiny-sd")
         print(json.dumps(res.get(timeout=120)))
     """)
-    out = subprocess.run([str(celery_only_python), "-c", code], capture_output=True,
-                         text=True, timeout=180, cwd="/")
+    out = subprocess.run(
+        [str(celery_only_python), "-c", code], capture_output=True, text=True, timeout=180, cwd="/"
+    )
     assert out.returncode == 0, out.stderr
     import json
 
@@ -129,8 +151,9 @@ def test_celery_helper_for_kiln_installs(stack: Stack, api: KilnHTTP) -> None:
 
 def test_client_reports_increasing_progress(stack: Stack) -> None:
     seen: list[tuple[int, int]] = []
-    result = Kiln(stack.api_url).generate("a red fox", model="tiny-sd", steps=12, seed=3,
-                                          on_progress=lambda s, n: seen.append((s, n)))
+    result = Kiln(stack.api_url).generate(
+        "a red fox", model="tiny-sd", steps=12, seed=3, on_progress=lambda s, n: seen.append((s, n))
+    )
     assert result.seeds == [3] and result.images[0][:4] == b"\x89PNG"
     steps = [s for s, _ in seen]
     assert steps and steps == sorted(steps) and seen[-1] == (12, 12)
@@ -149,8 +172,9 @@ def test_client_polls_when_there_is_no_event_stream(stack: Stack) -> None:
         next(iter(kiln.events("x")))
     assert err.value.status == 404
     seen: list[tuple[int, int]] = []
-    result = kiln.generate("a red fox", model="tiny-sd", steps=12, seed=4,
-                           on_progress=lambda s, n: seen.append((s, n)))
+    result = kiln.generate(
+        "a red fox", model="tiny-sd", steps=12, seed=4, on_progress=lambda s, n: seen.append((s, n))
+    )
     assert result.seeds == [4] and result.images[0][:4] == b"\x89PNG"
     steps = [s for s, _ in seen]
     assert steps == sorted(set(steps)) and seen[-1] == (12, 12)
@@ -158,27 +182,62 @@ def test_client_polls_when_there_is_no_event_stream(stack: Stack) -> None:
 
 def test_cli_writes_pngs(stack: Stack, tmp_path: Path) -> None:
     out = subprocess.run(
-        [str(BIN / "kiln"), "generate", "a red fox", "--model", "tiny-sd", "-n", "2",
-         "--seed", "7", "--steps", "4", "--out", str(tmp_path), "--url", stack.api_url],
-        capture_output=True, text=True, timeout=120, env=stack.env)
+        [
+            str(BIN / "kiln"),
+            "generate",
+            "a red fox",
+            "--model",
+            "tiny-sd",
+            "-n",
+            "2",
+            "--seed",
+            "7",
+            "--steps",
+            "4",
+            "--out",
+            str(tmp_path),
+            "--url",
+            stack.api_url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=stack.env,
+    )
     assert out.returncode == 0, out.stderr
     pngs = sorted(tmp_path.glob("*.png"))
     assert [p.name.rsplit("-", 1)[1] for p in pngs] == ["7.png", "8.png"]
     assert "seed 7" in out.stdout and "step" in out.stderr  # the progress bar
     job_id = pngs[0].name.rsplit("-", 1)[0]
-    show = subprocess.run([str(BIN / "kiln"), "jobs", "show", job_id, "--url", stack.api_url],
-                          capture_output=True, text=True, timeout=60, env=stack.env)
+    show = subprocess.run(
+        [str(BIN / "kiln"), "jobs", "show", job_id, "--url", stack.api_url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=stack.env,
+    )
     assert '"succeeded"' in show.stdout
-    cancel = subprocess.run([str(BIN / "kiln"), "jobs", "cancel", job_id, "--url",
-                             stack.api_url], capture_output=True, text=True, timeout=60,
-                            env=stack.env)
+    cancel = subprocess.run(
+        [str(BIN / "kiln"), "jobs", "cancel", job_id, "--url", stack.api_url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=stack.env,
+    )
     assert cancel.returncode != 0 and "409" in cancel.stderr
 
 
 def test_docs_and_openapi(api: KilnHTTP) -> None:
     spec = api.get("/openapi.json").json()
-    for path in ("/v1/jobs", "/v1/jobs/{job_id}", "/v1/images/generations", "/generate",
-                 "/job/{job_id}", "/health", "/v1/models"):
+    for path in (
+        "/v1/jobs",
+        "/v1/jobs/{job_id}",
+        "/v1/images/generations",
+        "/generate",
+        "/job/{job_id}",
+        "/health",
+        "/v1/models",
+    ):
         assert path in spec["paths"], path
     page = api.get("/docs")
     assert page.status_code == 200 and "swagger-ui" in page.text

@@ -29,17 +29,18 @@ def family_workers(stack: Stack) -> Iterator[None]:
         ("flux-schnell", {}),
     ],
 )
-def test_each_family_makes_a_png(api: KilnHTTP, family_workers: None, model: str,
-                                 extra: dict) -> None:
-    done = api.run(prompt="a red fox", model=model, width=128, height=128, steps=4, seed=3,
-                   **extra)
+def test_each_family_makes_a_png(
+    api: KilnHTTP, family_workers: None, model: str, extra: dict
+) -> None:
+    done = api.run(prompt="a red fox", model=model, width=128, height=128, steps=4, seed=3, **extra)
     assert done["status"] == "succeeded", done
     assert fetch_image(done["images"][0]["url"]).size == (128, 128)
 
 
 def test_flux_takes_no_negative_prompt(api: KilnHTTP) -> None:
-    r = api.post("/v1/jobs", json={"prompt": "x", "model": "flux-schnell",
-                                   "negative_prompt": "blurry"})
+    r = api.post(
+        "/v1/jobs", json={"prompt": "x", "model": "flux-schnell", "negative_prompt": "blurry"}
+    )
     assert r.status_code == 422
     assert "negative_prompt" in r.json()["error"]["fields"]
 

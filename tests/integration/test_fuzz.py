@@ -24,11 +24,16 @@ SECRETS.append(ADMIN)
 @pytest.fixture(scope="module")
 def fuzz_schema(stack: Stack):
     # Long waits are not what this test is about: the OpenAI door gives up at once.
-    env = {**stack.env, "KILN_SYNC_TIMEOUT_S": "0.05", "KILN_SSE_MAX_S": "1",
-           "KILN_AUTH": "", "KILN_API_KEYS": f"fuzz:{hash_key(ADMIN)}:admin",
-           "KILN_MAX_CONCURRENT_JOBS": "0",
-           # Tasks go to a broker database no worker reads: the fuzzer's jobs never run.
-           "KILN_BROKER_URL": stack.env["KILN_REDIS_URL"].rsplit("/", 1)[0] + "/7"}
+    env = {
+        **stack.env,
+        "KILN_SYNC_TIMEOUT_S": "0.05",
+        "KILN_SSE_MAX_S": "1",
+        "KILN_AUTH": "",
+        "KILN_API_KEYS": f"fuzz:{hash_key(ADMIN)}:admin",
+        "KILN_MAX_CONCURRENT_JOBS": "0",
+        # Tasks go to a broker database no worker reads: the fuzzer's jobs never run.
+        "KILN_BROKER_URL": stack.env["KILN_REDIS_URL"].rsplit("/", 1)[0] + "/7",
+    }
     from config.settings import from_env
 
     app = create_app({"KILN_SETTINGS": from_env(env), "TESTING": True})
@@ -56,8 +61,11 @@ DOCUMENTED_5XX = {"/readyz": {503}, "/v1/images/generations": {503, 504}}
 def only_documented_5xx(ctx, response, case) -> None:
     allowed = DOCUMENTED_5XX.get(case.path, set())
     if response.status_code >= 500 and response.status_code not in allowed:
-        raise AssertionError(f"{case.method} {case.path}: {response.status_code} "
-                             f"{response.text[:200]}")
+        raise AssertionError(
+            f"{case.method} {case.path}: {response.status_code} {response.text[:200]}"
+        )
+
+
 EXCLUDED = [
     # Model-dependent rules (size multiples, per-model limits) cannot be written in
     # OpenAPI, so schema-valid requests may rightly get a 422.
@@ -71,13 +79,18 @@ def test_api_conforms_to_its_spec(fuzz_schema) -> None:
     for operation in operations:
 
         @given(case=operation.as_strategy())
-        @settings(max_examples=MAX_EXAMPLES, deadline=None, database=None,
-                  suppress_health_check=list(HealthCheck))
+        @settings(
+            max_examples=MAX_EXAMPLES,
+            deadline=None,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        )
         def check(case) -> None:
             excluded = list(EXCLUDED)
             if case.path in DOCUMENTED_5XX:
                 excluded.append(schemathesis.checks.not_a_server_error)
-            case.call_and_validate(additional_checks=[only_documented_5xx],
-                                   excluded_checks=excluded)
+            case.call_and_validate(
+                additional_checks=[only_documented_5xx], excluded_checks=excluded
+            )
 
         check()

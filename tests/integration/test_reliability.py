@@ -28,9 +28,15 @@ WAIT_S = 300
 @pytest.fixture(scope="module")
 def rstack(tmp_path_factory: pytest.TempPathFactory, tiny_models_dir: Path) -> Iterator[Stack]:
     """A stack of its own: no worker until a test starts one; private webhooks allowed."""
-    s = Stack(tmp_path_factory.mktemp("reliability"), models_dir=tiny_models_dir,
-              env_overrides={"KILN_WEBHOOK_ALLOW_PRIVATE": "true",
-                             "KILN_WEBHOOK_BACKOFF_S": "0.2", "KILN_WEBHOOK_MAX_ATTEMPTS": "4"})
+    s = Stack(
+        tmp_path_factory.mktemp("reliability"),
+        models_dir=tiny_models_dir,
+        env_overrides={
+            "KILN_WEBHOOK_ALLOW_PRIVATE": "true",
+            "KILN_WEBHOOK_BACKOFF_S": "0.2",
+            "KILN_WEBHOOK_MAX_ATTEMPTS": "4",
+        },
+    )
     try:
         s.start_servers()
         s.start_api()
@@ -53,17 +59,20 @@ def worker(rstack: Stack, rapi: KilnHTTP) -> Iterator[None]:
     proc.stop()
 
 
-def test_a_job_canceled_before_any_worker_is_up_never_runs(rstack: Stack,
-                                                           rapi: KilnHTTP) -> None:
+def test_a_job_canceled_before_any_worker_is_up_never_runs(rstack: Stack, rapi: KilnHTTP) -> None:
     job = rapi.submit(prompt="never", model="tiny-sd", steps=2, seed=1)
     r = rapi.delete(f"/v1/jobs/{job['id']}")
-    assert r.status_code == 200 and r.json() == {"id": job["id"], "status": "canceled",
-                                                 "was": "queued"}
+    assert r.status_code == 200 and r.json() == {
+        "id": job["id"],
+        "status": "canceled",
+        "was": "queued",
+    }
     assert rapi.delete(f"/v1/jobs/{job['id']}").status_code == 409
     proc = rstack.start_worker("tiny-sd", name="late-worker")
     try:
-        after = rapi.wait(rapi.submit(prompt="after", model="tiny-sd", steps=2, seed=2)["id"],
-                          timeout=WAIT_S)
+        after = rapi.wait(
+            rapi.submit(prompt="after", model="tiny-sd", steps=2, seed=2)["id"], timeout=WAIT_S
+        )
         assert after["status"] == "succeeded"
     finally:
         proc.stop()
@@ -94,8 +103,9 @@ def test_queue_position_decreases_and_eta_is_positive(rapi: KilnHTTP, worker: No
 def test_live_events_show_progress_to_the_end(rapi: KilnHTTP, worker: None) -> None:
     job = rapi.submit(prompt="stream me", seed=5, **{**SLOW, "steps": 20})
     events: list[tuple[str, dict]] = []
-    with requests.get(f"{rapi.base_url}/v1/jobs/{job['id']}/events", stream=True,
-                      timeout=WAIT_S) as r:
+    with requests.get(
+        f"{rapi.base_url}/v1/jobs/{job['id']}/events", stream=True, timeout=WAIT_S
+    ) as r:
         assert r.headers["content-type"].startswith("text/event-stream")
         name = None
         for line in r.iter_lines(decode_unicode=True):
@@ -111,8 +121,11 @@ def test_live_events_show_progress_to_the_end(rapi: KilnHTTP, worker: None) -> N
     # Resumable: after the last event id, nothing but the end is sent again.
     first = requests.get(f"{rapi.base_url}/v1/jobs/{job['id']}/events", timeout=30).text
     last_id = [ln[4:] for ln in first.splitlines() if ln.startswith("id: ")][-2]
-    rest = requests.get(f"{rapi.base_url}/v1/jobs/{job['id']}/events",
-                        headers={"Last-Event-ID": last_id}, timeout=30).text
+    rest = requests.get(
+        f"{rapi.base_url}/v1/jobs/{job['id']}/events",
+        headers={"Last-Event-ID": last_id},
+        timeout=30,
+    ).text
     assert [ln for ln in rest.splitlines() if ln.startswith("event: ")] == ["event: succeeded"]
 
 
@@ -123,8 +136,13 @@ def test_a_running_job_cancels_at_the_next_step_and_its_batch_mate_succeeds(
     try:
         a = rapi.submit(prompt="victim", seed=1, **SLOW)
         b = rapi.submit(prompt="mate", seed=2, **SLOW)
-        wait_for(lambda: all(rapi.get(f"/v1/jobs/{j['id']}").json()["progress"]["step"] >= 2
-                             for j in (a, b)), timeout=WAIT_S, what="both jobs stepping")
+        wait_for(
+            lambda: all(
+                rapi.get(f"/v1/jobs/{j['id']}").json()["progress"]["step"] >= 2 for j in (a, b)
+            ),
+            timeout=WAIT_S,
+            what="both jobs stepping",
+        )
         r = rapi.delete(f"/v1/jobs/{a['id']}")
         assert r.status_code == 202 and r.json()["was"] == "running"
         victim, mate = rapi.wait(a["id"], timeout=WAIT_S), rapi.wait(b["id"], timeout=WAIT_S)
@@ -132,8 +150,10 @@ def test_a_running_job_cancels_at_the_next_step_and_its_batch_mate_succeeds(
         assert victim["progress"]["step"] < SLOW["steps"]
         # Within one step: at most one more step finished after the cancel reached it.
         ended = [d for n, d in read_events(rapi, a["id"]) if n == "canceled"][-1]
-        print(f"cancel reached the job after step {ended['cancel_seen_at_step']}; "
-              f"it stopped after step {ended['steps_done']} of {SLOW['steps']}")
+        print(
+            f"cancel reached the job after step {ended['cancel_seen_at_step']}; "
+            f"it stopped after step {ended['steps_done']} of {SLOW['steps']}"
+        )
         assert ended["steps_done"] - ended["cancel_seen_at_step"] <= 1, ended
         assert mate["status"] == "succeeded" and mate["batch_id"]
         assert rstack.objects(f"generated/{a['id']}/") == []
@@ -143,8 +163,9 @@ def test_a_running_job_cancels_at_the_next_step_and_its_batch_mate_succeeds(
 
 def read_events(rapi: KilnHTTP, job_id: str, **headers: str) -> list[tuple[str, dict]]:
     """A finished job's whole event stream, read with a plain HTTP client."""
-    text = requests.get(f"{rapi.base_url}/v1/jobs/{job_id}/events", headers=headers,
-                        timeout=30).text
+    text = requests.get(
+        f"{rapi.base_url}/v1/jobs/{job_id}/events", headers=headers, timeout=30
+    ).text
     out, name = [], None
     for line in text.splitlines():
         if line.startswith("event: "):
@@ -207,18 +228,23 @@ def webhook_state(rapi: KilnHTTP, job_id: str, states: set[str]) -> dict:
     return out
 
 
-def test_webhooks_are_signed_retried_and_end_dead(rstack: Stack, rapi: KilnHTTP,
-                                                  receiver: Receiver, worker: None) -> None:
-    ok = rapi.submit(prompt="hook", model="tiny-sd", steps=2, seed=1,
-                     webhook_url=receiver.url + "/ok")
-    flaky = rapi.submit(prompt="hook", model="tiny-sd", steps=2, seed=2,
-                        webhook_url=receiver.url + "/flaky")
-    dead = rapi.submit(prompt="hook", model="tiny-sd", steps=2, seed=3,
-                       webhook_url=receiver.url + "/dead")
+def test_webhooks_are_signed_retried_and_end_dead(
+    rstack: Stack, rapi: KilnHTTP, receiver: Receiver, worker: None
+) -> None:
+    ok = rapi.submit(
+        prompt="hook", model="tiny-sd", steps=2, seed=1, webhook_url=receiver.url + "/ok"
+    )
+    flaky = rapi.submit(
+        prompt="hook", model="tiny-sd", steps=2, seed=2, webhook_url=receiver.url + "/flaky"
+    )
+    dead = rapi.submit(
+        prompt="hook", model="tiny-sd", steps=2, seed=3, webhook_url=receiver.url + "/dead"
+    )
     assert webhook_state(rapi, ok["id"], {"delivered"})["attempts"] == 1
     assert webhook_state(rapi, flaky["id"], {"delivered"})["attempts"] == 3
-    gone = rapi.submit(prompt="hook", model="tiny-sd", steps=2, seed=4,
-                       webhook_url=receiver.url + "/gone")
+    gone = rapi.submit(
+        prompt="hook", model="tiny-sd", steps=2, seed=4, webhook_url=receiver.url + "/gone"
+    )
     assert webhook_state(rapi, dead["id"], {"dead"})["attempts"] == 4
     gone_hook = webhook_state(rapi, gone["id"], {"dead"})
     assert gone_hook["attempts"] == 1 and gone_hook["last_result"] == "HTTP 410"  # no retry
@@ -231,10 +257,13 @@ def test_webhooks_are_signed_retried_and_end_dead(rstack: Stack, rapi: KilnHTTP,
     gaps = [b - a for a, b in itertools.pairwise(times)]
     assert len(times) == 4 and all(g > 0 for g in gaps)
     flaky_times = [t for t, _, _ in receiver.hits["/flaky"]]
-    print("webhook /flaky: 3 attempts, gaps "
-          + ", ".join(f"{b - a:.2f}s" for a, b in itertools.pairwise(flaky_times))
-          + "; /dead: 4 attempts, gaps " + ", ".join(f"{g:.2f}s" for g in gaps)
-          + " (KILN_WEBHOOK_BACKOFF_S=0.2, full jitter)")
+    print(
+        "webhook /flaky: 3 attempts, gaps "
+        + ", ".join(f"{b - a:.2f}s" for a, b in itertools.pairwise(flaky_times))
+        + "; /dead: 4 attempts, gaps "
+        + ", ".join(f"{g:.2f}s" for g in gaps)
+        + " (KILN_WEBHOOK_BACKOFF_S=0.2, full jitter)"
+    )
 
     from tests.integration.test_operations import scrape, value
 
@@ -247,8 +276,7 @@ def test_webhooks_are_signed_retried_and_end_dead(rstack: Stack, rapi: KilnHTTP,
 def test_private_webhook_targets_are_refused_unless_allowed(rstack: Stack) -> None:
     strict = KilnHTTP(rstack.start_api(env={"KILN_WEBHOOK_ALLOW_PRIVATE": "false"}))
     for url in ("http://169.254.169.254/", "http://127.0.0.1:9/hook", "http://10.1.2.3/"):
-        r = strict.post("/v1/jobs", json={"prompt": "x", "model": "tiny-sd",
-                                          "webhook_url": url})
+        r = strict.post("/v1/jobs", json={"prompt": "x", "model": "tiny-sd", "webhook_url": url})
         assert r.status_code == 422, r.text
         assert "webhook_url" in r.json()["error"]["fields"]
 
@@ -263,13 +291,24 @@ def test_a_storage_outage_is_retried_with_backoff_then_the_job_succeeds(
     try:
         job = rapi.submit(prompt="outage", model="tiny-sd", steps=2, seed=11)
         r = redis.Redis.from_url(rstack.env["KILN_REDIS_URL"], decode_responses=True)
-        wait_for(lambda: any(f["type"] == "retrying" for _, f in
-                             r.xrange(f"kiln:job:{job['id']}:events")),
-                 timeout=WAIT_S, what="a retry after the storage error")
+        wait_for(
+            lambda: any(
+                f["type"] == "retrying" for _, f in r.xrange(f"kiln:job:{job['id']}:events")
+            ),
+            timeout=WAIT_S,
+            what="a retry after the storage error",
+        )
     finally:
         port = int(rstack.env["KILN_S3_ENDPOINT_URL"].rsplit(":", 1)[1])
-        rstack.spawn("s3", s3_argv(port, rstack.workdir / "s3", rstack.env["KILN_S3_ACCESS_KEY"],
-                                   rstack.env["KILN_S3_SECRET_KEY"]))
+        rstack.spawn(
+            "s3",
+            s3_argv(
+                port,
+                rstack.workdir / "s3",
+                rstack.env["KILN_S3_ACCESS_KEY"],
+                rstack.env["KILN_S3_SECRET_KEY"],
+            ),
+        )
     done = rapi.wait(job["id"], timeout=WAIT_S)
     assert done["status"] == "succeeded", done["error"]
     assert done["attempts"] >= 2
@@ -282,17 +321,21 @@ def send_raw(rstack: Stack, job_id: str, kwargs: dict) -> None:
     """What another Python service does: send ``kiln.generate`` straight to the queue."""
     from tasks.celery_app import GENERATE, make_celery
 
-    make_celery(rstack.settings).send_task(GENERATE, kwargs=kwargs, queue="gen.tiny-sd",
-                                           task_id=job_id)
+    make_celery(rstack.settings).send_task(
+        GENERATE, kwargs=kwargs, queue="gen.tiny-sd", task_id=job_id
+    )
 
 
-def test_bad_input_fails_at_once_and_is_never_retried(rstack: Stack, rapi: KilnHTTP,
-                                                      worker: None) -> None:
+def test_bad_input_fails_at_once_and_is_never_retried(
+    rstack: Stack, rapi: KilnHTTP, worker: None
+) -> None:
     job_id = "bad-" + uuid.uuid4().hex
-    send_raw(rstack, job_id, {"job_id": job_id, "model": "tiny-sd", "prompt": "x",
-                              "steps": -1})
-    wait_for(lambda: rapi.get(f"/v1/jobs/{job_id}").status_code == 200, timeout=WAIT_S,
-             what="the bad job's record")
+    send_raw(rstack, job_id, {"job_id": job_id, "model": "tiny-sd", "prompt": "x", "steps": -1})
+    wait_for(
+        lambda: rapi.get(f"/v1/jobs/{job_id}").status_code == 200,
+        timeout=WAIT_S,
+        what="the bad job's record",
+    )
     done = rapi.wait(job_id, timeout=WAIT_S)
     assert done["status"] == "failed" and done["error"]["code"] == "invalid_request"
     assert done["attempts"] == 0
@@ -325,8 +368,9 @@ def test_open_event_streams_are_capped_per_process(rstack: Stack) -> None:
     capped = KilnHTTP(rstack.start_api(env={"KILN_SSE_MAX_STREAMS": "1"}))
     job = capped.submit(prompt="waits", model="sd15", steps=2)  # no sd15 worker: stays queued
     try:
-        first = requests.get(f"{capped.base_url}/v1/jobs/{job['id']}/events", stream=True,
-                             timeout=30)
+        first = requests.get(
+            f"{capped.base_url}/v1/jobs/{job['id']}/events", stream=True, timeout=30
+        )
         assert first.status_code == 200
         second = capped.get(f"/v1/jobs/{job['id']}/events")
         assert second.status_code == 503 and second.headers["Retry-After"]
@@ -334,7 +378,10 @@ def test_open_event_streams_are_capped_per_process(rstack: Stack) -> None:
         assert capped.get(f"/v1/jobs/{job['id']}").status_code == 200  # polling still works
         capped.delete(f"/v1/jobs/{job['id']}")  # the stream ends with the job
         assert "event: canceled" in first.text
-        wait_for(lambda: capped.get(f"/v1/jobs/{job['id']}/events").status_code == 200,
-                 timeout=30, what="the slot given back")
+        wait_for(
+            lambda: capped.get(f"/v1/jobs/{job['id']}/events").status_code == 200,
+            timeout=30,
+            what="the slot given back",
+        )
     finally:
         capped.delete(f"/v1/jobs/{job['id']}")

@@ -25,9 +25,17 @@ SECRETS.extend(KEYS.values())
 @pytest.fixture(scope="module")
 def sstack(tmp_path_factory: pytest.TempPathFactory, tiny_models_dir: Path) -> Iterator[Stack]:
     spec = ",".join(f"{n}:{hash_key(k)}:{SCOPES[n]}" for n, k in KEYS.items())
-    s = Stack(tmp_path_factory.mktemp("security"), models_dir=tiny_models_dir,
-              env_overrides={"KILN_PROFILE": "prod", "KILN_AUTH": "", "KILN_API_KEYS": spec,
-                             "KILN_MAX_BODY_BYTES": "4096", "KILN_MAX_CONCURRENT_JOBS": "3"})
+    s = Stack(
+        tmp_path_factory.mktemp("security"),
+        models_dir=tiny_models_dir,
+        env_overrides={
+            "KILN_PROFILE": "prod",
+            "KILN_AUTH": "",
+            "KILN_API_KEYS": spec,
+            "KILN_MAX_BODY_BYTES": "4096",
+            "KILN_MAX_CONCURRENT_JOBS": "3",
+        },
+    )
     try:
         s.start_servers()
         s.start_worker("tiny-sd")
@@ -51,8 +59,12 @@ def test_missing_or_wrong_key_is_401(sstack: Stack) -> None:
     r = wrong.get("/v1/models")
     assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized"
     # X-API-Key works too; health stays public.
-    assert KilnHTTP(sstack.api_url, headers={"X-API-Key": KEYS["reader"]}).get(
-        "/v1/models").status_code == 200
+    assert (
+        KilnHTTP(sstack.api_url, headers={"X-API-Key": KEYS["reader"]})
+        .get("/v1/models")
+        .status_code
+        == 200
+    )
     assert as_(sstack, None).get("/healthz").status_code == 200
 
 
@@ -73,8 +85,9 @@ def test_a_job_is_visible_to_its_key_and_admin_only(sstack: Stack) -> None:
 
 def test_openai_sdk_uses_the_key(sstack: Stack) -> None:
     client = OpenAI(base_url=f"{sstack.api_url}/v1", api_key=KEYS["alice"])
-    resp = client.images.generate(model="tiny-sd", prompt="x", size="64x64",
-                                  extra_body={"steps": 2})
+    resp = client.images.generate(
+        model="tiny-sd", prompt="x", size="64x64", extra_body={"steps": 2}
+    )
     assert resp.data[0].url
 
 
@@ -117,12 +130,16 @@ def test_results_are_private_unless_a_public_base_url_is_set(sstack: Stack) -> N
     assert "X-Amz-Signature" in image["url"]
     fetch_image(image["url"])
     bucket = sstack.env["KILN_S3_BUCKET"]
-    unsigned = requests.get(f"{sstack.env['KILN_S3_ENDPOINT_URL']}/{bucket}/{image['key']}",
-                            timeout=10)
+    unsigned = requests.get(
+        f"{sstack.env['KILN_S3_ENDPOINT_URL']}/{bucket}/{image['key']}", timeout=10
+    )
     assert unsigned.status_code in {400, 401, 403}
     assert "X-Amz-Expires=3600" in image["url"]
-    public = as_(sstack, "alice", sstack.start_api(
-        env={"KILN_PUBLIC_BASE_URL": "https://cdn.example.com/kiln"}))
+    public = as_(
+        sstack,
+        "alice",
+        sstack.start_api(env={"KILN_PUBLIC_BASE_URL": "https://cdn.example.com/kiln"}),
+    )
     url = public.get(f"/v1/jobs/{done['id']}").json()["images"][0]["url"]
     assert url == f"https://cdn.example.com/kiln/{image['key']}"
 
@@ -141,8 +158,11 @@ def test_presigned_urls_expire_as_configured(sstack: Stack) -> None:
     ("args", "kwargs", "fields"),
     [
         ((), {"prompt": 42, "model": "tiny-sd", "steps": "many"}, {"prompt", "steps"}),
-        ((), {"model": "tiny-sd", "n": 10**30, "loras": "all", "seed": [1]},
-         {"prompt", "n", "loras", "seed"}),
+        (
+            (),
+            {"model": "tiny-sd", "n": 10**30, "loras": "all", "seed": [1]},
+            {"prompt", "n", "loras", "seed"},
+        ),
         ((), {"prompt": "x", "model": {"name": "tiny-sd"}, "width": 1e9}, {"model", "width"}),
         ((), {"prompt": "x", "model": "sdxl"}, {"model"}),  # sent to the wrong queue
         (("a red fox", 4), {}, {"_schema"}),  # positional arguments
@@ -150,7 +170,8 @@ def test_presigned_urls_expire_as_configured(sstack: Stack) -> None:
     ids=["wrong-types", "out-of-range", "nested-junk", "wrong-queue", "positional"],
 )
 def test_malformed_celery_payload_fails_the_job_and_the_worker_serves_on(
-        sstack: Stack, args: tuple, kwargs: dict, fields: set[str]) -> None:
+    sstack: Stack, args: tuple, kwargs: dict, fields: set[str]
+) -> None:
     from tasks.celery_app import make_celery
     from tasks.jobs import JobStore
 
@@ -181,10 +202,11 @@ def test_pickle_messages_are_refused_and_the_worker_serves_on(sstack: Stack) -> 
 
 
 def test_prod_profile_refuses_to_start_without_keys() -> None:
-    code = ("from app import create_app\nfrom config.settings import from_env\n"
-            "create_app({'KILN_SETTINGS': from_env({'KILN_PROFILE': 'prod'})})")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=60)
+    code = (
+        "from app import create_app\nfrom config.settings import from_env\n"
+        "create_app({'KILN_SETTINGS': from_env({'KILN_PROFILE': 'prod'})})"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode != 0 and "KILN_API_KEYS" in out.stderr
 
 
@@ -192,8 +214,7 @@ def test_zz_no_secret_in_any_stored_record(sstack: Stack) -> None:
     """Runs last here: job records, events, results and limiter keys hold no secret."""
     import redis
 
-    secrets = [sstack.env["KILN_S3_SECRET_KEY"], sstack.env["KILN_WEBHOOK_SECRET"],
-               *KEYS.values()]
+    secrets = [sstack.env["KILN_S3_SECRET_KEY"], sstack.env["KILN_WEBHOOK_SECRET"], *KEYS.values()]
     r = redis.Redis.from_url(sstack.settings.redis_url)
     seen = 0
     for key in r.scan_iter(count=1000):

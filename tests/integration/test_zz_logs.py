@@ -14,6 +14,10 @@ def test_no_secret_in_any_log(tmp_path_factory: pytest.TempPathFactory) -> None:
     assert logs, "no process logs were written"
     secrets = {s for s in SECRETS if len(s) >= 8}
     assert len(secrets) >= 3
-    leaks = [(log.name, s[:6] + "…") for log in logs for s in secrets
-             if s in log.read_text(errors="replace")]
+    leaks = [
+        (log.name, s[:6] + "…")
+        for log in logs
+        for s in secrets
+        if s in log.read_text(errors="replace")
+    ]
     assert not leaks, f"secrets found in logs: {leaks}"

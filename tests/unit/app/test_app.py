@@ -15,8 +15,9 @@ from config.settings import from_env
 @pytest.fixture
 def app() -> Flask:
     # Points at a broker that is not there: these tests never reach it.
-    settings = from_env({"KILN_BROKER_URL": "redis://127.0.0.1:1/0",
-                         "KILN_S3_ENDPOINT_URL": "http://127.0.0.1:1"})
+    settings = from_env(
+        {"KILN_BROKER_URL": "redis://127.0.0.1:1/0", "KILN_S3_ENDPOINT_URL": "http://127.0.0.1:1"}
+    )
     return create_app({"TESTING": True, "KILN_SETTINGS": settings})
 
 
@@ -79,7 +80,6 @@ def test_api_process_never_imports_torch() -> None:
         print("ok")
         """
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=60)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"

@@ -14,8 +14,14 @@ def test_defaults_are_the_dev_profile() -> None:
 
 
 def test_env_values_are_typed() -> None:
-    s = from_env({"KILN_API_PORT": "9000", "KILN_WEBHOOK_ALLOW_PRIVATE": "true",
-                  "KILN_DATA_DIR": "/tmp/k", "KILN_SYNC_TIMEOUT_S": "2.5"})
+    s = from_env(
+        {
+            "KILN_API_PORT": "9000",
+            "KILN_WEBHOOK_ALLOW_PRIVATE": "true",
+            "KILN_DATA_DIR": "/tmp/k",
+            "KILN_SYNC_TIMEOUT_S": "2.5",
+        }
+    )
     assert s.api_port == 9000
     assert s.webhook_allow_private is True
     assert s.models_dir == Path("/tmp/k/models")
@@ -24,8 +30,12 @@ def test_env_values_are_typed() -> None:
 
 @pytest.mark.parametrize(
     ("key", "value"),
-    [("KILN_API_PORT", "eighty"), ("KILN_WEBHOOK_ALLOW_PRIVATE", "maybe"), ("KILN_PROFILE", "x"),
-     ("KILN_CPU_DTYPE", "fp8")],
+    [
+        ("KILN_API_PORT", "eighty"),
+        ("KILN_WEBHOOK_ALLOW_PRIVATE", "maybe"),
+        ("KILN_PROFILE", "x"),
+        ("KILN_CPU_DTYPE", "fp8"),
+    ],
 )
 def test_bad_values_name_the_variable(key: str, value: str) -> None:
     with pytest.raises(SettingsError, match=key):
@@ -35,8 +45,12 @@ def test_bad_values_name_the_variable(key: str, value: str) -> None:
 def test_amqp_broker_needs_a_redis_job_store() -> None:
     with pytest.raises(SettingsError, match="KILN_REDIS_URL"):
         from_env({"KILN_BROKER_URL": "amqp://guest:guest@127.0.0.1:5672//"})
-    s = from_env({"KILN_BROKER_URL": "amqp://guest:guest@127.0.0.1:5672//",
-                  "KILN_REDIS_URL": "redis://127.0.0.1:6379/1"})
+    s = from_env(
+        {
+            "KILN_BROKER_URL": "amqp://guest:guest@127.0.0.1:5672//",
+            "KILN_REDIS_URL": "redis://127.0.0.1:6379/1",
+        }
+    )
     assert s.redis_url.endswith("/1")
 
 
@@ -47,8 +61,13 @@ def test_settings_are_frozen() -> None:
 
 
 def test_redacted_hides_secrets() -> None:
-    s = from_env({"KILN_S3_SECRET_KEY": "topsecret", "KILN_WEBHOOK_SECRET": "whsec_abc",
-                  "KILN_BROKER_URL": "redis://user:hunter2@redis:6379/0"})
+    s = from_env(
+        {
+            "KILN_S3_SECRET_KEY": "topsecret",
+            "KILN_WEBHOOK_SECRET": "whsec_abc",
+            "KILN_BROKER_URL": "redis://user:hunter2@redis:6379/0",
+        }
+    )
     shown = s.redacted()
     assert "topsecret" not in str(shown) and "whsec_abc" not in str(shown)
     assert "hunter2" not in str(shown)

@@ -22,8 +22,7 @@ PARAMS = Params(width=64, height=64, steps=3, guidance_scale=7.5, scheduler="eul
 
 
 def tiny(max_batch: int = 8, max_wait_ms: int = 200):
-    return resolve(replace(REGISTRY["tiny-sd"].spec, max_batch=max_batch,
-                           max_wait_ms=max_wait_ms))
+    return resolve(replace(REGISTRY["tiny-sd"].spec, max_batch=max_batch, max_wait_ms=max_wait_ms))
 
 
 class FakePipe:
@@ -53,8 +52,13 @@ class FakePipe:
 
 
 def fake_loaded(model, pipe: FakePipe) -> Any:
-    return SimpleNamespace(model=model, pipe=pipe, device="cpu",
-                           set_scheduler=lambda name: None, set_loras=lambda loras: None)
+    return SimpleNamespace(
+        model=model,
+        pipe=pipe,
+        device="cpu",
+        set_scheduler=lambda name: None,
+        set_loras=lambda loras: None,
+    )
 
 
 def engine_with(pipe: FakePipe, **kw: Any) -> Engine:
@@ -66,8 +70,9 @@ def engine_with(pipe: FakePipe, **kw: Any) -> Engine:
 
 
 def req(i: int, *, params: Params = PARAMS, n: int = 1, **kw: Any) -> Request:
-    return Request(id=f"r{i}", prompt=f"prompt {i}", seeds=[i * 10 + k for k in range(n)],
-                   params=params, **kw)
+    return Request(
+        id=f"r{i}", prompt=f"prompt {i}", seeds=[i * 10 + k for k in range(n)], params=params, **kw
+    )
 
 
 def test_compatible_requests_share_pipeline_calls() -> None:

@@ -21,8 +21,9 @@ OTHERS = [
 
 def params_for(loaded) -> Params:
     m = loaded.model
-    return Params(width=64, height=64, steps=3, guidance_scale=m.guidance_scale,
-                  scheduler=m.scheduler)
+    return Params(
+        width=64, height=64, steps=3, guidance_scale=m.guidance_scale, scheduler=m.scheduler
+    )
 
 
 def no_negative(loaded, items):

@@ -165,8 +165,11 @@ def test_progress_of_every_running_job_in_one_flush(r: redis.Redis) -> None:
         writer.update(ids[0], 4, 8)  # only the latest step of a job is written
         writer.flush()
         got = [store.get(j) or {} for j in ids]
-        assert [g.get("progress") for g in got] == [{"step": 4, "steps": 8},
-                                                   {"step": 3, "steps": 8}, None]
+        assert [g.get("progress") for g in got] == [
+            {"step": 4, "steps": 8},
+            {"step": 3, "steps": 8},
+            None,
+        ]
         assert [e[1] for e in store.events(ids[0])] == ["queued", "progress"]
         assert [e[1] for e in store.events(ids[2])] == ["queued"]  # finished: left alone
         writer.flush()  # nothing new: no writes
