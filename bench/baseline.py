@@ -23,7 +23,16 @@ from typing import Any
 
 import redis
 
-from bench.common import burst, percentile, save, stack_with_worker, table, tiny_models, watch
+from bench.common import (
+    burst,
+    cpu_dtypes,
+    percentile,
+    save,
+    stack_with_worker,
+    table,
+    tiny_models,
+    watch,
+)
 from tests.stack import BIN, Stack
 
 MODEL = "tiny-sd"
@@ -68,15 +77,6 @@ def classic_burst(stack: Stack, jobs: list[dict[str, Any]], *, timeout: float = 
         "p50_s": percentile(lat, 0.5),
         "p95_s": percentile(lat, 0.95),
     }
-
-
-def cpu_dtypes(arg: str) -> list[str]:
-    """The CPU precisions to compare: fp32, and bf16 where this CPU has it in hardware."""
-    if arg:
-        return arg.split(",")
-    from pipelines.devices import native_bf16
-
-    return ["fp32", "bf16"] if native_bf16() else ["fp32"]
 
 
 def run_dtype(

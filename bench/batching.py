@@ -17,8 +17,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from bench.common import burst, save, stack_with_worker, table, tiny_models
-from pipelines.devices import native_bf16
+from bench.common import burst, cpu_dtypes, save, stack_with_worker, table, tiny_models
 
 MODEL = "tiny-sd"
 
@@ -98,10 +97,15 @@ def main() -> None:
             for k, v in row.items():
                 best[k] = max(best.get(k, 0.0), v)
         sizes = [int(x) for x in args.sweep.split(",")]
-        sweep = {"fp32": {b: bare.images_per_s(batch=b, images=args.images) for b in sizes}}
-        if native_bf16():  # the same sweep with KILN_CPU_DTYPE=bf16
-            bf16 = Bare(models_dir, steps=args.steps, size=args.size, cpu_dtype="bf16")
-            sweep["bf16"] = {b: bf16.images_per_s(batch=b, images=args.images) for b in sizes}
+        # The bare sweep at each CPU precision (bf16 too, where the CPU has it natively).
+        pipes = {"fp32": bare}
+        for dt in cpu_dtypes():
+            if dt != "fp32":
+                pipes[dt] = Bare(models_dir, steps=args.steps, size=args.size, cpu_dtype=dt)
+        sweep = {
+            dt: {b: p.images_per_s(batch=b, images=args.images) for b in sizes}
+            for dt, p in pipes.items()
+        }
 
     print(
         f"\ntiny-sd, {args.size}x{args.size}, {args.steps} steps, {args.images} images, "

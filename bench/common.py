@@ -129,6 +129,16 @@ def watch(
     return done
 
 
+def cpu_dtypes(arg: str = "") -> list[str]:
+    """The CPU precisions to compare (``KILN_CPU_DTYPE`` values, comma-separated in
+    ``arg``); by default fp32, and bf16 where this CPU has it in hardware."""
+    if arg:
+        return arg.split(",")
+    from pipelines.devices import native_bf16
+
+    return ["fp32", "bf16"] if native_bf16() else ["fp32"]
+
+
 def tiny_models(models_dir: Path | None = None) -> Path:
     """The tiny stand-ins, built in ``models_dir`` (a fresh temporary folder by default)."""
     from pipelines.tiny import make_all
