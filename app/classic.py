@@ -13,15 +13,13 @@ from typing import Any
 
 from flask.views import MethodView
 from flask_smorest import Blueprint
-from marshmallow import RAISE, Schema, ValidationError, fields, validate
+from marshmallow import RAISE, Schema, fields, validate
 
-from app.auth import can_see, owner
+from app.auth import owner
 from app.metrics import job_submitted
 from app.schemas import ApiErrorSchema
-from app.service import dispatcher
-from config.errors import NotFound
-from tasks import queues
-from tasks.runtime import ready_workers
+from app.service import get_job_or_404, service
+from config.errors import invalid_input
 
 blp = Blueprint("classic", __name__, description="Classic /generate API")
 
@@ -81,7 +79,7 @@ def iso(ts: float | None) -> str | None:
 
 
 def check_size(data: dict[str, Any]) -> None:
-    registry = dispatcher().registry
+    registry = service().registry
     model = registry.get(data["model"]) if data["model"] in registry else None
     low = 512 if model is None else min(512, model.min_size)
     errors = {
@@ -90,7 +88,7 @@ def check_size(data: dict[str, Any]) -> None:
         if data.get(name) is not None and not low <= data[name] <= 2048
     }
     if errors:
-        raise ValidationError(errors)
+        raise invalid_input(errors)
 
 
 @blp.route("/generate")
@@ -101,7 +99,7 @@ class Generate(MethodView):
     def post(self, data: dict[str, Any]) -> Any:
         """Queue a generation; poll ``GET /job/<job_id>``."""
         check_size(data)
-        d = dispatcher()
+        d = service()
         payload = {k: v for k, v in data.items() if v is not None}
         params = d.validate(payload)
         record, _ = d.submit(params, owner=owner(), source="classic")
@@ -116,9 +114,7 @@ class ClassicJob(MethodView):
     @blp.alt_response(404, schema=ApiErrorSchema)
     def get(self, job_id: str) -> Any:
         """The job in the classic shape."""
-        record = dispatcher().get(job_id)
-        if record is None or not can_see(record.get("owner")):
-            raise NotFound(f"no job {job_id!r}", fields={"job_id": [job_id]})
+        record = get_job_or_404(job_id)
         images = record.get("images") or []
         err = record.get("error")
         return {
@@ -136,10 +132,9 @@ class ClassicHealth(MethodView):
     @blp.response(200, ClassicHealthSchema)
     def get(self) -> Any:
         """Queue length and ready workers over all models."""
-        d = dispatcher()
-        r = d.store.redis
+        d = service()
         return {
             "status": "healthy" if d.store.ping() else "unhealthy",
-            "queue_length": sum(queues.depth(r, m) for m in d.registry),
-            "workers": sum(ready_workers(d.store, m) for m in d.registry),
+            "queue_length": sum(d.fleet.queue_depth(m) for m in d.registry),
+            "workers": sum(d.fleet.ready_workers(m) for m in d.registry),
         }

@@ -1,4 +1,5 @@
-"""The ``kiln`` command: workers, models, config, the dev fleet, and (later) clients."""
+"""The ``kiln`` command: workers, models, config, keys, the dev fleet, and a client
+(``generate``, ``jobs``) that talks to the API over HTTP."""
 
 from __future__ import annotations
 
@@ -52,7 +53,7 @@ def worker(
     """Serve one model on one GPU: load, warm, then consume gen.<model>."""
     from config.logging import setup_logging
     from pipelines.registry import Registry, UnknownModel
-    from tasks.worker import run_worker
+    from tasks.worker.main import run_worker
 
     settings = get_settings()
     setup_logging(settings)
@@ -111,25 +112,24 @@ def capacity(
 ) -> None:
     """Estimate images/hour and cost per image from seconds per image."""
     from pipelines.registry import Registry
-    from tasks import queues
-    from tasks.jobs import JobStore
+    from tasks.jobs.fleet import Fleet
+    from tasks.jobs.store import JobStore
 
     settings = get_settings()
     names = list(models_) or list(Registry.from_file(settings.models_file))
-    store = None if s_per_image else JobStore(settings.redis_url)
+    fleet = None if s_per_image else Fleet(JobStore(settings.redis_url).redis)
     click.echo(
         f"{'model':<16}{'s/image':>10}{'images/h/GPU':>14}{'images/h':>12}{'$/1k images':>13}"
     )
     for name in names:
         spi = s_per_image
-        if spi is None and store is not None:
+        if spi is None and fleet is not None:
             try:
-                raw = store.redis.hget(queues.stats_key(name), "s_per_image")
+                spi = fleet.s_per_image(name)
             except Exception as exc:
                 raise click.ClickException(
                     f"job store unreachable ({type(exc).__name__}); pass --s-per-image"
                 ) from None
-            spi = float(raw) if raw else None
         if not spi:
             click.echo(f"{name:<16}{'no data':>10}  (run some jobs, or pass --s-per-image)")
             continue

@@ -1,7 +1,8 @@
 """One error shape for every door: ``{"error": {"code", "message", "fields"}}``.
 
-Typed exceptions (``config.errors``), marshmallow validation errors and HTTP
-errors all map here; nothing ever answers with a stack trace.
+Typed exceptions (``config.errors``) map here; a validation failure (marshmallow's,
+or webargs' 422 from ``@blp.arguments``) becomes one through
+``config.errors.invalid_input`` first. Nothing ever answers with a stack trace.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ from marshmallow import ValidationError
 from redis.exceptions import RedisError
 from werkzeug.exceptions import HTTPException
 
-from config.errors import KilnError, RateLimited
+from config.errors import KilnError, RateLimited, invalid_input
 
 log = logging.getLogger("kiln.api")
+RETRY_AFTER_S = 2  # what a 503 asks a client to wait before trying again
 
 CODES = {
     400: "bad_request",
@@ -41,48 +43,34 @@ def error_body(code: str, message: str, fields: Any = None) -> dict[str, Any]:
     return {"error": err}
 
 
-def flatten_messages(messages: Any) -> dict[str, Any]:
-    """webargs nests errors by location (``{"json": {...}}``); keep the field names."""
-    if isinstance(messages, dict):
-        if set(messages) <= {"json", "query", "form", "headers", "path", "files"}:
-            out: dict[str, Any] = {}
-            for v in messages.values():
-                out.update(flatten_messages(v))
-            return out
-        return dict(messages)
-    return {"_schema": messages if isinstance(messages, list) else [str(messages)]}
-
-
-def validation_message(fields: dict[str, Any]) -> str:
-    names = ", ".join(sorted(fields))
-    return f"invalid value for {names}" if names != "_schema" else "invalid request body"
-
-
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(KilnError)
     def _kiln(exc: KilnError) -> Any:
         resp = jsonify(error_body(exc.code, exc.message, exc.fields))
         if isinstance(exc, RateLimited):
             resp.headers["Retry-After"] = str(exc.retry_after_s)
+        elif exc.status == 503:  # a part is down: a delay, never the end of a job
+            resp.headers["Retry-After"] = str(RETRY_AFTER_S)
         return resp, exc.status
 
     @app.errorhandler(ValidationError)
     def _validation(exc: ValidationError) -> Any:
-        fields = flatten_messages(exc.messages)
-        return jsonify(error_body("invalid_request", validation_message(fields), fields)), 422
+        return _kiln(invalid_input(exc.messages))
 
     @app.errorhandler(RedisError)
     def _redis(exc: RedisError) -> Any:
         log.error("job store unavailable: %s", type(exc).__name__)
-        return jsonify(error_body("unavailable", "the job store is unavailable; try again")), 503
+        resp = jsonify(error_body("unavailable", "the job store is unavailable; try again"))
+        resp.headers["Retry-After"] = str(RETRY_AFTER_S)
+        return resp, 503
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException) -> Any:
         status = exc.code or 500
         data = getattr(exc, "data", None) or {}
-        fields = flatten_messages(data["messages"]) if "messages" in data else None
-        message = validation_message(fields) if fields else exc.description or exc.name
-        resp = jsonify(error_body(CODES.get(status, "error"), message, fields))
+        if "messages" in data:  # webargs: the request did not match its schema
+            return _kiln(invalid_input(data["messages"]))
+        resp = jsonify(error_body(CODES.get(status, "error"), exc.description or exc.name))
         for k, v in (data.get("headers") or {}).items():
             resp.headers[k] = v
         return resp, status

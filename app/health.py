@@ -9,8 +9,7 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 
 from app.schemas import HealthSchema
-from app.service import dispatcher
-from tasks.runtime import ready_workers
+from app.service import service
 
 blp = Blueprint("health", __name__, description="Health and readiness")
 
@@ -35,7 +34,7 @@ class Readyz(MethodView):
         while their heartbeat (every 2 s, 6 s TTL) is alive; a clean stop removes it at
         once, before the worker drains its running jobs.
         """
-        d = dispatcher()
+        d = service()
         asked = request.args.getlist("model")
         required = (
             asked or [m for m in d.settings.required_models.split(",") if m] or list(d.registry)
@@ -44,7 +43,7 @@ class Readyz(MethodView):
         checks: dict[str, Any] = {"job_store": d.store.ping(), "storage": d.storage.ping()}
         workers = {}
         if checks["job_store"]:
-            workers = {name: ready_workers(d.store, name) for name in d.registry}
+            workers = {name: d.fleet.ready_workers(name) for name in d.registry}
         checks["workers"] = workers
         checks["required"] = required
         if unknown:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -11,56 +10,24 @@ from flask import Response, current_app, request, stream_with_context, url_for
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
-from app.auth import can_see, owner
+from app.auth import owner
 from app.metrics import job_submitted
 from app.schemas import ApiErrorSchema, CancelSchema, JobSchema, JobViewSchema
-from app.service import dispatcher, settings
+from app.service import get_job_or_404, service, settings
 from app.streams import slots
-from config.errors import NotFound
-from tasks.jobs import TERMINAL
-from tasks.schema import validate_job
+from tasks.jobs.records import public_view
+from tasks.jobs.schema import validate_job
 
 blp = Blueprint("jobs", __name__, url_prefix="/v1/jobs", description="Text-to-image jobs")
 
-PUBLIC = (
-    "id",
-    "status",
-    "model",
-    "params",
-    "seeds",
-    "created_at",
-    "started_at",
-    "completed_at",
-    "progress",
-    "images",
-    "error",
-    "attempts",
-    "webhook",
-    "batch_id",
-    "batch_size",
-    "batches",
-    "queue_position",
-    "eta_s",
-    "run_s",
-    "upload_s",
-)
-
 
 def job_view(record: dict[str, Any]) -> dict[str, Any]:
-    out = {k: record.get(k) for k in PUBLIC}
+    out = public_view(record)
     out["urls"] = {
         "self": url_for("jobs.Job", job_id=record["id"]),
         "events": url_for("jobs.events", job_id=record["id"]),
     }
     return out
-
-
-def get_job_or_404(job_id: str) -> dict[str, Any]:
-    """The job, if it exists and this API key may see it (404 either way, no hints)."""
-    record = dispatcher().get(job_id)
-    if record is None or not can_see(record.get("owner")):
-        raise NotFound(f"no job {job_id!r}", fields={"job_id": [job_id]})
-    return record
 
 
 @blp.route("")
@@ -80,7 +47,7 @@ class Jobs(MethodView):
         Send an ``Idempotency-Key`` header to make retries safe: the same key and body
         return the same job (200) instead of a new one.
         """
-        d = dispatcher()
+        d = service()
         params = validate_job(data, d.registry)
         d.check_webhook(params)
         record, created = d.submit(
@@ -112,7 +79,7 @@ class Job(MethodView):
     def delete(self, job_id: str) -> Any:
         """Cancel a job."""
         get_job_or_404(job_id)
-        out = dispatcher().cancel(job_id)
+        out = service().cancel(job_id)
         return out, 200 if out["status"] == "canceled" else 202
 
 
@@ -137,26 +104,15 @@ def events(job_id: str) -> Any:
 
     Resumable: send ``Last-Event-ID`` to get only the events after it.
     """
-    d = dispatcher()
+    d = service()
     get_job_or_404(job_id)
     after = request.headers.get("Last-Event-ID") or request.args.get("last_event_id") or "0-0"
     max_s = settings().sse_max_s
 
     def stream() -> Iterator[str]:
-        cursor, deadline = after, time.monotonic() + max_s
         yield "retry: 1000\n\n"
-        while time.monotonic() < deadline:
-            batch = d.store.events(job_id, cursor, block_ms=10_000)
-            if not batch:
-                yield ": keep-alive\n\n"
-                if (d.store.get(job_id) or {}).get("status") in TERMINAL:
-                    return
-                continue
-            for event_id, event, data in batch:
-                cursor = event_id
-                yield sse(event_id, event, data)
-                if event in TERMINAL:
-                    return
+        for item in d.follow(job_id, after=after, timeout=max_s):
+            yield ": keep-alive\n\n" if item is None else sse(*item)
 
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     response = Response(

@@ -3,7 +3,7 @@
 Flask-Limiter counts submits per API key (per client address when the API runs open)
 in the job store's Redis, so all gunicorn workers and API hosts share one budget;
 a 429 carries ``Retry-After``. The concurrent-job quota counts each key's queued and
-running jobs (``kiln:active:<key>``, kept by the dispatcher and the workers).
+running jobs (counted by the job service as jobs start and end).
 """
 
 from __future__ import annotations

@@ -3,8 +3,9 @@
 Under gunicorn the API's counters live in prometheus-client's multiprocess mode
 (``config/gunicorn.py`` sets ``PROMETHEUS_MULTIPROC_DIR`` and cleans up after dead
 workers). Fleet metrics are computed at scrape time from Redis, so one scrape of any
-API process shows the whole fleet: queue depth and ready workers per model, jobs
-finished by model and status, webhook deliveries by outcome, seconds per image.
+API process shows the whole fleet (read through ``tasks.jobs.fleet``): jobs waiting
+and broker messages per model queue, ready workers, jobs finished by model and
+status, webhook deliveries by outcome, seconds per image.
 Workers serve their own histograms (``kiln worker --metrics-port``).
 """
 
@@ -27,9 +28,8 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from tasks import queues
-from tasks.metrics import JOB_COUNTERS, WEBHOOK_COUNTERS
-from tasks.runtime import ready_workers
+from tasks.jobs.fleet import Fleet
+from tasks.messaging.names import queue_for
 
 SUBMITTED = Counter("kiln_jobs_submitted_total", "Jobs accepted by the API", ["model", "door"])
 REQUESTS = Counter("kiln_http_requests_total", "HTTP requests", ["method", "endpoint", "status"])
@@ -44,22 +44,30 @@ LATENCY = Histogram(
 class FleetCollector:
     """Metrics of the whole fleet, read from the job store at scrape time."""
 
-    def __init__(self, dispatcher: Any) -> None:
-        self.d = dispatcher
+    def __init__(self, fleet: Fleet, models: list[str]) -> None:
+        self.fleet = fleet
+        self.models = models
 
     def describe(self) -> Iterator[Any]:
         """The families this collector yields (names and types), without Redis."""
         yield GaugeMetricFamily("kiln_queue_depth", "", labels=["model", "queue"])
+        yield GaugeMetricFamily("kiln_broker_messages", "", labels=["model", "queue"])
         yield GaugeMetricFamily("kiln_ready_workers", "", labels=["model"])
         yield GaugeMetricFamily("kiln_seconds_per_image", "", labels=["model"])
         yield CounterMetricFamily("kiln_jobs_finished", "", labels=["model", "status"])
         yield CounterMetricFamily("kiln_webhook_deliveries", "", labels=["outcome"])
 
     def collect(self) -> Iterator[Any]:
-        r, models = self.d.store.redis, list(self.d.registry)
-        broker_redis = self.d.settings.broker_url.startswith(("redis", "rediss"))
+        fleet = self.fleet
         depth = GaugeMetricFamily(
-            "kiln_queue_depth", "Jobs waiting per model queue", labels=["model", "queue"]
+            "kiln_queue_depth",
+            "Jobs waiting per model (submitted, not started)",
+            labels=["model", "queue"],
+        )
+        messages = GaugeMetricFamily(
+            "kiln_broker_messages",
+            "Messages ready in each model's broker queue",
+            labels=["model", "queue"],
         )
         ready = GaugeMetricFamily(
             "kiln_ready_workers", "Workers with a live heartbeat", labels=["model"]
@@ -69,31 +77,31 @@ class FleetCollector:
             "Moving average of pipeline seconds per image",
             labels=["model"],
         )
-        for name in models:
-            queue = f"gen.{name}"
-            n = r.llen(queue) if broker_redis else queues.depth(r, name)
-            depth.add_metric([name, queue], n)
-            ready.add_metric([name], ready_workers(self.d.store, name))
-            raw = r.hget(queues.stats_key(name), "s_per_image")
-            if raw:
-                per_image.add_metric([name], float(raw))
+        in_broker = fleet.broker_messages(self.models)
+        for name in self.models:
+            depth.add_metric([name, queue_for(name)], fleet.queue_depth(name))
+            if name in in_broker:
+                messages.add_metric([name, queue_for(name)], in_broker[name])
+            ready.add_metric([name], fleet.ready_workers(name))
+            rate = fleet.s_per_image(name)
+            if rate is not None:
+                per_image.add_metric([name], rate)
         finished = CounterMetricFamily(
             "kiln_jobs_finished", "Jobs ended, fleet-wide", labels=["model", "status"]
         )
-        for key, value in (r.hgetall(JOB_COUNTERS) or {}).items():
-            model, _, status = key.partition("|")
-            finished.add_metric([model, status], int(value))
+        for (model, status), value in fleet.job_counts().items():
+            finished.add_metric([model, status], value)
         hooks = CounterMetricFamily(
             "kiln_webhook_deliveries", "Webhook deliveries by outcome", labels=["outcome"]
         )
-        for outcome, value in (r.hgetall(WEBHOOK_COUNTERS) or {}).items():
-            hooks.add_metric([outcome], int(value))
-        yield from (depth, ready, per_image, finished, hooks)
+        for outcome, value in fleet.webhook_counts().items():
+            hooks.add_metric([outcome], value)
+        yield from (depth, messages, ready, per_image, finished, hooks)
 
 
-def init_metrics(app: Flask, dispatcher: Any) -> None:
+def init_metrics(app: Flask, jobs: Any) -> None:
     fleet = CollectorRegistry(auto_describe=False)
-    fleet.register(FleetCollector(dispatcher))
+    fleet.register(FleetCollector(jobs.fleet, list(jobs.registry)))
 
     @app.before_request
     def _start_timer() -> None:

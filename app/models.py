@@ -8,7 +8,8 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 
 from app.schemas import ModelListSchema
-from app.service import dispatcher
+from app.service import service
+from tasks.messaging.names import queue_for
 
 blp = Blueprint("models", __name__, url_prefix="/v1/models", description="Served models")
 
@@ -18,4 +19,8 @@ class Models(MethodView):
     @blp.response(200, ModelListSchema)
     def get(self) -> Any:
         """Models, their families, defaults and limits (stand-ins are marked)."""
-        return {"object": "list", "data": [m.describe() for m in dispatcher().registry.values()]}
+        models = service().registry.values()
+        return {
+            "object": "list",
+            "data": [{**m.describe(), "queue": queue_for(m.name)} for m in models],
+        }

@@ -23,10 +23,9 @@ from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 from werkzeug.exceptions import HTTPException
 
 from app.auth import owner
-from app.errors import flatten_messages
 from app.metrics import job_submitted
-from app.service import dispatcher, settings
-from config.errors import KilnError
+from app.service import service, settings
+from config.errors import InvalidInput, KilnError, invalid_input
 
 blp = Blueprint(
     "openai", __name__, url_prefix="/v1/images", description="OpenAI-compatible image generation"
@@ -89,15 +88,6 @@ def openai_error(
     return jsonify(body), status
 
 
-@blp.errorhandler(ValidationError)
-def _validation(exc: ValidationError) -> Any:
-    fields_ = flatten_messages(exc.messages)
-    name = next(iter(fields_), None)
-    detail = fields_.get(name) if name else None
-    msg = f"{name}: {detail[0] if isinstance(detail, list) else detail}" if name else str(exc)
-    return openai_error(msg, 400, param=name)
-
-
 @blp.errorhandler(KilnError)
 def _kiln(exc: KilnError) -> Any:
     param = next(iter(exc.fields), None)
@@ -107,11 +97,16 @@ def _kiln(exc: KilnError) -> Any:
     )
 
 
+@blp.errorhandler(ValidationError)
+def _validation(exc: ValidationError) -> Any:
+    return _kiln(invalid_input(exc.messages))
+
+
 @blp.errorhandler(HTTPException)
 def _http(exc: HTTPException) -> Any:
     data = getattr(exc, "data", None) or {}
     if "messages" in data:
-        return _validation(ValidationError(data["messages"]))
+        return _kiln(invalid_input(data["messages"]))
     return openai_error(exc.description or exc.name, exc.code or 500)
 
 
@@ -141,14 +136,14 @@ class Generations(MethodView):
     )
     def post(self, data: dict[str, Any]) -> Any:
         """Create images (synchronous; 504 with the job id past the timeout)."""
-        d = dispatcher()
+        d = service()
         try:
             params = d.validate(to_job(data))
-        except ValidationError as exc:
-            fields_ = flatten_messages(exc.messages)
-            if "width" in fields_ or "height" in fields_:
-                detail = fields_.get("width") or fields_.get("height")
-                raise ValidationError({"size": detail}) from None
+        except InvalidInput as exc:  # this door names the size, not width and height
+            if "width" in exc.fields or "height" in exc.fields:
+                raise invalid_input(
+                    {"size": exc.fields.get("width") or exc.fields.get("height")}
+                ) from None
             raise
         record, _ = d.submit(params, owner=owner(), source="openai")
         job_submitted(params["model"], "openai")

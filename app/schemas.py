@@ -1,10 +1,10 @@
-"""Response schemas (for the OpenAPI spec); request schemas live in ``tasks.schema``."""
+"""Response schemas (for the OpenAPI spec); request schemas live in ``tasks.jobs.schema``."""
 
 from __future__ import annotations
 
 from marshmallow import Schema, fields
 
-from tasks.schema import JobSchema  # noqa: F401  (re-exported: one schema for all doors)
+from tasks.jobs.schema import JobSchema  # noqa: F401  (re-exported: one schema for all doors)
 
 
 class ImageSchema(Schema):

@@ -1,32 +1,44 @@
-"""The one object every blueprint uses to reach the workers (through ``tasks``)."""
+"""The one object every blueprint uses to reach the workers: the job service
+(``tasks.jobs``), built once per app."""
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from flask import Flask, current_app
 
+from app.auth import can_see
+from config.errors import NotFound
 from config.settings import Settings
-from tasks.submit import Dispatcher
+from tasks.jobs.service import JobService
 
 log = logging.getLogger("kiln.api")
 
 
 def init_service(app: Flask, settings: Settings) -> None:
-    d = Dispatcher(settings)
-    app.extensions["kiln"] = d
+    jobs = JobService(settings)
+    app.extensions["kiln"] = jobs
     if settings.s3_create_bucket:
         try:  # best effort: workers create it too; /readyz reports storage either way
-            d.storage.ensure_bucket()
+            jobs.storage.ensure_bucket()
         except Exception as exc:
             log.warning(
                 "bucket %s not checked at start: %s", settings.s3_bucket, type(exc).__name__
             )
 
 
-def dispatcher() -> Dispatcher:
+def service() -> JobService:
     return current_app.extensions["kiln"]
 
 
 def settings() -> Settings:
     return current_app.config["KILN_SETTINGS"]
+
+
+def get_job_or_404(job_id: str) -> dict[str, Any]:
+    """The job, if it exists and this API key may see it (404 either way, no hints)."""
+    record = service().get(job_id)
+    if record is None or not can_see(record.get("owner")):
+        raise NotFound(f"no job {job_id!r}", fields={"job_id": [job_id]})
+    return record

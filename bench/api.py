@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import percentile, save, table
-from tests.stack import Stack
+from harness.stack import Stack
 
 
 class Client:

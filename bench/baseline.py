@@ -33,7 +33,7 @@ from bench.common import (
     tiny_models,
     watch,
 )
-from tests.stack import BIN, Stack
+from harness.stack import BIN, Stack
 
 MODEL = "tiny-sd"
 

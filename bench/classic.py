@@ -42,7 +42,7 @@ def pipeline() -> Any:
 def generate(prompt: str, seed: int, width: int, height: int, steps: int) -> str:
     import torch
 
-    from tasks.storage import Storage
+    from tasks.jobs.storage import Storage
 
     loaded = pipeline()
     image = loaded.pipe(

@@ -17,8 +17,8 @@ import redis
 import yaml
 
 from config.settings import DEFAULT_MODELS_FILE
-from tests.stack import Stack
-from tests.support import KilnHTTP
+from harness.http import KilnHTTP
+from harness.stack import Stack
 
 
 def make_models_file(directory: Path, **overrides: Any) -> Path:

@@ -3,7 +3,7 @@
     python -m bench.gpu [--models sdxl,flux-schnell] [--batches 1,4,8] [--compile]
                         [--through-kiln] [--usd-per-gpu-hour 3.5]
 
-Random weights built from the published configs (bench/gpu_models.py; no hub). SDXL:
+Random weights built from the published configs (pipelines/fullsize.py; no hub). SDXL:
 1024², 30 steps, fp16, guidance 5 (CFG: two UNet evaluations per step). Schnell:
 1024², 4 steps, bf16, no guidance. For each batch size, seconds/image and images/s of
 the bare pipeline call, optionally compiled, and with ``--through-kiln`` the same
@@ -140,8 +140,8 @@ def main() -> int:
     if not torch.cuda.is_available():
         print("bench.gpu: no CUDA GPU here; skipping (run it on a machine with one).")
         return 0
-    from bench.gpu_models import BUILDERS
     from pipelines.devices import pick_dtype
+    from pipelines.fullsize import BUILDERS
 
     batches = [int(b) for b in args.batches.split(",")]
     gpu = torch.cuda.get_device_name(0)

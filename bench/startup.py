@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import save, table, tiny_models
-from tests.stack import Stack
+from harness.stack import Stack
 
 
 def main() -> None:

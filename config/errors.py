@@ -4,7 +4,11 @@ Permanent errors are the caller's or the model's fault: never retried.
 Transient errors (storage, broker, a lost worker) are retried with backoff.
 Every error carries a stable ``code``, a human ``message`` and, for bad input,
 the ``fields`` it concerns, so every front door can answer the same JSON:
-``{"error": {"code", "message", "fields"}}``.
+``{"error": {"code", "message", "fields"}}``. :func:`invalid_input` is the one way
+a validation failure (marshmallow's or webargs' messages) becomes an error.
+
+Settings and model-file errors are ``ValueError``s too, so a bad configuration
+reads as one wherever it is caught; the stand-alone ``app/client.py`` keeps its own.
 """
 
 from __future__ import annotations
@@ -113,3 +117,68 @@ class BrokerUnavailable(TransientError):
 
 class EngineNotReady(TransientError):
     code = "engine_not_ready"
+
+
+class Wedged(TimeLimitExceeded):
+    """The engine kept a job past its hard time limit: this worker must restart."""
+
+    code = "time_limit_exceeded"
+
+
+class RunningElsewhere(TransientError):
+    """A re-delivered message for a job that a live worker is still running."""
+
+    code = "running_elsewhere"
+
+    def __init__(self, worker: str) -> None:
+        super().__init__(f"job still runs on {worker}")
+        self.worker = worker
+
+
+class SettingsError(ValueError):
+    """A ``KILN_*`` variable has a value Kiln cannot use; the message names it."""
+
+
+class ModelConfigError(ValueError):
+    """models.yaml has an entry Kiln cannot use; the message names it."""
+
+
+class UnknownModel(KeyError):
+    """No model of that name in the registry."""
+
+
+class UnknownFamily(KeyError):
+    """No model family of that name."""
+
+
+_LOCATIONS = {"json", "query", "form", "headers", "path", "files", "cookies"}
+
+
+def flatten_messages(messages: Any) -> dict[str, Any]:
+    """Validation messages keyed by field name (webargs nests them by location)."""
+    if isinstance(messages, Mapping):
+        if messages and set(messages) <= _LOCATIONS:
+            out: dict[str, Any] = {}
+            for v in messages.values():
+                out.update(flatten_messages(v))
+            return out
+        return dict(messages)
+    return {"_schema": messages if isinstance(messages, list) else [str(messages)]}
+
+
+def _first(detail: Any) -> str:
+    while isinstance(detail, list | tuple) and detail:
+        detail = detail[0]
+    if isinstance(detail, Mapping) and detail:
+        key, value = next(iter(detail.items()))
+        return f"{key}: {_first(value)}"
+    return str(detail)
+
+
+def invalid_input(messages: Any) -> InvalidInput:
+    """The error for any validation failure; its message names each field and why."""
+    fields = flatten_messages(messages)
+    if set(fields) == {"_schema"}:
+        return InvalidInput(f"invalid request body: {_first(fields['_schema'])}", fields=fields)
+    reasons = "; ".join(f"{name}: {_first(fields[name])}" for name in sorted(fields))
+    return InvalidInput(f"invalid {reasons}", fields=fields)

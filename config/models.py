@@ -20,11 +20,9 @@ from typing import Any
 
 import yaml
 
+from config.errors import ModelConfigError
+
 DTYPES = ("fp16", "bf16", "fp32")
-
-
-class ModelConfigError(ValueError):
-    """``models.yaml`` is wrong; the message names the model and the field."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -88,10 +86,6 @@ class ModelSpec:
     @property
     def stand_in(self) -> bool:
         return self.tiny is not None
-
-    @property
-    def queue(self) -> str:
-        return f"gen.{self.name}"
 
     def lora(self, name: str) -> LoraSpec | None:
         return next((lo for lo in self.loras if lo.name == name), None)

@@ -1,7 +1,10 @@
 """Settings: one frozen object read once from ``KILN_*`` environment variables.
 
-Nothing else in Kiln reads ``os.environ``. Defaults are the dev profile, so that
-``make run`` and the tests need no configuration at all.
+Nothing else in Kiln reads a ``KILN_*`` variable. The only other environment Kiln
+touches is ``CUDA_VISIBLE_DEVICES`` (set by ``kiln worker --gpu`` before torch loads)
+and prometheus-client's ``PROMETHEUS_MULTIPROC_DIR`` (``config/gunicorn.py``).
+Defaults are the dev profile, so that ``make run`` and the tests need no
+configuration at all.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from config.errors import SettingsError
+
 PACKAGE_DIR = Path(__file__).resolve().parent
 DEFAULT_MODELS_FILE = PACKAGE_DIR / "models.yaml"
 DEFAULT_DATA_DIR = Path.home() / ".cache" / "kiln"
@@ -24,10 +29,6 @@ SECRET_FIELDS = frozenset(
 )
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
-
-
-class SettingsError(ValueError):
-    """A ``KILN_*`` variable has a value Kiln cannot use; the message names it."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -104,7 +105,7 @@ class Settings:
                 f"KILN_CPU_DTYPE must be one of {', '.join(CPU_DTYPES)}, got {self.cpu_dtype!r}"
             )
         if not self.redis_url:
-            if not self.broker_url.startswith(("redis://", "rediss://")):
+            if not is_redis_url(self.broker_url):
                 raise SettingsError(
                     "KILN_REDIS_URL is required when KILN_BROKER_URL is not a redis:// URL"
                 )
@@ -129,6 +130,14 @@ class Settings:
                 value = redact_url(value) if f.name.endswith("_url") else "***"
             out[f.name] = str(value) if isinstance(value, Path) else value
         return out
+
+
+REDIS_SCHEMES = ("redis://", "rediss://")  # what kombu and redis-py both accept
+
+
+def is_redis_url(url: str) -> bool:
+    """Whether a broker or store URL speaks the Redis protocol (Redis, Valkey, ...)."""
+    return url.startswith(REDIS_SCHEMES)
 
 
 def redact_url(url: str) -> str:

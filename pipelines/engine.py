@@ -128,10 +128,6 @@ class Engine:
         if self._load_error is not None:
             raise self._load_error
 
-    @property
-    def ready(self) -> bool:
-        return self._ready.is_set() and self._load_error is None
-
     def stop(self, timeout: float = 10) -> None:
         with self._cond:
             self._stopping = True

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from config.errors import UnknownFamily
+
 # Request-facing scheduler names → diffusers scheduler class and extra config.
 SCHEDULERS: dict[str, tuple[str, dict[str, object]]] = {
     "euler": ("EulerDiscreteScheduler", {}),
@@ -115,10 +117,6 @@ FAMILIES: dict[str, Family] = {
         ),
     )
 }
-
-
-class UnknownFamily(KeyError):
-    pass
 
 
 def get_family(name: str) -> Family:

@@ -9,12 +9,9 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from config.errors import UnknownModel
 from config.models import ModelSpec, load_models
 from pipelines.families import SCHEDULERS, Family, get_family
-
-
-class UnknownModel(KeyError):
-    pass
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -37,10 +34,6 @@ class Model:
     def name(self) -> str:
         return self.spec.name
 
-    @property
-    def queue(self) -> str:
-        return self.spec.queue
-
     def describe(self) -> dict[str, object]:
         """The public view served by ``GET /v1/models``."""
         s, f = self.spec, self.family
@@ -50,7 +43,6 @@ class Model:
             "family": f.name,
             "stand_in": s.stand_in,
             "description": s.description,
-            "queue": s.queue,
             "dtype": s.dtype,
             "defaults": {
                 "width": self.width,

@@ -1,4 +1,10 @@
-"""Fixtures shared by every test: settings isolated from the environment, tiny models."""
+"""Fixtures shared by every test: tiny models, and one stack per pytest session.
+
+Markers come from where a test lives and what it uses: ``tests/e2e`` → ``e2e``; a test
+that uses a server fixture (``servers``, ``stack``, ``api``, ``redis_url``) or lives in
+``tests/integration`` → ``integration``; everything else → ``unit``, which starts no
+server (``pytest -m unit``).
+"""
 
 from __future__ import annotations
 
@@ -8,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.stack import Stack, free_port
-from tests.support import KilnHTTP
+from harness.http import KilnHTTP
+from harness.stack import Stack, free_port
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -24,18 +30,52 @@ def tiny_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+SERVER_FIXTURES = {"servers", "stack", "api", "redis_url"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        parts = Path(str(item.fspath)).parts
+        if "e2e" in parts:
+            item.add_marker(pytest.mark.e2e)
+        elif "integration" in parts or SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
+        else:
+            item.add_marker(pytest.mark.unit)
+
+
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory, tiny_models_dir: Path) -> Iterator[Stack]:
-    """The real stack on free ports: Valkey, an S3 server, a tiny-sd worker, the API."""
-    s = Stack(tmp_path_factory.mktemp("stack"), models_dir=tiny_models_dir)
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """Valkey and an S3 server on free ports, shared by the whole session."""
+    s = Stack(tmp_path_factory.mktemp("stack"))
     try:
         s.start_servers()
-        s.worker_metrics_port = free_port()
-        s.start_worker("tiny-sd", args=("--metrics-port", str(s.worker_metrics_port)))
-        s.start_api()
         yield s
     finally:
         s.close()
+
+
+@pytest.fixture
+def redis_url(servers: Stack) -> str:
+    """A database of the session's own Valkey for tests of Redis bookkeeping (flushed)."""
+    import redis
+
+    url = servers.env["KILN_REDIS_URL"].rsplit("/", 1)[0] + "/15"
+    redis.Redis.from_url(url).flushdb()
+    return url
+
+
+@pytest.fixture(scope="session")
+def stack(servers: Stack, tiny_models_dir: Path) -> Stack:
+    """The real stack on free ports: Valkey, an S3 server, a tiny-sd worker, the API."""
+    s = servers
+    if not s.api_url:
+        s.models_dir = tiny_models_dir
+        s.env["KILN_MODELS_DIR"] = str(tiny_models_dir)
+        s.worker_metrics_port = free_port()
+        s.start_worker("tiny-sd", args=("--metrics-port", str(s.worker_metrics_port)))
+        s.start_api()
+    return s
 
 
 @pytest.fixture(scope="session")

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.stack import Stack
+from harness.stack import Stack
 
-pytestmark = pytest.mark.e2e
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = [
     "--headless",

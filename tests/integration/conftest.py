@@ -1,5 +1,1 @@
-"""Integration tests use the session stack from tests/conftest.py."""
-
-import pytest
-
-pytestmark = pytest.mark.integration
+"""Integration tests use the session stack from tests/conftest.py (marked there)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
-from tests.support import KilnHTTP
+from harness.http import KilnHTTP
 
 
 def test_compatible_jobs_end_in_fewer_pipeline_calls(api: KilnHTTP) -> None:

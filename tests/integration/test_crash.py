@@ -16,10 +16,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.stack import Stack, wait_for
-from tests.support import KilnHTTP
+from harness.http import KilnHTTP
+from harness.stack import Stack, wait_for
 
-pytestmark = pytest.mark.integration
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672//"
 VISIBILITY_S = 30
 

@@ -15,8 +15,8 @@ from PIL import Image
 
 from app.client import Kiln
 from app.client import KilnError as KilnClientError
-from tests.stack import BIN, Stack
-from tests.support import KilnHTTP, fetch_image
+from harness.http import KilnHTTP, fetch_image
+from harness.stack import BIN, Stack
 
 
 def test_openai_sdk_with_url(stack: Stack) -> None:
@@ -140,8 +140,8 @@ def test_celery_task_api_from_a_process_without_kiln(
 
 
 def test_celery_helper_for_kiln_installs(stack: Stack, api: KilnHTTP) -> None:
-    from tasks.celery_api import send_generate
-    from tasks.celery_app import make_celery
+    from tasks.jobs.celery_door import send_generate
+    from tasks.messaging.app import make_celery
 
     app = make_celery(stack.settings)
     res = send_generate(app=app, prompt="a red fox", model="tiny-sd", steps=4, seed=2)

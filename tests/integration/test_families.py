@@ -7,8 +7,8 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from tests.stack import Stack
-from tests.support import KilnHTTP, fetch_image
+from harness.http import KilnHTTP, fetch_image
+from harness.stack import Stack
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,8 @@ import requests
 
 from app.devfleet import flower_argv
 from config.settings import from_env
-from tests.stack import BIN, SECRETS, Stack, free_port, wait_for
-from tests.support import KilnHTTP
+from harness.http import KilnHTTP
+from harness.stack import BIN, SECRETS, Stack, free_port, wait_for
 
 SECRETS.extend(["flower-pass-123", "flower-hook-token"])  # no log may show them
 

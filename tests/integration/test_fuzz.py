@@ -13,9 +13,8 @@ from hypothesis import HealthCheck, given, settings
 
 from app import create_app
 from app.auth import hash_key, new_key
-from tests.stack import SECRETS, Stack
+from harness.stack import SECRETS, Stack
 
-pytestmark = pytest.mark.integration
 ADMIN = new_key()
 MAX_EXAMPLES = 40  # per operation; about 10 s in all on 2 cores
 SECRETS.append(ADMIN)

@@ -6,14 +6,11 @@ import json
 import uuid
 from pathlib import Path
 
-import pytest
 import requests
 import yaml
 
-from tests.stack import Stack
-from tests.support import KilnHTTP
-
-pytestmark = pytest.mark.integration
+from harness.http import KilnHTTP
+from harness.stack import Stack
 
 
 def test_a_job_past_its_soft_limit_stops_and_fails_and_the_worker_goes_on(

@@ -11,26 +11,10 @@ from pathlib import Path
 
 import pytest
 import requests
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.stack import BIN, Stack, wait_for
-from tests.support import KilnHTTP
-
-
-def scrape(url: str) -> dict[tuple[str, frozenset], float]:
-    text = requests.get(url, timeout=10).text
-    return {
-        (s.name, frozenset(s.labels.items())): s.value
-        for fam in text_string_to_metric_families(text)
-        for s in fam.samples
-    }
-
-
-def value(samples: dict, name: str, **labels: str) -> float:
-    want = set(labels.items())
-    found = [v for (n, lbl), v in samples.items() if n == name and want <= lbl]
-    assert found, f"no {name}{labels}"
-    return sum(found)
+from harness.http import KilnHTTP
+from harness.metrics import scrape, value
+from harness.stack import BIN, Stack, wait_for
 
 
 def test_metrics_after_a_few_jobs(stack: Stack, api: KilnHTTP) -> None:

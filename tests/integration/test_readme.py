@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.stack import BIN, ROOT, Stack
+from harness.stack import BIN, ROOT, Stack
 
 BLOCK = re.compile(r"<!-- test -->\n```(\w+)\n(.*?)```", re.S)
 EXAMPLES = BLOCK.findall((ROOT / "README.md").read_text())

@@ -16,10 +16,9 @@ import redis
 import requests
 from standardwebhooks.webhooks import Webhook
 
-from tests.stack import Stack, wait_for
-from tests.support import KilnHTTP
+from harness.http import KilnHTTP
+from harness.stack import Stack, wait_for
 
-pytestmark = pytest.mark.integration
 # Slow enough to act on mid-run, cheap enough for a shared 2-core machine.
 SLOW = dict(model="tiny-sd", width=64, height=64, steps=60)
 WAIT_S = 300
@@ -265,7 +264,7 @@ def test_webhooks_are_signed_retried_and_end_dead(
         + " (KILN_WEBHOOK_BACKOFF_S=0.2, full jitter)"
     )
 
-    from tests.integration.test_operations import scrape, value
+    from harness.metrics import scrape, value
 
     fleet = scrape(f"{rstack.api_url}/metrics")
     assert value(fleet, "kiln_webhook_deliveries_total", outcome="delivered") >= 2
@@ -319,7 +318,8 @@ def test_a_storage_outage_is_retried_with_backoff_then_the_job_succeeds(
 
 def send_raw(rstack: Stack, job_id: str, kwargs: dict) -> None:
     """What another Python service does: send ``kiln.generate`` straight to the queue."""
-    from tasks.celery_app import GENERATE, make_celery
+    from tasks.messaging.app import make_celery
+    from tasks.messaging.names import GENERATE
 
     make_celery(rstack.settings).send_task(
         GENERATE, kwargs=kwargs, queue="gen.tiny-sd", task_id=job_id
@@ -348,10 +348,10 @@ def test_a_job_that_keeps_losing_its_worker_fails_with_a_clear_error(
     rstack: Stack, rapi: KilnHTTP, worker: None
 ) -> None:
     """Its 3 earlier deliveries each ended with the worker dead (no heartbeat)."""
-    from tasks.records import new_record, task_kwargs
-    from tasks.submit import Dispatcher
+    from tasks.jobs.records import new_record, task_kwargs
+    from tasks.jobs.service import JobService
 
-    d = Dispatcher(rstack.settings)
+    d = JobService(rstack.settings)
     params = d.validate({"prompt": "poison", "model": "tiny-sd", "steps": 2, "seed": 1})
     job_id = uuid.uuid4().hex
     record = new_record(job_id, params)

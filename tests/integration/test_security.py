@@ -13,10 +13,9 @@ import requests
 from openai import OpenAI
 
 from app.auth import hash_key, new_key
-from tests.stack import SECRETS, Stack
-from tests.support import KilnHTTP, fetch_image
+from harness.http import KilnHTTP, fetch_image
+from harness.stack import SECRETS, Stack
 
-pytestmark = pytest.mark.integration
 KEYS = {name: new_key() for name in ("alice", "bob", "reader", "ops")}
 SCOPES = {"alice": "generate+read", "bob": "generate+read", "reader": "read", "ops": "admin"}
 SECRETS.extend(KEYS.values())
@@ -172,8 +171,8 @@ def test_presigned_urls_expire_as_configured(sstack: Stack) -> None:
 def test_malformed_celery_payload_fails_the_job_and_the_worker_serves_on(
     sstack: Stack, args: tuple, kwargs: dict, fields: set[str]
 ) -> None:
-    from tasks.celery_app import make_celery
-    from tasks.jobs import JobStore
+    from tasks.jobs.store import JobStore
+    from tasks.messaging.app import make_celery
 
     app = make_celery(sstack.settings)
     bad = app.send_task("kiln.generate", queue="gen.tiny-sd", args=args, kwargs=kwargs)
@@ -188,8 +187,8 @@ def test_malformed_celery_payload_fails_the_job_and_the_worker_serves_on(
 
 
 def test_pickle_messages_are_refused_and_the_worker_serves_on(sstack: Stack) -> None:
-    from tasks.celery_app import make_celery
-    from tasks.jobs import JobStore
+    from tasks.jobs.store import JobStore
+    from tasks.messaging.app import make_celery
 
     app = make_celery(sstack.settings)
     assert app.conf.accept_content == ["json"]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import boto3
 import numpy as np
 
-from tests.stack import Stack
-from tests.support import KilnHTTP, fetch_image
+from harness.http import KilnHTTP, fetch_image
+from harness.stack import Stack
 
 
 def s3_client(stack: Stack):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.stack import SECRETS
+from harness.stack import SECRETS
 
 
 def test_no_secret_in_any_log(tmp_path_factory: pytest.TempPathFactory) -> None:

@@ -17,7 +17,7 @@ from marshmallow import fields, validate
 
 from app import create_app
 from config.settings import from_env
-from tasks.schema import JobSchema, LoraSchema
+from tasks.jobs.schema import JobSchema, LoraSchema
 
 MODELS = """
 models:

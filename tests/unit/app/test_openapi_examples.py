@@ -13,7 +13,7 @@ from app.openai_api import ImagesRequestSchema, to_job
 from app.openapi_examples import EXAMPLES
 from config.settings import from_env
 from pipelines.registry import Registry
-from tasks.schema import load_job
+from tasks.jobs.schema import load_job
 
 
 @pytest.fixture(scope="module")

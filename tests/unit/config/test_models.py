@@ -11,7 +11,7 @@ def test_shipped_models_file_parses() -> None:
     assert list(models) == ["tiny-sd", "sd15", "sdxl", "flux-schnell"]
     assert all(m.stand_in for m in models.values())
     assert models["flux-schnell"].dtype == "bf16"
-    assert models["sdxl"].queue == "gen.sdxl"
+    assert models["sdxl"].name == "sdxl"
 
 
 def test_five_lines_add_a_model(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from app.cli import main as kiln_cli
 from app.metrics import FleetCollector
 from config.models import load_models
 from config.settings import DEFAULT_MODELS_FILE, Settings
-from tasks import metrics as worker_metrics
+from tasks.worker import metrics as worker_metrics
 
 ROOT = Path(__file__).resolve().parents[3]
 DEPLOY = ROOT / "deploy"
@@ -119,7 +119,7 @@ def collectors() -> list:
         for v in vars(mod).values()
         if isinstance(v, MetricWrapperBase)
     ]
-    return [*found, FleetCollector(None)]
+    return [*found, FleetCollector(None, [])]  # type: ignore[arg-type]
 
 
 SUFFIXES = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"], "gauge": [""]}
@@ -131,7 +131,8 @@ def exposed_names() -> set[str]:
 
 def fleet_names() -> set[str]:
     """Series every API host reports alike (read from Redis): never summed across hosts."""
-    return {fam.name + s for fam in FleetCollector(None).describe() for s in SUFFIXES[fam.type]}
+    fleet = FleetCollector(None, [])  # type: ignore[arg-type]
+    return {fam.name + s for fam in fleet.describe() for s in SUFFIXES[fam.type]}
 
 
 def check_exprs(exprs: list[str], where: str) -> None:

@@ -5,9 +5,9 @@ import logging
 import pytest
 import torch
 
+from harness.pipelines import REGISTRY
 from pipelines import devices
 from pipelines.devices import is_cuda, pick_device, pick_dtype
-from tests.unit.pipelines.conftest import REGISTRY
 
 
 @pytest.fixture(autouse=True)

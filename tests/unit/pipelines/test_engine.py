@@ -13,10 +13,10 @@ import torch
 from PIL import Image
 
 from config.errors import Canceled, GenerationFailed, OutOfMemory
+from harness.pipelines import REGISTRY
 from pipelines.batch import Params
 from pipelines.engine import Engine, Request
 from pipelines.registry import resolve
-from tests.unit.pipelines.conftest import REGISTRY
 
 PARAMS = Params(width=64, height=64, steps=3, guidance_scale=7.5, scheduler="euler")
 

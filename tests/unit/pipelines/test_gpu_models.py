@@ -1,9 +1,9 @@
-"""The full-size architectures of bench.gpu_models, checked on the meta device (no GPU)."""
+"""The full-size architectures of pipelines.fullsize, checked on the meta device (no GPU)."""
 
 import pytest
 import torch
 
-from bench.gpu_models import BUILDERS
+from pipelines.fullsize import BUILDERS
 
 # Published parameter counts (billions), per component.
 PUBLISHED = {

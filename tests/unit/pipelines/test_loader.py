@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from config.errors import InvalidInput
+from harness.pipelines import REGISTRY, generate
 from pipelines.families import SCHEDULERS
 from pipelines.loader import load_model, resolve_source, warm_up
 from pipelines.registry import resolve
-from tests.unit.pipelines.conftest import REGISTRY, generate
 
 FOLDERS = {"tiny-sd": "sd-mini", "sdxl": "sdxl", "flux-schnell": "flux"}
 PIPELINES = {

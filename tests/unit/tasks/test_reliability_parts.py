@@ -10,16 +10,14 @@ import threading
 from datetime import UTC, datetime
 
 import pytest
-import redis
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from config.errors import Canceled, InvalidInput, TimeLimitExceeded
+from config.errors import Canceled, InvalidInput, TimeLimitExceeded, Wedged
 from config.settings import from_env
-from tasks import queues
-from tasks.celery_app import make_celery, visibility_timeout
-from tasks.limits import Wedged, wait_result
-from tasks.urlsafety import check_webhook_url
-from tasks.webhooks import backoff_s, sign
+from tasks.jobs.urlsafety import check_webhook_url
+from tasks.messaging.app import make_celery, visibility_timeout
+from tasks.worker.time_limits import wait_result
+from tasks.worker.webhooks import backoff_s, sign
 
 SECRET = "whsec_" + base64.b64encode(os.urandom(24)).decode()
 
@@ -108,71 +106,3 @@ def test_hard_limit_reports_a_wedged_engine() -> None:
     with pytest.raises(Wedged):
         wait_result(fut, cancel, soft_s=0.02, hard_s=0.05)
     assert cancel.is_set()
-
-
-@pytest.fixture
-def r() -> object:
-    """The machine's Redis (127.0.0.1:6379), under keys of a model no one else uses."""
-    client = redis.Redis(decode_responses=True, socket_connect_timeout=1)
-    try:
-        client.ping()
-    except redis.RedisError:
-        pytest.skip("no Redis on 127.0.0.1:6379")
-    yield client
-    client.delete(queues.queued_key("m-" + MODEL), queues.stats_key("m-" + MODEL))
-
-
-MODEL = os.urandom(4).hex()
-
-
-def test_queue_position_and_eta(r: redis.Redis) -> None:
-    m = "m-" + MODEL
-    for i, job in enumerate(["a", "b", "c"]):
-        queues.mark_queued(r, m, job, 100.0 + i)
-    assert [queues.position(r, m, j) for j in "abc"] == [1, 2, 3]
-    queues.mark_dequeued(r, m, "a")
-    assert queues.position(r, m, "c") == 2 and queues.position(r, m, "a") is None
-    assert queues.eta_s(position=2, images=1, workers=1, s_per_image=1.0) == 2.0
-    assert queues.waiting(r, m, "c") == (2, None, 0)  # no rate measured, no worker
-    queues.record_batch(r, m, seconds=4.0, images=4)  # 1 s per image measured
-    queues.record_batch(r, m, seconds=2.0, images=4)  # 0.5 s → moving average 0.85
-    _, rate, _ = queues.waiting(r, m, "c")
-    assert rate == pytest.approx(0.85)
-    assert queues.eta_s(position=2, images=1, workers=2, s_per_image=0.85) == pytest.approx(0.85)
-
-
-def test_live_event_reads_block_past_the_default_socket_timeout(r: redis.Redis) -> None:
-    """redis-py reads time out after 5 s by default; an idle event stream must not."""
-    from tasks.jobs import JobStore
-
-    store = JobStore("redis://127.0.0.1:6379/0")
-    assert store.events("no-such-job-" + MODEL, block_ms=6000) == []
-
-
-def test_progress_of_every_running_job_in_one_flush(r: redis.Redis) -> None:
-    """The progress writer's flush: running jobs get the step and an event; others not."""
-    from tasks.jobs import JobStore, events_key, job_key
-    from tasks.progress import ProgressWriter
-
-    store = JobStore("redis://127.0.0.1:6379/0", ttl_s=60)
-    ids = [f"p-{MODEL}-{i}" for i in range(3)]
-    for job_id, status in zip(ids, ("running", "running", "succeeded"), strict=True):
-        store.create({"id": job_id, "status": status, "created_at": 1.0})
-    try:
-        writer = ProgressWriter(store, model="m-" + MODEL)
-        for job_id in ids:
-            writer.update(job_id, 3, 8)
-        writer.update(ids[0], 4, 8)  # only the latest step of a job is written
-        writer.flush()
-        got = [store.get(j) or {} for j in ids]
-        assert [g.get("progress") for g in got] == [
-            {"step": 4, "steps": 8},
-            {"step": 3, "steps": 8},
-            None,
-        ]
-        assert [e[1] for e in store.events(ids[0])] == ["queued", "progress"]
-        assert [e[1] for e in store.events(ids[2])] == ["queued"]  # finished: left alone
-        writer.flush()  # nothing new: no writes
-        assert len(store.events(ids[0])) == 2
-    finally:
-        r.delete(*(job_key(j) for j in ids), *(events_key(j) for j in ids))

@@ -22,29 +22,15 @@ from standardwebhooks.webhooks import Webhook
 
 from config.errors import InvalidInput
 from config.settings import Settings, get_settings
-from tasks.celery_app import DELIVER_WEBHOOK, WEBHOOKS_QUEUE
-from tasks.jobs import JobStore, now
-from tasks.metrics import webhook_delivered
-from tasks.storage import Storage
-from tasks.urlsafety import check_webhook_url
+from tasks.jobs import bookkeeping as bk
+from tasks.jobs.records import WEBHOOK_FIELDS, public_view
+from tasks.jobs.storage import Storage
+from tasks.jobs.store import JobStore, now
+from tasks.jobs.urlsafety import check_webhook_url
+from tasks.messaging.names import DELIVER_WEBHOOK
 
 log = logging.getLogger("kiln.webhooks")
 RETRY_STATUSES = {408, 425, 429}
-PUBLIC = (
-    "id",
-    "status",
-    "model",
-    "params",
-    "seeds",
-    "created_at",
-    "started_at",
-    "completed_at",
-    "images",
-    "error",
-    "attempts",
-    "batch_id",
-    "batch_size",
-)
 
 
 def backoff_s(attempt: int, *, base: float, cap: float = 300.0) -> float:
@@ -64,7 +50,7 @@ def sign(secret: str, msg_id: str, timestamp: datetime, body: str) -> dict[str, 
 
 
 def payload(record: dict[str, Any], storage: Storage) -> dict[str, Any]:
-    data = {k: record.get(k) for k in PUBLIC}
+    data = public_view(record, WEBHOOK_FIELDS)
     for image in data.get("images") or []:
         image["url"] = storage.url(image["key"])
     return {
@@ -74,18 +60,8 @@ def payload(record: dict[str, Any], storage: Storage) -> dict[str, Any]:
     }
 
 
-def enqueue(celery: Any, record: dict[str, Any]) -> None:
-    """Send the job's webhook, if it has one (called once the job is terminal)."""
-    if record.get("webhook"):
-        celery.send_task(
-            DELIVER_WEBHOOK,
-            kwargs={"job_id": record["id"], "status": record["status"]},
-            queue=WEBHOOKS_QUEUE,
-        )
-
-
 @shared_task(name=DELIVER_WEBHOOK, bind=True, acks_late=True, max_retries=None)
-def deliver_webhook(self: Any, job_id: str, status: str | None = None) -> dict[str, Any]:
+def deliver_webhook(self: Any, job_id: str, **_ignored: Any) -> dict[str, Any]:
     settings = get_settings()
     store = JobStore(settings.redis_url, ttl_s=settings.job_ttl_s)
     record = store.get(job_id)
@@ -99,7 +75,7 @@ def deliver_webhook(self: Any, job_id: str, status: str | None = None) -> dict[s
         hook["state"] = "delivered"
     elif retry and attempt < settings.webhook_max_attempts:
         hook["state"] = "retrying"
-        webhook_delivered(store.redis, "retried")
+        bk.count_webhook(store.redis, "retried")
         delay = backoff_s(attempt, base=settings.webhook_backoff_s)
         hook["next_attempt_in_s"] = round(delay, 2)
         store.transition(job_id, webhook=hook)
@@ -109,7 +85,7 @@ def deliver_webhook(self: Any, job_id: str, status: str | None = None) -> dict[s
         hook["state"] = "refused" if outcome == "refused" else "dead"
     hook.pop("next_attempt_in_s", None)
     store.transition(job_id, webhook=hook, event="webhook", data={"state": hook["state"]})
-    webhook_delivered(store.redis, hook["state"])
+    bk.count_webhook(store.redis, hook["state"])
     log.info("webhook for %s %s after %d attempt(s): %s", job_id, hook["state"], attempt, detail)
     return {"job_id": job_id, "state": hook["state"], "attempts": attempt}
 

@@ -1,9 +1,10 @@
 """Progress and throughput writes off the engine's hot path.
 
 The engine calls ``update`` from its step callback and ``record_batch`` after each
-pipeline call; a small thread flushes the latest step of every running job (one
-pipelined round trip for all of them) and the batch timings (for ETAs) to Redis every
-``interval_s``, so the GPU thread never waits on Redis and Redis is not hammered.
+pipeline call; a small thread flushes, every ``interval_s``, the latest step of every
+running job (one pipelined round trip for all of them) and each batch timing (one
+atomic fold into the model's seconds-per-image average, for ETAs), so the GPU thread
+never waits on Redis and Redis is not hammered.
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ from __future__ import annotations
 import logging
 import threading
 
-from tasks import queues
-from tasks.jobs import JobStore
+from tasks.jobs import bookkeeping as bk
+from tasks.jobs.store import JobStore
 
 log = logging.getLogger("kiln.progress")
 
@@ -46,7 +47,7 @@ class ProgressWriter:
             timings, self._batches = self._batches, []
         for seconds, images in timings:
             try:
-                queues.record_batch(self.store.redis, self.model, seconds=seconds, images=images)
+                bk.record_batch(self.store.redis, self.model, seconds=seconds, images=images)
             except Exception as exc:
                 log.warning("throughput not written: %s", type(exc).__name__)
         if not batch:

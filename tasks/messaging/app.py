@@ -1,31 +1,20 @@
-"""The Celery app: JSON only, one queue per model, settings for long GPU tasks."""
+"""The Celery app: JSON only, one queue per model, settings for long GPU tasks.
+
+The task modules are listed in ``include=``: a worker imports them when it starts,
+while the API and other senders build the same app without importing any of them
+(they send tasks by name).
+"""
 
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Any
 
 from celery import Celery
-from kombu import Queue
 
 from config.settings import Settings, get_settings
+from tasks.messaging.names import route_task
 
-GENERATE = "kiln.generate"
-DELIVER_WEBHOOK = "kiln.deliver_webhook"
-WEBHOOKS_QUEUE = "webhooks"
-
-
-def queue_for(model: str) -> str:
-    return f"gen.{model}"
-
-
-def route_task(name: str, args: Any, kwargs: Any, options: Any, task: Any = None, **kw: Any) -> Any:
-    """Route ``kiln.generate`` by its ``model`` kwarg: one queue per model."""
-    if name == GENERATE and isinstance(kwargs, dict) and isinstance(kwargs.get("model"), str):
-        return {"queue": queue_for(kwargs["model"])}
-    if name == DELIVER_WEBHOOK:
-        return {"queue": WEBHOOKS_QUEUE}
-    return None
+TASK_MODULES = ("tasks.worker.generate", "tasks.worker.webhooks")
 
 
 def visibility_timeout(settings: Settings, longest_time_limit_s: int) -> int:
@@ -35,7 +24,7 @@ def visibility_timeout(settings: Settings, longest_time_limit_s: int) -> int:
 
 def make_celery(settings: Settings | None = None, *, longest_time_limit_s: int = 360) -> Celery:
     settings = settings or get_settings()
-    app = Celery("kiln", set_as_current=False)
+    app = Celery("kiln", set_as_current=False, include=list(TASK_MODULES))
     app.conf.update(
         broker_url=settings.broker_url,
         result_backend=settings.redis_url,
@@ -64,16 +53,7 @@ def make_celery(settings: Settings | None = None, *, longest_time_limit_s: int =
         worker_hijack_root_logger=False,
         worker_redirect_stdouts=False,
     )
-    app.kiln_settings = settings
-    # Register the tasks (their modules import no torch).
-    import tasks.generate
-    import tasks.webhooks  # noqa: F401
-
     return app
-
-
-def generate_queue(model: str) -> Queue:
-    return Queue(queue_for(model), routing_key=queue_for(model))
 
 
 @lru_cache(maxsize=1)

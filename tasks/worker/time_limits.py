@@ -18,11 +18,7 @@ import concurrent.futures
 import threading
 from typing import Any
 
-from config.errors import Canceled, TimeLimitExceeded
-
-
-class Wedged(TimeLimitExceeded):
-    """The engine kept a job past its hard time limit: this worker must restart."""
+from config.errors import Canceled, TimeLimitExceeded, Wedged
 
 
 def wait_result(

@@ -1,10 +1,9 @@
 """What one worker process holds: its model's engine, the job store and storage.
 
 ``kiln worker --model M`` builds it, loads and warms the model (in the engine's
-own thread), and only then starts consuming ``gen.M``. A heartbeat tells the API
-that the model has a ready worker: ``kiln:ready:<model>:<host>`` (expires) and the
-host's expiry time, in the server's clock, in the sorted set ``kiln:workers:<model>``
-so counting ready workers is one O(log N) call, never a scan of the keyspace.
+own thread), and only then starts consuming its model's queue. A heartbeat every
+``HEARTBEAT_S`` tells the fleet that the worker is alive and ready
+(``tasks.jobs.bookkeeping``: it expires ``HEARTBEAT_TTL_S`` after the last beat).
 """
 
 from __future__ import annotations
@@ -19,45 +18,17 @@ from typing import Any
 
 from config.settings import Settings
 from pipelines.registry import Model, Registry
-from tasks import metrics, queues
-from tasks.jobs import JobStore
-from tasks.progress import ProgressWriter
-from tasks.queues import CANCEL_CHANNEL
-from tasks.storage import Storage
+from tasks.jobs import bookkeeping as bk
+from tasks.jobs.storage import Storage
+from tasks.jobs.store import JobStore
+from tasks.worker import metrics
+from tasks.worker.progress import ProgressWriter
 
 log = logging.getLogger("kiln.worker")
 
-READY_PREFIX = "kiln:ready:"
 HEARTBEAT_S = 2.0
 HEARTBEAT_TTL_S = int(HEARTBEAT_S * 3)  # a SIGKILLed worker stops counting within 6 s
 RECHECK_S = HEARTBEAT_TTL_S + 1  # a dead worker's heartbeat is gone by then
-
-
-# KEYS[1] the host's ready key, KEYS[2] the model's worker set; ARGV host, ttl.
-_BEAT = """
-local t = redis.call('TIME')
-redis.call('SET', KEYS[1], '1', 'EX', ARGV[2])
-redis.call('ZADD', KEYS[2], t[1] + ARGV[2], ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', t[1] - 3600)
-redis.call('EXPIRE', KEYS[2], 3600)
-"""
-
-
-def ready_key(model: str, hostname: str) -> str:
-    return f"{READY_PREFIX}{model}:{hostname}"
-
-
-def beat(store: JobStore, model: str, hostname: str) -> None:
-    store.redis.eval(
-        _BEAT, 2, ready_key(model, hostname), queues.workers_key(model), hostname, HEARTBEAT_TTL_S
-    )
-
-
-def unbeat(store: JobStore, model: str, hostname: str) -> None:
-    with store.redis.pipeline() as pipe:
-        pipe.delete(ready_key(model, hostname))
-        pipe.zrem(queues.workers_key(model), hostname)
-        pipe.execute()
 
 
 @dataclass
@@ -125,7 +96,7 @@ class Runtime:
             try:
                 with self._beat_lock:  # never re-set the key after stop_heartbeat removed it
                     if not self._beat_stop.is_set():
-                        beat(self.store, self.model.name, self.hostname)
+                        bk.beat(self.store.redis, self.model.name, self.hostname, HEARTBEAT_TTL_S)
             except Exception as exc:  # keep beating through a broker blip
                 log.warning("heartbeat failed: %s", type(exc).__name__)
             self._beat_stop.wait(HEARTBEAT_S)
@@ -135,14 +106,14 @@ class Runtime:
         with self._beat_lock:
             self._beat_stop.set()
             with contextlib.suppress(Exception):
-                unbeat(self.store, self.model.name, self.hostname)
+                bk.unbeat(self.store.redis, self.model.name, self.hostname)
 
     def listen_for_cancels(self) -> None:
         """Set the cancel event of a job this worker runs when the API cancels it."""
         while not self._stop.is_set():
             try:
                 pubsub = self.store.redis.pubsub(ignore_subscribe_messages=True)
-                pubsub.subscribe(CANCEL_CHANNEL)
+                pubsub.subscribe(bk.CANCEL_CHANNEL)
                 while not self._stop.is_set():
                     msg = pubsub.get_message(timeout=1.0)
                     if msg and msg.get("type") == "message":
@@ -168,7 +139,7 @@ class Runtime:
         """End this process now (its engine is wedged): unacked jobs go to other workers."""
         log.critical("worker %s exits: %s", self.hostname, reason)
         with contextlib.suppress(Exception):
-            unbeat(self.store, self.model.name, self.hostname)
+            bk.unbeat(self.store.redis, self.model.name, self.hostname)
         logging.shutdown()
         os._exit(70)
 
@@ -200,11 +171,3 @@ def build(settings: Settings, model_name: str, *, hostname: str | None = None) -
 
 def current() -> Runtime | None:
     return _RUNTIME
-
-
-def worker_alive(store: JobStore, model: str, hostname: str) -> bool:
-    return bool(store.redis.exists(ready_key(model, hostname)))
-
-
-def ready_workers(store: JobStore, model: str) -> int:
-    return queues.ready_workers(store.redis, model)

@@ -1,8 +1,8 @@
-"""Sending jobs: what the API (and any Python service that installs Kiln) uses.
+"""The job service: submit, read, follow and cancel jobs (what the API calls).
 
-    from tasks.submit import Dispatcher
-    d = Dispatcher(settings)
-    job = d.submit(d.validate({"prompt": "a red fox", "model": "tiny-sd"}))
+    from tasks.jobs.service import JobService
+    jobs = JobService(settings)
+    record, created = jobs.submit(jobs.validate({"prompt": "a red fox", "model": "tiny-sd"}))
 
 The job record is written before the task is sent, so a job is never lost
 between the two: if the broker refuses the message, the record says so.
@@ -14,31 +14,34 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from celery import Celery
-from marshmallow import ValidationError
 
 from config.errors import BrokerUnavailable, Conflict, InvalidInput, NotFound, RateLimited
 from config.settings import Settings
 from pipelines.registry import Registry
-from tasks import queues
-from tasks.celery_app import GENERATE, make_celery, queue_for
-from tasks.jobs import TERMINAL, JobStore, now
-from tasks.records import kwargs_repr, new_job_id, new_record, task_kwargs
-from tasks.schema import load_job
-from tasks.storage import Storage
-from tasks.urlsafety import check_webhook_url
+from tasks.jobs import bookkeeping as bk
+from tasks.jobs.ends import end_job
+from tasks.jobs.fleet import Fleet
+from tasks.jobs.records import kwargs_repr, new_job_id, new_record, task_kwargs
+from tasks.jobs.schema import load_job
+from tasks.jobs.storage import Storage
+from tasks.jobs.store import TERMINAL, JobStore
+from tasks.jobs.urlsafety import check_webhook_url
+from tasks.messaging.app import make_celery
+from tasks.messaging.names import GENERATE, queue_for
 
-log = logging.getLogger("kiln.submit")
+log = logging.getLogger("kiln.jobs")
 
 
 def body_hash(payload: Any) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
-class Dispatcher:
-    """Validates, records and sends jobs; reads and cancels them."""
+class JobService:
+    """Validates, records and sends jobs; reads, follows and cancels them."""
 
     def __init__(
         self,
@@ -53,9 +56,11 @@ class Dispatcher:
         self.celery = celery or make_celery(settings, longest_time_limit_s=longest)
         self.store = JobStore(settings.redis_url, ttl_s=settings.job_ttl_s)
         self.storage = Storage(settings)
+        self.fleet = Fleet(self.store.redis, self.celery)
 
     # -- submit ---------------------------------------------------------------
     def validate(self, payload: Any) -> dict[str, Any]:
+        """Raw payload → job params; raises ``InvalidInput`` naming the fields."""
         params = load_job(payload, self.registry)
         self.check_webhook(params)
         return params
@@ -65,11 +70,11 @@ class Dispatcher:
         if not url:
             return
         if not self.settings.webhook_secret:
-            raise ValidationError({"webhook_url": ["webhooks are off: KILN_WEBHOOK_SECRET unset"]})
-        try:
-            check_webhook_url(url, allow_private=self.settings.webhook_allow_private, strict=False)
-        except InvalidInput as exc:
-            raise ValidationError(exc.fields) from None
+            raise InvalidInput(
+                "webhooks are off: KILN_WEBHOOK_SECRET unset",
+                fields={"webhook_url": ["webhooks are off: KILN_WEBHOOK_SECRET unset"]},
+            )
+        check_webhook_url(url, allow_private=self.settings.webhook_allow_private, strict=False)
 
     def submit(
         self,
@@ -88,7 +93,7 @@ class Dispatcher:
         """
         job_id = job_id or new_job_id()
         quota = self.settings.max_concurrent_jobs
-        if owner and quota and queues.active_jobs(self.store.redis, owner) >= quota:
+        if owner and quota and bk.active_jobs(self.store.redis, owner) >= quota:
             raise RateLimited(
                 f"{quota} jobs of this API key are already queued or running",
                 fields={"quota": [quota]},
@@ -100,8 +105,8 @@ class Dispatcher:
         record = new_record(job_id, params, owner=owner, source=source)
 
         def bookkeeping(pipe: Any) -> None:
-            queues.mark_queued(pipe, params["model"], job_id, record["created_at"])
-            queues.mark_active(pipe, owner, job_id)
+            bk.mark_queued(pipe, params["model"], job_id, record["created_at"])
+            bk.mark_active(pipe, owner, job_id)
 
         self.store.create(record, also=bookkeeping)
         try:
@@ -110,26 +115,26 @@ class Dispatcher:
                 GENERATE,
                 kwargs=kwargs,
                 kwargsrepr=kwargs_repr(kwargs),
-                queue=queue_for(params["model"]),
                 task_id=job_id,
                 ignore_result=True,  # the job store has the outcome: no result subscription
             )
         except Exception as exc:  # kombu raises many types for a broker that is down
             log.error("could not enqueue job %s: %s", job_id, type(exc).__name__)
-            queues.mark_dequeued(self.store.redis, params["model"], job_id)
-            self.store.transition(
+            end_job(
+                self.store,
+                None,  # the broker just refused a message: no webhook either
                 job_id,
-                status="failed",
-                event="failed",
-                completed_at=now(),
+                "failed",
+                allowed_from=("queued",),
                 error={"code": "broker_unavailable", "message": "the job could not be queued"},
             )
             raise BrokerUnavailable("the job could not be queued; try again") from exc
+        queue = queue_for(params["model"])
         log.info(
             "job %s queued on %s",
             job_id,
-            queue_for(params["model"]),
-            extra={"job_id": job_id, "model": params["model"], "queue": queue_for(params["model"])},
+            queue,
+            extra={"job_id": job_id, "model": params["model"], "queue": queue},
         )
         return record, True
 
@@ -169,10 +174,10 @@ class Dispatcher:
         record["queue_position"] = record["eta_s"] = None
         model = record.get("model")
         if record.get("status") == "queued" and isinstance(model, str):
-            pos, rate, workers = queues.waiting(self.store.redis, model, record["id"])
+            pos, rate, workers = bk.waiting(self.store.redis, model, record["id"])
             if pos is not None:
                 record["queue_position"] = pos
-                record["eta_s"] = queues.eta_s(
+                record["eta_s"] = bk.eta_s(
                     position=pos,
                     images=len(record.get("seeds") or [1]),
                     workers=workers,
@@ -180,23 +185,35 @@ class Dispatcher:
                 )
         return record
 
+    def follow(
+        self, job_id: str, *, after: str = "0-0", timeout: float, poll_s: float = 10.0
+    ) -> Iterator[tuple[str, str, Any] | None]:
+        """The job's events after ``after``, as they come, until its terminal event or
+        ``timeout``; ``None`` after each ``poll_s`` without one (a keep-alive)."""
+        deadline = time.monotonic() + timeout
+        cursor = after
+        while (left := deadline - time.monotonic()) > 0:
+            batch = self.store.events(
+                job_id, cursor, block_ms=max(1, int(min(left, poll_s) * 1000))
+            )
+            if not batch:
+                yield None
+                if (self.store.get(job_id) or {}).get("status") in TERMINAL:
+                    return
+                continue
+            for event_id, event, data in batch:
+                cursor = event_id
+                yield event_id, event, data
+                if event in TERMINAL:
+                    return
+
     def wait(self, job_id: str, *, timeout: float) -> dict[str, Any] | None:
         """Block on the job's event stream until it ends or ``timeout`` passes."""
-        deadline = time.monotonic() + timeout
-        cursor = "0-0"
-        while True:
-            record = self.store.get(job_id)
-            if record is None or record.get("status") in TERMINAL:
-                return self.get(job_id)
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return self.get(job_id)
-            for event_id, event, _data in self.store.events(
-                job_id, cursor, block_ms=max(1, int(min(left, 5.0) * 1000))
-            ):
-                cursor = event_id
-                if event in TERMINAL:
-                    return self.get(job_id)
+        record = self.store.get(job_id)
+        if record is not None and record.get("status") not in TERMINAL:
+            for _ in self.follow(job_id, timeout=timeout, poll_s=5.0):
+                pass
+        return self.get(job_id)
 
     # -- cancel ---------------------------------------------------------------
     def cancel(self, job_id: str) -> dict[str, Any]:
@@ -206,27 +223,25 @@ class Dispatcher:
             raise NotFound(f"no job {job_id!r}", fields={"job_id": [job_id]})
         if record.get("status") in TERMINAL:
             raise Conflict(f"job already {record['status']}", fields={"status": [record["status"]]})
-        prev, applied = self.store.transition(
+        ended = end_job(
+            self.store,
+            self.celery,
             job_id,
-            status="canceled",
+            "canceled",
             allowed_from=("queued",),
-            event="canceled",
-            data={"error": {"code": "canceled", "message": "canceled while queued"}},
-            completed_at=now(),
             error={"code": "canceled", "message": "canceled while queued"},
         )
-        if applied:
-            queues.mark_dequeued(self.store.redis, record["model"], job_id)
-            queues.mark_inactive(self.store.redis, record.get("owner"), job_id)
+        if ended is not None:
             try:  # best effort: the worker also skips jobs whose record says canceled
                 self.celery.control.revoke(job_id)
             except Exception as exc:
                 log.warning("revoke of %s not sent: %s", job_id, type(exc).__name__)
             return {"id": job_id, "status": "canceled", "was": "queued"}
+        prev = (self.store.get(job_id) or {}).get("status")
         if prev == "running":
             self.store.transition(
                 job_id, allowed_from=("running",), event="cancel_requested", cancel_requested=True
             )
-            self.store.redis.publish(queues.CANCEL_CHANNEL, job_id)
+            self.store.redis.publish(bk.CANCEL_CHANNEL, job_id)
             return {"id": job_id, "status": "canceling", "was": "running"}
         raise Conflict(f"job already {prev}", fields={"status": [prev]})

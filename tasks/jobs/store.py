@@ -16,8 +16,8 @@ from typing import Any
 import redis
 
 from config.errors import BrokerUnavailable
+from tasks.jobs import bookkeeping as bk
 
-STATUSES = ("queued", "running", "succeeded", "failed", "canceled")
 TERMINAL = frozenset({"succeeded", "failed", "canceled"})
 PREFIX = "kiln:job:"
 MAX_BLOCK_MS = 20_000  # longest XREAD BLOCK; its client's read timeout sits above it
@@ -40,6 +40,33 @@ if ARGV[4] ~= '' then
   redis.call('EXPIRE', KEYS[2], ARGV[1])
 end
 redis.call('EXPIRE', KEYS[1], ARGV[1])
+return {prev, 1}
+"""
+
+
+# The one script that ends a job. KEYS[1] record, KEYS[2] events, KEYS[3] fleet counters;
+# ARGV: ttl, allowed-from, status, event data, queued-set prefix, active-set prefix,
+# then field/value pairs. Moves the record, appends the terminal event, takes the job
+# out of its model's queued set and its owner's active set, and counts it: one step.
+# Returns the previous status and whether it applied, or false for no such job.
+_END = """
+local cur = redis.call('HGET', KEYS[1], 'status')
+if not cur then return false end
+local prev = cjson.decode(cur)
+local ok = false
+for s in string.gmatch(ARGV[2], '[^,]+') do if s == prev then ok = true end end
+if not ok then return {prev, 0} end
+redis.call('HSET', KEYS[1], 'status', cjson.encode(ARGV[3]))
+for i = 7, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', 2000, '*', 'type', ARGV[3], 'data', ARGV[4])
+redis.call('EXPIRE', KEYS[2], ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+local id = cjson.decode(redis.call('HGET', KEYS[1], 'id') or '""')
+local model = cjson.decode(redis.call('HGET', KEYS[1], 'model') or 'null')
+local owner = cjson.decode(redis.call('HGET', KEYS[1], 'owner') or 'null')
+if type(model) == 'string' then redis.call('ZREM', ARGV[5] .. model, id) end
+if type(owner) == 'string' then redis.call('SREM', ARGV[6] .. owner, id) end
+redis.call('HINCRBY', KEYS[3], tostring(model) .. '|' .. ARGV[3], 1)
 return {prev, 1}
 """
 
@@ -85,6 +112,7 @@ class JobStore:
         )
         self.ttl_s = ttl_s
         self._transition = self.redis.register_script(_TRANSITION)
+        self._end = self.redis.register_script(_END)
         # redis-py reads with a 5 s socket timeout by default: blocking reads (live
         # events) get a client of their own whose timeout sits above the longest block.
         self._blocking: Any = redis.Redis.from_url(
@@ -104,6 +132,14 @@ class JobStore:
         if not raw:
             return None
         return {k: json.loads(v) for k, v in raw.items()}
+
+    def field(self, job_id: str, name: str) -> Any:
+        """One field of a record (None when absent)."""
+        try:
+            raw = self.redis.hget(job_key(job_id), name)
+        except redis.RedisError as exc:
+            raise BrokerUnavailable(f"job store unreachable: {type(exc).__name__}") from exc
+        return None if raw is None else json.loads(raw)
 
     def events(
         self, job_id: str, after: str = "0-0", *, block_ms: int | None = None
@@ -132,7 +168,8 @@ class JobStore:
     ) -> bool:
         """Write a new record; False when a record with that id already exists.
 
-        ``also(pipe)`` adds commands (queue bookkeeping) to the same transaction.
+        An ``HSETNX`` of the id claims it first; then one transaction writes the whole
+        record, its first event and whatever ``also(pipe)`` adds (queue bookkeeping).
         """
         key = job_key(record["id"])
         fields = {k: json.dumps(v) for k, v in record.items()}
@@ -178,6 +215,37 @@ class JobStore:
         argv = _transition_argv(self.ttl_s, status, allowed_from, event, data, fields)
         try:
             res = self._run_transition(job_id, argv)
+        except redis.RedisError as exc:
+            raise BrokerUnavailable(f"job store unreachable: {type(exc).__name__}") from exc
+        if not res:
+            return None, False
+        return res[0], bool(res[1])
+
+    def end(
+        self,
+        job_id: str,
+        status: str,
+        *,
+        allowed_from: Iterable[str],
+        data: Any = None,
+        **fields: Any,
+    ) -> tuple[str | None, bool]:
+        """Move a job to a terminal ``status`` and clear its bookkeeping, atomically.
+
+        Only ``tasks.jobs.ends.end_job`` calls this: a job ends in one place.
+        """
+        argv: list[Any] = [
+            self.ttl_s,
+            ",".join(allowed_from),
+            status,
+            json.dumps(data if data is not None else {}),
+            bk.queued_key(""),
+            bk.active_key(""),
+        ]
+        for k, v in fields.items():
+            argv += [k, json.dumps(v)]
+        try:
+            res = self._end(keys=[job_key(job_id), events_key(job_id), bk.JOB_COUNTERS], args=argv)
         except redis.RedisError as exc:
             raise BrokerUnavailable(f"job store unreachable: {type(exc).__name__}") from exc
         if not res:

@@ -1,11 +1,11 @@
-"""Worker metrics (Prometheus) and fleet-wide counters (Redis).
+"""Worker metrics (Prometheus).
 
 Each worker serves its own ``/metrics`` on ``--metrics-port`` (one port per worker
 process: scrape them like any exporter): queue wait, run, upload and batch durations,
 batch size and fill, images, OOM splits, model load time, GPU memory. Counts that
-the whole fleet shares — jobs finished by model and status, webhook deliveries by
-outcome — are also kept in Redis (``kiln:counters:*``), so the API's ``/metrics``
-shows them for every host without scraping each worker.
+the whole fleet shares (jobs ended by model and status, webhook deliveries by
+outcome) are also counted in Redis (``tasks.jobs.bookkeeping``), so the API's
+``/metrics`` shows them for every host without scraping each worker.
 """
 
 from __future__ import annotations
@@ -16,8 +16,6 @@ from typing import Any
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 log = logging.getLogger("kiln.metrics")
-JOB_COUNTERS = "kiln:counters:jobs"
-WEBHOOK_COUNTERS = "kiln:counters:webhooks"
 SECONDS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900)
 
 JOBS_FINISHED = Counter(
@@ -79,18 +77,8 @@ def observe_gpu(model: str) -> None:
         pass
 
 
-def job_finished(r: Any, model: str, status: str, record: dict[str, Any] | None = None) -> None:
+def job_finished(model: str, status: str, record: dict[str, Any] | None = None) -> None:
+    """This worker's count (the fleet-wide one is kept by the job store as a job ends)."""
     JOBS_FINISHED.labels(model, status).inc()
-    try:
-        r.hincrby(JOB_COUNTERS, f"{model}|{status}", 1)
-    except Exception as exc:
-        log.warning("job counter not written: %s", type(exc).__name__)
     if record and record.get("started_at") and record.get("created_at"):
         QUEUE_WAIT.labels(model).observe(max(0.0, record["started_at"] - record["created_at"]))
-
-
-def webhook_delivered(r: Any, outcome: str) -> None:
-    try:
-        r.hincrby(WEBHOOK_COUNTERS, outcome, 1)
-    except Exception as exc:
-        log.warning("webhook counter not written: %s", type(exc).__name__)

@@ -1,7 +1,7 @@
 """``kiln worker --model M [--gpu I]``: one process per GPU per model.
 
 Pins the GPU with ``CUDA_VISIBLE_DEVICES`` before torch is imported, loads and
-warms the model in the engine thread, and only then consumes ``gen.M`` on a
+warms the model in the engine thread, and only then consumes its model's queue on a
 threads pool big enough to fill two batches (one running, one gathering).
 """
 
@@ -16,7 +16,10 @@ from typing import Any
 from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
 
 from config.settings import get_settings
-from tasks import runtime as rt
+from tasks.messaging.app import get_celery
+from tasks.messaging.names import queue_for
+from tasks.worker import metrics
+from tasks.worker import runtime as rt
 
 log = logging.getLogger("kiln.worker")
 
@@ -41,8 +44,6 @@ def run_worker(
     settings = get_settings()
     name = worker_name(model, gpu)
     runtime = rt.build(settings, model, hostname=name)
-
-    from tasks import metrics
 
     metrics.serve(metrics_port)
     t0 = time.perf_counter()
@@ -71,14 +72,12 @@ def run_worker(
     worker_shutting_down.connect(on_shutting_down, weak=False)
     worker_shutdown.connect(on_shutdown, weak=False)
 
-    from tasks.celery_app import get_celery
-
     runtime.celery = get_celery()
     runtime.start_cancel_listener()
     threads = concurrency or max(2, 2 * runtime.model.spec.max_batch)
     argv = [
         "worker",
-        f"--queues={runtime.model.queue}",
+        f"--queues={queue_for(model)}",
         "--pool=threads",
         f"--concurrency={threads}",
         f"--hostname={name}",

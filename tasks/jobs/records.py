@@ -6,7 +6,7 @@ import uuid
 from typing import Any
 from urllib.parse import urlsplit
 
-from tasks.jobs import now
+from tasks.jobs.store import now
 
 PARAM_KEYS = (
     "prompt",
@@ -20,6 +20,38 @@ PARAM_KEYS = (
     "seed",
     "loras",
 )
+
+
+# What callers see of a record (``GET /v1/jobs/<id>``); the API adds queue position
+# and ETA to a waiting job. A webhook carries the job's outcome, not its live state.
+PUBLIC_FIELDS = (
+    "id",
+    "status",
+    "model",
+    "params",
+    "seeds",
+    "created_at",
+    "started_at",
+    "completed_at",
+    "progress",
+    "images",
+    "error",
+    "attempts",
+    "webhook",
+    "batch_id",
+    "batch_size",
+    "batches",
+    "queue_position",
+    "eta_s",
+    "run_s",
+    "upload_s",
+)
+LIVE_FIELDS = frozenset({"progress", "webhook", "batches", "queue_position", "eta_s"})
+WEBHOOK_FIELDS = tuple(f for f in PUBLIC_FIELDS if f not in LIVE_FIELDS | {"run_s", "upload_s"})
+
+
+def public_view(record: dict[str, Any], fields: tuple[str, ...] = PUBLIC_FIELDS) -> dict[str, Any]:
+    return {k: record.get(k) for k in fields}
 
 
 def new_job_id() -> str:

@@ -2,8 +2,9 @@
 
 Field checks live on the schema; checks that depend on the model (sizes, steps,
 family rules, schedulers, LoRAs) are applied by :func:`validate_job` against the
-registry. Both raise ``marshmallow.ValidationError`` keyed by field name, which
-every door turns into ``422 {"error": {"code", "message", "fields"}}``.
+registry. Both end in ``InvalidInput`` keyed by field name (``config.errors.invalid_input``),
+which every door turns into its error shape (``422 {"error": {"code", "message",
+"fields"}}`` on the native door).
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ from marshmallow import (
     validates_schema,
 )
 
+from config.errors import invalid_input
+from pipelines.batch import MAX_SEED
 from pipelines.registry import Registry
 
-MAX_SEED = 2**64 - 1
 MAX_PROMPT = 2000
 
 
@@ -130,7 +132,7 @@ def validate_job(data: dict[str, Any], registry: Registry) -> dict[str, Any]:
     """Apply the model's rules and defaults to loaded job data; returns the job params."""
     name = data.get("model") or next(iter(registry))
     if name not in registry:
-        raise ValidationError(
+        raise invalid_input(
             {"model": [f"unknown model {name!r}; available: {', '.join(registry)}"]}
         )
     model = registry[name]
@@ -175,7 +177,7 @@ def validate_job(data: dict[str, Any], registry: Registry) -> dict[str, Any]:
     if len({lo["name"] for lo in loras}) != len(loras):
         err("loras", "each LoRA may appear once")
     if errors:
-        raise ValidationError(errors)
+        raise invalid_input(errors)
 
     seeds = data.get("seeds")
     if not seeds or len(seeds) != n:
@@ -201,11 +203,14 @@ def validate_job(data: dict[str, Any], registry: Registry) -> dict[str, Any]:
 
 
 def load_job(payload: Any, registry: Registry, *, task: bool = False) -> dict[str, Any]:
-    """Validate a raw payload (dict) into job params; raises ValidationError."""
+    """Validate a raw payload (dict) into job params; raises ``InvalidInput``."""
     if not isinstance(payload, dict):
-        raise ValidationError({"_schema": ["expected a JSON object"]})
+        raise invalid_input({"_schema": ["expected a JSON object"]})
     schema = JobTaskSchema() if task else JobSchema()
-    data = schema.load(payload)
+    try:
+        data = schema.load(payload)
+    except ValidationError as exc:
+        raise invalid_input(exc.messages) from None
     params = validate_job(data, registry)
     if task and data.get("job_id"):
         params["job_id"] = data["job_id"]

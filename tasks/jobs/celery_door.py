@@ -10,7 +10,7 @@ Without Kiln installed (only ``celery`` and ``redis``):
 
 With Kiln installed, this helper fills in the queue and validates first:
 
-    from tasks.celery_api import send_generate
+    from tasks.jobs.celery_door import send_generate
     record = send_generate(prompt="a red fox", model="tiny-sd").get(timeout=120)
 """
 
@@ -20,8 +20,9 @@ from typing import Any
 
 from celery.result import AsyncResult
 
-from tasks.celery_app import GENERATE, get_celery, queue_for
-from tasks.records import kwargs_repr
+from tasks.jobs.records import kwargs_repr
+from tasks.messaging.app import get_celery
+from tasks.messaging.names import GENERATE, route_task
 
 CONTRACT_VERSION = 1
 
@@ -33,11 +34,11 @@ def send_generate(*, app: Any = None, **job: Any) -> AsyncResult:
     """
     from config.settings import get_settings
     from pipelines.registry import Registry
-    from tasks.schema import load_job
+    from tasks.jobs.schema import load_job
 
     app = app or get_celery()
     params = load_job(job, Registry.from_file(get_settings().models_file))
     kwargs = {k: v for k, v in params.items() if v is not None}
-    return app.send_task(
-        GENERATE, kwargs=kwargs, kwargsrepr=kwargs_repr(kwargs), queue=queue_for(params["model"])
-    )
+    # ``app`` may be the caller's own Celery app, without Kiln's routes: route explicitly.
+    route = route_task(GENERATE, (), kwargs, {})
+    return app.send_task(GENERATE, kwargs=kwargs, kwargsrepr=kwargs_repr(kwargs), **route)

@@ -169,7 +169,7 @@ class Stack:
         return proc
 
     def ready_workers(self, model: str) -> int:
-        from tasks.queues import ready_workers
+        from tasks.jobs.bookkeeping import ready_workers
 
         return ready_workers(redis.Redis.from_url(self.env["KILN_REDIS_URL"]), model)
 

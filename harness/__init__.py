@@ -1,0 +1,8 @@
+"""The real Kiln stack on free ports, for the tests and the benchmarks alike.
+
+- ``stack``: Valkey, an S3 server, workers and the API as real subprocesses
+- ``http``: a plain HTTP client of the API, as any caller would write it
+- ``metrics``: read a Prometheus ``/metrics`` page
+
+Neither a test module nor a benchmark: both import from here, never from each other.
+"""

@@ -1,0 +1,173 @@
+"""Redis bookkeeping around jobs: the one module that spells these keys.
+
+- ``kiln:queued:<model>``: a sorted set by submit time of the jobs waiting for that
+  model; a waiting job's queue position is its rank there.
+- ``kiln:active:<owner>``: the queued and running jobs of one API key (its quota).
+- ``kiln:stats:<model>``: a moving average of seconds per image, folded in atomically
+  by every worker after each pipeline call (the ETA's rate).
+- ``kiln:ready:<model>:<worker>`` and ``kiln:workers:<model>``: each worker's
+  heartbeat; the sorted set keeps each worker's expiry (the server's clock), so
+  counting ready workers is one O(log N) call, never a scan of the keyspace.
+- ``kiln:counters:jobs`` and ``kiln:counters:webhooks``: fleet-wide counts of jobs
+  ended (counted by the job store's end script) and of webhook deliveries, which the
+  API's ``/metrics`` shows for every host.
+- ``kiln:cancel``: the channel on which the API asks workers to stop a running job.
+
+Functions take a Redis client or a pipeline, so callers can add them to one round trip.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+log = logging.getLogger("kiln.bookkeeping")
+
+EMA_ALPHA = 0.3
+CANCEL_CHANNEL = "kiln:cancel"
+JOB_COUNTERS = "kiln:counters:jobs"
+WEBHOOK_COUNTERS = "kiln:counters:webhooks"
+
+
+def queued_key(model: str) -> str:
+    return f"kiln:queued:{model}"
+
+
+def stats_key(model: str) -> str:
+    return f"kiln:stats:{model}"
+
+
+def workers_key(model: str) -> str:
+    return f"kiln:workers:{model}"
+
+
+def ready_key(model: str, worker: str) -> str:
+    return f"kiln:ready:{model}:{worker}"
+
+
+def active_key(owner: str) -> str:
+    return f"kiln:active:{owner}"
+
+
+# -- the queued set ------------------------------------------------------------
+def mark_queued(r: Any, model: str, job_id: str, created_at: float) -> None:
+    r.zadd(queued_key(model), {job_id: created_at})
+
+
+def mark_dequeued(r: Any, model: str, job_id: str) -> None:
+    r.zrem(queued_key(model), job_id)
+
+
+def depth(r: Any, model: str) -> int:
+    """Jobs waiting for ``model`` (submitted, not yet started), whatever the broker."""
+    return int(r.zcard(queued_key(model)))
+
+
+# -- an API key's active jobs -----------------------------------------------------
+def mark_active(r: Any, owner: str | None, job_id: str) -> None:
+    if owner:
+        r.sadd(active_key(owner), job_id)
+
+
+def mark_inactive(r: Any, owner: str | None, job_id: str) -> None:
+    if owner:
+        r.srem(active_key(owner), job_id)
+
+
+def active_jobs(r: Any, owner: str | None) -> int:
+    return int(r.scard(active_key(owner))) if owner else 0
+
+
+# -- throughput and ETA -------------------------------------------------------------
+# KEYS[1] the model's stats hash; ARGV seconds per image of one batch, alpha. Read and
+# write in one script, so that two workers folding at once never lose a sample.
+_FOLD = """
+local old = redis.call('HGET', KEYS[1], 's_per_image')
+local v = tonumber(ARGV[1])
+if old then v = (1 - tonumber(ARGV[2])) * tonumber(old) + tonumber(ARGV[2]) * v end
+redis.call('HSET', KEYS[1], 's_per_image', string.format('%.6f', v))
+"""
+
+
+def record_batch(r: Any, model: str, *, seconds: float, images: int) -> None:
+    """Fold one pipeline call into the moving average of seconds per image."""
+    if images > 0:
+        r.eval(_FOLD, 1, stats_key(model), seconds / images, EMA_ALPHA)
+
+
+def s_per_image(r: Any, model: str) -> float | None:
+    raw = r.hget(stats_key(model), "s_per_image")
+    return None if raw is None else float(raw)
+
+
+def eta_s(*, position: int, images: int, workers: int, s_per_image: float) -> float:
+    """Seconds until a waiting job is done: jobs ahead (one image each) plus its own."""
+    return round(max(s_per_image, (position - 1 + images) * s_per_image / max(1, workers)), 2)
+
+
+# -- worker heartbeats ------------------------------------------------------------
+# KEYS[1] the worker's ready key, KEYS[2] the model's worker set; ARGV worker, ttl.
+_BEAT = """
+local t = redis.call('TIME')
+redis.call('SET', KEYS[1], '1', 'EX', ARGV[2])
+redis.call('ZADD', KEYS[2], t[1] + ARGV[2], ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', t[1] - 3600)
+redis.call('EXPIRE', KEYS[2], 3600)
+"""
+# KEYS[1] the model's worker set: workers whose heartbeat has not expired (server clock).
+_READY_COUNT = "return redis.call('ZCOUNT', KEYS[1], '(' .. redis.call('TIME')[1], '+inf')"
+
+
+def beat(r: Any, model: str, worker: str, ttl_s: int) -> None:
+    r.eval(_BEAT, 2, ready_key(model, worker), workers_key(model), worker, ttl_s)
+
+
+def unbeat(r: Any, model: str, worker: str) -> None:
+    with r.pipeline() as pipe:
+        pipe.delete(ready_key(model, worker))
+        pipe.zrem(workers_key(model), worker)
+        pipe.execute()
+
+
+def worker_alive(r: Any, model: str, worker: str) -> bool:
+    return bool(r.exists(ready_key(model, worker)))
+
+
+def ready_workers(r: Any, model: str) -> int:
+    """Workers of ``model`` whose heartbeat has not expired."""
+    return int(r.eval(_READY_COUNT, 1, workers_key(model)))
+
+
+def waiting(r: Any, model: str, job_id: str) -> tuple[int | None, float | None, int]:
+    """``(position, seconds per image or None, ready workers)`` in one round trip."""
+    with r.pipeline(transaction=False) as pipe:
+        pipe.zrank(queued_key(model), job_id)
+        pipe.hget(stats_key(model), "s_per_image")
+        pipe.eval(_READY_COUNT, 1, workers_key(model))  # EVALSHA would add a SCRIPT EXISTS
+        rank, rate, workers = pipe.execute()
+    return (
+        None if rank is None else int(rank) + 1,
+        None if rate is None else float(rate),
+        int(workers),
+    )
+
+
+# -- fleet-wide counters -------------------------------------------------------------
+def count_webhook(r: Any, outcome: str) -> None:
+    try:
+        r.hincrby(WEBHOOK_COUNTERS, outcome, 1)
+    except Exception as exc:
+        log.warning("webhook counter not written: %s", type(exc).__name__)
+
+
+def job_counts(r: Any) -> dict[tuple[str, str], int]:
+    """``{(model, status): jobs ended}`` for the whole fleet."""
+    out = {}
+    for key, value in (r.hgetall(JOB_COUNTERS) or {}).items():
+        model, _, status = key.partition("|")
+        out[(model, status)] = int(value)
+    return out
+
+
+def webhook_counts(r: Any) -> dict[str, int]:
+    return {k: int(v) for k, v in (r.hgetall(WEBHOOK_COUNTERS) or {}).items()}

@@ -1,0 +1,383 @@
+"""``kiln.generate``: one job per Celery message, batched by the worker's engine.
+
+The task reads top to bottom as the job's steps:
+
+1. Check the message: keyword arguments only, a valid job, for this worker's model.
+2. Find the job's record (a job sent straight to the Celery task gets its record
+   here); a job that already ended is not run again.
+3. Claim it: not while a live worker still runs it, nor twice in this process;
+   count the delivery (a job that keeps killing workers is given up); mark it running.
+4. Generate: the engine batches it with other jobs for the same model.
+5. Encode and upload the images on this thread, while the engine runs the next batch.
+6. End it: succeeded, unless it was canceled meanwhile.
+
+Bad input fails the job at once and is never retried; transient storage or broker
+errors are retried with backoff; a job re-delivered after its worker died runs
+again (storage keys derive from the job id, so a re-run overwrites) until
+``max_deliveries``. Every end goes through ``tasks.jobs.ends.end_job``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+from celery import shared_task
+
+from config.errors import (
+    Canceled,
+    GenerationFailed,
+    InvalidInput,
+    KilnError,
+    RunningElsewhere,
+    TooManyDeliveries,
+    TransientError,
+    Wedged,
+)
+from config.settings import is_redis_url
+from tasks.jobs import bookkeeping as bk
+from tasks.jobs.ends import end_job
+from tasks.jobs.records import new_record, task_result
+from tasks.jobs.schema import load_job
+from tasks.jobs.storage import image_key
+from tasks.jobs.store import TERMINAL, now
+from tasks.messaging.names import GENERATE
+from tasks.worker import metrics
+from tasks.worker import runtime as rt
+from tasks.worker.images import encode_png
+from tasks.worker.time_limits import wait_result
+
+log = logging.getLogger("kiln.generate")
+TRANSIENT_RETRIES = 3  # storage or broker errors: retried after 2, 4, 8 s, then the job fails
+PNG_META = (
+    "prompt",
+    "negative_prompt",
+    "model",
+    "steps",
+    "guidance_scale",
+    "scheduler",
+    "width",
+    "height",
+)
+
+
+# Celery's own retry counter is not used as a limit (``max_retries=None``): re-checks of a
+# job that runs elsewhere must go on as long as it runs, so the limits live in the job
+# record (``retries`` for transient errors, ``attempts`` for deliveries).
+@shared_task(name=GENERATE, bind=True, acks_late=True, max_retries=None)
+def generate(self: Any, *args: Any, **payload: Any) -> dict[str, Any]:
+    """Generate images for one job; returns the job record (JSON)."""
+    runtime = rt.current()
+    if runtime is None:
+        raise RuntimeError("kiln.generate runs only in a `kiln worker` process")
+    job_id = str(payload.get("job_id") or self.request.id)
+    try:
+        return task_result(run_job(runtime, args, payload, job_id=job_id))
+    except RunningElsewhere as exc:
+        # The broker re-delivered a job whose worker still beats (a healthy job that
+        # outran the visibility timeout): look again later instead of running it twice.
+        log.warning(
+            "job %s still runs on %s; checking again in %ss",
+            job_id,
+            exc.worker,
+            rt.RECHECK_S,
+            extra={"job_id": job_id},
+        )
+        raise self.retry(countdown=rt.RECHECK_S) from None
+    except TransientError as exc:
+        retries = int((runtime.store.get(job_id) or {}).get("retries") or 0)
+        if retries >= TRANSIENT_RETRIES:
+            return task_result(fail(runtime, job_id, exc) or {"id": job_id})
+        countdown = min(60, 2 ** (retries + 1))
+        log.warning(
+            "job %s: %s; retry in %ss", job_id, exc.message, countdown, extra={"job_id": job_id}
+        )
+        runtime.store.transition(
+            job_id,
+            status="queued",
+            allowed_from=("running",),
+            event="retrying",
+            data={"reason": exc.code, "in_s": countdown},
+            retries=retries + 1,
+        )
+        raise self.retry(exc=exc, countdown=countdown) from None
+    except Exception as exc:  # a bug must never leave a job "running" forever
+        log.exception("job %s: unexpected %s", job_id, type(exc).__name__, extra={"job_id": job_id})
+        error = GenerationFailed(f"internal error: {type(exc).__name__}")
+        return task_result(fail(runtime, job_id, error) or {"id": job_id})
+
+
+def run_job(
+    runtime: rt.Runtime, args: tuple[Any, ...], payload: dict[str, Any], *, job_id: str
+) -> dict[str, Any]:
+    store = runtime.store
+
+    # 1. Check the message. A malformed one from another service fails its job, never
+    #    the worker, and is never retried.
+    try:
+        if args:
+            raise InvalidInput(
+                "kiln.generate takes keyword arguments only",
+                fields={"_schema": ["kiln.generate takes keyword arguments only"]},
+            )
+        params = load_job(payload, runtime.registry, task=True)
+        if params["model"] != runtime.model.name:
+            raise InvalidInput(
+                f"this worker serves {runtime.model.name!r}, not {params['model']!r}",
+                fields={"model": ["sent to the wrong queue"]},
+            )
+    except InvalidInput as exc:
+        return reject(runtime, payload, job_id, exc)
+
+    # 2. Find the record; jobs sent straight to the Celery task get theirs here.
+    record = store.get(job_id)
+    if record is None:
+        fresh = new_record(job_id, params, source="celery")
+        record = fresh if store.create(fresh) else (store.get(job_id) or {})
+    if record.get("status") in TERMINAL:  # canceled while queued, or re-delivered after it ended
+        bk.mark_dequeued(store.redis, runtime.model.name, job_id)
+        return record
+
+    # 3. Claim it.
+    claim(runtime, job_id, record)
+    try:
+        attempts = count_delivery(runtime, job_id, record)
+        if attempts is None:
+            return store.get(job_id) or record
+        _prev, applied = store.transition(
+            job_id,
+            status="running",
+            allowed_from=("queued", "running"),
+            event="started",
+            data={"attempt": attempts, "worker": runtime.hostname},
+            started_at=now(),
+            attempts=attempts,
+            worker=runtime.hostname,
+        )
+        bk.mark_dequeued(store.redis, runtime.model.name, job_id)
+        if not applied:  # canceled between the read and now
+            return store.get(job_id) or record
+
+        # 4. Generate.
+        try:
+            result = generate_images(runtime, job_id, params, record)
+        except TransientError:
+            raise
+        except KilnError as exc:
+            ended = fail(runtime, job_id, exc)
+            if isinstance(exc, Wedged):
+                runtime.abort(exc.message)  # a fresh worker takes over; others are re-delivered
+            return ended or store.get(job_id) or record
+
+        # 5. Encode and upload.
+        store.progress(job_id, params["steps"], params["steps"])
+        t_upload = time.perf_counter()
+        images = upload(runtime, job_id, params, result)
+        upload_s = time.perf_counter() - t_upload
+        metrics.UPLOAD.labels(params["model"]).observe(upload_s)
+        metrics.RUN.labels(params["model"]).observe(result.run_s)
+
+        # 6. End it: succeeded, unless it was canceled meanwhile.
+        return succeed(runtime, job_id, params, result, images, upload_s) or (
+            store.get(job_id) or record
+        )
+    finally:
+        release(runtime, job_id)
+
+
+def reject(
+    runtime: rt.Runtime, payload: dict[str, Any], job_id: str, exc: InvalidInput
+) -> dict[str, Any]:
+    """Fail the job of a malformed message with the fields it got wrong."""
+    if runtime.store.get(job_id) is None:
+        model = payload.get("model")
+        runtime.store.create(
+            {
+                "id": job_id,
+                "status": "queued",
+                "created_at": now(),
+                "model": model if isinstance(model, str) else None,
+                "source": "celery",
+                "attempts": 0,
+                "images": [],
+                "error": None,
+                "webhook": None,
+            }
+        )
+    return fail(runtime, job_id, exc) or runtime.store.get(job_id) or {"id": job_id}
+
+
+def claim(runtime: rt.Runtime, job_id: str, record: dict[str, Any]) -> None:
+    """Raise ``RunningElsewhere`` while another live worker, or this one, runs the job.
+
+    On Redis a healthy job that outruns the visibility timeout is delivered again; on
+    RabbitMQ a message only comes back once its consumer is gone.
+    """
+    owner = record.get("worker")
+    if (
+        is_redis_url(runtime.settings.broker_url)
+        and record.get("status") == "running"
+        and owner
+        and owner != runtime.hostname
+        and bk.worker_alive(runtime.store.redis, runtime.model.name, owner)
+    ):
+        raise RunningElsewhere(owner)
+    with runtime.lock:  # several copies may land on this worker at once: one runs
+        if job_id in runtime.active:
+            raise RunningElsewhere(runtime.hostname)
+        runtime.active.add(job_id)
+
+
+def release(runtime: rt.Runtime, job_id: str) -> None:
+    runtime.active.discard(job_id)
+    runtime.steps.pop(job_id, None)
+    runtime.cancel_seen.pop(job_id, None)
+
+
+def count_delivery(runtime: rt.Runtime, job_id: str, record: dict[str, Any]) -> int | None:
+    """This delivery's attempt number, or None when the job was given up (or had ended).
+
+    Planned retries of a transient error (``retries``) are not lost deliveries.
+    """
+    attempts = int(record.get("attempts") or 0) + 1
+    deliveries = attempts - int(record.get("retries") or 0)
+    if deliveries <= runtime.settings.max_deliveries:
+        return attempts
+    fail(
+        runtime,
+        job_id,
+        TooManyDeliveries(
+            f"job was delivered {deliveries} times without finishing (its worker died "
+            f"each time); giving up"
+        ),
+    )
+    return None
+
+
+def fail(runtime: rt.Runtime, job_id: str, exc: KilnError) -> dict[str, Any] | None:
+    """End a job as failed (or canceled); None if it had already ended."""
+    status = "canceled" if isinstance(exc, Canceled) else "failed"
+    data: dict[str, Any] = {}
+    if job_id in runtime.steps:  # how far it ran, and where the cancel found it
+        data["steps_done"] = runtime.steps[job_id]
+        if job_id in runtime.cancel_seen:
+            data["cancel_seen_at_step"] = runtime.cancel_seen[job_id]
+    record = end_job(runtime.store, runtime.celery, job_id, status, error=exc.to_dict(), data=data)
+    if record is not None:
+        log.info("job %s %s: %s", job_id, status, exc.message, extra={"job_id": job_id})
+        metrics.job_finished(runtime.model.name, status, record)
+    return record
+
+
+def succeed(
+    runtime: rt.Runtime,
+    job_id: str,
+    params: dict[str, Any],
+    result: Any,
+    images: list[dict[str, Any]],
+    upload_s: float,
+) -> dict[str, Any] | None:
+    batch = result.batches[-1] if result.batches else None
+    record = end_job(
+        runtime.store,
+        runtime.celery,
+        job_id,
+        "succeeded",
+        allowed_from=("running",),
+        data={"images": len(images)},
+        images=images,
+        progress={"step": params["steps"], "steps": params["steps"]},
+        batch_id=batch.id if batch else None,
+        batch_size=batch.size if batch else None,
+        batches=[{"id": b.id, "size": b.size, "scheduler": b.scheduler} for b in result.batches],
+        run_s=round(result.run_s, 4),
+        upload_s=round(upload_s, 4),
+    )
+    if record is not None:
+        metrics.job_finished(params["model"], "succeeded", record)
+        log.info(
+            "job %s succeeded: %d image(s), batch %s of %s",
+            job_id,
+            len(images),
+            batch.id if batch else "-",
+            batch.size if batch else "-",
+            extra={
+                "job_id": job_id,
+                "model": params["model"],
+                "batch_id": batch.id if batch else None,
+                "duration_s": round(result.run_s, 4),
+                "upload_s": round(upload_s, 4),
+            },
+        )
+    return record
+
+
+def generate_images(
+    runtime: rt.Runtime, job_id: str, params: dict[str, Any], record: dict[str, Any]
+) -> Any:
+    """Hand the job to the engine and wait for its images within its time limits."""
+    from pipelines.batch import Params
+    from pipelines.engine import Request
+
+    cancel = runtime.cancel_events.setdefault(job_id, threading.Event())
+    writer = runtime.progress
+    # A cancel asked before this thread listened: the record read in step 2 says so, and
+    # one field read covers a cancel that came between that read and the listener.
+    if record.get("cancel_requested") or runtime.store.field(job_id, "cancel_requested"):
+        runtime.cancel_seen.setdefault(job_id, 0)
+        cancel.set()
+    runtime.steps[job_id] = 0
+
+    def on_progress(step: int, steps: int) -> None:
+        runtime.steps[job_id] = step  # unthrottled, in memory: where a cancel finds it
+        if writer is not None:
+            writer.update(job_id, step, steps)
+
+    request = Request(
+        id=job_id,
+        prompt=params["prompt"],
+        negative_prompt=params["negative_prompt"],
+        seeds=list(params["seeds"]),
+        params=Params(
+            width=params["width"],
+            height=params["height"],
+            steps=params["steps"],
+            guidance_scale=params["guidance_scale"],
+            scheduler=params["scheduler"],
+            loras=tuple((lo["name"], lo["weight"]) for lo in params["loras"]),
+        ),
+        on_progress=on_progress,
+        cancel_event=cancel,
+    )
+    spec = runtime.model.spec
+    future = runtime.engine.submit(request)
+    try:
+        return wait_result(future, cancel, soft_s=spec.soft_time_limit_s, hard_s=spec.time_limit_s)
+    finally:
+        runtime.cancel_events.pop(job_id, None)
+        if writer is not None:
+            writer.discard(job_id)
+
+
+def upload(runtime: rt.Runtime, job_id: str, params: dict[str, Any], result: Any) -> list[dict]:
+    """Encode each image as PNG (its parameters inside) and put it in the bucket."""
+    images = []
+    for i, (image, seed) in enumerate(zip(result.images, result.seeds, strict=True)):
+        meta = {k: params[k] for k in PNG_META}
+        meta.update(seed=seed, job_id=job_id, index=i)
+        if params["loras"]:
+            meta["loras"] = params["loras"]
+        key = image_key(job_id, i)
+        runtime.storage.put(key, encode_png(image, meta), metadata={"seed": str(seed)})
+        images.append(
+            {
+                "url": runtime.storage.url(key),
+                "key": key,
+                "seed": seed,
+                "width": image.width,
+                "height": image.height,
+            }
+        )
+    return images

@@ -1,0 +1,112 @@
+"""Redis bookkeeping, the job store's scripts and the worker heartbeat, on the session's
+own Valkey (``redis_url``: a flushed database of it)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import redis
+
+from config.settings import from_env
+from tasks.jobs import bookkeeping as bk
+from tasks.jobs.ends import end_job
+from tasks.jobs.store import JobStore, events_key, job_key
+from tasks.worker import runtime as rt
+from tasks.worker.progress import ProgressWriter
+
+
+@pytest.fixture
+def r(redis_url: str) -> redis.Redis:
+    return redis.Redis.from_url(redis_url, decode_responses=True)
+
+
+def test_queue_position_and_eta(r: redis.Redis) -> None:
+    m = "m"
+    for i, job in enumerate(["a", "b", "c"]):
+        bk.mark_queued(r, m, job, 100.0 + i)
+    assert [bk.waiting(r, m, j)[0] for j in "abc"] == [1, 2, 3]
+    bk.mark_dequeued(r, m, "a")
+    assert bk.waiting(r, m, "c")[0] == 2 and bk.waiting(r, m, "a")[0] is None
+    assert bk.eta_s(position=2, images=1, workers=1, s_per_image=1.0) == 2.0
+    assert bk.waiting(r, m, "c") == (2, None, 0)  # no rate measured, no worker
+    bk.record_batch(r, m, seconds=4.0, images=4)  # 1 s per image measured
+    bk.record_batch(r, m, seconds=2.0, images=4)  # 0.5 s → moving average 0.85
+    _, rate, _ = bk.waiting(r, m, "c")
+    assert rate == pytest.approx(0.85)
+    assert bk.eta_s(position=2, images=1, workers=2, s_per_image=0.85) == pytest.approx(0.85)
+
+
+def test_live_event_reads_block_past_the_default_socket_timeout(redis_url: str) -> None:
+    """redis-py reads time out after 5 s by default; an idle event stream must not."""
+    store = JobStore(redis_url)
+    t0 = time.monotonic()
+    assert store.events("no-such-job", block_ms=6000) == []
+    assert time.monotonic() - t0 >= 5.9
+
+
+def test_progress_of_every_running_job_in_one_flush(redis_url: str) -> None:
+    """The progress writer's flush: running jobs get the step and an event; others not."""
+    store = JobStore(redis_url, ttl_s=60)
+    ids = [f"p-{i}" for i in range(3)]
+    for job_id, status in zip(ids, ("running", "running", "succeeded"), strict=True):
+        store.create({"id": job_id, "status": status, "created_at": 1.0})
+    writer = ProgressWriter(store, model="m")
+    for job_id in ids:
+        writer.update(job_id, 3, 8)
+    writer.update(ids[0], 4, 8)  # only the latest step of a job is written
+    writer.flush()
+    got = [store.get(j) or {} for j in ids]
+    assert [g.get("progress") for g in got] == [
+        {"step": 4, "steps": 8},
+        {"step": 3, "steps": 8},
+        None,
+    ]
+    assert [e[1] for e in store.events(ids[0])] == ["queued", "progress"]
+    assert [e[1] for e in store.events(ids[2])] == ["queued"]  # finished: left alone
+    writer.flush()  # nothing new: no writes
+    assert len(store.events(ids[0])) == 2
+
+
+def test_the_end_script_moves_the_record_and_clears_all_bookkeeping(
+    r: redis.Redis, redis_url: str
+) -> None:
+    store = JobStore(redis_url, ttl_s=60)
+    record = {"id": "e1", "status": "queued", "model": "m", "owner": "alice", "created_at": 1.0}
+
+    def bookkeeping(pipe: object) -> None:
+        bk.mark_queued(pipe, "m", "e1", 1.0)
+        bk.mark_active(pipe, "alice", "e1")
+
+    store.create(record, also=bookkeeping)
+    assert bk.depth(r, "m") == 1 and bk.active_jobs(r, "alice") == 1
+    ended = end_job(store, None, "e1", "canceled", allowed_from=("queued",), error={"code": "x"})
+    assert ended is not None and ended["status"] == "canceled" and ended["completed_at"]
+    assert bk.depth(r, "m") == 0 and bk.active_jobs(r, "alice") == 0
+    assert bk.job_counts(r) == {("m", "canceled"): 1}
+    assert [e[1] for e in store.events("e1")] == ["queued", "canceled"]
+    # An ended job never ends again: no second event, no second count.
+    assert end_job(store, None, "e1", "succeeded") is None
+    assert store.get("e1")["status"] == "canceled"  # type: ignore[index]
+    assert bk.job_counts(r) == {("m", "canceled"): 1}
+    assert len(store.events("e1")) == 2
+    assert 0 < r.ttl(job_key("e1")) <= 60 and 0 < r.ttl(events_key("e1")) <= 60
+
+
+def test_heartbeat_is_removed_at_once_and_not_written_again(redis_url: str) -> None:
+    settings = from_env({"KILN_REDIS_URL": redis_url, "KILN_BROKER_URL": redis_url})
+    runtime = rt.build(settings, "tiny-sd", hostname="unit-beat")
+    r = runtime.store.redis
+    key = bk.ready_key("tiny-sd", runtime.hostname)
+    beat = runtime.start_heartbeat()
+    deadline = time.monotonic() + 10
+    while not r.exists(key) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert r.exists(key) and 0 < r.ttl(key) <= rt.HEARTBEAT_TTL_S
+    assert bk.ready_workers(r, "tiny-sd") == 1
+    runtime.stop_heartbeat()
+    assert not r.exists(key)
+    assert bk.ready_workers(r, "tiny-sd") == 0
+    beat.join(rt.HEARTBEAT_S + 5)
+    assert not beat.is_alive()
+    assert not r.exists(key)  # the beat thread did not put it back
