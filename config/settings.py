@@ -39,13 +39,13 @@ class Settings:
     data_dir: Path = DEFAULT_DATA_DIR
 
     # Broker and job store. The dev ports stay clear of a system Redis on 6379.
-    broker_url: str = "redis://127.0.0.1:6390/0"
+    broker_url: str = ""  # empty: the dev fleet's Valkey, redis://127.0.0.1:<broker_port>/0
     redis_url: str = ""  # job store; defaults to broker_url when it is redis://
     job_ttl_s: int = 7 * 24 * 3600
     visibility_timeout_s: int = 0  # 0: derived from the longest model time limit
 
     # Object storage (any S3 API: AWS, MinIO, R2, SeaweedFS, rclone).
-    s3_endpoint_url: str = "http://127.0.0.1:9390"
+    s3_endpoint_url: str = ""  # empty: the dev fleet's S3 server, http://127.0.0.1:<s3_port>
     s3_bucket: str = "kiln"
     s3_access_key: str = "kiln-dev"
     s3_secret_key: str = "kiln-dev-secret"
@@ -78,6 +78,7 @@ class Settings:
 
     # Jobs.
     max_deliveries: int = 3
+    outage_budget_s: float = 600.0  # a worker rides out a job-store or S3 outage this long
     idempotency_ttl_s: int = 24 * 3600
     sse_max_s: int = 900  # one event stream stays open at most this long
     sse_max_streams: int = 24  # open event streams per API process (each holds a thread)
@@ -104,6 +105,10 @@ class Settings:
             raise SettingsError(
                 f"KILN_CPU_DTYPE must be one of {', '.join(CPU_DTYPES)}, got {self.cpu_dtype!r}"
             )
+        if not self.broker_url:
+            object.__setattr__(self, "broker_url", f"redis://127.0.0.1:{self.broker_port}/0")
+        if not self.s3_endpoint_url:
+            object.__setattr__(self, "s3_endpoint_url", f"http://127.0.0.1:{self.s3_port}")
         if not self.redis_url:
             if not is_redis_url(self.broker_url):
                 raise SettingsError(

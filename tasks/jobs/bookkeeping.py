@@ -2,12 +2,17 @@
 
 - ``kiln:queued:<model>``: a sorted set by submit time of the jobs waiting for that
   model; a waiting job's queue position is its rank there.
+- ``kiln:running:<model>``: a hash of the jobs running for that model → their worker,
+  which the reaper walks to find jobs whose worker died.
 - ``kiln:active:<owner>``: the queued and running jobs of one API key (its quota).
 - ``kiln:stats:<model>``: a moving average of seconds per image, folded in atomically
   by every worker after each pipeline call (the ETA's rate).
-- ``kiln:ready:<model>:<worker>`` and ``kiln:workers:<model>``: each worker's
-  heartbeat; the sorted set keeps each worker's expiry (the server's clock), so
-  counting ready workers is one O(log N) call, never a scan of the keyspace.
+- ``kiln:alive:<model>:<worker>`` and ``kiln:workers:<model>``: each worker's
+  heartbeat. The key says the process is alive (until its drain has ended); the
+  sorted set keeps the expiry (the server's clock) of each worker that is *ready* for
+  new jobs, so counting ready workers is one O(log N) call, never a keyspace scan.
+- ``kiln:reaper``: a short lock, so that one worker at a time looks for jobs whose
+  worker died.
 - ``kiln:counters:jobs`` and ``kiln:counters:webhooks``: fleet-wide counts of jobs
   ended (counted by the job store's end script) and of webhook deliveries, which the
   API's ``/metrics`` shows for every host.
@@ -41,8 +46,15 @@ def workers_key(model: str) -> str:
     return f"kiln:workers:{model}"
 
 
-def ready_key(model: str, worker: str) -> str:
-    return f"kiln:ready:{model}:{worker}"
+def alive_key(model: str, worker: str) -> str:
+    return f"kiln:alive:{model}:{worker}"
+
+
+REAPER_LOCK = "kiln:reaper"
+
+
+def running_key(model: str) -> str:
+    return f"kiln:running:{model}"
 
 
 def active_key(owner: str) -> str:
@@ -106,11 +118,16 @@ def eta_s(*, position: int, images: int, workers: int, s_per_image: float) -> fl
 
 
 # -- worker heartbeats ------------------------------------------------------------
-# KEYS[1] the worker's ready key, KEYS[2] the model's worker set; ARGV worker, ttl.
+# KEYS[1] the worker's alive key, KEYS[2] the model's ready set; ARGV worker, ttl, and
+# 1 while it takes new jobs (0 while it drains: alive, not ready).
 _BEAT = """
 local t = redis.call('TIME')
 redis.call('SET', KEYS[1], '1', 'EX', ARGV[2])
-redis.call('ZADD', KEYS[2], t[1] + ARGV[2], ARGV[1])
+if ARGV[3] == '1' then
+  redis.call('ZADD', KEYS[2], t[1] + ARGV[2], ARGV[1])
+else
+  redis.call('ZREM', KEYS[2], ARGV[1])
+end
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', t[1] - 3600)
 redis.call('EXPIRE', KEYS[2], 3600)
 """
@@ -118,19 +135,34 @@ redis.call('EXPIRE', KEYS[2], 3600)
 _READY_COUNT = "return redis.call('ZCOUNT', KEYS[1], '(' .. redis.call('TIME')[1], '+inf')"
 
 
-def beat(r: Any, model: str, worker: str, ttl_s: int) -> None:
-    r.eval(_BEAT, 2, ready_key(model, worker), workers_key(model), worker, ttl_s)
+def beat(r: Any, model: str, worker: str, ttl_s: int, *, ready: bool = True) -> None:
+    r.eval(_BEAT, 2, alive_key(model, worker), workers_key(model), worker, ttl_s, int(ready))
+
+
+def not_ready(r: Any, model: str, worker: str) -> None:
+    """Stop counting a worker as ready (it still beats as alive while it drains)."""
+    r.zrem(workers_key(model), worker)
 
 
 def unbeat(r: Any, model: str, worker: str) -> None:
     with r.pipeline() as pipe:
-        pipe.delete(ready_key(model, worker))
+        pipe.delete(alive_key(model, worker))
         pipe.zrem(workers_key(model), worker)
         pipe.execute()
 
 
 def worker_alive(r: Any, model: str, worker: str) -> bool:
-    return bool(r.exists(ready_key(model, worker)))
+    return bool(r.exists(alive_key(model, worker)))
+
+
+def running_jobs(r: Any, model: str) -> dict[str, str]:
+    """``{job_id: worker}`` of the jobs running for ``model``."""
+    return dict(r.hgetall(running_key(model)) or {})
+
+
+def take_reaper_lock(r: Any, holder: str, ttl_ms: int) -> bool:
+    """True for the one worker that reaps now (the lock expires by itself)."""
+    return bool(r.set(REAPER_LOCK, holder, nx=True, px=ttl_ms))
 
 
 def ready_workers(r: Any, model: str) -> int:

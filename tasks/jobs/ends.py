@@ -14,11 +14,10 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
-from tasks.jobs.store import JobStore, now
+from tasks.jobs.store import LIVE, JobStore, now
 from tasks.messaging.names import DELIVER_WEBHOOK
 
 log = logging.getLogger("kiln.jobs")
-LIVE = ("queued", "running")
 
 
 def end_job(
@@ -38,17 +37,20 @@ def end_job(
     if error is not None:
         event.setdefault("error", error)
         fields["error"] = error
-    _prev, applied = store.end(
+    _prev, record = store.end(
         job_id, status, allowed_from=allowed_from, data=event, completed_at=now(), **fields
     )
-    if not applied:
-        return None
-    record = store.get(job_id) or {"id": job_id, "status": status}
-    on_end(celery, record)
+    if record is not None:
+        on_end(celery, record)
     return record
 
 
 def on_end(celery: Any, record: dict[str, Any]) -> None:
-    """What follows an end: the job's webhook, on the ``webhooks`` queue."""
-    if record.get("webhook") and celery is not None:
+    """What follows an end: the job's webhook, on the ``webhooks`` queue. The end is
+    already recorded; a broker that refuses the webhook leaves it ``pending``."""
+    if not record.get("webhook") or celery is None:
+        return
+    try:
         celery.send_task(DELIVER_WEBHOOK, kwargs={"job_id": record["id"]})
+    except Exception as exc:  # kombu raises many types for a broker that is down
+        log.error("webhook of job %s not queued: %s", record["id"], type(exc).__name__)

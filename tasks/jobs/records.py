@@ -93,6 +93,18 @@ def task_kwargs(job_id: str, params: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def task_kwargs_from_record(record: dict[str, Any]) -> dict[str, Any]:
+    """The ``kiln.generate`` kwargs that re-send a recorded job (same id, same seeds)."""
+    hook = record.get("webhook") or {}
+    params = {
+        **(record.get("params") or {}),
+        "model": record["model"],
+        "seeds": record.get("seeds") or [],
+        "webhook_url": hook.get("url"),
+    }
+    return task_kwargs(record["id"], params)
+
+
 def redact_webhook_url(url: str) -> str:
     """``https://user:pw@hooks.example.com/T0/token?sig=x`` → ``https://hooks.example.com/***``.
 

@@ -19,6 +19,7 @@ from config.errors import BrokerUnavailable
 from tasks.jobs import bookkeeping as bk
 
 TERMINAL = frozenset({"succeeded", "failed", "canceled"})
+LIVE = ("queued", "running")
 PREFIX = "kiln:job:"
 MAX_BLOCK_MS = 20_000  # longest XREAD BLOCK; its client's read timeout sits above it
 
@@ -46,9 +47,11 @@ return {prev, 1}
 
 # The one script that ends a job. KEYS[1] record, KEYS[2] events, KEYS[3] fleet counters;
 # ARGV: ttl, allowed-from, status, event data, queued-set prefix, active-set prefix,
-# then field/value pairs. Moves the record, appends the terminal event, takes the job
-# out of its model's queued set and its owner's active set, and counts it: one step.
-# Returns the previous status and whether it applied, or false for no such job.
+# running-set prefix, then field/value pairs. Moves the record, appends the terminal
+# event, takes the job out of its model's queued and running sets and its owner's
+# active set, and counts it: one step.
+# Returns the previous status, whether it applied and (if so) the record as it now is,
+# or false for no such job.
 _END = """
 local cur = redis.call('HGET', KEYS[1], 'status')
 if not cur then return false end
@@ -57,17 +60,39 @@ local ok = false
 for s in string.gmatch(ARGV[2], '[^,]+') do if s == prev then ok = true end end
 if not ok then return {prev, 0} end
 redis.call('HSET', KEYS[1], 'status', cjson.encode(ARGV[3]))
-for i = 7, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+for i = 8, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', 2000, '*', 'type', ARGV[3], 'data', ARGV[4])
 redis.call('EXPIRE', KEYS[2], ARGV[1])
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 local id = cjson.decode(redis.call('HGET', KEYS[1], 'id') or '""')
 local model = cjson.decode(redis.call('HGET', KEYS[1], 'model') or 'null')
 local owner = cjson.decode(redis.call('HGET', KEYS[1], 'owner') or 'null')
-if type(model) == 'string' then redis.call('ZREM', ARGV[5] .. model, id) end
+if type(model) == 'string' then
+  redis.call('ZREM', ARGV[5] .. model, id)
+  redis.call('HDEL', ARGV[7] .. model, id)
+end
 if type(owner) == 'string' then redis.call('SREM', ARGV[6] .. owner, id) end
 redis.call('HINCRBY', KEYS[3], tostring(model) .. '|' .. ARGV[3], 1)
-return {prev, 1}
+return {prev, 1, redis.call('HGETALL', KEYS[1])}
+"""
+
+# Send a dead worker's job back to its queue. KEYS[1] record, KEYS[2] events, KEYS[3]
+# the model's queued set, KEYS[4] its running set; ARGV: ttl, the dead worker, the job
+# id, its queue score (submit time), event data. Applies only while the job is still
+# running on that worker; otherwise just drops the stale running-set entry.
+_REQUEUE = """
+local cur = redis.call('HGET', KEYS[1], 'status')
+local worker = redis.call('HGET', KEYS[1], 'worker')
+if not cur or cjson.decode(cur) ~= 'running' or not worker or cjson.decode(worker) ~= ARGV[2] then
+  redis.call('HDEL', KEYS[4], ARGV[3])
+  return 0
+end
+redis.call('HSET', KEYS[1], 'status', cjson.encode('queued'))
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', 2000, '*', 'type', 'requeued', 'data', ARGV[5])
+redis.call('EXPIRE', KEYS[2], ARGV[1])
+redis.call('ZADD', KEYS[3], ARGV[4], ARGV[3])
+redis.call('HDEL', KEYS[4], ARGV[3])
+return 1
 """
 
 
@@ -113,6 +138,7 @@ class JobStore:
         self.ttl_s = ttl_s
         self._transition = self.redis.register_script(_TRANSITION)
         self._end = self.redis.register_script(_END)
+        self._requeue = self.redis.register_script(_REQUEUE)
         # redis-py reads with a 5 s socket timeout by default: blocking reads (live
         # events) get a client of their own whose timeout sits above the longest block.
         self._blocking: Any = redis.Redis.from_url(
@@ -221,6 +247,40 @@ class JobStore:
             return None, False
         return res[0], bool(res[1])
 
+    def start(self, job_id: str, *, model: str, worker: str, attempt: int) -> bool:
+        """Mark a job running on ``worker`` (from queued, or running on a worker that
+        died), out of the queued set and into the model's running set, in one step."""
+        data = {"attempt": attempt, "worker": worker}
+        fields = {"started_at": now(), "attempts": attempt, "worker": worker}
+        argv = _transition_argv(self.ttl_s, "running", LIVE, "started", data, fields)
+        try:
+            with self.redis.pipeline(transaction=True) as pipe:
+                self._run_transition(job_id, argv, client=pipe)
+                pipe.zrem(bk.queued_key(model), job_id)
+                pipe.hset(bk.running_key(model), job_id, worker)
+                res = pipe.execute()[0]
+            applied = bool(res and res[1])
+            if not applied:  # canceled meanwhile: it is not running here
+                self.redis.hdel(bk.running_key(model), job_id)
+        except redis.RedisError as exc:
+            raise BrokerUnavailable(f"job store unreachable: {type(exc).__name__}") from exc
+        return applied
+
+    def requeue(self, job_id: str, *, model: str, dead_worker: str, score: float) -> bool:
+        """Put a job that was running on ``dead_worker`` back in its model's queued set."""
+        argv: list[Any] = [
+            self.ttl_s,
+            dead_worker,
+            job_id,
+            score,
+            json.dumps({"worker": dead_worker}),
+        ]
+        keys = [job_key(job_id), events_key(job_id), bk.queued_key(model), bk.running_key(model)]
+        try:
+            return bool(self._requeue(keys=keys, args=argv))
+        except redis.RedisError as exc:
+            raise BrokerUnavailable(f"job store unreachable: {type(exc).__name__}") from exc
+
     def end(
         self,
         job_id: str,
@@ -229,10 +289,12 @@ class JobStore:
         allowed_from: Iterable[str],
         data: Any = None,
         **fields: Any,
-    ) -> tuple[str | None, bool]:
+    ) -> tuple[str | None, dict[str, Any] | None]:
         """Move a job to a terminal ``status`` and clear its bookkeeping, atomically.
 
-        Only ``tasks.jobs.ends.end_job`` calls this: a job ends in one place.
+        Returns ``(previous status, the ended record)``; the record is None when the
+        job was not in ``allowed_from`` (or is gone) and nothing changed. Only
+        ``tasks.jobs.ends.end_job`` calls this: a job ends in one place.
         """
         argv: list[Any] = [
             self.ttl_s,
@@ -241,6 +303,7 @@ class JobStore:
             json.dumps(data if data is not None else {}),
             bk.queued_key(""),
             bk.active_key(""),
+            bk.running_key(""),
         ]
         for k, v in fields.items():
             argv += [k, json.dumps(v)]
@@ -249,8 +312,11 @@ class JobStore:
         except redis.RedisError as exc:
             raise BrokerUnavailable(f"job store unreachable: {type(exc).__name__}") from exc
         if not res:
-            return None, False
-        return res[0], bool(res[1])
+            return None, None
+        if not res[1]:
+            return res[0], None
+        flat = res[2]
+        return res[0], {flat[i]: json.loads(flat[i + 1]) for i in range(0, len(flat), 2)}
 
     def progress(self, job_id: str, step: int, steps: int) -> None:
         try:

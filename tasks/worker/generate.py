@@ -11,20 +11,24 @@ The task reads top to bottom as the job's steps:
 5. Encode and upload the images on this thread, while the engine runs the next batch.
 6. End it: succeeded, unless it was canceled meanwhile.
 
-Bad input fails the job at once and is never retried; transient storage or broker
-errors are retried with backoff; a job re-delivered after its worker died runs
-again (storage keys derive from the job id, so a re-run overwrites) until
+Bad input fails the job at once and is never retried. A job store or storage outage
+is ridden out on this thread with the message unacked (``outages.patient``), and past
+its budget the message goes back to the broker. A job re-delivered after its worker
+died runs again (storage keys derive from the job id, so a re-run overwrites) until
 ``max_deliveries``. Every end goes through ``tasks.jobs.ends.end_job``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from celery import shared_task
+from celery.exceptions import Reject
 
 from config.errors import (
     Canceled,
@@ -36,36 +40,25 @@ from config.errors import (
     TransientError,
     Wedged,
 )
-from config.settings import is_redis_url
 from tasks.jobs import bookkeeping as bk
 from tasks.jobs.ends import end_job
 from tasks.jobs.records import new_record, task_result
 from tasks.jobs.schema import load_job
-from tasks.jobs.storage import image_key
 from tasks.jobs.store import TERMINAL, now
 from tasks.messaging.names import GENERATE
 from tasks.worker import metrics
 from tasks.worker import runtime as rt
-from tasks.worker.images import encode_png
+from tasks.worker.images import upload
+from tasks.worker.outages import patient
 from tasks.worker.time_limits import wait_result
 
 log = logging.getLogger("kiln.generate")
-TRANSIENT_RETRIES = 3  # storage or broker errors: retried after 2, 4, 8 s, then the job fails
-PNG_META = (
-    "prompt",
-    "negative_prompt",
-    "model",
-    "steps",
-    "guidance_scale",
-    "scheduler",
-    "width",
-    "height",
-)
+T = TypeVar("T")
 
 
 # Celery's own retry counter is not used as a limit (``max_retries=None``): re-checks of a
-# job that runs elsewhere must go on as long as it runs, so the limits live in the job
-# record (``retries`` for transient errors, ``attempts`` for deliveries).
+# job that runs elsewhere must go on as long as it runs, so the limit lives in the job
+# record (``attempts``, the deliveries).
 @shared_task(name=GENERATE, bind=True, acks_late=True, max_retries=None)
 def generate(self: Any, *args: Any, **payload: Any) -> dict[str, Any]:
     """Generate images for one job; returns the job record (JSON)."""
@@ -86,27 +79,30 @@ def generate(self: Any, *args: Any, **payload: Any) -> dict[str, Any]:
             extra={"job_id": job_id},
         )
         raise self.retry(countdown=rt.RECHECK_S) from None
-    except TransientError as exc:
-        retries = int((runtime.store.get(job_id) or {}).get("retries") or 0)
-        if retries >= TRANSIENT_RETRIES:
-            return task_result(fail(runtime, job_id, exc) or {"id": job_id})
-        countdown = min(60, 2 ** (retries + 1))
-        log.warning(
-            "job %s: %s; retry in %ss", job_id, exc.message, countdown, extra={"job_id": job_id}
-        )
-        runtime.store.transition(
-            job_id,
-            status="queued",
-            allowed_from=("running",),
-            event="retrying",
-            data={"reason": exc.code, "in_s": countdown},
-            retries=retries + 1,
-        )
-        raise self.retry(exc=exc, countdown=countdown) from None
+    except TransientError as exc:  # an outage outlasted its budget: a later delivery goes on
+        log.error("job %s: %s; back to the broker", job_id, exc.message, extra={"job_id": job_id})
+        raise Reject(exc.message, requeue=True) from None
     except Exception as exc:  # a bug must never leave a job "running" forever
         log.exception("job %s: unexpected %s", job_id, type(exc).__name__, extra={"job_id": job_id})
         error = GenerationFailed(f"internal error: {type(exc).__name__}")
-        return task_result(fail(runtime, job_id, error) or {"id": job_id})
+        try:
+            ended = patiently(
+                runtime, job_id, "record the end", lambda: fail(runtime, job_id, error)
+            )
+        except TransientError:
+            raise Reject(error.message, requeue=True) from None
+        return task_result(ended or {"id": job_id})
+
+
+def patiently(runtime: rt.Runtime, job_id: str, what: str, call: Callable[[], T]) -> T:
+    """``call()`` through an outage of the job store or storage (``outages.patient``)."""
+    return patient(
+        call,
+        budget_s=runtime.settings.outage_budget_s,
+        what=what,
+        job_id=job_id,
+        store=runtime.store,
+    )
 
 
 def run_job(
@@ -129,13 +125,17 @@ def run_job(
                 fields={"model": ["sent to the wrong queue"]},
             )
     except InvalidInput as exc:
-        return reject(runtime, payload, job_id, exc)
+        bad = exc
+        return patiently(
+            runtime, job_id, "record the rejection", lambda: reject(runtime, payload, job_id, bad)
+        )
 
     # 2. Find the record; jobs sent straight to the Celery task get theirs here.
-    record = store.get(job_id)
+    record = patiently(runtime, job_id, "read the job", lambda: store.get(job_id))
     if record is None:
         fresh = new_record(job_id, params, source="celery")
-        record = fresh if store.create(fresh) else (store.get(job_id) or {})
+        created = patiently(runtime, job_id, "record the job", lambda: store.create(fresh))
+        record = fresh if created else (store.get(job_id) or {})
     if record.get("status") in TERMINAL:  # canceled while queued, or re-delivered after it ended
         bk.mark_dequeued(store.redis, runtime.model.name, job_id)
         return record
@@ -143,21 +143,20 @@ def run_job(
     # 3. Claim it.
     claim(runtime, job_id, record)
     try:
-        attempts = count_delivery(runtime, job_id, record)
+        attempts = patiently(
+            runtime, job_id, "count the delivery", lambda: count_delivery(runtime, job_id, record)
+        )
         if attempts is None:
             return store.get(job_id) or record
-        _prev, applied = store.transition(
+        started = patiently(
+            runtime,
             job_id,
-            status="running",
-            allowed_from=("queued", "running"),
-            event="started",
-            data={"attempt": attempts, "worker": runtime.hostname},
-            started_at=now(),
-            attempts=attempts,
-            worker=runtime.hostname,
+            "start the job",
+            lambda: store.start(
+                job_id, model=runtime.model.name, worker=runtime.hostname, attempt=attempts
+            ),
         )
-        bk.mark_dequeued(store.redis, runtime.model.name, job_id)
-        if not applied:  # canceled between the read and now
+        if not started:  # canceled between the read and now
             return store.get(job_id) or record
 
         # 4. Generate.
@@ -166,23 +165,36 @@ def run_job(
         except TransientError:
             raise
         except KilnError as exc:
-            ended = fail(runtime, job_id, exc)
-            if isinstance(exc, Wedged):
-                runtime.abort(exc.message)  # a fresh worker takes over; others are re-delivered
+            error = exc
+            ended = patiently(
+                runtime, job_id, "record the end", lambda: fail(runtime, job_id, error)
+            )
+            if isinstance(error, Wedged):
+                runtime.abort(error.message)  # a fresh worker takes over; others are re-delivered
             return ended or store.get(job_id) or record
 
         # 5. Encode and upload.
-        store.progress(job_id, params["steps"], params["steps"])
+        with contextlib.suppress(TransientError):  # progress is best effort
+            store.progress(job_id, params["steps"], params["steps"])
         t_upload = time.perf_counter()
-        images = upload(runtime, job_id, params, result)
+        images = patiently(
+            runtime,
+            job_id,
+            "upload images",
+            lambda: upload(runtime.storage, job_id, params, result),
+        )
         upload_s = time.perf_counter() - t_upload
         metrics.UPLOAD.labels(params["model"]).observe(upload_s)
         metrics.RUN.labels(params["model"]).observe(result.run_s)
 
         # 6. End it: succeeded, unless it was canceled meanwhile.
-        return succeed(runtime, job_id, params, result, images, upload_s) or (
-            store.get(job_id) or record
+        ended = patiently(
+            runtime,
+            job_id,
+            "record the end",
+            lambda: succeed(runtime, job_id, params, result, images, upload_s),
         )
+        return ended or store.get(job_id) or record
     finally:
         release(runtime, job_id)
 
@@ -212,13 +224,13 @@ def reject(
 def claim(runtime: rt.Runtime, job_id: str, record: dict[str, Any]) -> None:
     """Raise ``RunningElsewhere`` while another live worker, or this one, runs the job.
 
-    On Redis a healthy job that outruns the visibility timeout is delivered again; on
-    RabbitMQ a message only comes back once its consumer is gone.
+    A second message for a running job comes from the broker (on Redis, a healthy job
+    that outran the visibility timeout) or from the reaper (a worker that only looked
+    dead); the job runs once, on the worker that has it.
     """
     owner = record.get("worker")
     if (
-        is_redis_url(runtime.settings.broker_url)
-        and record.get("status") == "running"
+        record.get("status") == "running"
         and owner
         and owner != runtime.hostname
         and bk.worker_alive(runtime.store.redis, runtime.model.name, owner)
@@ -237,12 +249,8 @@ def release(runtime: rt.Runtime, job_id: str) -> None:
 
 
 def count_delivery(runtime: rt.Runtime, job_id: str, record: dict[str, Any]) -> int | None:
-    """This delivery's attempt number, or None when the job was given up (or had ended).
-
-    Planned retries of a transient error (``retries``) are not lost deliveries.
-    """
-    attempts = int(record.get("attempts") or 0) + 1
-    deliveries = attempts - int(record.get("retries") or 0)
+    """This delivery's attempt number, or None when the job was given up (or had ended)."""
+    attempts = deliveries = int(record.get("attempts") or 0) + 1
     if deliveries <= runtime.settings.max_deliveries:
         return attempts
     fail(
@@ -325,7 +333,10 @@ def generate_images(
     writer = runtime.progress
     # A cancel asked before this thread listened: the record read in step 2 says so, and
     # one field read covers a cancel that came between that read and the listener.
-    if record.get("cancel_requested") or runtime.store.field(job_id, "cancel_requested"):
+    asked = record.get("cancel_requested") or patiently(
+        runtime, job_id, "read the job", lambda: runtime.store.field(job_id, "cancel_requested")
+    )
+    if asked:
         runtime.cancel_seen.setdefault(job_id, 0)
         cancel.set()
     runtime.steps[job_id] = 0
@@ -359,25 +370,3 @@ def generate_images(
         runtime.cancel_events.pop(job_id, None)
         if writer is not None:
             writer.discard(job_id)
-
-
-def upload(runtime: rt.Runtime, job_id: str, params: dict[str, Any], result: Any) -> list[dict]:
-    """Encode each image as PNG (its parameters inside) and put it in the bucket."""
-    images = []
-    for i, (image, seed) in enumerate(zip(result.images, result.seeds, strict=True)):
-        meta = {k: params[k] for k in PNG_META}
-        meta.update(seed=seed, job_id=job_id, index=i)
-        if params["loras"]:
-            meta["loras"] = params["loras"]
-        key = image_key(job_id, i)
-        runtime.storage.put(key, encode_png(image, meta), metadata={"seed": str(seed)})
-        images.append(
-            {
-                "url": runtime.storage.url(key),
-                "key": key,
-                "seed": seed,
-                "width": image.width,
-                "height": image.height,
-            }
-        )
-    return images

@@ -20,14 +20,18 @@ from tasks.messaging.app import get_celery
 from tasks.messaging.names import queue_for
 from tasks.worker import metrics
 from tasks.worker import runtime as rt
+from tasks.worker.reaper import Reaper
 
 log = logging.getLogger("kiln.worker")
 
 
-def worker_name(model: str, gpu: int | None, host: str | None = None) -> str:
-    """``sdxl@gpu0@host``; CPU workers add their pid, as several may share a host."""
-    device = f"gpu{gpu}" if gpu is not None else f"cpu{os.getpid()}"
-    return f"{model}@{device}@{host or socket.gethostname()}"
+def worker_name(
+    model: str, gpu: int | None, host: str | None = None, pid: int | None = None
+) -> str:
+    """``sdxl@gpu0.4242@host``: model, device and host, and the process id, so that two
+    processes never share a name (pods on the host network may all pass ``--gpu 0``)."""
+    device = f"gpu{gpu}" if gpu is not None else "cpu"
+    return f"{model}@{device}.{pid or os.getpid()}@{host or socket.gethostname()}"
 
 
 def run_worker(
@@ -61,12 +65,13 @@ def run_worker(
 
     def on_ready(**_: Any) -> None:
         runtime.start_heartbeat()
+        Reaper(runtime).start()
 
     def on_shutdown(**_: Any) -> None:
         runtime.stop()
 
     def on_shutting_down(**_: Any) -> None:
-        runtime.stop_heartbeat()  # /readyz stops counting this worker before it drains
+        runtime.stop_taking_jobs()  # /readyz stops counting it; alive until the drain ends
 
     worker_ready.connect(on_ready, weak=False)
     worker_shutting_down.connect(on_shutting_down, weak=False)

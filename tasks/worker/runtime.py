@@ -48,6 +48,7 @@ class Runtime:
     steps: dict[str, int] = field(default_factory=dict)  # last step each running job finished
     cancel_seen: dict[str, int] = field(default_factory=dict)  # step when its cancel arrived
     _stop: threading.Event = field(default_factory=threading.Event)
+    _draining: threading.Event = field(default_factory=threading.Event)
     _beat_stop: threading.Event = field(default_factory=threading.Event)
     _beat_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -96,13 +97,26 @@ class Runtime:
             try:
                 with self._beat_lock:  # never re-set the key after stop_heartbeat removed it
                     if not self._beat_stop.is_set():
-                        bk.beat(self.store.redis, self.model.name, self.hostname, HEARTBEAT_TTL_S)
+                        bk.beat(
+                            self.store.redis,
+                            self.model.name,
+                            self.hostname,
+                            HEARTBEAT_TTL_S,
+                            ready=not self._draining.is_set(),
+                        )
             except Exception as exc:  # keep beating through a broker blip
                 log.warning("heartbeat failed: %s", type(exc).__name__)
             self._beat_stop.wait(HEARTBEAT_S)
 
+    def stop_taking_jobs(self) -> None:
+        """A warm shutdown began: no longer ready (``/readyz`` stops counting this worker
+        at once), still alive while it drains, so its running jobs are not sent again."""
+        self._draining.set()
+        with contextlib.suppress(Exception):
+            bk.not_ready(self.store.redis, self.model.name, self.hostname)
+
     def stop_heartbeat(self) -> None:
-        """Stop counting as ready at once (a warm shutdown still finishes running jobs)."""
+        """Stop beating and remove the heartbeat (the drain has ended)."""
         with self._beat_lock:
             self._beat_stop.set()
             with contextlib.suppress(Exception):

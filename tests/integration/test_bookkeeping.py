@@ -97,7 +97,7 @@ def test_heartbeat_is_removed_at_once_and_not_written_again(redis_url: str) -> N
     settings = from_env({"KILN_REDIS_URL": redis_url, "KILN_BROKER_URL": redis_url})
     runtime = rt.build(settings, "tiny-sd", hostname="unit-beat")
     r = runtime.store.redis
-    key = bk.ready_key("tiny-sd", runtime.hostname)
+    key = bk.alive_key("tiny-sd", runtime.hostname)
     beat = runtime.start_heartbeat()
     deadline = time.monotonic() + 10
     while not r.exists(key) and time.monotonic() < deadline:

@@ -13,6 +13,14 @@ def test_defaults_are_the_dev_profile() -> None:
     assert s.api_port == 8000 and s.flower_port == 5555
 
 
+def test_dev_port_overrides_move_the_default_urls() -> None:
+    s = from_env({"KILN_BROKER_PORT": "7001", "KILN_S3_PORT": "7002"})
+    assert s.broker_url == s.redis_url == "redis://127.0.0.1:7001/0"
+    assert s.s3_endpoint_url == "http://127.0.0.1:7002"
+    given = from_env({"KILN_BROKER_PORT": "7001", "KILN_BROKER_URL": "redis://redis:6379/2"})
+    assert given.broker_url == "redis://redis:6379/2"  # an explicit URL wins
+
+
 def test_env_values_are_typed() -> None:
     s = from_env(
         {
