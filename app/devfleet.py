@@ -29,7 +29,12 @@ def rclone_binary() -> str:
     return found
 
 
-def valkey_argv(port: int) -> list[str]:
+def valkey_argv(port: int, *, persist_dir: Path | None = None) -> list[str]:
+    """Valkey on 127.0.0.1:``port``; with ``persist_dir``, an append-only file there
+    (fsync every second), as production runs it, so a restart keeps jobs and queues."""
+    persist = ["--appendonly", "no"]
+    if persist_dir is not None:
+        persist = ["--appendonly", "yes", "--appendfsync", "everysec", "--dir", str(persist_dir)]
     return [
         valkey_binary(),
         "--port",
@@ -38,8 +43,7 @@ def valkey_argv(port: int) -> list[str]:
         "127.0.0.1",
         "--save",
         "",
-        "--appendonly",
-        "no",
+        *persist,
         "--protected-mode",
         "no",
     ]

@@ -50,6 +50,10 @@ class RedactingFilter(logging.Filter):
 
 
 class JsonFormatter(logging.Formatter):
+    def __init__(self, secrets: tuple[str, ...] = ()) -> None:
+        super().__init__()
+        self.secrets = tuple(s for s in secrets if s and len(s) >= 4)
+
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
             "ts": round(record.created, 3),
@@ -63,18 +67,19 @@ class JsonFormatter(logging.Formatter):
                 out[key] = getattr(record, key)
         if record.exc_info and record.exc_info[0] is not None:
             out["error"] = record.exc_info[0].__name__
+            out["trace"] = scrub(self.formatException(record.exc_info), self.secrets)
         return json.dumps(out, default=str)
 
 
 def setup_logging(settings: Settings) -> None:
     handler = logging.StreamHandler()
+    secrets = (settings.s3_secret_key, settings.webhook_secret, settings.flower_basic_auth)
     if settings.effective_log_format == "json":
-        handler.setFormatter(JsonFormatter())
+        handler.setFormatter(JsonFormatter(secrets))
     else:
         handler.setFormatter(
             logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
         )
-    secrets = (settings.s3_secret_key, settings.webhook_secret, settings.flower_basic_auth)
     handler.addFilter(RedactingFilter(secrets))
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -117,6 +117,11 @@ class Settings:
             object.__setattr__(self, "redis_url", self.broker_url)
 
     @property
+    def webhook_lease_s(self) -> float:
+        """How long a webhook may go unsettled before it is sent again (at least once)."""
+        return self.webhook_timeout_s + 10
+
+    @property
     def is_dev(self) -> bool:
         return self.profile == "dev"
 

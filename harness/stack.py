@@ -20,6 +20,7 @@ from pathlib import Path
 
 import redis
 import requests
+import yaml
 
 from app.devfleet import s3_argv, valkey_argv
 from config.settings import Settings, from_env
@@ -53,6 +54,8 @@ class Proc:
     name: str
     popen: subprocess.Popen
     log: Path
+    argv: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> None:
         if self.popen.poll() is not None:
@@ -86,6 +89,7 @@ class Stack:
     api_url: str = ""
     webhook_secret: str = ""
     worker_metrics_port: int = 0
+    persist: bool = False  # Valkey with an append-only file, so a restart keeps its data
 
     # -- servers --------------------------------------------------------------
     def start_servers(self, *, broker_url: str | None = None) -> None:
@@ -94,7 +98,9 @@ class Stack:
         access, secret = "kiln-test", "kiln-test-secret-" + os.urandom(6).hex()
         self.webhook_secret = "whsec_" + base64.b64encode(os.urandom(24)).decode()
         SECRETS.extend([secret, self.webhook_secret])
-        self.spawn("valkey", valkey_argv(redis_port))
+        data = self.workdir / "valkey"
+        data.mkdir(exist_ok=True)
+        self.spawn("valkey", valkey_argv(redis_port, persist_dir=data if self.persist else None))
         s3_dir = self.workdir / "s3"
         s3_dir.mkdir(exist_ok=True)
         self.spawn("s3", s3_argv(s3_port, s3_dir, access, secret))
@@ -135,18 +141,26 @@ class Stack:
     def spawn(self, name: str, argv: list[str], *, env: Mapping[str, str] | None = None) -> Proc:
         log = self.workdir / f"{name}.log"
         fh = log.open("ab")
+        full_env = dict(env or self.env or os.environ)
         popen = subprocess.Popen(
             argv,
             cwd=ROOT,
-            env=dict(env or self.env or os.environ),
+            env=full_env,
             stdout=fh,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
-        proc = Proc(name, popen, log)
+        proc = Proc(name, popen, log, list(argv), full_env)
         self.procs.append(proc)
         return proc
+
+    def proc(self, name: str) -> Proc:
+        return next(p for p in reversed(self.procs) if p.name == name)
+
+    def restart(self, proc: Proc) -> Proc:
+        """Start a stopped process again with the same command line and environment."""
+        return self.spawn(proc.name, proc.argv, env=proc.env)
 
     # -- kiln processes -------------------------------------------------------
     def start_worker(
@@ -216,6 +230,13 @@ class Stack:
         self.api_url = self.api_url or url
         return url
 
+    def start_fleet(self, model: str, *, workers: int = 2) -> None:
+        """The API, ``workers`` workers of ``model`` (w1, w2, ...) and the webhooks worker."""
+        self.start_api()
+        procs = [self.start_worker(model, name=f"w{i + 1}", wait=False) for i in range(workers)]
+        self.wait_worker_ready(model, procs[0], count=workers)
+        self.start_webhooks_worker()
+
     def start_webhooks_worker(self, *, env: Mapping[str, str] | None = None) -> Proc:
         proc = self.spawn(
             "webhooks",
@@ -255,6 +276,15 @@ class Stack:
         for proc in reversed(self.procs):
             proc.stop()
         self.procs.clear()
+
+
+def one_model_file(directory: Path, name: str, **spec: object) -> Path:
+    """A models.yaml with one tiny SD 1.5-family model (``sd-mini``) named ``name``, its
+    own queue even on a shared broker; ``spec`` adds or overrides entry fields."""
+    entry = {"name": name, "family": "sd15", "tiny": "sd-mini", "max_batch": 8, **spec}
+    path = directory / "models.yaml"
+    path.write_text(yaml.safe_dump({"models": [entry]}))
+    return path
 
 
 @contextlib.contextmanager

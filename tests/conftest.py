@@ -18,6 +18,9 @@ from harness.http import KilnHTTP
 from harness.stack import Stack, free_port
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# The suite's workers share two cores with each other and with pytest: one OpenMP thread
+# each, or their spin-waits slow every pipeline call many times over (notes: infra).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(scope="session")

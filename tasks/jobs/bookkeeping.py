@@ -11,6 +11,9 @@
   heartbeat. The key says the process is alive (until its drain has ended); the
   sorted set keeps the expiry (the server's clock) of each worker that is *ready* for
   new jobs, so counting ready workers is one O(log N) call, never a keyspace scan.
+- ``kiln:webhooks:due``: a sorted set of the jobs whose webhook is not settled yet, by
+  the time it is due to be sent again should its message be lost (a killed webhooks
+  worker, a broker that refused it); the reaper re-sends the overdue ones.
 - ``kiln:reaper``: a short lock, so that one worker at a time looks for jobs whose
   worker died.
 - ``kiln:counters:jobs`` and ``kiln:counters:webhooks``: fleet-wide counts of jobs
@@ -24,6 +27,7 @@ Functions take a Redis client or a pipeline, so callers can add them to one roun
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 log = logging.getLogger("kiln.bookkeeping")
@@ -51,6 +55,7 @@ def alive_key(model: str, worker: str) -> str:
 
 
 REAPER_LOCK = "kiln:reaper"
+WEBHOOKS_DUE = "kiln:webhooks:due"
 
 
 def running_key(model: str) -> str:
@@ -182,6 +187,20 @@ def waiting(r: Any, model: str, job_id: str) -> tuple[int | None, float | None, 
         None if rate is None else float(rate),
         int(workers),
     )
+
+
+# -- webhooks not settled yet -------------------------------------------------------
+def webhook_due(r: Any, job_id: str, *, in_s: float) -> None:
+    """The job's webhook must be settled within ``in_s``, or it is sent again."""
+    r.zadd(WEBHOOKS_DUE, {job_id: time.time() + in_s})
+
+
+def webhook_settled(r: Any, job_id: str) -> None:
+    r.zrem(WEBHOOKS_DUE, job_id)
+
+
+def overdue_webhooks(r: Any, *, limit: int = 100) -> list[str]:
+    return list(r.zrangebyscore(WEBHOOKS_DUE, "-inf", time.time(), start=0, num=limit))
 
 
 # -- fleet-wide counters -------------------------------------------------------------

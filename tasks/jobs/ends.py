@@ -5,7 +5,8 @@ deliveries or a time limit; canceled while queued or running; refused at submit)
 goes through :func:`end_job`: one atomic script in the job store moves the record,
 appends the terminal event, clears the job's bookkeeping (its model's queued set,
 its owner's active set) and counts it fleet-wide; then :func:`on_end` sends the
-job's webhook, if it asked for one.
+job's webhook, if it asked for one, due within ``webhook_lease_s`` (else the reaper
+sends it again: a webhook is delivered at least once, always with the same id).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
+from tasks.jobs import bookkeeping as bk
 from tasks.jobs.store import LIVE, JobStore, now
 from tasks.messaging.names import DELIVER_WEBHOOK
 
@@ -29,6 +31,7 @@ def end_job(
     allowed_from: Iterable[str] = LIVE,
     error: dict[str, Any] | None = None,
     data: dict[str, Any] | None = None,
+    webhook_lease_s: float = 60.0,
     **fields: Any,
 ) -> dict[str, Any] | None:
     """End a live job as ``status``; returns its record, or None when it was not in
@@ -41,14 +44,20 @@ def end_job(
         job_id, status, allowed_from=allowed_from, data=event, completed_at=now(), **fields
     )
     if record is not None:
-        on_end(celery, record)
+        on_end(store, celery, record, webhook_lease_s=webhook_lease_s)
     return record
 
 
-def on_end(celery: Any, record: dict[str, Any]) -> None:
+def on_end(store: JobStore, celery: Any, record: dict[str, Any], *, webhook_lease_s: float) -> None:
     """What follows an end: the job's webhook, on the ``webhooks`` queue. The end is
-    already recorded; a broker that refuses the webhook leaves it ``pending``."""
-    if not record.get("webhook") or celery is None:
+    already recorded; a broker that refuses the webhook leaves it due for the reaper."""
+    if not record.get("webhook"):
+        return
+    try:
+        bk.webhook_due(store.redis, record["id"], in_s=webhook_lease_s)
+    except Exception as exc:
+        log.error("webhook of job %s not marked due: %s", record["id"], type(exc).__name__)
+    if celery is None:
         return
     try:
         celery.send_task(DELIVER_WEBHOOK, kwargs={"job_id": record["id"]})

@@ -122,11 +122,12 @@ class JobService:
             log.error("could not enqueue job %s: %s", job_id, type(exc).__name__)
             end_job(
                 self.store,
-                None,  # the broker just refused a message: no webhook either
+                None,  # the broker just refused a message: the reaper sends the webhook
                 job_id,
                 "failed",
                 allowed_from=("queued",),
                 error={"code": "broker_unavailable", "message": "the job could not be queued"},
+                webhook_lease_s=self.settings.webhook_lease_s,
             )
             raise BrokerUnavailable("the job could not be queued; try again") from exc
         queue = queue_for(params["model"])
@@ -230,6 +231,7 @@ class JobService:
             "canceled",
             allowed_from=("queued",),
             error={"code": "canceled", "message": "canceled while queued"},
+            webhook_lease_s=self.settings.webhook_lease_s,
         )
         if ended is not None:
             try:  # best effort: the worker also skips jobs whose record says canceled

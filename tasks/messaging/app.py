@@ -12,6 +12,7 @@ from functools import lru_cache
 from celery import Celery
 
 from config.settings import Settings, get_settings
+from tasks.messaging.kombu_fix import keep_workers_alive_on_redis_loss
 from tasks.messaging.names import route_task
 
 TASK_MODULES = ("tasks.worker.generate", "tasks.worker.webhooks")
@@ -24,6 +25,7 @@ def visibility_timeout(settings: Settings, longest_time_limit_s: int) -> int:
 
 def make_celery(settings: Settings | None = None, *, longest_time_limit_s: int = 360) -> Celery:
     settings = settings or get_settings()
+    keep_workers_alive_on_redis_loss()
     app = Celery("kiln", set_as_current=False, include=list(TASK_MODULES))
     app.conf.update(
         broker_url=settings.broker_url,

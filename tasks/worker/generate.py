@@ -272,7 +272,15 @@ def fail(runtime: rt.Runtime, job_id: str, exc: KilnError) -> dict[str, Any] | N
         data["steps_done"] = runtime.steps[job_id]
         if job_id in runtime.cancel_seen:
             data["cancel_seen_at_step"] = runtime.cancel_seen[job_id]
-    record = end_job(runtime.store, runtime.celery, job_id, status, error=exc.to_dict(), data=data)
+    record = end_job(
+        runtime.store,
+        runtime.celery,
+        job_id,
+        status,
+        error=exc.to_dict(),
+        data=data,
+        webhook_lease_s=runtime.settings.webhook_lease_s,
+    )
     if record is not None:
         log.info("job %s %s: %s", job_id, status, exc.message, extra={"job_id": job_id})
         metrics.job_finished(runtime.model.name, status, record)
@@ -294,6 +302,7 @@ def succeed(
         job_id,
         "succeeded",
         allowed_from=("running",),
+        webhook_lease_s=runtime.settings.webhook_lease_s,
         data={"images": len(images)},
         images=images,
         progress={"step": params["steps"], "steps": params["steps"]},

@@ -1,4 +1,5 @@
-"""The reaper: jobs whose worker died are sent again within seconds, on any broker.
+"""The reaper: jobs whose worker died are sent again within seconds, on any broker,
+and so are webhooks whose message was lost (``tasks.jobs.bookkeeping.webhook_due``).
 
 Every worker process runs one; a short Redis lock lets one of them at a time walk
 each model's running set (``tasks.jobs.bookkeeping``). A job running on a worker
@@ -25,7 +26,7 @@ from typing import Any
 from config.settings import is_redis_url
 from tasks.jobs import bookkeeping as bk
 from tasks.jobs.records import kwargs_repr, task_kwargs_from_record
-from tasks.messaging.names import GENERATE
+from tasks.messaging.names import DELIVER_WEBHOOK, GENERATE
 from tasks.worker.runtime import HEARTBEAT_TTL_S, Runtime
 
 log = logging.getLogger("kiln.reaper")
@@ -37,12 +38,11 @@ class Reaper:
         self.runtime = runtime
         self.period_s = period_s
         self._since_outage = time.monotonic()  # contact is fresh from start-up on
+        # On RabbitMQ a dead consumer's messages come back at once; re-sending its jobs
+        # would only add copies that wait for the first to end.
+        self.resend_jobs = is_redis_url(runtime.settings.broker_url)
 
-    def start(self) -> threading.Thread | None:
-        # On RabbitMQ a dead consumer's messages come back at once; re-sending would
-        # only add copies that wait for the first to end.
-        if not is_redis_url(self.runtime.settings.broker_url):
-            return None
+    def start(self) -> threading.Thread:
         thread = threading.Thread(target=self._run, name="kiln-reaper", daemon=True)
         thread.start()
         return thread
@@ -64,12 +64,16 @@ class Reaper:
         if not bk.take_reaper_lock(r, rt.hostname, int(self.period_s * 1000)):
             return []
         sent: list[str] = []
-        for model in rt.registry:
+        for model in rt.registry if self.resend_jobs else ():
             for job_id, worker in bk.running_jobs(r, model).items():
                 if bk.worker_alive(r, model, worker):
                     continue
                 if self.resend(model, job_id, worker):
                     sent.append(job_id)
+        for job_id in bk.overdue_webhooks(r):
+            bk.webhook_due(r, job_id, in_s=rt.settings.webhook_lease_s)
+            rt.celery.send_task(DELIVER_WEBHOOK, kwargs={"job_id": job_id})
+            log.warning("webhook of job %s overdue; sent again", job_id, extra={"job_id": job_id})
         return sent
 
     def resend(self, model: str, job_id: str, dead_worker: str) -> bool:

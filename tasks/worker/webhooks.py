@@ -31,6 +31,7 @@ from tasks.messaging.names import DELIVER_WEBHOOK
 
 log = logging.getLogger("kiln.webhooks")
 RETRY_STATUSES = {408, 425, 429}
+SETTLED = frozenset({"delivered", "dead", "refused"})
 
 
 def backoff_s(attempt: int, *, base: float, cap: float = 300.0) -> float:
@@ -66,9 +67,16 @@ def deliver_webhook(self: Any, job_id: str, **_ignored: Any) -> dict[str, Any]:
     store = JobStore(settings.redis_url, ttl_s=settings.job_ttl_s)
     record = store.get(job_id)
     if not record or not record.get("webhook"):
+        bk.webhook_settled(store.redis, job_id)
         return {"job_id": job_id, "state": "gone"}
     hook = dict(record["webhook"])
-    attempt = int(self.request.retries) + 1
+    if hook.get("state") in SETTLED:  # a second message for a webhook already settled
+        bk.webhook_settled(store.redis, job_id)
+        return {"job_id": job_id, "state": hook["state"]}
+    # This attempt holds the webhook for its timeout; should this worker die meanwhile,
+    # the reaper sends it again once the lease is over.
+    bk.webhook_due(store.redis, job_id, in_s=settings.webhook_lease_s)
+    attempt = int(hook.get("attempts") or 0) + 1
     outcome, detail, retry = attempt_delivery(settings, record, hook, job_id=job_id)
     hook.update(attempts=attempt, last_attempt_at=now(), last_result=detail)
     if outcome == "delivered":
@@ -79,12 +87,14 @@ def deliver_webhook(self: Any, job_id: str, **_ignored: Any) -> dict[str, Any]:
         delay = backoff_s(attempt, base=settings.webhook_backoff_s)
         hook["next_attempt_in_s"] = round(delay, 2)
         store.transition(job_id, webhook=hook)
+        bk.webhook_due(store.redis, job_id, in_s=delay + settings.webhook_lease_s)
         log.info("webhook for %s: %s; retry %d in %.1fs", job_id, detail, attempt + 1, delay)
         raise self.retry(countdown=delay)
     else:
         hook["state"] = "refused" if outcome == "refused" else "dead"
     hook.pop("next_attempt_in_s", None)
     store.transition(job_id, webhook=hook, event="webhook", data={"state": hook["state"]})
+    bk.webhook_settled(store.redis, job_id)
     bk.count_webhook(store.redis, hook["state"])
     log.info("webhook for %s %s after %d attempt(s): %s", job_id, hook["state"], attempt, detail)
     return {"job_id": job_id, "state": hook["state"], "attempts": attempt}

@@ -97,16 +97,19 @@ def test_classic_api(api: KilnHTTP) -> None:
 
 
 @pytest.fixture(scope="session")
-def celery_only_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A venv with only celery and redis (and packaging, which kombu 5.7 imports)."""
-    venv = tmp_path_factory.mktemp("celery-only") / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    subprocess.run(
-        [str(venv / "bin" / "pip"), "install", "-q", "celery", "redis", "packaging"],
-        check=True,
-        timeout=300,
-    )
-    return venv / "bin" / "python"
+def celery_only_python() -> Path:
+    """A venv with only celery and redis (and packaging, which kombu 5.7 imports), at the
+    versions Kiln runs: built once, then kept in ~/.cache/kiln-tests for later runs."""
+    from importlib.metadata import version
+
+    pins = [f"{name}=={version(name)}" for name in ("celery", "kombu", "redis", "packaging")]
+    venv = Path.home() / ".cache" / "kiln-tests" / ("celery-only-" + "-".join(pins))
+    python = venv / "bin" / "python"
+    if not (venv / "ready").exists():
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+        subprocess.run([str(venv / "bin" / "pip"), "install", "-q", *pins], check=True, timeout=300)
+        (venv / "ready").touch()
+    return python
 
 
 def test_celery_task_api_from_a_process_without_kiln(

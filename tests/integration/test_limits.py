@@ -7,35 +7,24 @@ import uuid
 from pathlib import Path
 
 import requests
-import yaml
 
 from harness.http import KilnHTTP
-from harness.stack import Stack
+from harness.stack import Stack, one_model_file
 
 
 def test_a_job_past_its_soft_limit_stops_and_fails_and_the_worker_goes_on(
     tmp_path: Path, tiny_models_dir: Path
 ) -> None:
     model = f"limit-{uuid.uuid4().hex[:8]}"
-    models_file = tmp_path / "models.yaml"
-    models_file.write_text(
-        yaml.safe_dump(
-            {
-                "models": [
-                    {
-                        "name": model,
-                        "family": "sd15",
-                        "tiny": "sd-mini",
-                        "max_batch": 4,
-                        "max_wait_ms": 50,
-                        "defaults": {"width": 64, "height": 64, "steps": 2},
-                        "limits": {"max_size": 512, "max_steps": 1000},
-                        "soft_time_limit_s": 3,
-                        "time_limit_s": 120,
-                    }
-                ]
-            }
-        )
+    models_file = one_model_file(
+        tmp_path,
+        model,
+        max_batch=4,
+        max_wait_ms=50,
+        defaults={"width": 64, "height": 64, "steps": 2},
+        limits={"max_size": 512, "max_steps": 1000},
+        soft_time_limit_s=3,
+        time_limit_s=120,
     )
     stack = Stack(
         tmp_path, models_dir=tiny_models_dir, env_overrides={"KILN_MODELS_FILE": str(models_file)}

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import itertools
 import json
-import threading
 import time
 import uuid
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -18,6 +16,7 @@ from standardwebhooks.webhooks import Webhook
 
 from harness.http import KilnHTTP
 from harness.stack import Proc, Stack, wait_for
+from harness.webhooks import Receiver
 from tasks.jobs.store import JobStore
 
 # Slow enough to act on mid-run, cheap enough for a shared 2-core machine.
@@ -200,7 +199,7 @@ def proc_name(proc: Proc) -> str:
     """The worker name a ``kiln worker`` process without ``--gpu`` gives itself."""
     import socket
 
-    return f"tiny-sd@cpu{proc.popen.pid}@{socket.gethostname()}"
+    return f"tiny-sd@cpu.{proc.popen.pid}@{socket.gethostname()}"
 
 
 def read_events(rapi: KilnHTTP, job_id: str, **headers: str) -> list[tuple[str, dict]]:
@@ -228,35 +227,11 @@ def test_idempotency_key(rapi: KilnHTTP) -> None:
     assert "Idempotency-Key" in other.json()["error"]["fields"]
 
 
-class Receiver:
-    """A local webhook receiver: /ok, /flaky (fails twice), /dead (always 500), /gone (410)."""
-
-    def __init__(self) -> None:
-        self.hits: dict[str, list[tuple[float, dict, bytes]]] = {}
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["content-length"]))
-                hits = outer.hits.setdefault(self.path, [])
-                hits.append((time.monotonic(), dict(self.headers), body))
-                ok = self.path == "/ok" or (self.path == "/flaky" and len(hits) >= 3)
-                self.send_response(200 if ok else 410 if self.path == "/gone" else 500)
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-
 @pytest.fixture(scope="module")
 def receiver() -> Iterator[Receiver]:
     rec = Receiver()
     yield rec
-    rec.server.shutdown()
+    rec.close()
 
 
 def webhook_state(rapi: KilnHTTP, job_id: str, states: set[str]) -> dict:
