@@ -24,12 +24,32 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(scope="session")
-def tiny_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Every tiny stand-in, built once per session (pipelines.tiny.make_all)."""
-    from pipelines.tiny import make_all
+def tiny_models_dir() -> Path:
+    """Every tiny stand-in (``pipelines.tiny.make_all``), built once for this code and these
+    library versions and kept in ~/.cache/kiln-tests (a lock lets parallel runs share it)."""
+    import fcntl
+    import hashlib
+    import shutil
+    from importlib.metadata import version
 
-    out = tmp_path_factory.mktemp("models")
-    make_all(out)
+    from pipelines import tiny
+
+    recipe = (
+        Path(tiny.__file__).read_bytes()
+        + " ".join(version(p) for p in ("torch", "diffusers", "transformers", "peft")).encode()
+    )
+    cache = Path.home() / ".cache" / "kiln-tests"
+    out = cache / f"tiny-{hashlib.sha256(recipe).hexdigest()[:16]}"
+    cache.mkdir(parents=True, exist_ok=True)
+    with (cache / "tiny.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (out / "ready").exists():
+            building = out.with_suffix(".building")
+            shutil.rmtree(building, ignore_errors=True)
+            tiny.make_all(building)
+            (building / "ready").touch()
+            shutil.rmtree(out, ignore_errors=True)
+            building.rename(out)
     return out
 
 

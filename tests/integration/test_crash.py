@@ -43,11 +43,11 @@ def test_sigkill_mid_batch_on_rabbitmq(tmp_path: Path, tiny_models_dir: Path) ->
         stack.start_servers(broker_url=AMQP_URL)
         api = KilnHTTP(stack.start_api())
         store = JobStore(stack.env["KILN_REDIS_URL"])
-        workers = {
+        workers = [
             stack.start_worker(model, name="worker-a", wait=False),
             stack.start_worker(model, name="worker-b", wait=False),
-        }
-        proc_a = next(iter(workers))
+        ]
+        proc_a = workers[0]
         stack.wait_worker_ready(model, proc_a, count=2)
         jobs = [
             api.submit(prompt=f"survivor {i}", model=model, width=64, height=64, steps=60, seed=i)

@@ -10,11 +10,13 @@ import time
 from pathlib import Path
 
 import pytest
+import redis
 import requests
 
 from harness.http import KilnHTTP
 from harness.metrics import Samples, scrape, value
 from harness.stack import BIN, Stack, wait_for
+from tasks.jobs import bookkeeping as bk
 
 
 def counts(fleet: Samples, worker: Samples) -> dict[str, float]:
@@ -33,6 +35,14 @@ def test_metrics_after_a_few_jobs(stack: Stack, api: KilnHTTP) -> None:
     fleet_url = f"{stack.api_url}/metrics"
     worker_url = f"http://127.0.0.1:{stack.worker_metrics_port}/metrics"
     api.run(prompt="warm", model="tiny-sd", steps=2, seed=99)  # every series exists
+    # Other tests' jobs may still wait or run on the session's worker: let them end, so
+    # that what moves now is this test's own three jobs.
+    r = redis.Redis.from_url(stack.env["KILN_REDIS_URL"])
+    wait_for(
+        lambda: bk.depth(r, "tiny-sd") == 0 and not bk.running_jobs(r, "tiny-sd"),
+        timeout=200,
+        what="the session worker idle",
+    )
     before = counts(scrape(fleet_url), scrape(worker_url))
     for i in range(3):
         assert (

@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
 import requests
 from standardwebhooks.webhooks import Webhook
 
@@ -301,42 +300,6 @@ def test_private_webhook_targets_are_refused_unless_allowed(rstack: Stack) -> No
         r = strict.post("/v1/jobs", json={"prompt": "x", "model": "tiny-sd", "webhook_url": url})
         assert r.status_code == 422, r.text
         assert "webhook_url" in r.json()["error"]["fields"]
-
-
-def test_a_storage_outage_is_retried_with_backoff_then_the_job_succeeds(
-    rstack: Stack, rapi: KilnHTTP, worker: None
-) -> None:
-    from app.devfleet import s3_argv
-
-    s3 = next(p for p in rstack.procs if p.name == "s3")
-    s3.stop()
-    try:
-        job = rapi.submit(prompt="outage", model="tiny-sd", steps=2, seed=11)
-        r = redis.Redis.from_url(rstack.env["KILN_REDIS_URL"], decode_responses=True)
-        wait_for(
-            lambda: any(
-                f["type"] == "retrying" for _, f in r.xrange(f"kiln:job:{job['id']}:events")
-            ),
-            timeout=WAIT_S,
-            what="a retry after the storage error",
-        )
-    finally:
-        port = int(rstack.env["KILN_S3_ENDPOINT_URL"].rsplit(":", 1)[1])
-        rstack.spawn(
-            "s3",
-            s3_argv(
-                port,
-                rstack.workdir / "s3",
-                rstack.env["KILN_S3_ACCESS_KEY"],
-                rstack.env["KILN_S3_SECRET_KEY"],
-            ),
-        )
-    done = rapi.wait(job["id"], timeout=WAIT_S)
-    assert done["status"] == "succeeded", done["error"]
-    assert done["attempts"] >= 2
-    retries = [d for n, d in read_events(rapi, job["id"]) if n == "retrying"]
-    assert retries and {d["reason"] for d in retries} == {"storage_unavailable"}
-    assert rstack.objects(f"generated/{job['id']}/") == [f"generated/{job['id']}/0.png"]
 
 
 def send_raw(rstack: Stack, job_id: str, kwargs: dict) -> None:
