@@ -236,8 +236,11 @@ class JobStore:
         """Atomically set ``status`` and ``fields`` if the current status is allowed.
 
         Returns ``(previous_status, applied)``; previous is None when the job does
-        not exist.
+        not exist. A terminal status is never set here: ``end`` (through
+        ``tasks.jobs.ends.end_job``) is the one way a job ends.
         """
+        if status in TERMINAL:
+            raise ValueError(f"a job ends only through end_job, not transition({status!r})")
         argv = _transition_argv(self.ttl_s, status, allowed_from, event, data, fields)
         try:
             res = self._run_transition(job_id, argv)
