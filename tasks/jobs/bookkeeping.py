@@ -81,14 +81,12 @@ def depth(r: Any, model: str) -> int:
 
 
 # -- an API key's active jobs -----------------------------------------------------
-def mark_active(r: Any, owner: str | None, job_id: str) -> None:
+def mark_active(r: Any, owner: str | None, job_id: str, *, ttl_s: int) -> None:
+    """Count a job against its key's quota; the set expires with the newest job's record,
+    so nothing outlives the jobs it counts (each job leaves it when it ends)."""
     if owner:
         r.sadd(active_key(owner), job_id)
-
-
-def mark_inactive(r: Any, owner: str | None, job_id: str) -> None:
-    if owner:
-        r.srem(active_key(owner), job_id)
+        r.expire(active_key(owner), ttl_s)
 
 
 def active_jobs(r: Any, owner: str | None) -> int:

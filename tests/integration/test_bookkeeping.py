@@ -76,7 +76,7 @@ def test_the_end_script_moves_the_record_and_clears_all_bookkeeping(
 
     def bookkeeping(pipe: object) -> None:
         bk.mark_queued(pipe, "m", "e1", 1.0)
-        bk.mark_active(pipe, "alice", "e1")
+        bk.mark_active(pipe, "alice", "e1", ttl_s=60)
 
     store.create(record, also=bookkeeping)
     assert bk.depth(r, "m") == 1 and bk.active_jobs(r, "alice") == 1
