@@ -107,6 +107,12 @@ class TooManyStreams(RateLimited):
     retry_after_s = 2
 
 
+class Unreachable(TransientError):
+    """A webhook receiver gave no usable answer (no address, no connection, too slow)."""
+
+    code = "unreachable"
+
+
 class StorageUnavailable(TransientError):
     code = "storage_unavailable"
 

@@ -74,7 +74,8 @@ class Settings:
     webhook_allow_private: bool = False
     webhook_max_attempts: int = 6
     webhook_backoff_s: float = 2.0
-    webhook_timeout_s: float = 10.0
+    webhook_timeout_s: float = 10.0  # one deadline for a whole delivery attempt
+    webhook_proxy: str = ""  # http://[user:pw@]host:port: webhooks go through it (optional)
 
     # Jobs.
     max_deliveries: int = 3
@@ -109,6 +110,8 @@ class Settings:
             object.__setattr__(self, "broker_url", f"redis://127.0.0.1:{self.broker_port}/0")
         if not self.s3_endpoint_url:
             object.__setattr__(self, "s3_endpoint_url", f"http://127.0.0.1:{self.s3_port}")
+        if self.webhook_proxy and not self.webhook_proxy.startswith("http://"):
+            raise SettingsError("KILN_WEBHOOK_PROXY must be an http:// URL (host:port)")
         if not self.redis_url:
             if not is_redis_url(self.broker_url):
                 raise SettingsError(

@@ -92,19 +92,25 @@ class Stack:
     persist: bool = False  # Valkey with an append-only file, so a restart keeps its data
 
     # -- servers --------------------------------------------------------------
-    def start_servers(self, *, broker_url: str | None = None) -> None:
+    def start_servers(
+        self, *, broker_url: str | None = None, redis_password: str | None = None
+    ) -> None:
+        """Valkey (asking for ``redis_password`` when given) and an S3 server."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         redis_port, s3_port = free_port(), free_port()
         access, secret = "kiln-test", "kiln-test-secret-" + os.urandom(6).hex()
         self.webhook_secret = "whsec_" + base64.b64encode(os.urandom(24)).decode()
-        SECRETS.extend([secret, self.webhook_secret])
+        SECRETS.extend([secret, self.webhook_secret, *filter(None, [redis_password])])
         data = self.workdir / "valkey"
         data.mkdir(exist_ok=True)
-        self.spawn("valkey", valkey_argv(redis_port, persist_dir=data if self.persist else None))
+        auth = ["--requirepass", redis_password] if redis_password else []
+        persist_dir = data if self.persist else None
+        self.spawn("valkey", [*valkey_argv(redis_port, persist_dir=persist_dir), *auth])
         s3_dir = self.workdir / "s3"
         s3_dir.mkdir(exist_ok=True)
         self.spawn("s3", s3_argv(s3_port, s3_dir, access, secret))
-        redis_url = f"redis://127.0.0.1:{redis_port}/0"
+        userinfo = f":{redis_password}@" if redis_password else ""
+        redis_url = f"redis://{userinfo}127.0.0.1:{redis_port}/0"
         wait_for(lambda: redis.Redis.from_url(redis_url).ping(), timeout=20, what="valkey")
         wait_for(
             lambda: socket.create_connection(("127.0.0.1", s3_port), 0.5), timeout=20, what="s3"

@@ -19,7 +19,7 @@ from typing import Any
 
 from celery import Celery
 
-from config.errors import BrokerUnavailable, Conflict, InvalidInput, NotFound, RateLimited
+from config.errors import BrokerUnavailable, Conflict, NotFound, RateLimited
 from config.settings import Settings
 from pipelines.registry import Registry
 from tasks.jobs import bookkeeping as bk
@@ -29,7 +29,7 @@ from tasks.jobs.records import kwargs_repr, new_job_id, new_record, task_kwargs
 from tasks.jobs.schema import load_job
 from tasks.jobs.storage import Storage
 from tasks.jobs.store import TERMINAL, JobStore
-from tasks.jobs.urlsafety import check_webhook_url
+from tasks.jobs.urlsafety import check_job_webhook
 from tasks.messaging.app import make_celery
 from tasks.messaging.names import GENERATE, queue_for
 
@@ -66,15 +66,11 @@ class JobService:
         return params
 
     def check_webhook(self, params: dict[str, Any]) -> None:
-        url = params.get("webhook_url")
-        if not url:
-            return
-        if not self.settings.webhook_secret:
-            raise InvalidInput(
-                "webhooks are off: KILN_WEBHOOK_SECRET unset",
-                fields={"webhook_url": ["webhooks are off: KILN_WEBHOOK_SECRET unset"]},
-            )
-        check_webhook_url(url, allow_private=self.settings.webhook_allow_private, strict=False)
+        check_job_webhook(
+            params.get("webhook_url"),
+            secret=self.settings.webhook_secret,
+            allow_private=self.settings.webhook_allow_private,
+        )
 
     def submit(
         self,

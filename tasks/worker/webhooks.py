@@ -2,8 +2,10 @@
 
 Signed per the Standard Webhooks spec (``webhook-id``, ``webhook-timestamp``,
 ``webhook-signature: v1,<base64 HMAC-SHA256>``) with ``KILN_WEBHOOK_SECRET``
-(``whsec_<base64>``). Network errors, 5xx and 429 are retried with exponential
-backoff and jitter; other 4xx are not. The job's ``webhook`` field shows the state:
+(``whsec_<base64>``) and sent through ``tasks.worker.egress`` (checked address only,
+no redirects, one deadline, a body cap). An unreachable receiver (DNS failure, no
+connection, no answer in time), 5xx and 429 are retried with exponential backoff
+and jitter; other answers are not. The job's ``webhook`` field shows the state:
 ``pending`` → ``retrying`` → ``delivered`` | ``dead`` (or ``refused`` for a target
 that is not allowed).
 """
@@ -13,21 +15,22 @@ from __future__ import annotations
 import json
 import logging
 import random
+import socket
 from datetime import UTC, datetime
 from typing import Any
 
-import requests
 from celery import shared_task
 from standardwebhooks.webhooks import Webhook
 
-from config.errors import InvalidInput
+from config.errors import InvalidInput, Unreachable
 from config.settings import Settings, get_settings
 from tasks.jobs import bookkeeping as bk
 from tasks.jobs.records import WEBHOOK_FIELDS, public_view
 from tasks.jobs.storage import Storage
 from tasks.jobs.store import JobStore, now
-from tasks.jobs.urlsafety import check_webhook_url
+from tasks.jobs.urlsafety import Resolver, parse_webhook_url, resolve_target
 from tasks.messaging.names import DELIVER_WEBHOOK
+from tasks.worker import egress
 
 log = logging.getLogger("kiln.webhooks")
 RETRY_STATUSES = {408, 425, 429}
@@ -47,6 +50,7 @@ def sign(secret: str, msg_id: str, timestamp: datetime, body: str) -> dict[str, 
         "webhook-signature": signature,
         "content-type": "application/json",
         "user-agent": "kiln-webhooks/1",
+        "connection": "close",
     }
 
 
@@ -101,29 +105,47 @@ def deliver_webhook(self: Any, job_id: str, **_ignored: Any) -> dict[str, Any]:
 
 
 def attempt_delivery(
-    settings: Settings, record: dict[str, Any], hook: dict[str, Any], *, job_id: str
+    settings: Settings,
+    record: dict[str, Any],
+    hook: dict[str, Any],
+    *,
+    job_id: str,
+    resolver: Resolver = socket.getaddrinfo,
 ) -> tuple[str, str, bool]:
-    """One POST. Returns (outcome, detail, retryable)."""
-    url = hook["url"]
+    """One POST. Returns (outcome, detail, retryable).
+
+    ``detail`` is what the job's owner reads in ``webhook.last_result``: the HTTP
+    status, "unreachable" or "refused", and nothing more about the network; the
+    reason goes to the operator's log.
+    """
     try:
-        check_webhook_url(url, allow_private=settings.webhook_allow_private)
+        target = parse_webhook_url(hook["url"])
+        addresses = resolve_target(
+            target, allow_private=settings.webhook_allow_private, resolver=resolver
+        )
     except InvalidInput as exc:
-        return "refused", exc.message, False
+        log.info("webhook for %s refused: %s", job_id, exc.message, extra={"job_id": job_id})
+        return "refused", "refused", False
+    except Unreachable as exc:  # DNS failed: retried like a 5xx
+        log.info("webhook for %s: %s", job_id, exc.message, extra={"job_id": job_id})
+        return "error", "unreachable", True
     body = json.dumps(payload(record, Storage(settings)), separators=(",", ":"))
     headers = sign(
         settings.webhook_secret, f"msg_{job_id}_{record['status']}", datetime.now(UTC), body
     )
     try:
-        resp = requests.post(
-            url,
-            data=body,
-            headers=headers,
-            timeout=settings.webhook_timeout_s,
-            allow_redirects=False,
+        status = egress.post(
+            target,
+            addresses,
+            body.encode(),
+            headers,
+            deadline_s=settings.webhook_timeout_s,
+            proxy=settings.webhook_proxy,
         )
-    except requests.RequestException as exc:
-        return "error", f"network error: {type(exc).__name__}", True
-    if 200 <= resp.status_code < 300:
-        return "delivered", f"HTTP {resp.status_code}", False
-    retry = resp.status_code >= 500 or resp.status_code in RETRY_STATUSES
-    return "error", f"HTTP {resp.status_code}", retry
+    except Unreachable as exc:
+        log.info("webhook for %s: %s", job_id, exc.message, extra={"job_id": job_id})
+        return "error", "unreachable", True
+    if 200 <= status < 300:
+        return "delivered", f"HTTP {status}", False
+    retry = status >= 500 or status in RETRY_STATUSES
+    return "error", f"HTTP {status}", retry
