@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from typing import Any
 from urllib.parse import urlsplit
@@ -58,6 +59,32 @@ def new_job_id() -> str:
     return uuid.uuid4().hex
 
 
+# Job ids name Redis keys and storage prefixes (``generated/<job_id>/``): a fixed, safe
+# alphabet for every door (uuid hex, Celery's dashed uuids, or a sender's own ids).
+JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
+JOB_ID_RULE = "1 to 64 characters: letters, digits, '_' or '-'"
+
+
+def valid_job_id(job_id: Any) -> bool:
+    return isinstance(job_id, str) and JOB_ID.match(job_id) is not None
+
+
+def differences(record: dict[str, Any], params: dict[str, Any], owner: str | None) -> list[str]:
+    """What a message for an existing job asks that its record does not say (empty: the
+    same job, e.g. delivered again)."""
+    stored = record.get("params") or {}
+    diff = [k for k in PARAM_KEYS if stored.get(k) != params.get(k)]
+    if record.get("model") != params.get("model"):
+        diff.append("model")
+    if list(record.get("seeds") or []) != list(params.get("seeds") or []):
+        diff.append("seeds")
+    if (record.get("webhook") or {}).get("url") != params.get("webhook_url"):
+        diff.append("webhook_url")
+    if record.get("owner") != owner:
+        diff.append("owner")
+    return diff
+
+
 def new_record(
     job_id: str, params: dict[str, Any], *, owner: str | None = None, source: str = "api"
 ) -> dict[str, Any]:
@@ -85,11 +112,16 @@ def new_record(
     }
 
 
-def task_kwargs(job_id: str, params: dict[str, Any]) -> dict[str, Any]:
-    """The ``kiln.generate`` kwargs for validated params (the public task contract)."""
+def task_kwargs(job_id: str, params: dict[str, Any], owner: str | None = None) -> dict[str, Any]:
+    """The ``kiln.generate`` kwargs for validated params (the public task contract).
+
+    ``owner`` (the API key's name) lets the worker tell this job's own message from
+    another one that reuses its id."""
     out = {k: params.get(k) for k in (*PARAM_KEYS, "model", "webhook_url")}
     out["seeds"] = list(params["seeds"])
     out["job_id"] = job_id
+    if owner:
+        out["owner"] = owner
     return out
 
 

@@ -25,6 +25,7 @@ from marshmallow import (
 from config.errors import invalid_input
 from pipelines.batch import MAX_SEED
 from pipelines.registry import Registry
+from tasks.jobs.records import JOB_ID, JOB_ID_RULE
 
 MAX_PROMPT = 2000
 
@@ -112,10 +113,13 @@ class JobTaskSchema(JobSchema):
     class Meta:
         unknown = EXCLUDE
 
-    job_id = fields.String(load_default=None, validate=validate.Length(min=1, max=64))
+    job_id = fields.String(
+        load_default=None, validate=validate.Regexp(JOB_ID, error=f"must be {JOB_ID_RULE}")
+    )
     seeds = fields.List(
         fields.Integer(validate=validate.Range(min=0, max=MAX_SEED)), load_default=None
     )
+    owner = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=200))
 
 
 def _check_size(errors: dict[str, list[str]], name: str, value: int, model: Any) -> None:
@@ -212,6 +216,8 @@ def load_job(payload: Any, registry: Registry, *, task: bool = False) -> dict[st
     except ValidationError as exc:
         raise invalid_input(exc.messages) from None
     params = validate_job(data, registry)
-    if task and data.get("job_id"):
-        params["job_id"] = data["job_id"]
+    if task:
+        if data.get("job_id"):
+            params["job_id"] = data["job_id"]
+        params["owner"] = data.get("owner")
     return params

@@ -106,7 +106,7 @@ class JobService:
 
         self.store.create(record, also=bookkeeping)
         try:
-            kwargs = task_kwargs(job_id, params)
+            kwargs = task_kwargs(job_id, params, owner)
             self.celery.send_task(
                 GENERATE,
                 kwargs=kwargs,

@@ -14,13 +14,20 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from config.errors import StorageUnavailable
+from config.errors import InvalidInput, StorageUnavailable
 from config.settings import Settings
+from tasks.jobs.records import JOB_ID_RULE, valid_job_id
 
 log = logging.getLogger("kiln.storage")
 
 
 def image_key(job_id: str, index: int) -> str:
+    """``generated/<job_id>/<index>.png``; a job id outside the safe alphabet never
+    makes a key (it could leave the prefix)."""
+    if not valid_job_id(job_id) or not isinstance(index, int) or index < 0:
+        raise InvalidInput(
+            f"job_id must be {JOB_ID_RULE}", fields={"job_id": [f"must be {JOB_ID_RULE}"]}
+        )
     return f"generated/{job_id}/{index}.png"
 
 

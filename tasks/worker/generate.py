@@ -2,9 +2,11 @@
 
 The task reads top to bottom as the job's steps:
 
-1. Check the message: keyword arguments only, a valid job, for this worker's model.
+1. Check the message: keyword arguments only, a valid job (and job id, and webhook)
+   for this worker's model.
 2. Find the job's record (a job sent straight to the Celery task gets its record
-   here); a job that already ended is not run again.
+   here); a message that reuses another job's id fails without touching it, and a
+   job that already ended is not run again.
 3. Claim it: not while a live worker still runs it, nor twice in this process;
    count the delivery (a job that keeps killing workers is given up); mark it running.
 4. Generate: the engine batches it with other jobs for the same model.
@@ -32,6 +34,7 @@ from celery.exceptions import Reject
 
 from config.errors import (
     Canceled,
+    Conflict,
     GenerationFailed,
     InvalidInput,
     KilnError,
@@ -42,9 +45,10 @@ from config.errors import (
 )
 from tasks.jobs import bookkeeping as bk
 from tasks.jobs.ends import end_job
-from tasks.jobs.records import new_record, task_result
+from tasks.jobs.records import JOB_ID_RULE, differences, new_record, task_result, valid_job_id
 from tasks.jobs.schema import load_job
 from tasks.jobs.store import TERMINAL, now
+from tasks.jobs.urlsafety import check_job_webhook
 from tasks.messaging.names import GENERATE
 from tasks.worker import metrics
 from tasks.worker import runtime as rt
@@ -124,18 +128,32 @@ def run_job(
                 f"this worker serves {runtime.model.name!r}, not {params['model']!r}",
                 fields={"model": ["sent to the wrong queue"]},
             )
+        if not valid_job_id(job_id):  # the task id, when no job_id came in the kwargs
+            raise InvalidInput(
+                f"job_id must be {JOB_ID_RULE}", fields={"job_id": [f"must be {JOB_ID_RULE}"]}
+            )
+        settings = runtime.settings
+        check_job_webhook(
+            params.get("webhook_url"),
+            secret=settings.webhook_secret,
+            allow_private=settings.webhook_allow_private,
+        )
     except InvalidInput as exc:
         bad = exc
         return patiently(
             runtime, job_id, "record the rejection", lambda: reject(runtime, payload, job_id, bad)
         )
 
-    # 2. Find the record; jobs sent straight to the Celery task get theirs here.
+    # 2. Find the record; jobs sent straight to the Celery task get theirs here. A
+    #    message that reuses another job's id fails alone: that job is not touched.
     record = patiently(runtime, job_id, "read the job", lambda: store.get(job_id))
+    created = False
     if record is None:
         fresh = new_record(job_id, params, source="celery")
         created = patiently(runtime, job_id, "record the job", lambda: store.create(fresh))
         record = fresh if created else (store.get(job_id) or {})
+    if not created and differences(record, params, params.get("owner")):
+        return refused(job_id, TAKEN)
     if record.get("status") in TERMINAL:  # canceled while queued, or re-delivered after it ended
         bk.mark_dequeued(store.redis, runtime.model.name, job_id)
         return record
@@ -202,23 +220,40 @@ def run_job(
 def reject(
     runtime: rt.Runtime, payload: dict[str, Any], job_id: str, exc: InvalidInput
 ) -> dict[str, Any]:
-    """Fail the job of a malformed message with the fields it got wrong."""
-    if runtime.store.get(job_id) is None:
-        model = payload.get("model")
-        runtime.store.create(
-            {
-                "id": job_id,
-                "status": "queued",
-                "created_at": now(),
-                "model": model if isinstance(model, str) else None,
-                "source": "celery",
-                "attempts": 0,
-                "images": [],
-                "error": None,
-                "webhook": None,
-            }
-        )
+    """Fail the job of a malformed message with the fields it got wrong.
+
+    Only a job this message made is failed: a bad id gets no record at all, and the
+    id of an existing job leaves that job as it was."""
+    if not valid_job_id(job_id):
+        return refused(job_id, exc)
+    model = payload.get("model")
+    created = runtime.store.create(
+        {
+            "id": job_id,
+            "status": "queued",
+            "created_at": now(),
+            "model": model if isinstance(model, str) else None,
+            "source": "celery",
+            "attempts": 0,
+            "images": [],
+            "error": None,
+            "webhook": None,
+        }
+    )
+    if not created:
+        return refused(job_id, exc)
     return fail(runtime, job_id, exc) or runtime.store.get(job_id) or {"id": job_id}
+
+
+TAKEN = Conflict(
+    "job_id belongs to another job; that job was not touched",
+    fields={"job_id": ["taken by another job"]},
+)
+
+
+def refused(job_id: str, exc: KilnError) -> dict[str, Any]:
+    """The result of a message that is answered without writing any record."""
+    return {"id": job_id, "status": "failed", "error": exc.to_dict()}
 
 
 def claim(runtime: rt.Runtime, job_id: str, record: dict[str, Any]) -> None:

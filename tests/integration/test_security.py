@@ -200,6 +200,60 @@ def test_pickle_messages_are_refused_and_the_worker_serves_on(sstack: Stack) -> 
     assert "untrusted content of type pickle" in worker.output()
 
 
+def test_direct_messages_with_a_bad_or_taken_job_id_fail_and_touch_no_job(
+    sstack: Stack,
+) -> None:
+    from tasks.jobs.store import JobStore
+    from tasks.messaging.app import make_celery
+
+    app, store = make_celery(sstack.settings), JobStore(sstack.settings.redis_url)
+    alice = as_(sstack, "alice")
+    done = alice.run(**JOB)
+    queued = alice.submit(**{**JOB, "model": "sd15"})  # no sd15 worker: it stays queued
+    try:
+        before = {j: store.get(j) for j in (done["id"], queued["id"])}
+        events = {j: len(store.events(j)) for j in before}
+        etag = sstack.s3().head_object(
+            Bucket=sstack.env["KILN_S3_BUCKET"], Key=done["images"][0]["key"]
+        )["ETag"]
+        mine = {**JOB, "prompt": "taken over"}
+        sent = [
+            app.send_task(
+                "kiln.generate", queue="gen.tiny-sd", kwargs={**mine, "job_id": "../../x"}
+            ),
+            app.send_task("kiln.generate", queue="gen.tiny-sd", kwargs=mine, task_id="../../y"),
+            app.send_task(
+                "kiln.generate", queue="gen.tiny-sd", kwargs={**mine, "job_id": done["id"]}
+            ),
+            app.send_task(
+                "kiln.generate", queue="gen.tiny-sd", kwargs={**mine, "job_id": queued["id"]}
+            ),
+        ]
+        for res in sent:
+            record = res.get(timeout=60)
+            assert record["status"] == "failed", record
+            assert set(record["error"]["fields"]) == {"job_id"}, record
+            assert "images" not in record
+        assert store.get("../../x") is None and store.get("../../y") is None
+        assert {j: store.get(j) for j in before} == before
+        assert {j: len(store.events(j)) for j in before} == events
+        assert (
+            sstack.s3().head_object(
+                Bucket=sstack.env["KILN_S3_BUCKET"], Key=done["images"][0]["key"]
+            )["ETag"]
+            == etag
+        )
+        keys = [
+            o["Key"]
+            for o in sstack.s3()
+            .list_objects_v2(Bucket=sstack.env["KILN_S3_BUCKET"])
+            .get("Contents", [])
+        ]
+        assert keys and all(k.startswith("generated/") and ".." not in k for k in keys)
+    finally:
+        alice.delete(f"/v1/jobs/{queued['id']}")
+
+
 def test_prod_profile_refuses_to_start_without_keys() -> None:
     code = (
         "from app import create_app\nfrom config.settings import from_env\n"
