@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,24 +79,43 @@ def new_key() -> str:
     return "kiln_" + secrets.token_urlsafe(32)
 
 
-def parse_keys(spec: str) -> dict[str, ApiKey]:
+_NAME = re.compile(r"[A-Za-z0-9_.@-]{1,64}\Z")
+_DIGEST = re.compile(r"[0-9a-fA-F]{64}\Z")
+
+
+def valid_key_name(name: str) -> bool:
+    return _NAME.match(name) is not None
+
+
+def parse_entry(entry: str, where: str) -> tuple[str, ApiKey]:
+    """``name:sha256hex:scope+scope`` → (digest, key); errors say ``where`` it was."""
+    parts = entry.split(":")
+    if len(parts) != 3:
+        raise SettingsError(f"{where}: expected name:sha256hex:scopes")
+    name, digest, scopes = (p.strip() for p in parts)
+    if not valid_key_name(name):
+        raise SettingsError(f"{where}: the key name must be 1-64 of A-Z a-z 0-9 _ . @ -")
+    if not _DIGEST.match(digest):
+        raise SettingsError(f"{where}: the digest must be 64 hex digits (a SHA-256)")
+    wanted = set(scopes.split("+"))
+    unknown = wanted - set(SCOPES)
+    if unknown or not scopes:
+        raise SettingsError(f"{where}: unknown scope(s) {sorted(unknown)}; scopes: {SCOPES}")
+    return digest.lower(), ApiKey(name, frozenset(wanted))
+
+
+def parse_keys(spec: str, *, source: str = "KILN_API_KEYS") -> dict[str, ApiKey]:
     """``name:sha256hex:scope+scope,...`` → {hash: ApiKey}; errors name the entry."""
     keys: dict[str, ApiKey] = {}
     for i, entry in enumerate(e.strip() for e in spec.split(",") if e.strip()):
-        parts = entry.split(":")
-        if len(parts) != 3 or len(parts[1]) != 64:
-            raise SettingsError(f"KILN_API_KEYS entry {i + 1}: expected name:sha256hex:scopes")
-        name, digest, scopes = parts
-        unknown = set(scopes.split("+")) - set(SCOPES)
-        if unknown:
-            raise SettingsError(f"KILN_API_KEYS entry {name!r}: unknown scope(s) {unknown}")
-        keys[digest.lower()] = ApiKey(name, frozenset(scopes.split("+")))
+        digest, key = parse_entry(entry, f"{source} entry {i + 1}")
+        keys[digest] = key
     return keys
 
 
 def load_keys(settings: Settings) -> dict[str, ApiKey]:
     """Entries of ``KILN_API_KEYS`` plus the lines of ``KILN_API_KEYS_FILE``."""
-    spec = settings.api_keys
+    keys = parse_keys(settings.api_keys)
     if settings.api_keys_file:
         try:
             text = Path(settings.api_keys_file).expanduser().read_text()
@@ -103,9 +123,12 @@ def load_keys(settings: Settings) -> dict[str, ApiKey]:
             raise SettingsError(
                 f"KILN_API_KEYS_FILE cannot be read: {type(exc).__name__}"
             ) from None
-        lines = (ln.split("#", 1)[0].strip() for ln in text.splitlines())
-        spec = ",".join([spec, *filter(None, lines)])
-    return parse_keys(spec)
+        for n, line in enumerate(text.splitlines(), start=1):
+            entry = line.split("#", 1)[0].strip()
+            if entry:
+                digest, key = parse_entry(entry, f"KILN_API_KEYS_FILE line {n}")
+                keys[digest] = key
+    return keys
 
 
 def presented_key() -> str | None:

@@ -155,11 +155,11 @@ def keys() -> None:
 )
 def keys_create(name: str, scopes: str) -> None:
     """Print a new random key for NAME once, and the KILN_API_KEYS entry for it."""
-    from app.auth import SCOPES, hash_key, new_key
+    from app.auth import SCOPES, hash_key, new_key, valid_key_name
 
     wanted = [s.strip() for s in scopes.split(",") if s.strip()]
     unknown = sorted(set(wanted) - set(SCOPES))
-    if unknown or not wanted or ":" in name or "," in name:
+    if unknown or not wanted or not valid_key_name(name):
         raise click.ClickException(f"bad name or scopes {unknown or wanted}; scopes: {SCOPES}")
     key = new_key()
     click.echo(f"API key for {name} (shown once; give it to the client):\n  {key}\n")
@@ -279,8 +279,12 @@ def jobs_cancel(job_id: str, url: str | None, api_key: str | None) -> None:
 def flower(flower_args: tuple[str, ...]) -> None:
     """Start Flower on the configured address, with basic auth when set."""
     from app.devfleet import flower_argv, run_flower
+    from config.logging import setup_logging
 
-    run_flower(flower_argv(get_settings(), flower_args))
+    settings = get_settings()
+    argv = flower_argv(settings, flower_args)
+    setup_logging(settings)  # before tornado's: it adds no handler of its own then
+    run_flower(argv)
 
 
 @main.group()

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 from config.errors import SettingsError
 
@@ -133,14 +135,17 @@ class Settings:
         return self.log_format or ("text" if self.is_dev else "json")
 
     def redacted(self) -> dict[str, Any]:
-        """The settings as plain values, secrets replaced by ``***``."""
+        """The settings as plain values: secrets replaced by ``***``, and every URL-shaped
+        value with its password and secret query values replaced (:func:`redact_url`)."""
         out: dict[str, Any] = {}
         for f in dataclasses.fields(self):
             if f.name == "extra":
                 continue
             value = getattr(self, f.name)
-            if f.name in SECRET_FIELDS and value:
-                value = redact_url(value) if f.name.endswith("_url") else "***"
+            if isinstance(value, str) and "://" in value:
+                value = redact_url(value)
+            elif f.name in SECRET_FIELDS and value:
+                value = "***"
             out[f.name] = str(value) if isinstance(value, Path) else value
         return out
 
@@ -153,14 +158,43 @@ def is_redis_url(url: str) -> bool:
     return url.startswith(REDIS_SCHEMES)
 
 
+# Query parameters whose values are secrets (``?password=``, ``&X-Amz-Signature=``, ...).
+SECRET_QUERY_KEY = re.compile(r"(?i)pass|pwd|secret|token|key|sig|auth|credential|session")
+
+
 def redact_url(url: str) -> str:
-    """``redis://user:pw@host`` → ``redis://user:***@host``."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest:
-        return url
-    cred, _, host = rest.rpartition("@")
-    user = cred.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}" if ":" in cred else f"{scheme}://***@{host}"
+    """``redis://user:pw@host/0?password=x`` → ``redis://user:***@host/0?password=***``.
+
+    The password of the user info (or a user name given alone, often a token) and the
+    values of secret-looking query parameters are replaced; the rest stays readable.
+    """
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "***"
+    netloc = parts.netloc
+    if "@" in netloc:
+        cred, _, host = netloc.rpartition("@")
+        user, colon, _ = cred.partition(":")
+        netloc = f"{user}:***@{host}" if colon else f"***@{host}"
+    query = "&".join(
+        f"{k}=***" if sep and SECRET_QUERY_KEY.search(k) else f"{k}{sep}{v}"
+        for k, sep, v in (pair.partition("=") for pair in parts.query.split("&") if pair)
+    )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def url_secrets(url: str) -> list[str]:
+    """The secret parts of a URL (user info password, secret query values), decoded."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return []
+    found = [unquote(parts.password or "")]
+    if "@" in parts.netloc and parts.password is None:
+        found.append(unquote(parts.username or ""))
+    found += [v for k, v in parse_qsl(parts.query) if SECRET_QUERY_KEY.search(k)]
+    return [s for s in found if s]
 
 
 def _coerce(name: str, raw: str, default: Any) -> Any:

@@ -8,8 +8,10 @@ while the API and other senders build the same app without importing any of them
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Any
 
 from celery import Celery
+from celery.signals import setup_logging as celery_setup_logging
 
 from config.settings import Settings, get_settings
 from tasks.messaging.kombu_fix import keep_workers_alive_on_redis_loss
@@ -23,9 +25,19 @@ def visibility_timeout(settings: Settings, longest_time_limit_s: int) -> int:
     return settings.visibility_timeout_s or max(600, 2 * longest_time_limit_s)
 
 
+def kiln_logging(**_: Any) -> None:
+    """Celery's ``setup_logging`` signal: a worker started as ``celery -A tasks worker``
+    (the webhooks worker) logs through Kiln's redacting handler, as every Kiln process."""
+    from config.logging import setup_logging
+
+    setup_logging(get_settings())
+
+
 def make_celery(settings: Settings | None = None, *, longest_time_limit_s: int = 360) -> Celery:
     settings = settings or get_settings()
     keep_workers_alive_on_redis_loss()
+    # Connected here, not at import: only processes that build an app set logging up.
+    celery_setup_logging.connect(kiln_logging, weak=False, dispatch_uid="kiln-logging")
     app = Celery("kiln", set_as_current=False, include=list(TASK_MODULES))
     app.conf.update(
         broker_url=settings.broker_url,

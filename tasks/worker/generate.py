@@ -54,6 +54,7 @@ from tasks.worker import metrics
 from tasks.worker import runtime as rt
 from tasks.worker.images import upload
 from tasks.worker.outages import patient
+from tasks.worker.taskbase import RedactedTask
 from tasks.worker.time_limits import wait_result
 
 log = logging.getLogger("kiln.generate")
@@ -63,7 +64,7 @@ T = TypeVar("T")
 # Celery's own retry counter is not used as a limit (``max_retries=None``): re-checks of a
 # job that runs elsewhere must go on as long as it runs, so the limit lives in the job
 # record (``attempts``, the deliveries).
-@shared_task(name=GENERATE, bind=True, acks_late=True, max_retries=None)
+@shared_task(name=GENERATE, base=RedactedTask, bind=True, acks_late=True, max_retries=None)
 def generate(self: Any, *args: Any, **payload: Any) -> dict[str, Any]:
     """Generate images for one job; returns the job record (JSON)."""
     runtime = rt.current()

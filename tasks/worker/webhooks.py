@@ -31,6 +31,7 @@ from tasks.jobs.store import JobStore, now
 from tasks.jobs.urlsafety import Resolver, parse_webhook_url, resolve_target
 from tasks.messaging.names import DELIVER_WEBHOOK
 from tasks.worker import egress
+from tasks.worker.taskbase import RedactedTask
 
 log = logging.getLogger("kiln.webhooks")
 RETRY_STATUSES = {408, 425, 429}
@@ -65,7 +66,7 @@ def payload(record: dict[str, Any], storage: Storage) -> dict[str, Any]:
     }
 
 
-@shared_task(name=DELIVER_WEBHOOK, bind=True, acks_late=True, max_retries=None)
+@shared_task(name=DELIVER_WEBHOOK, base=RedactedTask, bind=True, acks_late=True, max_retries=None)
 def deliver_webhook(self: Any, job_id: str, **_ignored: Any) -> dict[str, Any]:
     settings = get_settings()
     store = JobStore(settings.redis_url, ttl_s=settings.job_ttl_s)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import uuid
+
 import pytest
 import requests
 
@@ -10,7 +13,7 @@ from config.settings import from_env
 from harness.http import KilnHTTP
 from harness.stack import BIN, SECRETS, Stack, free_port, wait_for
 
-SECRETS.extend(["flower-pass-123", "flower-hook-token"])  # no log may show them
+SECRETS.extend(["flower-pass-123", "flower-hook-token", "retried-hook-token"])  # never in a log
 
 
 def test_flower_needs_basic_auth_outside_dev() -> None:
@@ -61,5 +64,65 @@ def test_flower_refuses_requests_without_credentials(stack: Stack) -> None:
         listing = requests.get(f"{url}/api/tasks", auth=auth, timeout=5).text
         assert "flower-hook-token" not in listing and "flower-sig" not in listing
         assert "flower-hook-token" not in requests.get(f"{url}/tasks", auth=auth, timeout=5).text
+
+        # A retried message is rebuilt by Celery: it shows the redacted kwargs too.
+        retried = retried_job(stack, "https://hooks.invalid/T0/retried-hook-token?sig=x")
+        try:
+
+            def retried_info() -> dict:
+                return requests.get(f"{url}/api/task/info/{retried}", auth=auth, timeout=5).json()
+
+            wait_for(
+                lambda: (retried_info().get("retries") or 0) >= 1,
+                timeout=60,
+                what="a retried message in flower",
+            )
+            info = retried_info()
+            assert "hooks.invalid/***" in info["kwargs"], info
+            listing = requests.get(f"{url}/api/tasks", auth=auth, timeout=5).text
+            assert "retried-hook-token" not in json.dumps(info) + listing
+        finally:
+            end_retried(stack, retried)
     finally:
         proc.stop()
+
+
+FAKE_WORKER = "tiny-sd@elsewhere@test"
+
+
+def retried_job(stack: Stack, hook: str) -> str:
+    """A job whose record says it runs on another live worker: its message is retried."""
+    import redis
+
+    from pipelines.registry import Registry
+    from tasks.jobs import bookkeeping as bk
+    from tasks.jobs.records import kwargs_repr, new_record, task_kwargs
+    from tasks.jobs.schema import load_job
+    from tasks.jobs.store import JobStore
+    from tasks.messaging.app import make_celery
+
+    settings = stack.settings
+    job = {"prompt": "retried", "model": "tiny-sd", "steps": 2, "webhook_url": hook}
+    params = load_job(job, Registry.from_file(settings.models_file))
+    job_id = uuid.uuid4().hex
+    record = {**new_record(job_id, params), "status": "running", "worker": FAKE_WORKER}
+    JobStore(settings.redis_url).create(record)
+    bk.beat(redis.Redis.from_url(settings.redis_url), "tiny-sd", FAKE_WORKER, 120)
+    kwargs = task_kwargs(job_id, params)
+    make_celery(settings).send_task(
+        "kiln.generate", kwargs=kwargs, kwargsrepr=kwargs_repr(kwargs), task_id=job_id
+    )
+    return job_id
+
+
+def end_retried(stack: Stack, job_id: str) -> None:
+    """End the job and its fake worker: the next recheck finds it over and stops."""
+    import redis
+
+    from tasks.jobs import bookkeeping as bk
+    from tasks.jobs.ends import end_job
+    from tasks.jobs.store import JobStore
+
+    settings = stack.settings
+    end_job(JobStore(settings.redis_url), None, job_id, "canceled", allowed_from=("running",))
+    bk.unbeat(redis.Redis.from_url(settings.redis_url), "tiny-sd", FAKE_WORKER)
