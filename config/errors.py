@@ -87,6 +87,12 @@ class TimeLimitExceeded(PermanentError):
     code = "time_limit_exceeded"
 
 
+class QueueWaitExceeded(PermanentError):
+    """The job waited in its worker longer than ``KILN_QUEUE_WAIT_LIMIT_S`` before it ran."""
+
+    code = "queue_wait_exceeded"
+
+
 class TooManyDeliveries(PermanentError):
     code = "too_many_deliveries"
 

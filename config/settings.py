@@ -82,6 +82,9 @@ class Settings:
     # Jobs.
     max_deliveries: int = 3
     outage_budget_s: float = 600.0  # a worker rides out a job-store or S3 outage this long
+    # Longest a job may wait in its worker (behind other batches) before its first
+    # pipeline call; its time limits count only its own pipeline time. 0: no limit.
+    queue_wait_limit_s: float = 300.0
     idempotency_ttl_s: int = 24 * 3600
     sse_max_s: int = 900  # one event stream stays open at most this long
     sse_max_streams: int = 24  # open event streams per API process (each holds a thread)

@@ -7,6 +7,11 @@ and resolves each request's future once all of its images exist. A request with
 ``n`` images takes ``n`` slots and may span batches. The thread loads and warms
 the model itself (torch used from two threads runs markedly slower on the CPU)
 and survives any failure of a batch, failing only that batch's requests.
+
+One budget holds whoever the requests came from: a call never holds more than the
+model's ``max_pixels_per_batch`` (nor more images than an out-of-memory split has
+shown to fit for that shape). Each request's :class:`PipelineClock` counts only the
+time it spends inside pipeline calls, so that its time limits are its own.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from typing import Any
 
 from config.errors import Canceled, EngineNotReady, GenerationFailed, KilnError, OutOfMemory
 from pipelines.batch import Item, Params, run_batch
+from pipelines.clock import PipelineClock
 from pipelines.registry import Model
 
 log = logging.getLogger("kiln.engine")
@@ -38,6 +44,7 @@ class Request:
     params: Params
     on_progress: Callable[[int, int], None] | None = None
     cancel_event: threading.Event | None = None
+    clock: PipelineClock = field(default_factory=PipelineClock)
 
 
 @dataclass
@@ -171,7 +178,12 @@ class Engine:
             self._run(params, slots)
 
     def _limit(self, params: Params) -> int:
-        return self.shape_limits.get((params.width, params.height), self.max_batch)
+        """Images in one call of this shape: ``max_batch``, lowered by what an OOM split
+        found and by the model's pixel budget (one image always fits: the schema
+        refuses bigger ones)."""
+        limit = self.shape_limits.get((params.width, params.height), self.max_batch)
+        budget = self.model.spec.limits.max_pixels_per_batch // (params.width * params.height)
+        return max(1, min(limit, budget))
 
     def _next_batch(self) -> tuple[Params, list[tuple[_Pending, int]]] | None:
         with self._cond:
@@ -277,7 +289,13 @@ class Engine:
             Item(p.request.prompt, p.request.negative_prompt, p.request.seeds[i]) for p, i in slots
         ]
         t0 = time.perf_counter()
-        images = run_batch(self.loaded, params, items, on_step=on_step)
+        for p in requests:
+            p.request.clock.start()
+        try:
+            images = run_batch(self.loaded, params, items, on_step=on_step)
+        finally:
+            for p in requests:
+                p.request.clock.stop()
         took = time.perf_counter() - t0
         info.scheduler = type(getattr(self.loaded.pipe, "scheduler", None)).__name__
         self.stats["calls"] += 1

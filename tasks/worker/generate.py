@@ -410,7 +410,14 @@ def generate_images(
     spec = runtime.model.spec
     future = runtime.engine.submit(request)
     try:
-        return wait_result(future, cancel, soft_s=spec.soft_time_limit_s, hard_s=spec.time_limit_s)
+        return wait_result(
+            future,
+            cancel,
+            soft_s=spec.soft_time_limit_s,
+            hard_s=spec.time_limit_s,
+            clock=request.clock,
+            queue_wait_s=runtime.settings.queue_wait_limit_s,
+        )
     finally:
         runtime.cancel_events.pop(job_id, None)
         if writer is not None:

@@ -12,17 +12,27 @@ import pytest
 import torch
 from PIL import Image
 
-from config.errors import Canceled, GenerationFailed, OutOfMemory
+from config.errors import (
+    Canceled,
+    GenerationFailed,
+    OutOfMemory,
+    QueueWaitExceeded,
+    TimeLimitExceeded,
+)
 from harness.pipelines import REGISTRY
 from pipelines.batch import Params
 from pipelines.engine import Engine, Request
 from pipelines.registry import resolve
+from tasks.worker.time_limits import wait_result
 
 PARAMS = Params(width=64, height=64, steps=3, guidance_scale=7.5, scheduler="euler")
 
 
-def tiny(max_batch: int = 8, max_wait_ms: int = 200):
-    return resolve(replace(REGISTRY["tiny-sd"].spec, max_batch=max_batch, max_wait_ms=max_wait_ms))
+def tiny(max_batch: int = 8, max_wait_ms: int = 200, max_pixels: int | None = None):
+    spec = replace(REGISTRY["tiny-sd"].spec, max_batch=max_batch, max_wait_ms=max_wait_ms)
+    if max_pixels is not None:
+        spec = replace(spec, limits=replace(spec.limits, max_pixels_per_batch=max_pixels))
+    return resolve(spec)
 
 
 class FakePipe:
@@ -187,6 +197,72 @@ def test_out_of_memory_splits_the_batch_and_lowers_max_batch() -> None:
     assert max(len(c) for c in pipe.calls) <= 2
     assert eng.shape_limits[(64, 64)] <= 2
     assert eng.stats["oom_splits"] >= 1
+    eng.stop()
+
+
+def test_jobs_of_many_callers_never_share_a_call_beyond_the_pixel_budget() -> None:
+    """Four jobs, each at the per-job limit (2 images of 64x64 in a 2-image budget)."""
+    pipe = FakePipe()
+    pipe.gate.clear()
+    eng = engine_with(pipe, max_batch=8, max_pixels=64 * 64 * 2)
+    eng.submit(req(0))  # holds the thread
+    time.sleep(0.05)
+    futures = [eng.submit(req(i, n=2)) for i in range(1, 5)]
+    pipe.gate.set()
+    assert all(len(f.result(10).images) == 2 for f in futures)
+    eng.stop()
+    assert max(len(c) for c in pipe.calls) == 2
+    assert sum(len(c) for c in pipe.calls) == 9
+
+
+def test_a_light_job_behind_a_heavy_batch_is_not_failed_by_its_soft_limit() -> None:
+    """The heavy batch holds the engine 1.2 s; the light job's own run is short."""
+    pipe = FakePipe()
+    pipe.gate.clear()
+    eng = engine_with(pipe, max_batch=8, max_wait_ms=0)
+    heavy = eng.submit(req(0, params=replace(PARAMS, width=128, height=128)))
+    time.sleep(0.05)
+    light = req(1)
+    future = eng.submit(light)
+    threading.Timer(1.2, pipe.gate.set).start()
+    cancel = light.cancel_event or threading.Event()
+    result = wait_result(future, cancel, soft_s=0.5, hard_s=1.0, clock=light.clock)
+    assert result.images and not cancel.is_set()
+    assert light.clock.seconds() < 0.5 and heavy.result(10).images
+    eng.stop()
+
+
+def test_a_job_that_waits_too_long_in_its_worker_fails_clearly() -> None:
+    pipe = FakePipe()
+    pipe.gate.clear()
+    eng = engine_with(pipe, max_batch=8, max_wait_ms=0)
+    eng.submit(req(0, params=replace(PARAMS, width=128, height=128)))
+    time.sleep(0.05)
+    waiting = req(1, cancel_event=threading.Event())
+    future = eng.submit(waiting)
+    assert waiting.cancel_event is not None
+    with pytest.raises(QueueWaitExceeded, match=r"KILN_QUEUE_WAIT_LIMIT_S=0\.3"):
+        wait_result(
+            future, waiting.cancel_event, soft_s=5, hard_s=6, clock=waiting.clock, queue_wait_s=0.3
+        )
+    pipe.gate.set()
+    with pytest.raises(Canceled):  # the engine dropped it without running it
+        future.result(10)
+    assert not waiting.clock.started and len(pipe.calls) == 1
+    eng.stop()
+
+
+def test_a_job_whose_own_run_is_too_long_still_hits_its_soft_limit() -> None:
+    pipe = FakePipe()
+    pipe.gate.clear()
+    eng = engine_with(pipe, max_batch=8, max_wait_ms=0)
+    slow = req(0, cancel_event=threading.Event())
+    future = eng.submit(slow)
+    threading.Timer(1.0, pipe.gate.set).start()  # inside its call until then
+    assert slow.cancel_event is not None
+    with pytest.raises(TimeLimitExceeded):
+        wait_result(future, slow.cancel_event, soft_s=0.3, hard_s=5, clock=slow.clock)
+    assert slow.clock.seconds() >= 0.3
     eng.stop()
 
 
