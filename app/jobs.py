@@ -11,10 +11,11 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 
 from app.auth import owner
+from app.limits import limit_key
 from app.metrics import job_submitted
 from app.schemas import ApiErrorSchema, CancelSchema, JobSchema, JobViewSchema
 from app.service import get_job_or_404, service, settings
-from app.streams import slots
+from app.streams import stream_slots
 from tasks.jobs.records import public_view
 from tasks.jobs.schema import validate_job
 
@@ -118,4 +119,7 @@ def events(job_id: str) -> Any:
     response = Response(
         stream_with_context(stream()), mimetype="text/event-stream", headers=headers
     )
-    return slots(current_app, settings().sse_max_streams).hold(response)
+    s = settings()
+    return stream_slots(current_app, s.sse_max_streams, s.key_slot_share).hold(
+        response, limit_key()
+    )

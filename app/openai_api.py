@@ -8,6 +8,8 @@ The official ``openai`` SDK pointed at ``http://<kiln>/v1`` works unchanged:
 Kiln's extras (``negative_prompt``, ``steps``, ``guidance_scale``, ``seed``) ride in
 ``extra_body``. The call is synchronous: it waits for the job up to
 ``KILN_SYNC_TIMEOUT_S``, then answers 504 with the job id to poll at ``/v1/jobs/<id>``.
+Each wait holds a thread, so at most ``KILN_SYNC_MAX_WAITS`` wait per API process
+(``503`` with ``Retry-After`` past that, before any job is made; ``app.streams``).
 Errors use OpenAI's shape: ``{"error": {"message", "type", "param", "code"}}``.
 """
 
@@ -16,16 +18,19 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-from flask import jsonify
+from flask import current_app, jsonify
 from flask.views import MethodView
 from flask_smorest import Blueprint
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 from werkzeug.exceptions import HTTPException
 
 from app.auth import owner
+from app.errors import RETRY_AFTER_S
+from app.limits import limit_key
 from app.metrics import job_submitted
 from app.service import service, settings
-from config.errors import InvalidInput, KilnError, invalid_input
+from app.streams import wait_slots
+from config.errors import InvalidInput, KilnError, RateLimited, invalid_input
 
 blp = Blueprint(
     "openai", __name__, url_prefix="/v1/images", description="OpenAI-compatible image generation"
@@ -92,9 +97,14 @@ def openai_error(
 def _kiln(exc: KilnError) -> Any:
     param = next(iter(exc.fields), None)
     kind = "server_error" if exc.status >= 500 else "invalid_request_error"
-    return openai_error(
+    body, status = openai_error(
         exc.message, exc.status if exc.status != 422 else 400, param=param, kind=kind, code=exc.code
     )
+    if isinstance(exc, RateLimited):
+        body.headers["Retry-After"] = str(exc.retry_after_s)
+    elif status == 503:
+        body.headers["Retry-After"] = str(RETRY_AFTER_S)
+    return body, status
 
 
 @blp.errorhandler(ValidationError)
@@ -128,7 +138,12 @@ class Generations(MethodView):
     @blp.alt_response(400, schema=OpenAIErrorSchema, description="Invalid request")
     @blp.alt_response(429, schema=OpenAIErrorSchema, description="Rate limited")
     @blp.alt_response(500, schema=OpenAIErrorSchema, description="The job failed")
-    @blp.alt_response(503, schema=OpenAIErrorSchema, description="Broker unavailable")
+    @blp.alt_response(
+        503,
+        schema=OpenAIErrorSchema,
+        description="Broker unavailable, or every synchronous slot of this server is taken "
+        "(Retry-After)",
+    )
     @blp.alt_response(
         504,
         schema=OpenAIErrorSchema,
@@ -145,9 +160,11 @@ class Generations(MethodView):
                     {"size": exc.fields.get("width") or exc.fields.get("height")}
                 ) from None
             raise
-        record, _ = d.submit(params, owner=owner(), source="openai")
-        job_submitted(params["model"], "openai")
-        done = d.wait(record["id"], timeout=settings().sync_timeout_s) or record
+        s = settings()
+        with wait_slots(current_app, s.sync_max_waits, s.key_slot_share).held(limit_key()):
+            record, _ = d.submit(params, owner=owner(), source="openai")
+            job_submitted(params["model"], "openai")
+            done = d.wait(record["id"], timeout=s.sync_timeout_s) or record
         if done.get("status") != "succeeded":
             if done.get("status") in {"queued", "running"}:
                 return openai_error(

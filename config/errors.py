@@ -119,6 +119,19 @@ class Unreachable(TransientError):
     code = "unreachable"
 
 
+class TooManyWaits(TooManyStreams):
+    """Every synchronous-request slot of this API process is taken; retry or poll."""
+
+    code = "too_many_waits"
+
+
+class KeySlotShareExceeded(RateLimited):
+    """This API key holds its whole share of a process's stream or wait slots."""
+
+    code = "key_slot_share_exceeded"
+    retry_after_s = 2
+
+
 class StorageUnavailable(TransientError):
     code = "storage_unavailable"
 

@@ -87,7 +87,11 @@ class Settings:
     queue_wait_limit_s: float = 300.0
     idempotency_ttl_s: int = 24 * 3600
     sse_max_s: int = 900  # one event stream stays open at most this long
-    sse_max_streams: int = 24  # open event streams per API process (each holds a thread)
+    # Requests that hold a gunicorn thread for long, per API process (32 threads): keep
+    # the sum below the threads, so that ordinary requests always find one.
+    sse_max_streams: int = 16  # open event streams (each holds a thread)
+    sync_max_waits: int = 8  # synchronous OpenAI-style requests waiting for their job
+    key_slot_share: float = 0.5  # of each cap, what one API key (or address) may hold
     default_s_per_image: float = 1.0  # ETA before a worker has measured anything
     sync_timeout_s: float = 120.0  # OpenAI-compatible endpoint waits this long
     required_models: str = ""  # comma list /readyz insists on; empty: every enabled model

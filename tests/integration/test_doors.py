@@ -7,6 +7,7 @@ import io
 import subprocess
 import sys
 import textwrap
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from PIL import Image
 from app.client import Kiln
 from app.client import KilnError as KilnClientError
 from harness.http import KilnHTTP, fetch_image
-from harness.stack import BIN, Stack
+from harness.stack import BIN, Stack, wait_for
 
 
 def test_openai_sdk_with_url(stack: Stack) -> None:
@@ -61,6 +62,39 @@ def test_openai_times_out_with_the_job_id(stack: Stack) -> None:
     job_id = r.json()["error"]["code"]
     assert slow.get(f"/v1/jobs/{job_id}").json()["status"] == "queued"
     assert slow.delete(f"/v1/jobs/{job_id}").status_code == 200
+
+
+def test_openai_door_over_its_cap_answers_503_and_healthz_stays_fast(stack: Stack) -> None:
+    """Two synchronous waits fill a cap of two on a 4-thread API process."""
+    import redis
+    import requests
+
+    from tasks.jobs.bookkeeping import queued_key
+
+    env = {"KILN_SYNC_MAX_WAITS": "2", "KILN_KEY_SLOT_SHARE": "1", "KILN_SYNC_TIMEOUT_S": "60"}
+    url = stack.start_api(threads=4, env=env)
+    door = f"{url}/v1/images/generations"
+    body = {"prompt": "held", "model": "sd15", "size": "64x64"}  # no sd15 worker: it waits
+    r = redis.Redis.from_url(stack.env["KILN_REDIS_URL"], decode_responses=True)
+    before = set(r.zrange(queued_key("sd15"), 0, -1))
+
+    def waiting() -> set[str]:
+        return set(r.zrange(queued_key("sd15"), 0, -1)) - before
+
+    with ThreadPoolExecutor(2) as pool:
+        held = [pool.submit(requests.post, door, json=body, timeout=90) for _ in range(2)]
+        try:
+            wait_for(lambda: len(waiting()) == 2, timeout=30, what="two synchronous waits")
+            over = requests.post(door, json=body, timeout=10)
+            assert over.status_code == 503 and int(over.headers["Retry-After"]) > 0
+            assert over.json()["error"]["code"] == "too_many_waits"
+            assert len(waiting()) == 2  # refused before any job was made
+            assert requests.get(f"{url}/healthz", timeout=2).ok
+        finally:
+            for job_id in waiting():
+                requests.delete(f"{url}/v1/jobs/{job_id}", timeout=10)
+        assert [f.result().status_code for f in held] == [500, 500]  # canceled: they end
+    assert requests.post(door, json={**body, "model": "tiny-sd"}, timeout=60).ok  # slots back
 
 
 def test_classic_api(api: KilnHTTP) -> None:

@@ -181,3 +181,23 @@ def test_the_largest_valid_job_passes_validation(client: FlaskClient) -> None:
     }
     r = client.post("/v1/jobs", json={"model": "bounded", **body})
     assert r.status_code == 503, r.get_data(as_text=True)[:300]
+
+
+def test_slots_cap_the_process_and_each_keys_share() -> None:
+    from app.streams import Slots
+    from config.errors import KeySlotShareExceeded, TooManyWaits
+
+    slots = Slots(4, share=0.5, full=TooManyWaits, what="synchronous requests")
+    slots.acquire("key:alice")
+    slots.acquire("key:alice")
+    with pytest.raises(KeySlotShareExceeded) as share:
+        slots.acquire("key:alice")
+    assert share.value.status == 429 and share.value.retry_after_s > 0
+    slots.acquire("key:bob")
+    with slots.held("key:carol"):
+        with pytest.raises(TooManyWaits) as full:
+            slots.acquire("key:dave")
+        assert full.value.status == 503 and full.value.code == "too_many_waits"
+    slots.release("key:alice")
+    slots.acquire("key:dave")  # carol's and alice's slots came back
+    assert Slots(1, share=0.5, full=TooManyWaits, what="x").per_key == 1
