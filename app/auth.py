@@ -4,14 +4,16 @@
 with ``kiln keys create alice --scopes generate,read`` (the key is shown once, only
 its hash is configured). Send ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``.
 Scopes: ``generate`` (submit, cancel), ``read`` (jobs, models), ``admin`` (everything,
-and every key's jobs). ``KILN_API_KEYS_FILE`` adds entries, one per line. Without keys
-the dev profile runs open, loudly; every other profile refuses to start, except the
-test profile with an explicit ``KILN_AUTH=off``.
+and every key's jobs). ``KILN_API_KEYS_FILE`` adds entries, one per line. Kiln fails
+closed: without keys the dev profile serves only clients on its own machine (loopback,
+not forwarded by a proxy: 401 for anyone else), the other profiles refuse to start; an
+API open to all takes ``KILN_AUTH=off`` in so many words, in the dev or test profile.
 """
 
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import logging
 import re
 import secrets
@@ -161,6 +163,22 @@ OPEN_BANNER = (
     + "*"
     * 78
 )
+LOOPBACK_BANNER = (
+    "no API keys (dev profile): the Kiln API serves only clients on this machine "
+    "(loopback, not forwarded by a proxy); make keys with `kiln keys create NAME`, or open "
+    "it to all on purpose with KILN_AUTH=off"
+)
+FORWARDED = ("Forwarded", "X-Forwarded-For", "X-Real-IP")
+
+
+def from_this_machine() -> bool:
+    """A request from a loopback address that no proxy forwarded."""
+    if any(h in request.headers for h in FORWARDED):
+        return False
+    try:
+        return ipaddress.ip_address(request.remote_addr or "").is_loopback
+    except ValueError:
+        return False
 
 
 def init_auth(app: Flask, settings: Settings) -> None:
@@ -176,9 +194,21 @@ def init_auth(app: Flask, settings: Settings) -> None:
         if not settings.is_dev or settings.auth == "on":
             raise SettingsError(
                 f"KILN_API_KEYS is required in the {settings.profile} profile (make one with "
-                "`kiln keys create NAME`; only tests may set KILN_AUTH=off)"
+                "`kiln keys create NAME`; only dev and test may set KILN_AUTH=off)"
             )
-        log.warning(OPEN_BANNER, "dev profile")
+        log.warning(LOOPBACK_BANNER)
+
+        @app.before_request
+        def _loopback_only() -> None:
+            endpoint = request.endpoint or ""
+            if endpoint in PUBLIC_ENDPOINTS or request.method == "OPTIONS":
+                return
+            if not from_this_machine():
+                raise Unauthorized(
+                    "this Kiln has no API keys and serves only clients on its own machine; "
+                    "its operator must make keys (kiln keys create) or set KILN_AUTH=off"
+                )
+
         return
 
     @app.before_request

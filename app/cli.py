@@ -21,13 +21,19 @@ def main() -> None:
 @main.command("config")
 @click.argument("key", required=False)
 def config_cmd(key: str | None) -> None:
-    """Print the effective settings (secrets redacted), or one KEY's value."""
+    """Print the effective settings (secrets redacted) and warn on what they leave open,
+    or print one KEY's value."""
+    from app.exposure import open_doors
+
     try:
-        values = get_settings().redacted()
+        settings = get_settings()
     except SettingsError as exc:
         raise click.ClickException(str(exc)) from None
+    values = settings.redacted()
     if key is None:
         click.echo(json.dumps(values, indent=2, default=str))
+        for line in open_doors(settings):  # what this configuration leaves open
+            click.echo(f"warning: {line}", err=True)
         return
     key = key.lower().removeprefix("kiln_")
     if key not in values:

@@ -37,11 +37,26 @@ def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
-def test_dev_runs_open_and_says_so(caplog: pytest.LogCaptureFixture) -> None:
+def test_dev_without_keys_serves_only_its_own_machine(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="kiln.auth"):
         app = make_app()
+    assert "no API keys" in caplog.text and "loopback" in caplog.text
+    c = app.test_client()
+    assert c.get("/v1/models").status_code == 200  # from 127.0.0.1
+    assert c.get("/v1/models", environ_base={"REMOTE_ADDR": "::1"}).status_code == 200
+    outside = c.get("/v1/models", environ_base={"REMOTE_ADDR": "203.0.113.7"})
+    assert outside.status_code == 401 and "KILN_AUTH=off" in outside.get_json()["error"]["message"]
+    proxied = c.post("/v1/jobs", json={"prompt": "x"}, headers={"X-Forwarded-For": "203.0.113.7"})
+    assert proxied.status_code == 401  # a proxy on this machine forwards outsiders
+    assert c.get("/healthz", environ_base={"REMOTE_ADDR": "203.0.113.7"}).status_code == 200
+
+
+def test_an_api_open_to_all_takes_kiln_auth_off(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="kiln.auth"):
+        app = make_app(auth="off")
     assert "NO API KEYS" in caplog.text and "OPEN" in caplog.text
-    assert app.test_client().get("/v1/models").status_code == 200
+    r = app.test_client().get("/v1/models", environ_base={"REMOTE_ADDR": "203.0.113.7"})
+    assert r.status_code == 200
 
 
 @pytest.mark.parametrize(

@@ -43,8 +43,19 @@ def test_every_kiln_variable_is_a_setting() -> None:
             assert var in SETTINGS, f"{name} uses {var}, which is not a setting"
 
 
+def env_and_argv(argv: list[str]) -> tuple[dict[str, str], list[str]]:
+    """Leading ``NAME=value`` words (the shell sets them for the command), and the rest."""
+    env: dict[str, str] = {}
+    while argv and re.fullmatch(r"[A-Z_]+=\S*", argv[0]):
+        name, _, value = argv[0].partition("=")
+        env[name], argv = value, argv[1:]
+    return env, argv
+
+
 def check_argv(argv: list[str], where: str, *, gpu: bool = False) -> None:
+    _, argv = env_and_argv(argv)
     prog = Path(argv[0]).name
+    assert prog in {"kiln", "gunicorn", "celery"}, f"{where}: {prog}"
     if prog == "kiln":
         assert argv[1] in KILN_COMMANDS, f"{where}: kiln {argv[1]}"
         if argv[1] == "worker":
@@ -103,6 +114,34 @@ def test_procfiles_and_systemd_units() -> None:
             ).stdout.splitlines()
             assert argv[-6:] == ["--model", "sdxl", "--gpu", "3", "--metrics-port", "9103"]
         check_argv(argv, unit.name, gpu=True)
+
+
+PRODUCTION = ("KILN_API_KEYS", "KILN_FLOWER_BASIC_AUTH", "KILN_WEBHOOK_SECRET")
+
+
+def test_every_production_recipe_fails_closed() -> None:
+    """The prod profile on every process; keys, Flower credentials and one webhook secret
+    in the one environment every host shares."""
+    env_file = (DEPLOY / "systemd" / "kiln.env.example").read_text()
+    settings = dict(ln.split("=", 1) for ln in env_file.splitlines() if ln and ln[0] != "#")
+    assert settings["KILN_PROFILE"] == "prod"
+    assert all(settings.get(name) for name in PRODUCTION)
+    for line in (ROOT / "Procfile").read_text().splitlines():
+        if line and not line.startswith("#"):
+            env, _ = env_and_argv(shlex.split(line.split(":", 1)[1]))
+            assert env.get("KILN_PROFILE") == "prod", line
+    assert "honcho -e /etc/kiln/kiln.env" in (ROOT / "Procfile").read_text()
+    for unit in (DEPLOY / "systemd").glob("*.service"):
+        assert "EnvironmentFile=/etc/kiln/kiln.env" in unit.read_text(), unit.name
+    text = (DEPLOY / "kubernetes" / "kiln.yaml").read_text()
+    docs = list(yaml.safe_load_all(text))
+    (config,) = [d for d in docs if d["kind"] == "ConfigMap"]
+    assert config["data"]["KILN_PROFILE"] == "prod"
+    header = text.split("apiVersion", 1)[0]
+    assert all(name in header for name in PRODUCTION)
+    for doc in (d for d in docs if d["kind"] == "Deployment"):
+        for c in doc["spec"]["template"]["spec"]["containers"]:
+            assert {"secretRef": {"name": "kiln-secrets"}} in c["envFrom"], doc["metadata"]
 
 
 def systemd_expand(line: str, instance: str) -> str:
