@@ -151,6 +151,34 @@ def test_a_rebinding_name_never_reaches_loopback(receiver: Receiver) -> None:
         proxy.stop()
 
 
+def test_https_through_the_proxy_tunnels_to_the_checked_address(receiver: Receiver) -> None:
+    """``CONNECT <checked ip>:443``: the proxy is never given the name to resolve."""
+    proxy = Receiver()  # answers the CONNECT with a 204, so no tunnel is made
+    try:
+        hook = {"url": f"https://rebind.example/hook/{TOKEN}"}
+        out = attempt_delivery(
+            settings_for(webhook_proxy=f"http://127.0.0.1:{proxy.port}"),
+            RECORD,
+            hook,
+            job_id="j1",
+            resolver=answers("93.184.215.14", "127.0.0.1"),
+        )
+        assert out == ("error", "unreachable", True)
+        assert proxy.requests[0].decode().startswith("CONNECT 93.184.215.14:443 HTTP/")
+        assert TOKEN not in proxy.requests[0].decode() and receiver.connections == 0
+    finally:
+        proxy.stop()
+
+
+def test_a_name_that_does_not_resolve_is_retried_like_a_5xx() -> None:
+    def nxdomain(host: str, port: int, **_: object) -> list:
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    hook = {"url": "https://hooks.example.com/hook"}
+    out = attempt_delivery(settings_for(), RECORD, hook, job_id="j1", resolver=nxdomain)
+    assert out == ("error", "unreachable", True)
+
+
 def test_delivery_connects_to_the_checked_address_only() -> None:
     """Without a proxy: the first answer (127.0.0.2) gets the POST, the second none."""
     first = Receiver("127.0.0.2")
@@ -301,3 +329,10 @@ def test_a_dripping_receiver_is_cut_at_the_deadline(hooks: Stack, receiver: Rece
     (held,) = receiver.held_s
     print(f"dripping receiver held the delivery {held:.2f}s (deadline {DEADLINE_S}s)")
     assert DEADLINE_S - 1 <= held <= DEADLINE_S + 1
+
+
+def test_the_webhooks_worker_logs_through_the_redacting_handler(hooks: Stack) -> None:
+    """``celery -A tasks worker`` sets Kiln's logging up (JSON lines, secrets scrubbed)."""
+    log = next(p for p in hooks.procs if p.name == "webhooks").output()
+    assert '"logger": "kiln.webhooks"' in log
+    assert PASSWORD not in log and TOKEN not in log
