@@ -7,9 +7,9 @@ makes them, cannot be played against each other). Anything odd is refused: a sch
 other than http(s), user info, a backslash, whitespace or control characters.
 
 The host is resolved once (:func:`resolve_target`) and every address it resolves to
-must be globally routable (:func:`is_public`: ``is_global`` once IPv4-mapped, 6to4,
-NAT64 and IPv4-compatible forms are unwrapped, and no reserved, multicast or
-site-local address). Delivery then connects to exactly those checked addresses
+must be globally routable (:func:`is_public`: ``is_global``, an IPv4-mapped, 6to4 or
+NAT64 address judged by the IPv4 address it wraps, and no reserved, multicast,
+link-local or site-local address). Delivery then connects to exactly those checked addresses
 (``tasks.worker.egress``), so a name that answers differently the second time
 (DNS rebinding) gains nothing. ``KILN_WEBHOOK_ALLOW_PRIVATE=true`` lifts the address
 rule (never the parsing rules) for fleets whose receivers live inside.

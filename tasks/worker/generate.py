@@ -2,11 +2,11 @@
 
 The task reads top to bottom as the job's steps:
 
-1. Check the message: keyword arguments only, a valid job (and job id, and webhook)
-   for this worker's model.
+1. Check the message: keyword arguments only, a valid job and job id, for this
+   worker's model.
 2. Find the job's record (a job sent straight to the Celery task gets its record
-   here); a message that reuses another job's id fails without touching it, and a
-   job that already ended is not run again.
+   here, once its webhook passed the API's check); a message that reuses another
+   job's id fails without touching it, and a job that already ended is not run again.
 3. Claim it: not while a live worker still runs it, nor twice in this process;
    count the delivery (a job that keeps killing workers is given up); mark it running.
 4. Generate: the engine batches it with other jobs for the same model.
@@ -133,23 +133,32 @@ def run_job(
             raise InvalidInput(
                 f"job_id must be {JOB_ID_RULE}", fields={"job_id": [f"must be {JOB_ID_RULE}"]}
             )
-        settings = runtime.settings
-        check_job_webhook(
-            params.get("webhook_url"),
-            secret=settings.webhook_secret,
-            allow_private=settings.webhook_allow_private,
-        )
     except InvalidInput as exc:
         bad = exc
         return patiently(
             runtime, job_id, "record the rejection", lambda: reject(runtime, payload, job_id, bad)
         )
 
-    # 2. Find the record; jobs sent straight to the Celery task get theirs here. A
-    #    message that reuses another job's id fails alone: that job is not touched.
+    # 2. Find the record; jobs sent straight to the Celery task get theirs here (their
+    #    webhook checked as the API checks it). A message that reuses another job's id
+    #    fails alone: that job is not touched.
     record = patiently(runtime, job_id, "read the job", lambda: store.get(job_id))
     created = False
     if record is None:
+        try:
+            check_job_webhook(
+                params.get("webhook_url"),
+                secret=runtime.settings.webhook_secret,
+                allow_private=runtime.settings.webhook_allow_private,
+            )
+        except InvalidInput as exc:
+            bad = exc
+            return patiently(
+                runtime,
+                job_id,
+                "record the rejection",
+                lambda: reject(runtime, payload, job_id, bad),
+            )
         fresh = new_record(job_id, params, source="celery")
         created = patiently(runtime, job_id, "record the job", lambda: store.create(fresh))
         record = fresh if created else (store.get(job_id) or {})

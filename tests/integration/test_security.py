@@ -165,8 +165,13 @@ def test_presigned_urls_expire_as_configured(sstack: Stack) -> None:
         ((), {"prompt": "x", "model": {"name": "tiny-sd"}, "width": 1e9}, {"model", "width"}),
         ((), {"prompt": "x", "model": "sdxl"}, {"model"}),  # sent to the wrong queue
         (("a red fox", 4), {}, {"_schema"}),  # positional arguments
+        (
+            (),
+            {"prompt": "x", "model": "tiny-sd", "webhook_url": "http://169.254.169.254/"},
+            {"webhook_url"},
+        ),
     ],
-    ids=["wrong-types", "out-of-range", "nested-junk", "wrong-queue", "positional"],
+    ids=["wrong-types", "out-of-range", "nested-junk", "wrong-queue", "positional", "webhook"],
 )
 def test_malformed_celery_payload_fails_the_job_and_the_worker_serves_on(
     sstack: Stack, args: tuple, kwargs: dict, fields: set[str]
