@@ -21,8 +21,10 @@ TASK_MODULES = ("tasks.worker.generate", "tasks.worker.webhooks")
 
 
 def visibility_timeout(settings: Settings, longest_time_limit_s: int) -> int:
-    """Above the longest healthy job, or a running job is delivered twice (Redis)."""
-    return settings.visibility_timeout_s or max(600, 2 * longest_time_limit_s)
+    """Above the longest healthy job, or a running job is delivered twice (Redis): its
+    wait in the worker (``queue_wait_limit_s``) plus its own pipeline time."""
+    waited = longest_time_limit_s + int(settings.queue_wait_limit_s) + 60
+    return settings.visibility_timeout_s or max(600, 2 * longest_time_limit_s, waited)
 
 
 def kiln_logging(**_: Any) -> None:
