@@ -134,7 +134,7 @@ def task_kwargs_from_record(record: dict[str, Any]) -> dict[str, Any]:
         "seeds": record.get("seeds") or [],
         "webhook_url": hook.get("url"),
     }
-    return task_kwargs(record["id"], params)
+    return task_kwargs(record["id"], params, record.get("owner"))
 
 
 def redact_webhook_url(url: str) -> str:

@@ -8,7 +8,13 @@ import pytest
 from config.errors import InvalidInput
 from config.settings import DEFAULT_MODELS_FILE
 from pipelines.registry import Registry
-from tasks.jobs.records import differences, new_record, task_kwargs, valid_job_id
+from tasks.jobs.records import (
+    differences,
+    new_record,
+    task_kwargs,
+    task_kwargs_from_record,
+    valid_job_id,
+)
 from tasks.jobs.schema import load_job
 from tasks.jobs.storage import image_key
 
@@ -57,3 +63,11 @@ def test_a_message_reusing_an_id_with_other_params_or_owner_differs() -> None:
     assert differences(record, same, same["owner"]) == ["owner"]
     hooked = {**task_kwargs("j1", params, "alice"), "webhook_url": "https://evil.example/"}
     assert differences(record, load_job(hooked, REG, task=True), "alice") == ["webhook_url"]
+
+
+def test_a_job_sent_again_from_its_record_matches_it() -> None:
+    """The reaper re-sends a dead worker's job from its record: owner and all."""
+    params = load_job({**JOB, "webhook_url": "https://hooks.example.com/a", "n": 2}, REG)
+    record = new_record("j1", params, owner="alice")
+    again = load_job(task_kwargs_from_record(record), REG, task=True)
+    assert differences(record, again, again["owner"]) == []
