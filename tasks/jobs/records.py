@@ -19,6 +19,8 @@ PARAM_KEYS = (
     "n",
     "seed",
     "loras",
+    "output_format",
+    "output_compression",
 )
 
 

@@ -1,7 +1,8 @@
 """Object storage on any S3 API (AWS, MinIO, R2, SeaweedFS, rclone) through boto3.
 
-Keys derive from the job id (``generated/<job_id>/<i>.png``), so a re-run
-overwrites, never duplicates. URLs are presigned GETs with an expiry, or
+Keys derive from the job id (``generated/<job_id>/<i>.<format>``), so a re-run
+overwrites, never duplicates; the extension and the stored Content-Type both follow
+the job's ``output_format``. URLs are presigned GETs with an expiry, or
 ``<public_base_url>/<key>`` when the operator serves the bucket publicly.
 """
 
@@ -20,8 +21,13 @@ from config.settings import Settings
 log = logging.getLogger("kiln.storage")
 
 
-def image_key(job_id: str, index: int) -> str:
-    return f"generated/{job_id}/{index}.png"
+# Output formats (OpenAI's ``output_format`` names) → Content-Type; the key's extension
+# is the format's name.
+CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+
+
+def image_key(job_id: str, index: int, fmt: str = "png") -> str:
+    return f"generated/{job_id}/{index}.{fmt}"
 
 
 class Storage:
