@@ -51,6 +51,8 @@ class GenerateSchema(Schema):
     )
     seed = fields.Integer(load_default=None, allow_none=True, strict=True)
     webhook_url = fields.Url(load_default=None, allow_none=True, require_tld=False)
+    output_format = fields.String(load_default=None)  # png | jpeg | webp: the job schema checks
+    output_compression = fields.Integer(load_default=None, allow_none=True, strict=True)
 
 
 class GenerateResponseSchema(Schema):

@@ -190,7 +190,23 @@ def _api_url(url: str | None) -> str:
 @click.option("--steps", type=int, default=None)
 @click.option("--negative-prompt", default=None)
 @click.option(
-    "--out", "out", type=click.Path(path_type=Path), default=Path("."), help="Folder for the PNGs."
+    "--output-format",
+    type=click.Choice(["png", "jpeg", "webp"]),
+    default=None,
+    help="Image format (default png).",
+)
+@click.option(
+    "--output-compression",
+    type=click.IntRange(0, 100),
+    default=None,
+    help="jpeg/webp: 100 (default) keeps most detail, lower is smaller.",
+)
+@click.option(
+    "--out",
+    "out",
+    type=click.Path(path_type=Path),
+    default=Path("."),
+    help="Folder for the images.",
 )
 @click.option("--url", default=None, envvar="KILN_URL", help="API base URL.")
 @click.option("--api-key", default=None, envvar="KILN_API_KEY")
@@ -203,11 +219,13 @@ def generate(
     height: int | None,
     steps: int | None,
     negative_prompt: str | None,
+    output_format: str | None,
+    output_compression: int | None,
     out: Path,
     url: str | None,
     api_key: str | None,
 ) -> None:
-    """Generate images for PROMPT, with a progress bar, and write the PNGs to --out."""
+    """Generate images for PROMPT, with a progress bar, and write them to --out."""
     from tqdm import tqdm
 
     from app.client import Kiln, KilnError
@@ -221,6 +239,8 @@ def generate(
         height=height,
         steps=steps,
         negative_prompt=negative_prompt,
+        output_format=output_format,
+        output_compression=output_compression,
     )
     params: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
     try:
@@ -242,7 +262,8 @@ def generate(
         raise click.ClickException(f"job {done['id']} {done['status']}: {done.get('error')}")
     out.mkdir(parents=True, exist_ok=True)
     for image in done["images"]:
-        path = out / f"{done['id']}-{image['seed']}.png"
+        ext = image.get("format") or image["key"].rsplit(".", 1)[-1]
+        path = out / f"{done['id']}-{image['seed']}.{ext}"
         path.write_bytes(kiln.download(image))
         click.echo(f"{path}  seed {image['seed']}")
 

@@ -3,10 +3,13 @@
     from app.client import Kiln
 
     kiln = Kiln("http://localhost:8000", api_key=None)
-    result = kiln.generate("a red fox", model="tiny-sd", n=2, seed=7,
+    result = kiln.generate("a red fox", model="tiny-sd", n=2, seed=7, output_format="webp",
                            on_progress=lambda step, steps: print(step, steps))
-    for image, seed in zip(result.images, result.seeds):
-        open(f"fox-{seed}.png", "wb").write(image)
+    for image, seed, fmt in zip(result.images, result.seeds, result.formats):
+        open(f"fox-{seed}.{fmt}", "wb").write(image)
+
+Every job field rides as a keyword (``output_format`` png | jpeg | webp and
+``output_compression`` 0–100 as in OpenAI's images API).
 
 ``wait`` follows the job's Server-Sent Events when the server has them and polls
 otherwise.
@@ -45,6 +48,11 @@ class Result:
     @property
     def seeds(self) -> list[int]:
         return [im["seed"] for im in self.job.get("images", [])]
+
+    @property
+    def formats(self) -> list[str]:
+        """Each image's format (png | jpeg | webp), as its key's extension says."""
+        return [im.get("format") or im["key"].rsplit(".", 1)[-1] for im in self.job["images"]]
 
 
 class Kiln:
@@ -139,7 +147,7 @@ class Kiln:
             time.sleep(0.25)
 
     def download(self, image: dict[str, Any]) -> bytes:
-        """The PNG bytes of one image of a job record (its URL needs no API key)."""
+        """The bytes of one image of a job record (its URL needs no API key)."""
         resp = requests.get(image["url"], timeout=self.timeout)
         resp.raise_for_status()
         return resp.content
@@ -152,7 +160,7 @@ class Kiln:
         timeout: float = 600.0,
         **params: Any,
     ) -> Result:
-        """Submit, wait, download: the images (PNG bytes) and their seeds."""
+        """Submit, wait, download: the images (bytes in the job's format) and their seeds."""
         job = self.wait(
             self.submit(prompt, **params)["id"], on_progress=on_progress, timeout=timeout
         )

@@ -6,7 +6,8 @@ The official ``openai`` SDK pointed at ``http://<kiln>/v1`` works unchanged:
     client.images.generate(model="sdxl", prompt="a red fox", size="1024x1024")
 
 Kiln's extras (``negative_prompt``, ``steps``, ``guidance_scale``, ``seed``) ride in
-``extra_body``. The call is synchronous: it waits for the job up to
+``extra_body``; ``output_format`` (png | jpeg | webp) and ``output_compression`` (0–100)
+are OpenAI's own. The call is synchronous: it waits for the job up to
 ``KILN_SYNC_TIMEOUT_S``, then answers 504 with the job id to poll at ``/v1/jobs/<id>``.
 Each wait holds a thread, so at most ``KILN_SYNC_MAX_WAITS`` wait per API process
 (``503`` with ``Retry-After`` past that, before any job is made; ``app.streams``).
@@ -57,6 +58,8 @@ class ImagesRequestSchema(Schema):
     steps = fields.Integer(load_default=None, strict=True)
     guidance_scale = fields.Float(load_default=None, allow_nan=False)
     seed = fields.Integer(load_default=None, allow_none=True, strict=True)
+    output_format = fields.String(load_default=None, metadata={"example": "webp"})
+    output_compression = fields.Integer(load_default=None, allow_none=True, strict=True)
 
 
 class ImageDataSchema(Schema):
@@ -79,6 +82,7 @@ class OpenAIErrorSchema(Schema):
 class ImagesResponseSchema(Schema):
     created = fields.Integer()
     data = fields.List(fields.Nested(ImageDataSchema))
+    output_format = fields.String()
 
 
 def openai_error(
@@ -122,7 +126,15 @@ def _http(exc: HTTPException) -> Any:
 
 def to_job(data: dict[str, Any]) -> dict[str, Any]:
     job: dict[str, Any] = {"prompt": data["prompt"], "n": data["n"]}
-    for key in ("model", "negative_prompt", "steps", "guidance_scale", "seed"):
+    for key in (
+        "model",
+        "negative_prompt",
+        "steps",
+        "guidance_scale",
+        "seed",
+        "output_format",
+        "output_compression",
+    ):
         if data.get(key) is not None:
             job[key] = data[key]
     if data.get("size"):
@@ -188,4 +200,8 @@ class Generations(MethodView):
             else:
                 item["url"] = image["url"]
             out.append(item)
-        return {"created": int(done.get("created_at") or 0), "data": out}
+        return {
+            "created": int(done.get("created_at") or 0),
+            "data": out,
+            "output_format": params["output_format"],
+        }

@@ -22,7 +22,14 @@ ERROR_DETAIL = {
     "message": "invalid request",
     "fields": {"width": ["must be a multiple of 8, got 63"]},
 }
-IMAGE = {"url": URL, "key": f"generated/{JOB_ID}/0.png", "seed": 7, "width": 64, "height": 64}
+IMAGE = {
+    "url": URL,
+    "key": f"generated/{JOB_ID}/0.png",
+    "seed": 7,
+    "width": 64,
+    "height": 64,
+    "format": "png",
+}
 MODEL = {
     "id": "tiny-sd",
     "object": "model",
@@ -45,6 +52,7 @@ EXAMPLES: dict[str, dict[str, Any]] = {
         "seed": 7,
         "n": 2,
         "loras": [{"name": "style", "weight": 0.8}],
+        "output_format": "png",
     },
     "Lora": {"name": "style", "weight": 0.8},
     "JobView": {
@@ -124,10 +132,13 @@ EXAMPLES: dict[str, dict[str, Any]] = {
         "steps": 8,
         "guidance_scale": 7.5,
         "seed": 7,
+        "output_format": "webp",
+        "output_compression": 80,
     },
     "ImagesResponse": {
         "created": int(T0),
         "data": [{"url": URL, "revised_prompt": "a red fox in the snow"}],
+        "output_format": "png",
     },
     "ImageData": {"url": URL, "revised_prompt": "a red fox in the snow"},
     "OpenAIError": {
@@ -155,6 +166,8 @@ EXAMPLES: dict[str, dict[str, Any]] = {
         "guidance_scale": 7.5,
         "seed": 7,
         "webhook_url": None,
+        "output_format": "jpeg",
+        "output_compression": 90,
     },
     "GenerateResponse": {"job_id": JOB_ID, "status": "queued", "estimated_time": 1.5},
     "ClassicJob": {

@@ -8,11 +8,12 @@ from tasks.jobs.schema import JobSchema  # noqa: F401  (re-exported: one schema 
 
 
 class ImageSchema(Schema):
-    url = fields.String(metadata={"description": "presigned or public URL of the PNG"})
+    url = fields.String(metadata={"description": "presigned or public URL of the image"})
     key = fields.String(metadata={"example": "generated/<job_id>/0.png"})
     seed = fields.Integer()
     width = fields.Integer()
     height = fields.Integer()
+    format = fields.String(metadata={"enum": ["png", "jpeg", "webp"], "example": "png"})
 
 
 class ApiErrorDetailSchema(Schema):

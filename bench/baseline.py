@@ -1,6 +1,7 @@
 """Kiln vs the classic single-job design on the same bursts of 32 jobs.
 
     python -m bench.baseline [--jobs 32] [--steps 8] [--rounds 3] [--cpu-dtypes fp32,bf16]
+                             [--torch-threads N]
 
 The baseline (bench/classic.py) is one worker process taking one job at a time from
 one queue, without batching: the design of most tutorial APIs. Both run the same tiny
@@ -31,6 +32,7 @@ from bench.common import (
     stack_with_worker,
     table,
     tiny_models,
+    torch_threads,
     watch,
 )
 from harness.stack import BIN, Stack
@@ -85,11 +87,18 @@ def run_dtype(
     *,
     models_dir: Path,
     rounds: dict[str, int],
+    env: dict[str, str] | None = None,
 ) -> dict[str, dict[str, dict[str, float]]]:
-    """Both designs at one CPU precision: alternating rounds, the best of each kept."""
+    """Both designs at one CPU precision: alternating rounds, the best of each kept; and
+    the bare pipeline's own batch-8/batch-1 gain (this process, between the rounds of
+    the same-size burst: the target Kiln/classic is held to)."""
+    from bench.batching import Bare
+
     keys = ("images_per_s", "wall_s", "p50_s", "p95_s")
     best: dict[str, dict[str, dict[str, float]]] = {n: {} for n in bursts}
-    with stack_with_worker(MODEL, models_dir=models_dir, env={"KILN_CPU_DTYPE": cpu_dtype}) as (
+    best["bare"] = {}
+    env = {**(env or {}), "KILN_CPU_DTYPE": cpu_dtype}
+    with stack_with_worker(MODEL, models_dir=models_dir, env=env) as (
         stack,
         api,
     ):
@@ -106,6 +115,8 @@ def run_dtype(
                 "--loglevel=WARNING",
             ],
         )
+        first = next(iter(bursts))
+        bare = Bare(models_dir, steps=jobs_steps(bursts), size=64, cpu_dtype=cpu_dtype)
         for name, jobs in bursts.items():
             burst(stack, api, jobs)  # warm both paths at these sizes
             classic_burst(stack, jobs[:6])
@@ -119,8 +130,20 @@ def run_dtype(
                 for design, res in runs.items():
                     if res["images_per_s"] > best[name].get(design, {}).get("images_per_s", 0):
                         best[name][design] = {k: res[k] for k in keys}
+                if name == first:
+                    for b in (1, 8):
+                        rate = bare.images_per_s(batch=b, images=len(jobs))
+                        best["bare"][f"batch{b}"] = {
+                            "images_per_s": max(
+                                rate, best["bare"].get(f"batch{b}", {}).get("images_per_s", 0)
+                            )
+                        }
         classic.stop()
     return best
+
+
+def jobs_steps(bursts: dict[str, list[dict[str, Any]]]) -> int:
+    return int(next(iter(bursts.values()))[0]["steps"])
 
 
 def main() -> None:
@@ -136,7 +159,11 @@ def main() -> None:
         "when the CPU has it in hardware)",
     )
     ap.add_argument("--models-dir", type=Path, default=None)
+    ap.add_argument(
+        "--torch-threads", type=int, default=0, help="both designs' workers (0: torch's)"
+    )
     args = ap.parse_args()
+    threads_env = torch_threads(args.torch_threads)
     models_dir = tiny_models(args.models_dir)
     sizes = {"same size (64²)": [64], "mixed (64², 96², 128²)": [64, 96, 128]}
     bursts = {
@@ -155,7 +182,7 @@ def main() -> None:
     }
     rounds = dict(zip(bursts, (args.rounds, args.mixed_rounds), strict=True))
     results = {
-        dt: run_dtype(dt, bursts, models_dir=models_dir, rounds=rounds)
+        dt: run_dtype(dt, bursts, models_dir=models_dir, rounds=rounds, env=threads_env)
         for dt in cpu_dtypes(args.cpu_dtypes)
     }
     print(
@@ -167,6 +194,7 @@ def main() -> None:
         [dt, name, label, r[d]["images_per_s"], r[d]["p50_s"], r[d]["p95_s"]]
         for dt, best in results.items()
         for name, r in best.items()
+        if name != "bare"
         for d, label in (("classic", "classic (1 job at a time)"), ("kiln", "kiln (max_batch 8)"))
     ]
     print(table(rows, ["cpu dtype", "burst", "design", "images/s", "p50 done (s)", "p95 done (s)"]))
@@ -183,11 +211,43 @@ def main() -> None:
                 ]
                 for dt, best in results.items()
                 for name, r in best.items()
+                if name != "bare"
             ],
             ["cpu dtype", "burst", "throughput ×", "p50 faster ×", "p95 faster ×"],
         )
     )
-    save("baseline", {"jobs": args.jobs, "steps": args.steps, "rounds": rounds, "results": results})
+    same = next(iter(bursts))
+    print("\ntarget: kiln/classic on the same-size burst ≥ 0.95 × the bare batch-8/batch-1 gain")
+    rows = []
+    for dt, best in results.items():
+        gain = best["bare"]["batch8"]["images_per_s"] / best["bare"]["batch1"]["images_per_s"]
+        ratio = best[same]["kiln"]["images_per_s"] / best[same]["classic"]["images_per_s"]
+        rows.append(
+            [
+                dt,
+                gain,
+                0.95 * gain,
+                ratio,
+                ratio / gain,
+                "met" if ratio >= 0.95 * gain else "not met",
+            ]
+        )
+    print(
+        table(
+            rows,
+            ["cpu dtype", "bare 8/1 gain", "target", "kiln/classic", "share of gain", "verdict"],
+        )
+    )
+    save(
+        "baseline",
+        {
+            "jobs": args.jobs,
+            "steps": args.steps,
+            "rounds": rounds,
+            "torch_threads": args.torch_threads,
+            "results": results,
+        },
+    )
 
 
 if __name__ == "__main__":

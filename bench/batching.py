@@ -1,6 +1,7 @@
 """Batching through the whole stack vs the bare pipeline, in one run.
 
     python -m bench.batching [--images 32] [--steps 8] [--size 64] [--rounds 3]
+                             [--torch-threads N]
 
 Runs the bare tiny-sd pipeline at batch 1 and 8 in this process, and bursts of 32
 jobs through API → Celery → worker → S3 with max_batch 1 and 8 (two stacks, up side
@@ -17,7 +18,15 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from bench.common import burst, cpu_dtypes, save, stack_with_worker, table, tiny_models
+from bench.common import (
+    burst,
+    cpu_dtypes,
+    save,
+    stack_with_worker,
+    table,
+    tiny_models,
+    torch_threads,
+)
 
 MODEL = "tiny-sd"
 
@@ -57,8 +66,12 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--sweep", default="1,2,4,8,16", help="bare pipeline batch sizes")
     ap.add_argument("--models-dir", type=Path, default=None)
+    ap.add_argument(
+        "--torch-threads", type=int, default=0, help="bare and workers alike (0: torch's)"
+    )
     args = ap.parse_args()
 
+    threads_env = torch_threads(args.torch_threads)
     models_dir = tiny_models(args.models_dir)
     jobs = [
         dict(
@@ -77,7 +90,9 @@ def main() -> None:
     with ExitStack() as es:
         stacks: dict[int, tuple[Any, Any]] = {
             b: es.enter_context(
-                stack_with_worker(MODEL, models_dir=models_dir, max_batch=b, max_wait_ms=100)
+                stack_with_worker(
+                    MODEL, models_dir=models_dir, env=threads_env, max_batch=b, max_wait_ms=100
+                )
             )
             for b in (1, 8)
         }
@@ -109,7 +124,8 @@ def main() -> None:
 
     print(
         f"\ntiny-sd, {args.size}x{args.size}, {args.steps} steps, {args.images} images, "
-        f"best of {args.rounds} interleaved rounds\n"
+        f"best of {args.rounds} interleaved rounds, torch threads "
+        f"{args.torch_threads or 'default'}\n"
     )
     print(
         table(
@@ -135,6 +151,7 @@ def main() -> None:
             "size": args.size,
             "steps": args.steps,
             "images": args.images,
+            "torch_threads": args.torch_threads,
             "best": best,
             "calls": calls,
             "bare_sweep": sweep,
@@ -160,6 +177,9 @@ def main() -> None:
             ["ratio", "value"],
         )
     )
+    ratio8 = best["stack8"] / best["bare8"]
+    verdict = "met" if ratio8 >= 0.95 else "not met"
+    print(f"\ntarget: stack/bare at max batch 8 within 5% (≥ 0.95): {ratio8:.3f}, {verdict}")
 
 
 if __name__ == "__main__":

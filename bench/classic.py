@@ -27,9 +27,10 @@ _pipe: dict[str, Any] = {}
 
 def pipeline() -> Any:
     if "loaded" not in _pipe:
-        from pipelines.loader import load_model, warm_up
+        from pipelines.loader import load_model, set_torch_threads, warm_up
         from pipelines.registry import Registry
 
+        set_torch_threads(settings.torch_threads)  # KILN_TORCH_THREADS, as Kiln's workers
         model = Registry.from_file(settings.models_file)["tiny-sd"]
         _pipe["loaded"] = load_model(
             model, models_dir=settings.models_dir, cpu_dtype=settings.cpu_dtype

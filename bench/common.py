@@ -139,6 +139,17 @@ def cpu_dtypes(arg: str = "") -> list[str]:
     return ["fp32", "bf16"] if native_bf16() else ["fp32"]
 
 
+def torch_threads(threads: int) -> dict[str, str]:
+    """Use ``threads`` torch threads in this process (0: torch's default) and return the
+    ``KILN_TORCH_THREADS`` setting that gives the stack's workers the same."""
+    if not threads:
+        return {}
+    from pipelines.loader import set_torch_threads
+
+    set_torch_threads(threads)
+    return {"KILN_TORCH_THREADS": str(threads)}
+
+
 def tiny_models(models_dir: Path | None = None) -> Path:
     """The tiny stand-ins, built in ``models_dir`` (a fresh temporary folder by default)."""
     from pipelines.tiny import make_all

@@ -1,209 +1,621 @@
-"""GPU figures at real sizes: full SDXL and FLUX.1-schnell architectures, bare vs Kiln.
+"""The GPU proof: full-size SDXL and FLUX.1-schnell, bare and through Kiln, in one command.
 
-    python -m bench.gpu [--models sdxl,flux-schnell] [--batches 1,4,8] [--compile]
-                        [--through-kiln] [--usd-per-gpu-hour 3.5]
+    make gpu-proof        # = python -m bench.gpu
+    python -m bench.gpu [--smoke] [--models sdxl,flux-schnell] [--batches 1,4,8]
+                        [--no-kiln] [--no-options] [--no-compile] [--compile-mode default]
+                        [--usd-per-gpu-hour 3.5] [--budget-s 450] [--out docs/bench/gpu.json]
 
-Random weights built from the published configs (pipelines/fullsize.py; no hub). SDXL:
-1024², 30 steps, fp16, guidance 5 (CFG: two UNet evaluations per step). Schnell:
-1024², 4 steps, bf16, no guidance. For each batch size, seconds/image and images/s of
-the bare pipeline call, optionally compiled, and with ``--through-kiln`` the same
-burst through a real Kiln worker (embedded Valkey and S3 on this machine). MFU is
-measured FLOPs per image (torch's FlopCounterMode: a 2-step minus a 1-step call is one
-denoiser call, times the calls per image; the VAE and text encoders are left out, so
-MFU is a lower bound) over
-989 TFLOP/s dense bf16/fp16 (H100/H200 SXM). Skips cleanly without a CUDA GPU.
+With a CUDA GPU: SDXL (1024², 30 steps, fp16, guidance 5: two UNet passes a step) and
+FLUX.1-schnell (1024², 4 steps, bf16) built from their published configs with random
+weights made on the GPU (``random_init``, pipelines/fullsize.py; no files, no hub).
+Without one, or with ``--smoke``: **smoke mode**, the same stages and code on the CPU
+with tiny configs of the same architectures (64², 2 steps, batches 1 and 2, compiled
+with dynamo's ``eager`` backend), so a typo is found in CI, not in a GPU window.
+
+Stages, each figure printed and saved (``--out`` JSON and a Markdown table beside it)
+the moment it lands, so a run cut short keeps what it measured:
+
+1. bare: the model loaded as a worker loads it (``load_model``), one ``run_batch`` per
+   batch size after a 2-step call of the same shape: s/image, images/s, peak GPU
+   memory, MFU (the denoiser's FLOPs from torch's FlopCounterMode, a 2-step minus a
+   1-step call, over 989 TFLOP/s dense fp16/bf16: VAE and text encoders left out, so a
+   lower bound), $/1k images at ``--usd-per-gpu-hour``;
+2. kiln: the same images as bursts through a real worker (Valkey, S3 server, API and
+   ``kiln worker`` on this machine, harness/stack.py), one worker per batch size with
+   ``max_batch`` = that size: a warm burst, then 2 × batch jobs; kiln/bare throughput;
+3. options: one model option at a time against the base entry (batch 1): fused QKV,
+   channels_last, the fp16-safe SDXL VAE (no fp32 upcast), TF32 off, classic attention
+   instead of SDPA;
+4. compile: ``compile: true`` with ``--compile-mode`` (one static graph per batch
+   bucket), compile time apart (the first 2-step call of each shape).
+
+``--budget-s`` (GPU default 450 s) skips a stage whose estimate no longer fits, and says
+so. Prints the table and a line per model against the published anchors last.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gc
+import json
+import os
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.common import table
+from bench.common import RESULTS, table
 
-PEAK_FLOPS = 989e12
-SETUPS = {  # name: (dtype, steps, guidance, denoiser calls per step)
-    "sdxl": ("fp16", 30, 5.0, 2),
-    "flux-schnell": ("bf16", 4, 0.0, 1),
+PEAK_FLOPS = 989e12  # H100/H200 SXM, dense fp16/bf16
+# Published per-image seconds at 1024² on an H100, and this project's goals.
+ANCHORS = {
+    "sdxl": {"H100 diffusers (30 steps)": 2.50, "goal": 0.9},
+    "flux-schnell": {"H100 bf16 (4 steps)": 1.5, "goal": 0.6},
+}
+# Options measured one at a time against the base entry: (label, entry changes).
+OPTIONS: dict[str, list[tuple[str, dict[str, Any]]]] = {
+    "sdxl": [
+        ("fuse_qkv", {"fuse_qkv": True}),
+        ("channels_last", {"channels_last": True}),
+        ("fp16-safe VAE (no upcast)", {"upcast_vae": False}),
+        ("tf32 off", {"tf32": False}),
+        ("attention default (not SDPA)", {"attention": "default"}),
+    ],
+    "flux-schnell": [("fuse_qkv", {"fuse_qkv": True})],
 }
 
 
-def denoiser_flops(pipe: Any, name: str) -> float:
-    """FLOPs of one denoiser call for one 1024² image: a 2-step minus a 1-step call."""
+@dataclass(frozen=True)
+class Setup:
+    model: str  # also the family
+    arch: str  # pipelines.fullsize architecture
+    dtype: str
+    steps: int
+    size: int
+    guidance: float
+
+
+def setups(smoke: bool) -> dict[str, Setup]:
+    tail, size = ("-smoke", 64) if smoke else ("", 1024)
+    return {
+        "sdxl": Setup("sdxl", "sdxl" + tail, "fp16", 2 if smoke else 30, size, 5.0),
+        "flux-schnell": Setup(
+            "flux-schnell", "flux-schnell" + tail, "bf16", 2 if smoke else 4, size, 0.0
+        ),
+    }
+
+
+def entry(setup: Setup, name: str, *, max_batch: int, **options: Any) -> dict[str, Any]:
+    """The models.yaml entry both the bare pipeline and the worker are loaded from."""
+    return {
+        "name": name,
+        "family": setup.model,
+        "random_init": setup.arch,
+        "dtype": setup.dtype,
+        "max_batch": max_batch,
+        "max_wait_ms": 2000,  # a burst fills each batch
+        "defaults": {"width": setup.size, "height": setup.size, "steps": setup.steps},
+        "limits": {"min_size": min(64, setup.size), "max_size": max(2048, setup.size)},
+        "soft_time_limit_s": 1800,
+        "time_limit_s": 1900,
+        **options,
+    }
+
+
+def model_of(raw: dict[str, Any]) -> Any:
+    from config.models import parse_model
+    from pipelines.registry import resolve
+
+    return resolve(parse_model(raw))
+
+
+# -- the clock, the budget and the record -----------------------------------------------
+@dataclass
+class Proof:
+    mode: str
+    device: str  # torch's name: cuda or cpu
+    device_name: str
+    out: Path
+    budget_s: float | None
+    usd_per_gpu_hour: float
+    t0: float = field(default_factory=time.perf_counter)
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def say(self, text: str) -> None:
+        print(f"[{self.elapsed():6.1f}s] {text}", flush=True)
+
+    def fits(self, what: str, estimate_s: float) -> bool:
+        """Whether a stage of about ``estimate_s`` still fits the budget (else noted)."""
+        if self.budget_s is None or self.elapsed() + estimate_s <= self.budget_s:
+            return True
+        left = self.budget_s - self.elapsed()
+        self.skipped.append({"stage": what, "estimate_s": round(estimate_s), "left_s": left})
+        self.say(f"skip {what}: needs ~{estimate_s:.0f}s, {max(0.0, left):.0f}s of budget left")
+        self.save()
+        return False
+
+    def add(self, **row: Any) -> None:
+        spi = row.get("s_per_image")
+        if spi:
+            row.setdefault("images_per_s", 1 / spi)
+            row.setdefault("usd_per_1k_images", self.usd_per_gpu_hour * spi / 3.6)
+        self.rows.append(row)
+        shown = ", ".join(f"{k} {fmt_value(v)}" for k, v in row.items() if v is not None)
+        self.say(f"  => {shown}")
+        self.save()
+
+    def save(self) -> None:
+        data = {
+            "mode": self.mode,
+            "device": self.device_name,
+            "elapsed_s": round(self.elapsed(), 1),
+            "usd_per_gpu_hour": self.usd_per_gpu_hour,
+            "peak_flops": PEAK_FLOPS,
+            "rows": self.rows,
+            "skipped": self.skipped,
+            "notes": self.notes,
+        }
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.out.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=2, default=str))
+        tmp.replace(self.out)
+        self.out.with_suffix(".md").write_text(self.markdown())
+
+    def markdown(self) -> str:
+        head = f"GPU proof, {self.mode} mode, {self.device_name}, {self.elapsed():.0f} s\n\n```\n"
+        return head + self.table() + "\n```\n" + "".join(f"\n{x}" for x in self.anchor_lines())
+
+    def table(self) -> str:
+        cols = [
+            ("model", "model"),
+            ("stage", "stage"),
+            ("variant", "variant"),
+            ("batch", "batch"),
+            ("s_per_image", "s/image"),
+            ("images_per_s", "images/s"),
+            ("ratio", "ratio"),
+            ("compile_s", "compile s"),
+            ("mfu", "MFU"),
+            ("peak_gib", "peak GiB"),
+            ("usd_per_1k_images", "$/1k images"),
+        ]
+        rows = [
+            [r.get(k, "-") if r.get(k) is not None else "-" for k, _ in cols] for r in self.rows
+        ]
+        return table(rows, [h for _, h in cols])
+
+    def anchor_lines(self) -> list[str]:
+        lines = []
+        for model, anchors in ANCHORS.items():
+            rows = [r for r in self.rows if r["model"] == model and r.get("s_per_image")]
+            rows = [r for r in rows if r["stage"] in ("bare", "kiln", "compile")]
+            if not rows:
+                continue
+            best = min(rows, key=lambda r: r["s_per_image"])
+            spi = best["s_per_image"]
+            how = f"{best['stage']}, {best.get('variant') or 'base'}, batch {best['batch']}"
+            parts = [f"{model}: best {spi:.3f} s/image ({how})"]
+            kiln = [r["s_per_image"] for r in rows if r["stage"] == "kiln"]
+            if kiln:
+                parts.append(f"through Kiln best {min(kiln):.3f} s/image")
+            for name, value in anchors.items():
+                verdict = "met" if spi <= value else f"not met ({spi / value:.2f}× over)"
+                parts.append(f"{name} {value} s: {value / spi:.2f}× → {verdict}")
+            if self.mode == "smoke":
+                parts.append("(smoke figures: tiny models on a CPU, not comparable)")
+            lines.append("; ".join(parts))
+        return lines
+
+
+def fmt_value(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}" if abs(v) < 0.01 else f"{v:.3f}"
+    return str(v)
+
+
+# -- the device ----------------------------------------------------------------------------
+def sync(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def reset_peak(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_gib(device: str) -> float | None:
+    import torch
+
+    return torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None
+
+
+def allocated_gib(device: str) -> float:
+    import torch
+
+    return torch.cuda.memory_allocated() / 2**30 if device.startswith("cuda") else 0.0
+
+
+def free(device: str) -> None:
+    gc.collect()
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.empty_cache()
+
+
+# -- bare -------------------------------------------------------------------------------
+def params_for(setup: Setup, loaded: Any, *, steps: int | None = None) -> Any:
+    from pipelines.batch import Params
+
+    return Params(
+        width=setup.size,
+        height=setup.size,
+        steps=steps or setup.steps,
+        guidance_scale=setup.guidance,
+        scheduler=loaded.model.scheduler,
+    )
+
+
+def items(n: int) -> list[Any]:
+    from pipelines.batch import Item
+
+    return [Item(f"a red fox in the snow, take {i}", None, i) for i in range(n)]
+
+
+def load(raw: dict[str, Any], device: str, models_dir: Path) -> tuple[Any, float]:
+    from pipelines.loader import load_model
+
+    t0 = time.perf_counter()
+    loaded = load_model(model_of(raw), device=device, models_dir=models_dir)
+    sync(device)
+    return loaded, time.perf_counter() - t0
+
+
+def timed_call(setup: Setup, loaded: Any, batch: int) -> tuple[float, float, float | None]:
+    """(first 2-step call s, s/image of a full call, peak GiB) at ``batch``."""
+    from pipelines.batch import run_batch
+
+    device = loaded.device
+    t0 = time.perf_counter()
+    run_batch(loaded, params_for(setup, loaded, steps=min(2, setup.steps)), items(batch))
+    sync(device)
+    first = time.perf_counter() - t0
+    reset_peak(device)
+    t0 = time.perf_counter()
+    run_batch(loaded, params_for(setup, loaded), items(batch))
+    sync(device)
+    return first, (time.perf_counter() - t0) / batch, peak_gib(device)
+
+
+def flops_per_image(setup: Setup, loaded: Any) -> float:
+    """The denoiser's FLOPs for one image: a 2-step minus a 1-step call, × steps."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
+    from pipelines.batch import run_batch
+
     def count(steps: int) -> float:
-        kw: dict[str, Any] = dict(
-            prompt=["x"], num_inference_steps=steps, width=1024, height=1024, output_type="latent"
-        )
-        if name.startswith("flux"):
-            kw.update(max_sequence_length=256, guidance_scale=0.0)
-        else:
-            kw["guidance_scale"] = 1.0  # one UNet call per step; CFG doubles it
         counter = FlopCounterMode(display=False)
-        with torch.inference_mode(), counter:
-            pipe(**kw)
+        with counter, torch.inference_mode():
+            run_batch(loaded, params_for(setup, loaded, steps=steps), items(1))
         return float(counter.get_total_flops())
 
-    return count(2) - count(1)
+    return (count(2) - count(1)) * setup.steps
 
 
-def bare_seconds_per_image(pipe: Any, name: str, batch: int, *, repeats: int = 2) -> tuple:
-    import torch
-
-    _dtype, steps, guidance, _calls = SETUPS[name]
-    kw: dict[str, Any] = dict(
-        num_inference_steps=steps,
-        width=1024,
-        height=1024,
-        guidance_scale=guidance,
-        output_type="pil",
+def bare_stage(proof: Proof, setup: Setup, batches: list[int], models_dir: Path) -> dict:
+    proof.say(f"{setup.model}: building {setup.arch} on {proof.device_name} ({setup.dtype})")
+    loaded, build_s = load(
+        entry(setup, setup.model, max_batch=max(batches)), proof.device, models_dir
     )
-    if name.startswith("flux"):
-        kw["max_sequence_length"] = 256
-    prompts = [f"a red fox {i}" for i in range(batch)]
-    gens = lambda: [torch.Generator("cuda").manual_seed(i) for i in range(batch)]  # noqa: E731
-    with torch.inference_mode():
-        pipe(prompt=prompts, generator=gens(), **kw)  # warm-up (and compile)
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        best = float("inf")
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            pipe(prompt=prompts, generator=gens(), **kw)
-            torch.cuda.synchronize()
-            best = min(best, time.perf_counter() - t0)
-    return best / batch, torch.cuda.max_memory_allocated() / 2**30
-
-
-def through_kiln(name: str, pipe: Any, batches: list[int], workdir: Path) -> dict[int, float]:
-    """Seconds/image through API → Celery → worker → S3, for each max_batch."""
-    import yaml
-
-    from bench.common import burst, stack_with_worker
-
-    folder = workdir / name
-    if not (folder / "model_index.json").exists():
-        pipe.save_pretrained(folder)
-    dtype, steps, _guidance, _ = SETUPS[name]
-    out = {}
+    params = sum(p.numel() for p in loaded.denoiser.parameters())
+    model_gib = allocated_gib(proof.device)  # what building left allocated: the weights
+    proof.say(f"{setup.model}: built in {build_s:.1f}s; denoiser {params / 1e9:.3f} B parameters")
+    flops = flops_per_image(setup, loaded)
+    proof.notes.setdefault(setup.model, {}).update(
+        build_s=round(build_s, 2), denoiser_params=params, denoiser_flops_per_image=flops
+    )
+    proof.say(f"{setup.model}: {flops / 1e12:.3f} TFLOP per image (denoiser)")
+    spi: dict[int, float] = {}
+    peaks: dict[int, float] = {}
     for b in batches:
-        mf = workdir / f"models-{name}-{b}.yaml"
-        mf.write_text(
-            yaml.safe_dump(
-                {
-                    "models": [
-                        {
-                            "name": name,
-                            "family": name,
-                            "source": str(folder),
-                            "dtype": dtype,
-                            "max_batch": b,
-                            "max_wait_ms": 200,
-                            "soft_time_limit_s": 1800,
-                            "time_limit_s": 1900,
-                        }
-                    ]
-                }
-            )
+        _first, spi[b], peak = timed_call(setup, loaded, b)
+        peaks[b] = peak or 0.0
+        proof.add(
+            model=setup.model,
+            stage="bare",
+            variant="base",
+            batch=b,
+            s_per_image=spi[b],
+            mfu=flops / spi[b] / PEAK_FLOPS,
+            peak_gib=peak,
         )
-        jobs = [
-            dict(prompt=f"a red fox {i}", model=name, width=1024, height=1024, steps=steps, seed=i)
-            for i in range(2 * b)
-        ]
-        with stack_with_worker(name, models_dir=workdir, workdir=workdir, models_file=mf) as (
-            stack,
-            api,
-        ):
-            burst(stack, api, jobs[:b])
+    del loaded
+    free(proof.device)
+    return {"build_s": build_s, "spi": spi, "flops": flops, "model_gib": model_gib, "peak": peaks}
+
+
+# -- through Kiln ------------------------------------------------------------------------
+@contextlib.contextmanager
+def kiln_stack(workdir: Path, models_file: Path, env: dict[str, str]) -> Iterator[tuple[Any, Any]]:
+    """Valkey, an S3 server and the API on this machine; workers are started per stage."""
+    from harness.http import KilnHTTP
+    from harness.stack import Stack
+
+    stack = Stack(
+        workdir / "stack",
+        models_dir=workdir / "models",
+        env_overrides={
+            "KILN_MODELS_FILE": str(models_file),
+            "KILN_LOG_LEVEL": "WARNING",
+            **env,
+        },
+    )
+    try:
+        stack.start_servers()
+        stack.start_api()
+        yield stack, KilnHTTP(stack.api_url)
+    finally:
+        stack.close()
+
+
+def kiln_group(
+    proof: Proof, group: list[tuple[Setup, int]], bare: dict, stack: Any, api: Any
+) -> float:
+    """Start the group's workers together (one per model and batch size, ``max_batch`` =
+    that size), then for each in turn a warm burst of b jobs and 2 × b jobs measured.
+    Returns the seconds the workers took to start."""
+    from bench.common import burst
+
+    names = [f"{s.model}-b{b}" for s, b in group]
+    proof.say(f"kiln: starting {len(names)} worker(s) together: {', '.join(names)}")
+    t0 = time.perf_counter()
+    procs = {name: stack.start_worker(name, wait=False) for name in names}
+    try:
+        for name, proc in procs.items():
+            stack.wait_worker_ready(name, proc, timeout=900)
+        start_s = time.perf_counter() - t0
+        proof.notes.setdefault("worker_start_s", {})[" + ".join(names)] = round(start_s, 1)
+        proof.say(f"kiln: worker(s) ready in {start_s:.1f}s")
+        for (setup, b), name in zip(group, names, strict=True):
+            job = dict(model=name, width=setup.size, height=setup.size)
+            warm = min(2, setup.steps)
+            burst(stack, api, [dict(job, prompt=f"warm {i}", seed=i, steps=warm) for i in range(b)])
+            jobs = [
+                dict(job, prompt=f"a red fox {i}", seed=i, steps=setup.steps) for i in range(2 * b)
+            ]
             res = burst(stack, api, jobs)
-        out[b] = res["wall_s"] / res["images"]
-    return out
+            spi = res["wall_s"] / res["images"]
+            proof.add(
+                model=setup.model,
+                stage="kiln",
+                variant=f"max_batch {b}",
+                batch=b,
+                s_per_image=spi,
+                ratio=bare[setup.model]["spi"][b] / spi,
+                calls=res["calls"],
+                batch_sizes=sorted({r.get("batch_size") for r in res["records"].values()}),
+            )
+    finally:
+        t_stop = time.perf_counter()
+        stop_all(list(procs.values()))
+        proof.say(f"kiln: worker(s) stopped in {time.perf_counter() - t_stop:.1f}s")
+    return start_s
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description="GPU figures at 1024²")
+def stop_all(procs: list[Any], timeout: float = 30) -> None:
+    """SIGTERM every process group at once, then wait for each (SIGKILL past timeout)."""
+    import signal
+
+    for proc in procs:
+        if proc.popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.popen.pid, signal.SIGTERM)
+    for proc in procs:
+        proc.stop(timeout=timeout)  # already signalled: waits, then kills if still there
+
+
+def kiln_groups(
+    proof: Proof, models: list[Setup], batches: list[int], bare: dict
+) -> list[list[tuple[Setup, int]]]:
+    """Which workers start together: all of them in smoke mode; on a GPU, a model's
+    workers together when their copies of the model and one batch's peak fit in 85 % of
+    its memory, else one at a time."""
+    if proof.device != "cuda":
+        return [[(s, b) for s in models for b in batches]]
+    import torch
+
+    total = torch.cuda.get_device_properties(0).total_memory / 2**30
+    groups = []
+    for s in models:
+        model_gib, peak = bare[s.model]["model_gib"], max(bare[s.model]["peak"].values())
+        if len(batches) * model_gib + (peak - model_gib) <= 0.85 * total:
+            groups.append([(s, b) for b in batches])
+        else:
+            groups += [[(s, b)] for b in batches]
+    return groups
+
+
+# -- one option at a time, and compile -------------------------------------------------------
+def option_stage(
+    proof: Proof, setup: Setup, label: str, changes: dict, base_spi: float, models_dir: Path
+) -> None:
+    raw = entry(setup, setup.model, max_batch=1, **changes)
+    loaded, _ = load(raw, proof.device, models_dir)
+    _first, spi, peak = timed_call(setup, loaded, 1)
+    proof.add(
+        model=setup.model,
+        stage="option",
+        variant=label,
+        batch=1,
+        s_per_image=spi,
+        ratio=base_spi / spi,
+        peak_gib=peak,
+    )
+    del loaded
+    free(proof.device)
+
+
+def compile_stage(
+    proof: Proof,
+    setup: Setup,
+    batches: list[int],
+    bare: dict,
+    mode: str,
+    backend: str,
+    models_dir: Path,
+) -> None:
+    raw = entry(
+        setup,
+        setup.model,
+        max_batch=max(batches),
+        compile=True,
+        compile_mode=mode,
+        compile_backend=backend,
+    )
+    loaded = None
+    compile_est = 30.0 if proof.mode == "smoke" else 150.0
+    try:
+        for b in batches:
+            est = bare["build_s"] * (loaded is None) + compile_est + 3 * b * bare["spi"][b]
+            if not proof.fits(f"{setup.model} compile batch {b}", est):
+                continue
+            if loaded is None:
+                loaded, _ = load(raw, proof.device, models_dir)
+            first, spi, peak = timed_call(setup, loaded, b)
+            compile_est = first
+            proof.add(
+                model=setup.model,
+                stage="compile",
+                variant=f"{backend}/{mode}" if backend == "inductor" else backend,
+                batch=b,
+                s_per_image=spi,
+                ratio=bare["spi"][b] / spi,
+                compile_s=first,
+                mfu=bare["flops"] / spi / PEAK_FLOPS,
+                peak_gib=peak,
+            )
+    finally:
+        del loaded
+        free(proof.device)
+
+
+# -- the run ----------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="The GPU proof (smoke mode on a CPU)")
+    ap.add_argument("--smoke", action="store_true", help="tiny configs on the CPU, even with a GPU")
     ap.add_argument("--models", default="sdxl,flux-schnell")
-    ap.add_argument("--batches", default="1,4,8")
-    ap.add_argument("--compile", action="store_true", help="also measure torch.compile")
-    ap.add_argument("--through-kiln", action="store_true")
+    ap.add_argument("--batches", default="", help="default 1,4,8 (smoke: 1,2)")
+    ap.add_argument("--kiln-batches", default="", help="default: --batches (smoke: the largest)")
+    ap.add_argument("--compile-batches", default="", help="default: --batches (smoke: the largest)")
+    ap.add_argument("--no-kiln", action="store_true", help="skip the through-Kiln bursts")
+    ap.add_argument("--no-options", action="store_true", help="skip the one-option runs")
+    ap.add_argument("--no-compile", action="store_true", help="skip torch.compile")
+    ap.add_argument("--compile-mode", default="default", help="torch.compile mode on CUDA")
     ap.add_argument("--usd-per-gpu-hour", type=float, default=3.5)
-    args = ap.parse_args()
+    ap.add_argument("--budget-s", type=float, default=None, help="GPU default 450; smoke none")
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args(argv)
 
     import torch
 
-    if not torch.cuda.is_available():
-        print("bench.gpu: no CUDA GPU here; skipping (run it on a machine with one).")
-        return 0
-    from pipelines.devices import pick_dtype
-    from pipelines.fullsize import BUILDERS
+    cuda = torch.cuda.is_available() and not args.smoke
+    smoke = not cuda
+    device = "cuda" if cuda else "cpu"
+    mode = "smoke" if smoke else "full"
+    name = torch.cuda.get_device_name(0) if cuda else f"CPU ({os.cpu_count()} cores), no CUDA"
+    out = args.out or RESULTS / ("gpu.json" if cuda else "gpu-smoke.json")
+    budget = args.budget_s if args.budget_s is not None else (None if smoke else 450.0)
+    proof = Proof(mode, device, name, out, budget, args.usd_per_gpu_hour)
+    if smoke:
+        why = "--smoke asked" if args.smoke and torch.cuda.is_available() else "no CUDA GPU here"
+        proof.say(
+            f"SMOKE MODE ({why}): tiny configs of the same architectures on the CPU, the same "
+            "stages and code; the figures only prove that the proof runs"
+        )
+    else:
+        proof.say(f"full mode on {name}; budget {budget:.0f}s")
+    batches = [int(b) for b in (args.batches or ("1,2" if smoke else "1,4,8")).split(",")]
+    # Smoke mode on a shared 2-core CPU: one torch thread per process (OpenMP threads
+    # that wait for each other on a core someone else holds make 2 threads ~10x slower),
+    # and Kiln and compile at the largest batch only (a worker start and a dynamo trace
+    # each cost seconds there): the same stages and code, in CI's minute.
+    default_few = str(max(batches)) if smoke else ",".join(map(str, batches))
+    kiln_batches = [int(b) for b in (args.kiln_batches or default_few).split(",")]
+    compile_batches = [int(b) for b in (args.compile_batches or default_few).split(",")]
+    threads_env: dict[str, str] = {}
+    if smoke:
+        torch.set_num_threads(1)
+        threads_env["KILN_TORCH_THREADS"] = "1"
+    chosen = setups(smoke)
+    models = [chosen[m] for m in args.models.split(",")]
+    backend = "eager" if smoke else "inductor"
+    workdir = Path(tempfile.mkdtemp(prefix="kiln-gpu-proof-"))
+    models_dir = workdir / "models"
+    proof.save()
 
-    batches = [int(b) for b in args.batches.split(",")]
-    gpu = torch.cuda.get_device_name(0)
-    rows = []
-    for name in args.models.split(","):
-        dtype, steps, _g, calls = SETUPS[name]
-        pipe = BUILDERS[name](pick_dtype(dtype, "cuda"), "cuda")
-        pipe.set_progress_bar_config(disable=True)
-        flops_image = denoiser_flops(pipe, name) * steps * calls
-        kiln = (
-            through_kiln(name, pipe, batches, Path(tempfile.mkdtemp())) if args.through_kiln else {}
-        )
-        for compiled in [False, True] if args.compile else [False]:
-            if compiled:
-                denoiser = "transformer" if name.startswith("flux") else "unet"
-                setattr(
-                    pipe,
-                    denoiser,
-                    torch.compile(getattr(pipe, denoiser), mode="max-autotune-no-cudagraphs"),
-                )
-            for b in batches:
-                spi, mem = bare_seconds_per_image(pipe, name, b)
-                k = kiln.get(b) if not compiled else None
-                rows.append(
-                    [
-                        name,
-                        dtype,
-                        steps,
-                        "on" if compiled else "off",
-                        b,
-                        spi,
-                        1 / spi,
-                        flops_image / spi / PEAK_FLOPS,
-                        mem,
-                        args.usd_per_gpu_hour * spi / 3600 * 1000,
-                        k if k else "-",
-                        spi / k if k else "-",
-                    ]
-                )
-        print(f"{name}: {flops_image / 1e12:.1f} TFLOP per image (denoiser only)", flush=True)
-        del pipe
-        torch.cuda.empty_cache()
-    print(f"\n{gpu}, 1024x1024, ${args.usd_per_gpu_hour}/GPU-hour\n")
-    print(
-        table(
-            rows,
-            [
-                "model",
-                "dtype",
-                "steps",
-                "compile",
-                "batch",
-                "s/image",
-                "images/s",
-                "MFU",
-                "peak GiB",
-                "$/1k images",
-                "kiln s/image",
-                "kiln/bare",
-            ],
-        )
-    )
+    # 1. Bare pipeline, every model.
+    bare = {s.model: bare_stage(proof, s, batches, models_dir) for s in models}
+
+    # 2. Through Kiln: a real stack, one worker per batch size.
+    if not args.no_kiln:
+        raws = [entry(s, f"{s.model}-b{b}", max_batch=b) for s in models for b in kiln_batches]
+        models_file = workdir / "models.yaml"
+        import yaml
+
+        models_file.write_text(yaml.safe_dump({"models": raws}))
+        start_est = 20.0 if smoke else 60.0
+        proof.say("kiln: starting Valkey, the S3 server and the API")
+        with kiln_stack(workdir, models_file, threads_env) as (stack, api):
+            for group in kiln_groups(proof, models, kiln_batches, bare):
+                est = start_est + sum(4 * b * bare[s.model]["spi"][b] for s, b in group)
+                what = "kiln " + ", ".join(f"{s.model} batch {b}" for s, b in group)
+                if proof.fits(what, est):
+                    start_est = kiln_group(proof, group, bare, stack, api)
+
+    # 3. One option at a time, batch 1.
+    if not args.no_options:
+        for s in models:
+            spis = bare[s.model]["spi"]
+            base_spi = spis.get(1) or spis[min(spis)] * min(spis)  # one image's call
+            for label, changes in OPTIONS[s.model]:
+                if proof.fits(f"{s.model} option {label}", bare[s.model]["build_s"] + 3 * base_spi):
+                    proof.say(f"{s.model}: option {label}")
+                    option_stage(proof, s, label, changes, base_spi, models_dir)
+
+    # 4. torch.compile, one static graph per batch size.
+    if not args.no_compile:
+        for s in models:
+            proof.say(f"{s.model}: torch.compile ({backend}, mode {args.compile_mode})")
+            compile_stage(
+                proof, s, compile_batches, bare[s.model], args.compile_mode, backend, models_dir
+            )
+
+    proof.save()
+    print(f"\n{name}, {mode} mode, ${args.usd_per_gpu_hour}/GPU-hour, {proof.elapsed():.0f}s\n")
+    print(proof.table())
+    print()
+    for line in proof.anchor_lines():
+        print(line)
+    if proof.skipped:
+        print(f"\nskipped for the budget: {', '.join(s['stage'] for s in proof.skipped)}")
+    if smoke:
+        print("\nRan in SMOKE MODE: tiny models on the CPU; run `make gpu-proof` on a CUDA GPU.")
+    print(f"\nsaved {out} and {out.with_suffix('.md')}")
     return 0
 
 

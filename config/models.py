@@ -23,6 +23,11 @@ import yaml
 from config.errors import ModelConfigError
 
 DTYPES = ("fp16", "bf16", "fp32")
+# torch.compile's modes (named on CUDA; the CPU compiles with the default mode) and the
+# backends a model may name ("eager" traces with dynamo and runs the graphs as they are:
+# what the CPU smoke runs of the GPU proof use, as inductor takes minutes there).
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+COMPILE_BACKENDS = ("inductor", "eager", "aot_eager")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -60,6 +65,9 @@ class ModelSpec:
     family: str  # sd15 | sdxl | flux-schnell | flux-dev | generic
     source: str = ""  # local folder or hub id
     tiny: str | None = None  # stand-in recipe built by `kiln models make-tiny`
+    # An architecture of pipelines.fullsize (sdxl, flux-schnell, or their -smoke sizes)
+    # built with random weights straight on the device: no files (the GPU proof).
+    random_init: str | None = None
     revision: str | None = None
     variant: str | None = None  # e.g. "fp16" weight files on the hub
     dtype: str = "fp16"
@@ -70,7 +78,12 @@ class ModelSpec:
     max_batch: int = 4
     max_wait_ms: int = 50
     compile: bool = False
-    channels_last: bool = False
+    compile_mode: str = "max-autotune-no-cudagraphs"  # on CUDA; see COMPILE_MODES
+    compile_backend: str = "inductor"
+    batch_buckets: tuple[int, ...] = ()  # pad batches up to these sizes; see ``buckets``
+    fuse_qkv: bool = False  # one q/k/v matmul per attention (not with LoRAs)
+    tf32: bool = True  # CUDA: fp32 matmuls and convolutions in TF32
+    channels_last: bool = False  # UNet and VAE convolutions in NHWC
     attention: str = "sdpa"  # sdpa | default
     vae_slicing: bool = False
     vae_tiling: bool = False
@@ -85,7 +98,19 @@ class ModelSpec:
 
     @property
     def stand_in(self) -> bool:
-        return self.tiny is not None
+        return self.tiny is not None or self.random_init is not None
+
+    @property
+    def buckets(self) -> tuple[int, ...]:
+        """Batch sizes a call is padded up to (``()``: none). ``batch_buckets`` when set;
+        with ``compile``, powers of two up to ``max_batch`` (and ``max_batch``), so that
+        each size has one compiled graph, made at warm-up, instead of a recompile."""
+        if self.batch_buckets:
+            return self.batch_buckets
+        if not self.compile:
+            return ()
+        sizes = {1 << i for i in range(self.max_batch.bit_length()) if 1 << i <= self.max_batch}
+        return tuple(sorted(sizes | {self.max_batch}))
 
     def lora(self, name: str) -> LoraSpec | None:
         return next((lo for lo in self.loras if lo.name == name), None)
@@ -126,19 +151,50 @@ def parse_model(raw: Mapping[str, Any], *, base_dir: Path | None = None) -> Mode
         _build(LoraSpec, lo, f"{where} loras[{i}]") for i, lo in enumerate(data.get("loras") or [])
     )
     data["schedulers"] = tuple(data.get("schedulers") or ())
+    data["batch_buckets"] = _buckets(data.get("batch_buckets"), where)
     spec: ModelSpec = _build(ModelSpec, data, where)
     if spec.dtype not in DTYPES:
         raise ModelConfigError(f"{where}: dtype must be one of {DTYPES}, got {spec.dtype!r}")
-    if not spec.source and not spec.tiny:
-        raise ModelConfigError(f"{where}: give a source (folder or hub id) or a tiny recipe")
+    if not spec.source and not spec.tiny and not spec.random_init:
+        raise ModelConfigError(
+            f"{where}: give a source (folder or hub id), a tiny recipe or random_init"
+        )
     if spec.max_batch < 1 or spec.max_wait_ms < 0:
         raise ModelConfigError(f"{where}: max_batch must be >= 1 and max_wait_ms >= 0")
+    if spec.compile_mode not in COMPILE_MODES:
+        raise ModelConfigError(
+            f"{where}: compile_mode must be one of {COMPILE_MODES}, got {spec.compile_mode!r}"
+        )
+    if spec.compile_backend not in COMPILE_BACKENDS:
+        raise ModelConfigError(
+            f"{where}: compile_backend must be one of {COMPILE_BACKENDS}, "
+            f"got {spec.compile_backend!r}"
+        )
+    if spec.batch_buckets and spec.batch_buckets[-1] < spec.max_batch:
+        raise ModelConfigError(
+            f"{where}: batch_buckets {list(spec.batch_buckets)} must reach max_batch "
+            f"{spec.max_batch}"
+        )
+    if spec.fuse_qkv and spec.loras:
+        raise ModelConfigError(f"{where}: fuse_qkv would bypass the LoRAs; use one or the other")
     if spec.time_limit_s <= spec.soft_time_limit_s:
         raise ModelConfigError(f"{where}: time_limit_s must exceed soft_time_limit_s")
     # Relative local paths are relative to the models file.
     if base_dir is not None and spec.source.startswith(("./", "../")):
         spec = replace(spec, source=str((base_dir / spec.source).resolve()))
     return spec
+
+
+def _buckets(raw: Any, where: str) -> tuple[int, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list | tuple) or not all(
+        isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in raw
+    ):
+        raise ModelConfigError(f"{where}: batch_buckets must be a list of positive integers")
+    if list(raw) != sorted(set(raw)):
+        raise ModelConfigError(f"{where}: batch_buckets must rise: {list(raw)}")
+    return tuple(raw)
 
 
 def load_models(path: Path) -> dict[str, ModelSpec]:

@@ -61,6 +61,7 @@ class Settings:
     models_dir: Path = DEFAULT_DATA_DIR / "models"  # where tiny stand-ins live
     device: str = ""  # "", "cpu", "cuda", "cuda:0": empty picks cuda when present
     cpu_dtype: str = "fp32"  # half-precision models on the CPU: fp32 | bf16 | auto (bf16 if native)
+    torch_threads: int = 0  # a worker's torch intra-op threads; 0: torch's default (one per core)
 
     # Processes.
     api_host: str = "127.0.0.1"
@@ -111,6 +112,8 @@ class Settings:
             raise SettingsError(f"KILN_PROFILE must be dev, test or prod, got {self.profile!r}")
         if self.auth not in {"", "on", "off"}:
             raise SettingsError(f"KILN_AUTH must be on or off, got {self.auth!r}")
+        if self.torch_threads < 0:
+            raise SettingsError(f"KILN_TORCH_THREADS must be >= 0, got {self.torch_threads}")
         if self.cpu_dtype not in CPU_DTYPES:
             raise SettingsError(
                 f"KILN_CPU_DTYPE must be one of {', '.join(CPU_DTYPES)}, got {self.cpu_dtype!r}"

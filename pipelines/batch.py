@@ -2,7 +2,9 @@
 
 Prompts, negative prompts and seeds may differ within a call; everything in
 :class:`Params` must be equal. Each image has its own ``torch.Generator``, so an
-image made in a batch is the image its seed makes alone.
+image made in a batch is the image its seed makes alone. A model with batch buckets
+(compiled graphs, one per bucket) has each call padded up to the next bucket with
+copies of its last image, which are dropped from the result.
 """
 
 from __future__ import annotations
@@ -66,6 +68,17 @@ def check_inputs(model: Model, params: Params, items: Sequence[Item]) -> None:
             )
 
 
+def bucket_for(n: int, buckets: Sequence[int]) -> int:
+    """The smallest bucket that holds ``n`` images (``n`` itself past the last or none)."""
+    return next((b for b in buckets if b >= n), n)
+
+
+def pad_to_bucket(items: Sequence[Item], buckets: Sequence[int]) -> list[Item]:
+    """``items`` and copies of the last one, up to :func:`bucket_for` of their count."""
+    items = list(items)
+    return items + [items[-1]] * (bucket_for(len(items), buckets) - len(items))
+
+
 def run_batch(
     loaded: Any,
     params: Params,
@@ -82,8 +95,10 @@ def run_batch(
 
     model: Model = loaded.model
     pipe = loaded.pipe
-    # 1. Check inputs.
+    # 1. Check inputs, and pad the batch up to the model's bucket (none: as it is).
     check_inputs(model, params, items)
+    wanted = len(items)
+    items = pad_to_bucket(items, model.spec.buckets)
 
     # 2. Scheduler and LoRA set for this key (no-ops when already set).
     loaded.set_scheduler(params.scheduler)
@@ -121,9 +136,9 @@ def run_batch(
             kwargs["negative_prompt"] = [it.negative_prompt or "" for it in items]
             kwargs["guidance_scale"] = params.guidance_scale
 
-        # 6. Denoise and decode.
+        # 6. Denoise and decode; the padding's images are dropped.
         out = pipe(**kwargs)
-    return list(out.images)
+    return list(out.images)[:wanted]
 
 
 def _sdxl_embeddings(loaded: Any, params: Params, items: Sequence[Item]) -> dict[str, Any]:

@@ -1,10 +1,13 @@
 """Loading apart from running: open a model once, then switch schedulers and LoRAs.
 
 ``load_model`` honours the model entry: family pipeline class, dtype and device,
-attention, channels_last, VAE slicing/tiling, CPU offload, an fp16-safe VAE and its
-upcast, and ``torch.compile`` of the denoiser and the VAE decoder (compiled by
-``warm_up`` at worker start, never on the first request). Every listed LoRA is
-loaded from disk once, here; requests only switch adapters and weights.
+attention (SDPA by default), fused QKV projections, TF32 for fp32 work on CUDA,
+channels_last, VAE slicing/tiling, CPU offload, an fp16-safe VAE and its upcast, and
+``torch.compile`` of the denoiser and the VAE decoder with the entry's mode and
+backend (compiled by ``warm_up`` at worker start for every batch bucket, never on the
+first request). A ``random_init`` entry is built from its architecture's config
+straight on the device (``pipelines.fullsize``). Every listed LoRA is loaded from disk
+once, here; requests only switch adapters and weights.
 """
 
 from __future__ import annotations
@@ -170,18 +173,23 @@ def load_model(
     spec, t0 = model.spec, time.perf_counter()
     device = pick_device(device)
     dtype = pick_dtype(spec.dtype, device, cpu_dtype=cpu_dtype)
-    source = resolve_source(model, models_dir)
-    kwargs: dict[str, Any] = {"dtype": dtype, "local_files_only": Path(source).exists()}
-    if spec.variant:
-        kwargs["variant"] = spec.variant
-    if spec.revision:
-        kwargs["revision"] = spec.revision
-    if model.family.name == "sd15":
-        kwargs.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    if spec.vae:
-        kwargs["vae"] = _load_vae(spec.vae, dtype, models_dir)
-    cls = getattr(diffusers, model.family.pipeline_class)
-    pipe = cls.from_pretrained(source, **kwargs)
+    if spec.random_init:
+        source, pipe = f"random weights ({spec.random_init})", _build_random(model, dtype, device)
+    else:
+        source = resolve_source(model, models_dir)
+        kwargs: dict[str, Any] = {"dtype": dtype, "local_files_only": Path(source).exists()}
+        if spec.variant:
+            kwargs["variant"] = spec.variant
+        if spec.revision:
+            kwargs["revision"] = spec.revision
+        if model.family.name == "sd15":
+            kwargs.update(
+                safety_checker=None, feature_extractor=None, requires_safety_checker=False
+            )
+        if spec.vae:
+            kwargs["vae"] = _load_vae(spec.vae, dtype, models_dir)
+        cls = getattr(diffusers, model.family.pipeline_class)
+        pipe = cls.from_pretrained(source, **kwargs)
     pipe.set_progress_bar_config(disable=True)
 
     loaded = LoadedModel(
@@ -209,6 +217,21 @@ def load_model(
         loaded.load_time_s,
     )
     return loaded
+
+
+def _build_random(model: Model, dtype: torch.dtype, device: str) -> Any:
+    """The entry's architecture with random weights, made on ``device`` (no files)."""
+    from pipelines import fullsize
+
+    arch = model.spec.random_init or ""
+    if arch not in fullsize.ARCHITECTURES:
+        known = ", ".join(fullsize.ARCHITECTURES)
+        raise ValueError(f"model {model.name}: random_init {arch!r} is not one of {known}")
+    if fullsize.family_of(arch) != model.family.name:
+        raise ValueError(
+            f"model {model.name}: random_init {arch!r} is not of family {model.family.name}"
+        )
+    return fullsize.build(arch, dtype, device)
 
 
 def _load_vae(source: str, dtype: torch.dtype, models_dir: Path) -> Any:
@@ -239,6 +262,10 @@ def _apply_options(loaded: LoadedModel) -> None:
     vae = getattr(pipe, "vae", None)
     if vae is not None and spec.upcast_vae is not None and "force_upcast" in vae.config:
         vae.register_to_config(force_upcast=spec.upcast_vae)  # SDXL decodes fp16 in fp32 if set
+    if spec.fuse_qkv:  # one matmul for q, k and v in every attention of the denoiser
+        denoiser.fuse_qkv_projections()
+    if spec.tf32 and is_cuda(loaded.device):
+        set_tf32(True)
     if spec.cpu_offload and is_cuda(loaded.device):
         pipe.enable_model_cpu_offload(device=loaded.device)
     else:
@@ -253,29 +280,76 @@ def _apply_options(loaded: LoadedModel) -> None:
         vae.enable_tiling()
 
 
+def set_tf32(on: bool) -> None:
+    """fp32 matmuls and cuDNN convolutions in TF32 (process-wide; CUDA only)."""
+    import torch
+
+    precision = "tf32" if on else "ieee"
+    torch.backends.cuda.matmul.fp32_precision = precision
+    torch.backends.cudnn.conv.fp32_precision = precision  # type: ignore[attr-defined]
+
+
+def compile_options(loaded: LoadedModel) -> dict[str, Any]:
+    """``torch.compile`` keywords for the entry: its mode on CUDA (the CPU compiles with
+    the default mode), its backend, and static shapes when batches come in buckets (one
+    graph per bucket, made at warm-up, rather than a dynamic graph)."""
+    spec = loaded.model.spec
+    mode = spec.compile_mode if is_cuda(loaded.device) else "default"
+    options: dict[str, Any] = {"fullgraph": False, "backend": spec.compile_backend}
+    if spec.compile_backend == "inductor":
+        options["mode"] = mode
+    if spec.buckets:
+        options["dynamic"] = False
+    return options
+
+
 def _compile(loaded: LoadedModel) -> None:
     """Lazy ``torch.compile`` of the denoiser (in place) and ``vae.decode``: warm_up compiles."""
     import torch
 
-    mode = "max-autotune-no-cudagraphs" if is_cuda(loaded.device) else None
-    loaded.denoiser.compile(mode=mode, fullgraph=False)
+    options = compile_options(loaded)
+    loaded.denoiser.compile(**options)
     vae = loaded.pipe.vae
-    vae.decode = torch.compile(vae.decode, mode=mode, fullgraph=False)
+    vae.decode = torch.compile(vae.decode, **options)
+
+
+def compiled_graphs() -> int:
+    """Graphs torch.compile has made in this process (0 before any compile)."""
+    import sys
+
+    if "torch._dynamo" not in sys.modules:
+        return 0
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
+def set_torch_threads(threads: int) -> None:
+    """Intra-op threads of this process (0: torch's default, one per core). Call it in
+    the thread that runs torch, before the first torch work."""
+    import torch
+
+    if threads > 0:
+        torch.set_num_threads(threads)
+        log.info("torch uses %d intra-op thread(s)", threads)
 
 
 def warm_up(loaded: LoadedModel, *, steps: int = 2) -> float:
     """Pay one-off costs before the first request; returns seconds.
 
-    Without ``compile``: one small call (≤ 256²). With ``compile``: the default size
-    with 1, then 2 images (graphs turn dynamic in the batch), then 1 with every listed
-    LoRA on (switching adapters on changes the graph). Other LoRA sets or weights may
-    still recompile once, on first use.
+    Without ``compile``: one small call (≤ 256² on the CPU; the default size on CUDA,
+    where kernels are picked per shape). With ``compile``: the default size at every
+    batch bucket (each bucket's graph is made now; without buckets, 1 then 2 images:
+    the graphs turn dynamic in the batch), then 1 with every listed LoRA on (switching
+    adapters on changes the graph). Other LoRA sets or weights, and other sizes, may
+    still compile once, on first use: ``compiled_graphs`` counts them.
     """
     import torch
 
     model, t0 = loaded.model, time.perf_counter()
     compiled, m = model.spec.compile, model.family.size_multiple
-    cap = 1 << 30 if compiled else 256  # compiled: the default size, the shape requests use
+    full = compiled or is_cuda(loaded.device)
+    cap = 1 << 30 if full else 256  # the default size: the shape requests use
     kwargs: dict[str, Any] = {
         "num_inference_steps": steps,
         "width": max(m, min(model.width, cap) // m * m),
@@ -288,7 +362,11 @@ def warm_up(loaded: LoadedModel, *, steps: int = 2) -> float:
         kwargs["max_sequence_length"] = min(model.family.max_sequence_length, limit)
     calls: list[tuple[int, tuple[tuple[str, float], ...]]] = [(1, ())]
     if compiled:
-        calls += [(2, ())] if model.spec.max_batch > 1 else []
+        buckets = [b for b in model.spec.buckets if b <= model.spec.max_batch]
+        if buckets:
+            calls = [(b, ()) for b in buckets]
+        elif model.spec.max_batch > 1:
+            calls += [(2, ())]
         all_loras = tuple((lo.name, lo.default_weight) for lo in model.spec.loras)
         calls += [(1, all_loras)] if all_loras else []
     before = loaded.active_loras

@@ -20,6 +20,8 @@ PARAM_KEYS = (
     "n",
     "seed",
     "loras",
+    "output_format",
+    "output_compression",
 )
 
 

@@ -26,6 +26,7 @@ from config.errors import invalid_input
 from pipelines.batch import MAX_SEED
 from pipelines.registry import Registry
 from tasks.jobs.records import JOB_ID, JOB_ID_RULE
+from tasks.jobs.storage import CONTENT_TYPES
 
 MAX_PROMPT = 2000
 
@@ -98,6 +99,18 @@ class JobSchema(Schema):
     )
     webhook_url = fields.Url(
         load_default=None, allow_none=True, schemes={"http", "https"}, require_tld=False
+    )
+    output_format = fields.String(
+        load_default=None,
+        validate=validate.OneOf(list(CONTENT_TYPES)),
+        metadata={"example": "png", "description": "png (default) | jpeg | webp"},
+    )
+    output_compression = fields.Integer(
+        load_default=None,
+        allow_none=True,
+        strict=True,
+        validate=validate.Range(min=0, max=100),
+        metadata={"description": "jpeg, webp: 100 (default) keeps most detail; lower: smaller"},
     )
 
     @validates_schema
@@ -180,6 +193,10 @@ def validate_job(data: dict[str, Any], registry: Registry) -> dict[str, Any]:
             err("loras", f"unknown LoRA {lo['name']!r} for {name}; available: {known}")
     if len({lo["name"] for lo in loras}) != len(loras):
         err("loras", "each LoRA may appear once")
+    output_format = data.get("output_format") or "png"
+    compression = data.get("output_compression")
+    if compression is not None and output_format == "png":
+        err("output_compression", "applies to jpeg and webp only (png is lossless)")
     if errors:
         raise invalid_input(errors)
 
@@ -203,6 +220,8 @@ def validate_job(data: dict[str, Any], registry: Registry) -> dict[str, Any]:
         "seeds": seeds,
         "loras": [{"name": lo["name"], "weight": float(lo["weight"])} for lo in loras],
         "webhook_url": data.get("webhook_url"),
+        "output_format": output_format,
+        "output_compression": compression,
     }
 
 

@@ -1,7 +1,8 @@
 """Object storage on any S3 API (AWS, MinIO, R2, SeaweedFS, rclone) through boto3.
 
-Keys derive from the job id (``generated/<job_id>/<i>.png``), so a re-run
-overwrites, never duplicates. URLs are presigned GETs with an expiry, or
+Keys derive from the job id (``generated/<job_id>/<i>.<format>``), so a re-run
+overwrites, never duplicates; the extension and the stored Content-Type both follow
+the job's ``output_format``. URLs are presigned GETs with an expiry, or
 ``<public_base_url>/<key>`` when the operator serves the bucket publicly.
 """
 
@@ -21,14 +22,24 @@ from tasks.jobs.records import JOB_ID_RULE, valid_job_id
 log = logging.getLogger("kiln.storage")
 
 
-def image_key(job_id: str, index: int) -> str:
-    """``generated/<job_id>/<index>.png``; a job id outside the safe alphabet never
+# Output formats (OpenAI's ``output_format`` names) → Content-Type; the key's extension
+# is the format's name.
+CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+
+
+def image_key(job_id: str, index: int, fmt: str = "png") -> str:
+    """``generated/<job_id>/<index>.<fmt>``; a job id outside the safe alphabet never
     makes a key (it could leave the prefix)."""
     if not valid_job_id(job_id) or not isinstance(index, int) or index < 0:
         raise InvalidInput(
             f"job_id must be {JOB_ID_RULE}", fields={"job_id": [f"must be {JOB_ID_RULE}"]}
         )
-    return f"generated/{job_id}/{index}.png"
+    if fmt not in CONTENT_TYPES:
+        raise InvalidInput(
+            f"output_format must be one of {sorted(CONTENT_TYPES)}",
+            fields={"output_format": [fmt]},
+        )
+    return f"generated/{job_id}/{index}.{fmt}"
 
 
 class Storage:

@@ -10,7 +10,8 @@ The task reads top to bottom as the job's steps:
 3. Claim it: not while a live worker still runs it, nor twice in this process;
    count the delivery (a job that keeps killing workers is given up); mark it running.
 4. Generate: the engine batches it with other jobs for the same model.
-5. Encode and upload the images on this thread, while the engine runs the next batch.
+5. Encode (png, jpeg or webp) and upload the images on this thread, while the engine
+   runs the next batch.
 6. End it: succeeded, unless it was canceled meanwhile.
 
 Bad input fails the job at once and is never retried. A job store or storage outage

@@ -2,7 +2,8 @@
 
 Each worker serves its own ``/metrics`` on ``--metrics-port`` (one port per worker
 process: scrape them like any exporter): queue wait, run, upload and batch durations,
-batch size and fill, images, OOM splits, model load time, GPU memory. Counts that
+batch size and fill, images, OOM splits, model load time, GPU memory, and the graphs
+torch.compile made (at warm-up, and any recompile while serving). Counts that
 the whole fleet shares (jobs ended by model and status, webhook deliveries by
 outcome) are also counted in Redis (``tasks.jobs.bookkeeping``), so the API's
 ``/metrics`` shows them for every host without scraping each worker.
@@ -46,6 +47,14 @@ BATCH_SECONDS = Histogram(
 )
 OOM_SPLITS = Counter("kiln_oom_splits_total", "Batches split after CUDA OOM", ["model"])
 MODEL_LOAD = Gauge("kiln_model_load_seconds", "Model load and warm-up time", ["model"])
+COMPILED_GRAPHS = Gauge(
+    "kiln_compiled_graphs", "Graphs torch.compile made in this worker, warm-up included", ["model"]
+)
+RECOMPILES = Counter(
+    "kiln_recompiles_total",
+    "Graphs compiled while serving, after warm-up (a shape or batch size it did not cover)",
+    ["model"],
+)
 GPU_ALLOCATED = Gauge("kiln_gpu_memory_allocated_bytes", "torch.cuda.memory_allocated", ["model"])
 GPU_PEAK = Gauge("kiln_gpu_memory_peak_bytes", "torch.cuda.max_memory_allocated", ["model"])
 
@@ -64,6 +73,12 @@ def observe_batch(model: str, *, seconds: float, size: int, fill: float, oom_spl
     OOM_SPLITS.labels(model).inc(0)
     if oom_splits:
         OOM_SPLITS.labels(model).inc(oom_splits)
+
+
+def observe_compiles(model: str, *, graphs: int, new: int) -> None:
+    """``graphs`` made so far; ``new`` of them since the last look, while serving."""
+    COMPILED_GRAPHS.labels(model).set(graphs)
+    RECOMPILES.labels(model).inc(max(0, new))
 
 
 def observe_gpu(model: str) -> None:

@@ -54,12 +54,28 @@ class Runtime:
 
     def start_engine(self, *, timeout: float | None = None) -> None:
         from pipelines.engine import Engine  # torch is imported only here, in workers
+        from pipelines.loader import compiled_graphs, load_model, set_torch_threads, warm_up
 
         self.progress = ProgressWriter(self.store, model=self.model.name).start()
         writer = self.progress
 
         model = self.model.name
         seen_ooms = [0]
+        seen_graphs = [0]
+        settings = self.settings
+
+        def load() -> Any:  # in the engine thread: threads, load and warm-up all there
+            set_torch_threads(settings.torch_threads)
+            loaded = load_model(
+                self.model,
+                device=settings.device,
+                models_dir=settings.models_dir,
+                cpu_dtype=settings.cpu_dtype,
+            )
+            warm_up(loaded)
+            seen_graphs[0] = compiled_graphs()
+            metrics.observe_compiles(model, graphs=seen_graphs[0], new=0)
+            return loaded
 
         def on_batch(info: Any, seconds: float, fill: float) -> None:
             writer.record_batch(seconds, info.size)
@@ -68,6 +84,9 @@ class Runtime:
                 model, seconds=seconds, size=info.size, fill=fill, oom_splits=ooms - seen_ooms[0]
             )
             seen_ooms[0] = ooms
+            graphs = compiled_graphs()
+            metrics.observe_compiles(model, graphs=graphs, new=graphs - seen_graphs[0])
+            seen_graphs[0] = graphs
             metrics.observe_gpu(model)
             log.info(
                 "batch %s: %d image(s) in %.3fs",
@@ -87,6 +106,7 @@ class Runtime:
             models_dir=self.settings.models_dir,
             device=self.settings.device,
             cpu_dtype=self.settings.cpu_dtype,
+            load=load,
             on_batch=on_batch,
         )
         self.engine.start()

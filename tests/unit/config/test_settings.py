@@ -43,11 +43,18 @@ def test_env_values_are_typed() -> None:
         ("KILN_WEBHOOK_ALLOW_PRIVATE", "maybe"),
         ("KILN_PROFILE", "x"),
         ("KILN_CPU_DTYPE", "fp8"),
+        ("KILN_TORCH_THREADS", "two"),
+        ("KILN_TORCH_THREADS", "-1"),
     ],
 )
 def test_bad_values_name_the_variable(key: str, value: str) -> None:
     with pytest.raises(SettingsError, match=key):
         from_env({key: value})
+
+
+def test_torch_threads_default_to_torch_s_own_choice() -> None:
+    assert from_env({}).torch_threads == 0
+    assert from_env({"KILN_TORCH_THREADS": "1"}).torch_threads == 1
 
 
 def test_amqp_broker_needs_a_redis_job_store() -> None:

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from pipelines.fullsize import BUILDERS
+from pipelines.fullsize import ARCHITECTURES, BUILDERS, build, family_of
 
 # Published parameter counts (billions), per component.
 PUBLISHED = {
@@ -25,3 +25,14 @@ def test_full_size_architecture_matches_the_published_model(name: str) -> None:
     if name == "flux-schnell":
         assert pipe.transformer.config.in_channels == 4 * pipe.vae.config.latent_channels
         assert pipe.transformer.config.guidance_embeds is False
+
+
+@pytest.mark.parametrize("name", list(ARCHITECTURES))
+def test_every_tensor_is_made_on_the_target_device(name: str) -> None:
+    """Parameters and buffers alike: nothing is built on the CPU and moved later."""
+    pipe = build(name, torch.float16, "meta")
+    for component in pipe.components.values():
+        if isinstance(component, torch.nn.Module):
+            tensors = [*component.parameters(), *component.buffers()]
+            assert {t.device.type for t in tensors} == {"meta"}, type(component).__name__
+    assert family_of(name) in ("sdxl", "flux-schnell")

@@ -173,8 +173,13 @@ def test_warm_up_compiles_every_shape_before_the_first_request(compiled: bool) -
     pipe = RecordingPipe()
     loaded = LoadedModel(model=model, pipe=pipe, device="cpu", dtype=torch.float32, load_time_s=0)
     warm_up(loaded)
-    if compiled:  # default size; batch 1 then 2; then with the LoRAs on
-        assert pipe.calls == [(1, None, 1024), (2, None, 1024), (1, [("style", 1.0)], 1024)]
+    if compiled:  # default size; every batch bucket (1, 2, 4); then with the LoRAs on
+        assert pipe.calls == [
+            (1, None, 1024),
+            (2, None, 1024),
+            (4, None, 1024),
+            (1, [("style", 1.0)], 1024),
+        ]
     else:
         assert pipe.calls == [(1, None, 256)]
     assert pipe.adapters is None and loaded.active_loras == ()

@@ -1,0 +1,62 @@
+"""The GPU proof in smoke mode: every stage of ``make gpu-proof`` runs on the CPU.
+
+Tiny configs of the same architectures, the same code: bare calls, bursts through a
+real worker (Valkey, S3 server, API, ``kiln worker``), one option at a time, and
+``torch.compile``. Figures are not checked (they are noise on a shared CPU); that each
+stage ran, and ran as asked, is.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from harness.stack import ROOT
+
+STAGES = ("bare", "kiln", "option", "compile")
+
+
+def test_smoke_proof_runs_every_stage_of_both_models(tmp_path: Path) -> None:
+    out = tmp_path / "gpu.json"
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("KILN_")},
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": str(ROOT),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.gpu", "--smoke", "--out", str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=230,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "SMOKE MODE" in proc.stdout and "Ran in SMOKE MODE" in proc.stdout
+    data = json.loads(out.read_text())
+    assert data["mode"] == "smoke" and not data["skipped"]
+    rows = data["rows"]
+    for model in ("sdxl", "flux-schnell"):
+        assert {r["stage"] for r in rows if r["model"] == model} == set(STAGES), model
+    for r in rows:
+        assert r["s_per_image"] > 0 and r["usd_per_1k_images"] > 0
+    bare = [r for r in rows if r["stage"] == "bare"]
+    assert sorted((r["model"], r["batch"]) for r in bare) == [
+        ("flux-schnell", 1),
+        ("flux-schnell", 2),
+        ("sdxl", 1),
+        ("sdxl", 2),
+    ]
+    assert all(r["mfu"] > 0 for r in bare)  # the FLOP count ran
+    for r in rows:
+        if r["stage"] == "kiln":  # the worker ran full batches of the size asked
+            assert r["batch_sizes"] == [r["batch"]] and r["calls"] == 2 and r["ratio"] > 0
+        if r["stage"] == "compile":
+            assert r["compile_s"] > 0 and r["variant"] == "eager"
+    options = {r["variant"] for r in rows if r["stage"] == "option"}
+    assert {"fuse_qkv", "channels_last", "fp16-safe VAE (no upcast)"} <= options
+    assert "smoke mode" in out.with_suffix(".md").read_text()
+    assert any(line.startswith("sdxl: best") for line in proc.stdout.splitlines())
