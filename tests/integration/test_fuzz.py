@@ -30,8 +30,10 @@ def fuzz_schema(stack: Stack):
         "KILN_AUTH": "",
         "KILN_API_KEYS": f"fuzz:{hash_key(ADMIN)}:admin",
         "KILN_MAX_CONCURRENT_JOBS": "0",
-        # Tasks go to a broker database no worker reads: the fuzzer's jobs never run.
+        # Jobs and tasks go to a database no worker reads: the fuzzer's jobs never run,
+        # and the session's job store never counts them as waiting.
         "KILN_BROKER_URL": stack.env["KILN_REDIS_URL"].rsplit("/", 1)[0] + "/7",
+        "KILN_REDIS_URL": stack.env["KILN_REDIS_URL"].rsplit("/", 1)[0] + "/7",
     }
     from config.settings import from_env
 
