@@ -5,6 +5,11 @@ Prompts, negative prompts and seeds may differ within a call; everything in
 image made in a batch is the image its seed makes alone. A model with batch buckets
 (compiled graphs, one per bucket) has each call padded up to the next bucket with
 copies of its last image, which are dropped from the result.
+
+Image inputs run on pipelines derived from the loaded one (``LoadedModel.pipe_for``):
+``img2img`` redraws each item's init image, ``inpaint`` only the white part of its mask,
+and the pixels outside the mask are put back exactly. The mode and the strength are
+part of :class:`Params`, so text and image requests never share a call.
 """
 
 from __future__ import annotations
@@ -29,15 +34,20 @@ class Params:
     guidance_scale: float
     scheduler: str
     loras: tuple[tuple[str, float], ...] = ()
+    mode: str = "text"  # "text", "img2img" or "inpaint" (families.MODES)
+    strength: float = 1.0  # share of the init image redrawn (image modes only)
 
 
 @dataclass(frozen=True)
 class Item:
-    """One image: its prompt, negative prompt (``None``: none) and seed."""
+    """One image: its prompt, negative prompt (``None``: none) and seed; in the image
+    modes, its init image (PIL, already ``width``×``height``) and inpaint mask (``L``)."""
 
     prompt: str
     negative_prompt: str | None
     seed: int
+    image: Any = None
+    mask: Any = None
 
 
 def check_inputs(model: Model, params: Params, items: Sequence[Item]) -> None:
@@ -54,6 +64,16 @@ def check_inputs(model: Model, params: Params, items: Sequence[Item]) -> None:
         raise InvalidInput(
             f"`steps` must be >= 1, got {params.steps}", fields={"steps": [params.steps]}
         )
+    if params.mode not in fam.modes:
+        raise InvalidInput(
+            f"{fam.name} takes no `image` ({params.mode}); its modes: {', '.join(fam.modes)}",
+            fields={"image": [params.mode]},
+        )
+    if params.mode != "text" and not 0 < params.strength <= 1:
+        raise InvalidInput(
+            f"`strength` must be in (0, 1], got {params.strength}",
+            fields={"strength": [params.strength]},
+        )
     if not items:
         raise InvalidInput("`items` is empty", fields={"items": []})
     for item in items:
@@ -65,6 +85,24 @@ def check_inputs(model: Model, params: Params, items: Sequence[Item]) -> None:
             raise InvalidInput(
                 f"{fam.name} takes no `negative_prompt`, got {item.negative_prompt!r}",
                 fields={"negative_prompt": ["-"]},
+            )
+        _check_images(params, item)
+
+
+def _check_images(params: Params, item: Item) -> None:
+    size = (params.width, params.height)
+    wanted = {"text": (), "img2img": ("image",), "inpaint": ("image", "mask")}[params.mode]
+    for name in ("image", "mask"):
+        value = getattr(item, name)
+        if (value is not None) != (name in wanted):
+            raise InvalidInput(
+                f"`{name}` is {'missing' if value is None else 'not taken'} in {params.mode} mode",
+                fields={name: [params.mode]},
+            )
+        if value is not None and value.size != size:
+            raise InvalidInput(
+                f"`{name}` is {value.size[0]}x{value.size[1]}, the call is {size[0]}x{size[1]}",
+                fields={name: [list(value.size)]},
             )
 
 
@@ -94,15 +132,16 @@ def run_batch(
     import torch
 
     model: Model = loaded.model
-    pipe = loaded.pipe
     # 1. Check inputs, and pad the batch up to the model's bucket (none: as it is).
     check_inputs(model, params, items)
     wanted = len(items)
     items = pad_to_bucket(items, model.spec.buckets)
 
-    # 2. Scheduler and LoRA set for this key (no-ops when already set).
+    # 2. Scheduler and LoRA set for this key (no-ops when already set), and the
+    #    pipeline for the mode (text: the loaded one; else derived, sharing weights).
     loaded.set_scheduler(params.scheduler)
     loaded.set_loras(params.loras)
+    pipe = loaded.pipe_for(params.mode)
 
     # 3. One generator per image, on the pipeline's device.
     generators = [torch.Generator(loaded.device).manual_seed(it.seed) for it in items]
@@ -135,10 +174,32 @@ def run_batch(
             kwargs["prompt"] = [it.prompt for it in items]
             kwargs["negative_prompt"] = [it.negative_prompt or "" for it in items]
             kwargs["guidance_scale"] = params.guidance_scale
+        kwargs.update(_image_inputs(params, items))
+        if params.mode == "img2img" and not model.family.name.startswith("flux"):
+            del kwargs["width"], kwargs["height"]  # SD and SDXL take the init image's size
 
         # 6. Denoise and decode; the padding's images are dropped.
         out = pipe(**kwargs)
-    return list(out.images)[:wanted]
+    images = list(out.images)[:wanted]
+
+    # 7. Inpainting: the pixels outside each mask are the init image's, exactly.
+    if params.mode == "inpaint":
+        from pipelines.inputs import keep_outside
+
+        images = [
+            keep_outside(im, it.image, it.mask) for im, it in zip(images, items, strict=False)
+        ]
+    return images
+
+
+def _image_inputs(params: Params, items: Sequence[Item]) -> dict[str, Any]:
+    """The init images, masks and strength of an image-mode call."""
+    if params.mode == "text":
+        return {}
+    out: dict[str, Any] = {"image": [it.image for it in items], "strength": params.strength}
+    if params.mode == "inpaint":
+        out["mask_image"] = [it.mask for it in items]
+    return out
 
 
 def _sdxl_embeddings(loaded: Any, params: Params, items: Sequence[Item]) -> dict[str, Any]:

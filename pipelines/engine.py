@@ -42,6 +42,8 @@ class Request:
     negative_prompt: str | None = None
     seeds: list[int]
     params: Params
+    image: Any = None  # image modes: the init image, already params' size
+    mask: Any = None  # inpaint: the binary mask, white = repaint
     on_progress: Callable[[int, int], None] | None = None
     cancel_event: threading.Event | None = None
     clock: PipelineClock = field(default_factory=PipelineClock)
@@ -286,7 +288,8 @@ class Engine:
             return False
 
         items = [
-            Item(p.request.prompt, p.request.negative_prompt, p.request.seeds[i]) for p, i in slots
+            Item(r.prompt, r.negative_prompt, r.seeds[i], r.image, r.mask)
+            for r, i in ((p.request, i) for p, i in slots)
         ]
         t0 = time.perf_counter()
         for p in requests:

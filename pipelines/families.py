@@ -27,6 +27,10 @@ SCHEDULERS: dict[str, tuple[str, dict[str, object]]] = {
 UNET_SCHEDULERS = ("dpmpp_2m", "dpmpp_2m_karras", "euler", "euler_a", "ddim", "unipc", "pndm")
 FLOW_SCHEDULERS = ("flow_euler",)
 
+# What a request asks of the pipeline: text alone, or an init image to redraw (img2img),
+# or an init image and a mask whose white part is redrawn (inpaint).
+MODES = ("text", "img2img", "inpaint")
+
 
 @dataclass(frozen=True, kw_only=True)
 class Family:
@@ -46,6 +50,26 @@ class Family:
     guidance: bool = True  # False: guidance is fixed (schnell) and requests may not set it
     max_sequence_length: int | None = None
     text_encoders: int = 1
+    # Image inputs: the diffusers classes built from the loaded pipeline with
+    # ``from_pipe`` (same components, no second copy of the weights); "" = not offered.
+    img2img_class: str = ""
+    inpaint_class: str = ""
+    strength: float = 0.75  # how much of an init image is redrawn, when a request omits it
+
+    @property
+    def modes(self) -> tuple[str, ...]:
+        """The request modes this family runs: ``text`` and those with a class."""
+        derived = {"img2img": self.img2img_class, "inpaint": self.inpaint_class}
+        return ("text", *(m for m, cls in derived.items() if cls))
+
+    def mode_class(self, mode: str) -> str:
+        """The pipeline class for ``mode`` (``text``: the family's own)."""
+        classes = {
+            "text": self.pipeline_class,
+            "img2img": self.img2img_class,
+            "inpaint": self.inpaint_class,
+        }
+        return classes.get(mode, "")
 
 
 FAMILIES: dict[str, Family] = {
@@ -54,6 +78,8 @@ FAMILIES: dict[str, Family] = {
         Family(
             name="sd15",
             pipeline_class="StableDiffusionPipeline",
+            img2img_class="StableDiffusionImg2ImgPipeline",
+            inpaint_class="StableDiffusionInpaintPipeline",
             size_multiple=8,
             width=512,
             height=512,
@@ -65,6 +91,9 @@ FAMILIES: dict[str, Family] = {
         Family(
             name="sdxl",
             pipeline_class="StableDiffusionXLPipeline",
+            img2img_class="StableDiffusionXLImg2ImgPipeline",
+            inpaint_class="StableDiffusionXLInpaintPipeline",
+            strength=0.5,
             size_multiple=8,
             width=1024,
             height=1024,
@@ -77,6 +106,9 @@ FAMILIES: dict[str, Family] = {
         Family(
             name="flux-schnell",
             pipeline_class="FluxPipeline",
+            img2img_class="FluxImg2ImgPipeline",
+            inpaint_class="FluxInpaintPipeline",
+            strength=0.85,
             size_multiple=16,
             width=1024,
             height=1024,
@@ -93,6 +125,9 @@ FAMILIES: dict[str, Family] = {
         Family(
             name="flux-dev",
             pipeline_class="FluxPipeline",
+            img2img_class="FluxImg2ImgPipeline",
+            inpaint_class="FluxInpaintPipeline",
+            strength=0.85,
             size_multiple=16,
             width=1024,
             height=1024,

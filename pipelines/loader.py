@@ -44,6 +44,28 @@ class LoadedModel:
     models_dir: Path | None = None
     _schedulers: dict[str, Any] = field(default_factory=dict, repr=False)
     _base_scheduler_config: Any = field(default=None, repr=False)
+    _derived: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def pipe_for(self, mode: str) -> Any:
+        """The pipeline for a request mode: ``text`` is the loaded one; ``img2img`` and
+        ``inpaint`` are built from it once with ``from_pipe`` (the same components, so
+        no second copy of the weights and the active LoRAs apply), with its scheduler."""
+        if mode == "text":
+            return self.pipe
+        if mode not in self._derived:
+            import diffusers
+
+            cls_name = self.model.family.mode_class(mode)
+            if not cls_name:
+                raise InvalidInput(
+                    f"{self.model.name} takes no `image` ({mode})", fields={"image": [mode]}
+                )
+            self._derived[mode] = getattr(diffusers, cls_name).from_pipe(self.pipe)
+            self._derived[mode].set_progress_bar_config(disable=True)
+            log.info("built the %s pipeline of %s", mode, self.model.name)
+        derived = self._derived[mode]
+        derived.scheduler = self.pipe.scheduler
+        return derived
 
     @property
     def denoiser(self) -> Any:

@@ -68,6 +68,7 @@ def fake_loaded(model, pipe: FakePipe) -> Any:
         device="cpu",
         set_scheduler=lambda name: None,
         set_loras=lambda loras: None,
+        pipe_for=lambda mode: pipe,
     )
 
 
