@@ -172,7 +172,7 @@ def to_job(data: dict[str, Any]) -> dict[str, Any]:
     return job
 
 
-def validate(data: dict[str, Any]) -> dict[str, Any]:
+def job_params(data: dict[str, Any]) -> dict[str, Any]:
     """Job params under the model's rules; a size error is named ``size`` when the
     request gave a size (this door's own name for width and height)."""
     d = service()
@@ -216,7 +216,7 @@ class Generations(MethodView):
         Any other field is a 400 naming it.
         """
         d = service()
-        params = validate(data)
+        params = job_params(data)
         s = settings()
         with wait_slots(current_app, s.sync_max_waits, s.key_slot_share).held(limit_key()):
             record, _ = d.submit(params, owner=owner(), source="openai")
