@@ -19,13 +19,103 @@ from typing import Any
 from apispec import BasePlugin
 from flask_smorest import Api
 
-from app.openapi_examples import (
-    EXAMPLES,
-    NATIVE_ERRORS,
-    NATIVE_ERRORS_BY_OPERATION,
-    OPENAI_ERRORS,
-)
+from app.openapi_examples import ERROR_DETAIL, EXAMPLES, JOB_ID
 from app.schemas import ApiErrorSchema
+
+
+def native_error(code: str, message: str, fields: dict[str, Any] | None = None) -> dict[str, Any]:
+    detail: dict[str, Any] = {"code": code, "message": message}
+    if fields:
+        detail["fields"] = fields
+    return {"error": detail}
+
+
+def openai_error(message: str, *, kind: str, param: str | None, code: str | None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+LIMIT = 1048576
+TOO_LARGE = f"the request body is larger than the limit of {LIMIT} bytes (KILN_MAX_BODY_BYTES)"
+NOT_JSON = "the request body must be JSON with Content-Type: application/json, got text/plain"
+STEPS = "invalid steps: must be between 1 and 150 for tiny-sd, got 500"  # as the code says
+QUOTA = "4 jobs of this API key are already queued or running"
+# What each error status really answers, per door (``app.openapi_docs`` puts them in place).
+NATIVE_ERRORS: dict[str, dict[str, Any]] = {
+    "401": native_error("unauthorized", "an API key is required: Authorization: Bearer <key>"),
+    "403": native_error(
+        "forbidden", "this key lacks the 'generate' scope", {"scope": ["generate"]}
+    ),
+    "404": native_error("not_found", f"no job '{JOB_ID}'", {"job_id": [JOB_ID]}),
+    "409": native_error(
+        "conflict",
+        "Idempotency-Key was used with a different request body",
+        {"Idempotency-Key": ["reused with another body"]},
+    ),
+    "413": native_error("payload_too_large", TOO_LARGE, {"body": [f"at most {LIMIT} bytes"]}),
+    "415": native_error(
+        "unsupported_media_type", NOT_JSON, {"Content-Type": ["must be application/json"]}
+    ),
+    "422": {"error": ERROR_DETAIL},
+    "429": native_error("rate_limited", QUOTA, {"quota": [4]}),
+    "503": native_error("broker_unavailable", "the job could not be queued; try again"),
+}
+# Where one status means something else on one operation: (endpoint, method, status).
+NATIVE_ERRORS_BY_OPERATION: dict[tuple[str, str, str], dict[str, Any]] = {
+    ("jobs.Job", "delete", "409"): native_error(
+        "conflict", "job already succeeded", {"status": ["succeeded"]}
+    ),
+    ("jobs.events", "get", "503"): native_error(
+        "too_many_streams",
+        "64 event streams are open on this server; retry shortly or poll the job",
+    ),
+}
+OPENAI_ERRORS: dict[str, dict[str, Any]] = {
+    "400": openai_error(STEPS, kind="invalid_request_error", param="steps", code="invalid_request"),
+    "401": openai_error(
+        "an API key is required: Authorization: Bearer <key>",
+        kind="invalid_request_error",
+        param=None,
+        code="unauthorized",
+    ),
+    "403": openai_error(
+        "this key lacks the 'generate' scope",
+        kind="invalid_request_error",
+        param="scope",
+        code="forbidden",
+    ),
+    "404": openai_error(
+        "The model 'dall-e-3' does not exist; available: tiny-sd",
+        kind="invalid_request_error",
+        param="model",
+        code="model_not_found",
+    ),
+    "413": openai_error(
+        TOO_LARGE, kind="invalid_request_error", param="body", code="payload_too_large"
+    ),
+    "415": openai_error(
+        NOT_JSON, kind="invalid_request_error", param="Content-Type", code="unsupported_media_type"
+    ),
+    "429": openai_error(QUOTA, kind="invalid_request_error", param="quota", code="rate_limited"),
+    "500": openai_error(
+        "one 1024x1024 image does not fit in device memory",
+        kind="server_error",
+        param=None,
+        code="out_of_memory",
+    ),
+    "503": openai_error(
+        "32 synchronous requests are open on this server; retry shortly or poll the job",
+        kind="server_error",
+        param=None,
+        code="too_many_waits",
+    ),
+    "504": openai_error(
+        f"job {JOB_ID} is still running; poll /v1/jobs/{JOB_ID}",
+        kind="timeout",
+        param=None,
+        code=JOB_ID,
+    ),
+}
+
 
 OPERATION_IDS = {
     ("jobs.Jobs", "post"): "createJob",
