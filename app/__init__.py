@@ -10,7 +10,6 @@ from collections.abc import Mapping
 from typing import Any
 
 from flask import Flask
-from flask_smorest import Api
 
 from config.settings import Settings, dev_webhook_secret_path, get_settings
 
@@ -41,14 +40,16 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     from app.errors import register_error_handlers
     from app.limits import init_limits
     from app.metrics import init_metrics
+    from app.openapi_docs import KilnApi, document_operations
     from app.service import init_service
 
     init_service(app, settings)
     init_metrics(app, app.extensions["kiln"])
     init_auth(app, settings)
     init_limits(app, settings)
-    api = Api(app, spec_kwargs={"info": {"description": "Self-hosted image generation."}})
+    api = KilnApi(app, spec_kwargs={"info": {"description": "Self-hosted image generation."}})
     document_auth(api)
+    document_operations(api)
     register_error_handlers(app)
 
     from app import classic, health, jobs, models, openai_api, openapi_examples, web

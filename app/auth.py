@@ -48,6 +48,7 @@ ENDPOINT_SCOPES = {
     ("jobs.Job", "DELETE"): "generate",
     ("jobs.events", "GET"): "read",
     ("models.Models", "GET"): "read",
+    ("models.ModelById", "GET"): "read",
     ("openai.Generations", "POST"): "generate",
     ("classic.Generate", "POST"): "generate",
     ("classic.ClassicJob", "GET"): "read",
@@ -250,12 +251,13 @@ class AuthDocPlugin(BasePlugin):
             op.setdefault("security", SECURITY)
             op["x-scope"] = scope
             responses = op.setdefault("responses", {})
-            # A door with its own error shape (OpenAI) documents it on its 4xx answers.
+            # A door with its own error shape (OpenAI) documents it on its invalid-input
+            # answer (400 there, 422 on the native doors).
             error = next(
                 (
                     r["content"]
                     for code, r in sorted(responses.items(), key=lambda kv: str(kv[0]))
-                    if str(code).startswith("4") and "content" in r
+                    if str(code) in ("400", "422") and isinstance(r, dict) and "content" in r
                 ),
                 {"application/json": {"schema": ApiErrorSchema}},
             )

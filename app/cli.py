@@ -311,7 +311,7 @@ def flower(flower_args: tuple[str, ...]) -> None:
     settings = get_settings()
     argv = flower_argv(settings, flower_args)
     setup_logging(settings)  # before tornado's: it adds no handler of its own then
-    run_flower(argv)
+    run_flower(argv, settings)
 
 
 @main.group()

@@ -12,7 +12,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from config.settings import Settings
+from config.settings import Settings, get_settings
 
 
 def valkey_binary() -> str:
@@ -96,8 +96,15 @@ def flower_argv(settings: Settings, extra: tuple[str, ...] = ()) -> list[str]:
     return [*argv, *extra]
 
 
-def run_flower(argv: list[str]) -> None:
+def run_flower(argv: list[str], settings: Settings | None = None) -> None:
+    """``celery -A tasks flower``, its broker tab listing every model's queue at once."""
     from celery.bin.celery import main as celery_main
+
+    from config.models import load_models
+    from tasks.messaging.app import get_celery, show_queues
+
+    settings = settings or get_settings()
+    show_queues(get_celery(), load_models(settings.models_file))
 
     sys.argv = ["celery", *argv]
     celery_main()

@@ -10,12 +10,19 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Flask, jsonify
+from flask import Flask, current_app, jsonify, request
 from marshmallow import ValidationError
 from redis.exceptions import RedisError
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge, TooManyRequests
 
-from config.errors import KilnError, RateLimited, invalid_input
+from app.auth import SUBMIT_ENDPOINTS
+from config.errors import (
+    KilnError,
+    PayloadTooLarge,
+    RateLimited,
+    UnsupportedMediaType,
+    invalid_input,
+)
 
 log = logging.getLogger("kiln.api")
 RETRY_AFTER_S = 2  # what a 503 asks a client to wait before trying again
@@ -43,7 +50,39 @@ def error_body(code: str, message: str, fields: Any = None) -> dict[str, Any]:
     return {"error": err}
 
 
+def from_http(exc: HTTPException) -> KilnError | None:
+    """The typed error for an HTTP error whose reason Kiln can say better (413, 429)."""
+    if isinstance(exc, RequestEntityTooLarge):
+        limit = current_app.config.get("MAX_CONTENT_LENGTH")
+        return PayloadTooLarge(
+            f"the request body is larger than the limit of {limit} bytes (KILN_MAX_BODY_BYTES)",
+            fields={"body": [f"at most {limit} bytes"]},
+        )
+    if isinstance(exc, TooManyRequests):  # Flask-Limiter's: its description is the limit
+        return RateLimited(
+            f"rate limit of {exc.description} reached for this API key; retry after "
+            "Retry-After seconds",
+            fields={"rate_limit": [str(exc.description)]},
+        )
+    return None
+
+
+def require_json() -> None:
+    """A submit's body must be JSON: say so, rather than "prompt: Missing data"."""
+    if request.method != "POST" or request.endpoint not in SUBMIT_ENDPOINTS:
+        return
+    if request.is_json or not (request.mimetype or request.content_length):
+        return
+    got = request.mimetype or "no Content-Type"
+    raise UnsupportedMediaType(
+        f"the request body must be JSON with Content-Type: application/json, got {got}",
+        fields={"Content-Type": [f"must be application/json, got {got}"]},
+    )
+
+
 def register_error_handlers(app: Flask) -> None:
+    app.before_request(require_json)
+
     @app.errorhandler(KilnError)
     def _kiln(exc: KilnError) -> Any:
         resp = jsonify(error_body(exc.code, exc.message, exc.fields))
@@ -70,6 +109,8 @@ def register_error_handlers(app: Flask) -> None:
         data = getattr(exc, "data", None) or {}
         if "messages" in data:  # webargs: the request did not match its schema
             return _kiln(invalid_input(data["messages"]))
+        if (typed := from_http(exc)) is not None:
+            return _kiln(typed)
         resp = jsonify(error_body(CODES.get(status, "error"), exc.description or exc.name))
         for k, v in (data.get("headers") or {}).items():
             resp.headers[k] = v

@@ -29,8 +29,8 @@ class Readyz(MethodView):
     def get(self) -> Any:
         """Job store and storage reachable, and a ready worker for each required model.
 
-        ``?model=NAME`` (repeatable) checks those models only; otherwise the models in
-        ``KILN_REQUIRED_MODELS`` (default: every enabled model). Workers count as ready
+        ?model=NAME (repeatable) checks those models only; otherwise the models in
+        KILN_REQUIRED_MODELS (default: every enabled model). Workers count as ready
         while their heartbeat (every 2 s, 6 s TTL) is alive; a clean stop removes it at
         once, before the worker drains its running jobs.
         """

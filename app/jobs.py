@@ -43,10 +43,11 @@ class Jobs(MethodView):
     )
     @blp.alt_response(422, schema=ApiErrorSchema, description="Invalid input; fields are named")
     def post(self, data: dict[str, Any]) -> Any:
-        """Submit a job; poll ``urls.self`` or follow ``urls.events`` until it ends.
+        """Submit a job; poll urls.self or follow urls.events until it ends
 
-        Send an ``Idempotency-Key`` header to make retries safe: the same key and body
-        return the same job (200) instead of a new one.
+        Send an Idempotency-Key header to make retries safe: the same key and body
+        return the same job (200) instead of a new one. Invalid input is a 422 whose
+        fields name each bad field; the limits are the model's own (GET /v1/models).
         """
         d = service()
         params = validate_job(data, d.registry)
@@ -103,7 +104,7 @@ def sse(event_id: str, event: str, data: Any) -> str:
 def events(job_id: str) -> Any:
     """Server-Sent Events of one job, in order, ending with its terminal state.
 
-    Resumable: send ``Last-Event-ID`` to get only the events after it.
+    Resumable: send a Last-Event-ID header to get only the events after it.
     """
     d = service()
     get_job_or_404(job_id)

@@ -2,13 +2,14 @@
 
 Flask-Limiter counts submits per API key (per client address when the API runs open)
 in the job store's Redis, so all gunicorn workers and API hosts share one budget;
-a 429 carries ``Retry-After``. The concurrent-job quota counts each key's queued and
-running jobs (counted by the job service as jobs start and end).
+a 429 carries ``Retry-After`` (only a 429 or a 503 does). The concurrent-job quota
+counts each key's queued and running jobs (counted by the job service as jobs start
+and end).
 """
 
 from __future__ import annotations
 
-from flask import Flask, request
+from flask import Flask, Response, request
 from flask_limiter import Limiter
 
 from app.auth import SUBMIT_ENDPOINTS, owner
@@ -23,7 +24,17 @@ def not_a_submit() -> bool:
     return request.method != "POST" or request.endpoint not in SUBMIT_ENDPOINTS
 
 
+def retry_after_only_when_asked(response: Response) -> Response:
+    """``Retry-After`` means "wait before you try again": only a 429 or a 503 says that
+    (Flask-Limiter would put it on every limited answer, a 202 included)."""
+    if response.status_code not in (429, 503):
+        response.headers.pop("Retry-After", None)
+    return response
+
+
 def init_limits(app: Flask, settings: Settings) -> Limiter:
+    # after_request hooks run last-registered first: this one runs after the limiter's.
+    app.after_request(retry_after_only_when_asked)
     return Limiter(
         key_func=limit_key,
         app=app,

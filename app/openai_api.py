@@ -5,11 +5,17 @@ The official ``openai`` SDK pointed at ``http://<kiln>/v1`` works unchanged:
     client = OpenAI(base_url="http://localhost:8000/v1", api_key="kiln")
     client.images.generate(model="sdxl", prompt="a red fox", size="1024x1024")
 
-Kiln's extras (``negative_prompt``, ``steps``, ``guidance_scale``, ``seed``) ride in
-``extra_body``; ``output_format`` (png | jpeg | webp) and ``output_compression`` (0–100)
-are OpenAI's own. The call is synchronous: it waits for the job up to
-``KILN_SYNC_TIMEOUT_S``, then answers 504 with the job id to poll at ``/v1/jobs/<id>``.
-Each wait holds a thread, so at most ``KILN_SYNC_MAX_WAITS`` wait per API process
+OpenAI's ``prompt``, ``model``, ``n``, ``size`` (``WxH`` or ``auto``), ``response_format``,
+``output_format`` (png | jpeg | webp), ``output_compression`` (0–100) and ``user`` (not
+used) are honoured; Kiln's extras (``negative_prompt``, ``steps``, ``guidance_scale``,
+``scheduler``, ``seed``, ``loras``, ``width``/``height``) ride in the SDK's ``extra_body``
+and arrive as top-level fields. Each field shared with ``/v1/jobs`` is validated by the
+same schema and model limits, so the reasons match; any other field is a 400 naming it
+in ``param`` (the door never drops what it was asked).
+
+The call is synchronous: it waits for the job up to ``KILN_SYNC_TIMEOUT_S``, then
+answers 504 with the job id to poll at ``/v1/jobs/<id>``. Each wait holds a thread, so
+at most ``KILN_SYNC_MAX_WAITS`` wait per API process
 (``503`` with ``Retry-After`` past that, before any job is made; ``app.streams``).
 Errors use OpenAI's shape: ``{"error": {"message", "type", "param", "code"}}``.
 """
@@ -22,44 +28,75 @@ from typing import Any
 from flask import current_app, jsonify
 from flask.views import MethodView
 from flask_smorest import Blueprint
-from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
+from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 from werkzeug.exceptions import HTTPException
 
 from app.auth import owner
-from app.errors import RETRY_AFTER_S
+from app.errors import RETRY_AFTER_S, from_http
 from app.limits import limit_key
 from app.metrics import job_submitted
 from app.service import service, settings
 from app.streams import wait_slots
 from config.errors import InvalidInput, KilnError, RateLimited, invalid_input
+from tasks.jobs.schema import JobSchema, validate_job
 
 blp = Blueprint(
     "openai", __name__, url_prefix="/v1/images", description="OpenAI-compatible image generation"
 )
 
 
-class ImagesRequestSchema(Schema):
-    class Meta:
-        unknown = EXCLUDE  # OpenAI parameters Kiln does not use (quality, style, ...)
+OPENAI_FIELDS = (
+    "prompt",
+    "model",
+    "n",
+    "size",
+    "response_format",
+    "output_format",
+    "output_compression",
+)
+EXTRAS = (
+    "negative_prompt",
+    "steps",
+    "guidance_scale",
+    "scheduler",
+    "seed",
+    "loras",
+    "width",
+    "height",
+)
 
-    prompt = fields.String(required=True, metadata={"example": "a red fox in the snow"})
-    model = fields.String(load_default=None, metadata={"example": "tiny-sd"})
-    n = fields.Integer(load_default=1, strict=True, validate=validate.Range(min=1, max=64))
+
+class ImagesRequestSchema(JobSchema):
+    """OpenAI's parameters that Kiln honours, plus Kiln's extras (``extra_body``).
+
+    Every field shared with the job schema is the job schema's own field, so a bad value
+    gets the same reason here as on ``/v1/jobs``; anything else is refused, by name.
+    """
+
+    class Meta(JobSchema.Meta):
+        exclude = ("webhook_url",)
+
+    error_messages = {
+        "unknown": "unknown parameter; this endpoint takes "
+        + ", ".join((*OPENAI_FIELDS, "user", *EXTRAS))
+    }
+
     size = fields.String(
         load_default=None,
-        validate=validate.Regexp(r"^\d{1,5}x\d{1,5}$"),
-        metadata={"example": "64x64"},
+        validate=validate.Regexp(
+            r"^(auto|\d{1,5}x\d{1,5})$", error="must be WIDTHxHEIGHT (e.g. 1024x1024) or auto"
+        ),
+        metadata={"example": "64x64", "description": "auto: the model's default size"},
     )
     response_format = fields.String(
         load_default="url", validate=validate.OneOf(["url", "b64_json"])
     )
-    user = fields.String(load_default=None)
-    negative_prompt = fields.String(load_default=None, allow_none=True)
-    steps = fields.Integer(load_default=None, strict=True)
-    guidance_scale = fields.Float(load_default=None, allow_nan=False)
-    seed = fields.Integer(load_default=None, allow_none=True, strict=True)
-    output_format = fields.String(load_default=None, metadata={"example": "webp"})
-    output_compression = fields.Integer(load_default=None, allow_none=True, strict=True)
+    user = fields.String(load_default=None, metadata={"description": "accepted and not used"})
+
+    @validates_schema
+    def _one_size(self, data: dict[str, Any], **_: Any) -> None:
+        if data.get("size") and (data.get("width") is not None or data.get("height") is not None):
+            raise ValidationError("give size, or width and height, not both", "size")
 
 
 class ImageDataSchema(Schema):
@@ -121,26 +158,35 @@ def _http(exc: HTTPException) -> Any:
     data = getattr(exc, "data", None) or {}
     if "messages" in data:
         return _kiln(invalid_input(data["messages"]))
+    if (typed := from_http(exc)) is not None:
+        return _kiln(typed)
     return openai_error(exc.description or exc.name, exc.code or 500)
 
 
 def to_job(data: dict[str, Any]) -> dict[str, Any]:
-    job: dict[str, Any] = {"prompt": data["prompt"], "n": data["n"]}
-    for key in (
-        "model",
-        "negative_prompt",
-        "steps",
-        "guidance_scale",
-        "seed",
-        "output_format",
-        "output_compression",
-    ):
-        if data.get(key) is not None:
-            job[key] = data[key]
-    if data.get("size"):
+    """The loaded request as job data: ``size`` becomes width and height."""
+    job = {k: v for k, v in data.items() if k not in ("size", "response_format", "user")}
+    if data.get("size") and data["size"] != "auto":
         width, height = (int(v) for v in data["size"].split("x"))
         job.update(width=width, height=height)
     return job
+
+
+def job_params(data: dict[str, Any]) -> dict[str, Any]:
+    """Job params under the model's rules; a size error is named ``size`` when the
+    request gave a size (this door's own name for width and height)."""
+    d = service()
+    try:
+        params = validate_job(to_job(data), d.registry)
+    except InvalidInput as exc:
+        sized = {"width", "height"} & set(exc.fields)
+        if not (data.get("size") and sized):
+            raise
+        fields_ = {k: v for k, v in exc.fields.items() if k not in sized}
+        fields_["size"] = [m for k in sorted(sized) for m in exc.fields[k]]
+        raise invalid_input(fields_) from None
+    d.check_webhook(params)
+    return params
 
 
 @blp.route("/generations")
@@ -162,16 +208,15 @@ class Generations(MethodView):
         description="Still running after KILN_SYNC_TIMEOUT_S; code is the job id",
     )
     def post(self, data: dict[str, Any]) -> Any:
-        """Create images (synchronous; 504 with the job id past the timeout)."""
+        """Create images (synchronous; 504 with the job id past the timeout)
+
+        Takes OpenAI's prompt, model, n, size, response_format, output_format,
+        output_compression and user, and Kiln's extras in the SDK's extra_body:
+        negative_prompt, steps, guidance_scale, scheduler, seed, loras, width, height.
+        Any other field is a 400 naming it.
+        """
         d = service()
-        try:
-            params = d.validate(to_job(data))
-        except InvalidInput as exc:  # this door names the size, not width and height
-            if "width" in exc.fields or "height" in exc.fields:
-                raise invalid_input(
-                    {"size": exc.fields.get("width") or exc.fields.get("height")}
-                ) from None
-            raise
+        params = job_params(data)
         s = settings()
         with wait_slots(current_app, s.sync_max_waits, s.key_slot_share).held(limit_key()):
             record, _ = d.submit(params, owner=owner(), source="openai")

@@ -19,7 +19,7 @@ URL = (
 T0 = 1764028800.0
 ERROR_DETAIL = {
     "code": "invalid_request",
-    "message": "invalid request",
+    "message": "invalid width: must be a multiple of 8, got 63",
     "fields": {"width": ["must be a multiple of 8, got 63"]},
 }
 IMAGE = {
@@ -33,10 +33,40 @@ IMAGE = {
 MODEL = {
     "id": "tiny-sd",
     "object": "model",
+    "owned_by": "kiln",
     "family": "sd15",
+    "stand_in": True,
+    "description": "Tiny SD 1.5-architecture stand-in (random weights), best at 64x64.",
+    "dtype": "fp32",
+    "dtype_source": "workers",
+    "dtype_configured": "fp16",
+    "worker_dtypes": {"fp32": 1},
+    "defaults": {
+        "width": 64,
+        "height": 64,
+        "steps": 8,
+        "guidance_scale": 7.5,
+        "scheduler": "dpmpp_2m",
+    },
+    "limits": {
+        "min_size": 32,
+        "max_size": 512,
+        "size_multiple": 8,
+        "max_steps": 150,
+        "max_n": 8,
+        "max_prompt_chars": 2000,
+        "guidance_scale": [0.0, 30.0],
+        "max_pixels_per_batch": 8388608,
+        "max_loras": 3,
+    },
+    "schedulers": ["dpmpp_2m", "euler", "euler_a", "ddim"],
+    "negative_prompt": True,
+    "guidance": True,
+    "loras": ["style"],
+    "max_batch": 8,
     "queue": "gen.tiny-sd",
-    "defaults": {"width": 64, "height": 64, "steps": 8, "guidance_scale": 7.5},
 }
+
 
 EXAMPLES: dict[str, dict[str, Any]] = {
     # native REST (/v1/jobs, /v1/models, /healthz, /readyz)
@@ -97,6 +127,7 @@ EXAMPLES: dict[str, dict[str, Any]] = {
     "Progress": {"step": 3, "steps": 8},
     "Image": IMAGE,
     "Cancel": {"id": JOB_ID, "status": "canceled", "was": "queued"},
+    "Model": MODEL,
     "ModelList": {"object": "list", "data": [MODEL]},
     "Health": {
         "status": "ok",
@@ -110,7 +141,6 @@ EXAMPLES: dict[str, dict[str, Any]] = {
     "ApiError": {"error": ERROR_DETAIL},
     "ApiErrorDetail": ERROR_DETAIL,
     # flask-smorest's own
-    "Error": {"code": 404, "status": "Not Found", "message": "no such page", "errors": {}},
     "PaginationMetadata": {
         "total": 30,
         "total_pages": 3,

@@ -57,9 +57,30 @@ class JobViewSchema(Schema):
     urls = fields.Dict(keys=fields.String(), values=fields.String())
 
 
+class ModelSchema(Schema):
+    id = fields.String()
+    object = fields.String()
+    owned_by = fields.String()
+    family = fields.String()
+    stand_in = fields.Boolean()
+    description = fields.String(allow_none=True)
+    dtype = fields.String(metadata={"description": "what the workers run (see dtype_source)"})
+    dtype_source = fields.String(metadata={"enum": ["workers", "models.yaml"]})
+    dtype_configured = fields.String()
+    worker_dtypes = fields.Dict(keys=fields.String(), values=fields.Integer())
+    defaults = fields.Dict()
+    limits = fields.Dict()
+    schedulers = fields.List(fields.String())
+    negative_prompt = fields.Boolean()
+    guidance = fields.Boolean()
+    loras = fields.List(fields.String())
+    max_batch = fields.Integer()
+    queue = fields.String()
+
+
 class ModelListSchema(Schema):
     object = fields.String()
-    data = fields.List(fields.Dict())
+    data = fields.List(fields.Nested(ModelSchema))
 
 
 class HealthSchema(Schema):

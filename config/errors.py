@@ -57,6 +57,20 @@ class InvalidInput(PermanentError):
     status = 422
 
 
+class PayloadTooLarge(PermanentError):
+    """The request body is larger than the API accepts; the message names the limit."""
+
+    code = "payload_too_large"
+    status = 413
+
+
+class UnsupportedMediaType(PermanentError):
+    """The request body is not JSON (``Content-Type: application/json``)."""
+
+    code = "unsupported_media_type"
+    status = 415
+
+
 class NotFound(PermanentError):
     code = "not_found"
     status = 404

@@ -47,6 +47,12 @@ def native_bf16() -> bool:
     return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    """fp16 | bf16 | fp32 for a torch dtype (its own name for any other)."""
+    name = str(dtype).removeprefix("torch.")
+    return next((short for short, long in _DTYPES.items() if long == name), name)
+
+
 def pick_dtype(dtype: str, device: str, *, cpu_dtype: str = "fp32") -> torch.dtype:
     """The torch dtype for a model entry's ``dtype`` (fp16 | bf16 | fp32) on ``device``.
 

@@ -123,9 +123,10 @@ def eta_s(*, position: int, images: int, workers: int, s_per_image: float) -> fl
 # -- worker heartbeats ------------------------------------------------------------
 # KEYS[1] the worker's alive key, KEYS[2] the model's ready set; ARGV worker, ttl, and
 # 1 while it takes new jobs (0 while it drains: alive, not ready).
+# The alive key holds the dtype the worker runs ('1' before it knows).
 _BEAT = """
 local t = redis.call('TIME')
-redis.call('SET', KEYS[1], '1', 'EX', ARGV[2])
+redis.call('SET', KEYS[1], ARGV[4], 'EX', ARGV[2])
 if ARGV[3] == '1' then
   redis.call('ZADD', KEYS[2], t[1] + ARGV[2], ARGV[1])
 else
@@ -138,8 +139,24 @@ redis.call('EXPIRE', KEYS[2], 3600)
 _READY_COUNT = "return redis.call('ZCOUNT', KEYS[1], '(' .. redis.call('TIME')[1], '+inf')"
 
 
-def beat(r: Any, model: str, worker: str, ttl_s: int, *, ready: bool = True) -> None:
-    r.eval(_BEAT, 2, alive_key(model, worker), workers_key(model), worker, ttl_s, int(ready))
+_READY_NAMES = "return redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. redis.call('TIME')[1], '+inf')"
+
+
+def beat(
+    r: Any, model: str, worker: str, ttl_s: int, *, ready: bool = True, dtype: str = ""
+) -> None:
+    keys = (alive_key(model, worker), workers_key(model))
+    r.eval(_BEAT, 2, *keys, worker, ttl_s, int(ready), dtype or "1")
+
+
+def worker_dtypes(r: Any, model: str) -> dict[str, int]:
+    """``{dtype: ready workers}``: the precision the model's ready workers really run."""
+    names = r.eval(_READY_NAMES, 1, workers_key(model))
+    out: dict[str, int] = {}
+    for value in r.mget([alive_key(model, n) for n in names]) if names else []:
+        if value and value != "1":
+            out[value] = out.get(value, 0) + 1
+    return out
 
 
 def not_ready(r: Any, model: str, worker: str) -> None:

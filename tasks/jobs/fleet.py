@@ -27,6 +27,9 @@ class Fleet:
     def ready_workers(self, model: str) -> int:
         return bk.ready_workers(self.redis, model)
 
+    def worker_dtypes(self, model: str) -> dict[str, int]:
+        return bk.worker_dtypes(self.redis, model)
+
     def s_per_image(self, model: str) -> float | None:
         return bk.s_per_image(self.redis, model)
 

@@ -157,8 +157,16 @@ def kwargs_repr(kwargs: dict[str, Any]) -> str:
 
 def task_result(record: dict[str, Any]) -> dict[str, Any]:
     """The record a ``kiln.generate`` task returns. Celery logs it and Flower shows it,
-    so its webhook URL is redacted (the job store keeps the real one)."""
+    so its webhook URL is redacted (the job store keeps the real one) and its images
+    carry their storage keys, never a URL: a presigned URL is a credential for as long
+    as it lives. The API signs URLs when it answers (``JobService.view``)."""
+    out = dict(record)
     hook = record.get("webhook")
     if isinstance(hook, dict) and hook.get("url"):
-        return {**record, "webhook": {**hook, "url": redact_webhook_url(str(hook["url"]))}}
-    return record
+        out["webhook"] = {**hook, "url": redact_webhook_url(str(hook["url"]))}
+    if isinstance(record.get("images"), list):
+        out["images"] = [
+            {k: v for k, v in image.items() if k != "url"} if isinstance(image, dict) else image
+            for image in record["images"]
+        ]
+    return out

@@ -29,6 +29,9 @@ from tasks.jobs.records import JOB_ID, JOB_ID_RULE
 from tasks.jobs.storage import CONTENT_TYPES
 
 MAX_PROMPT = 2000
+# Numeric bounds are the model's own (models.yaml ``limits``, shown by GET /v1/models):
+# no door adds ranges of its own, so a bad value gets the same reason on every door.
+PER_MODEL = "{} of the model (GET /v1/models)"
 
 
 class LoraSchema(Schema):
@@ -62,23 +65,22 @@ class JobSchema(Schema):
     width = fields.Integer(
         load_default=None,
         strict=True,
-        validate=validate.Range(min=8, max=8192),
-        metadata={"example": 64},
+        metadata={"example": 64, "description": PER_MODEL.format("min_size to max_size")},
     )
     height = fields.Integer(
         load_default=None,
         strict=True,
-        validate=validate.Range(min=8, max=8192),
-        metadata={"example": 64},
+        metadata={"example": 64, "description": PER_MODEL.format("min_size to max_size")},
     )
     steps = fields.Integer(
         load_default=None,
         strict=True,
-        validate=validate.Range(min=1, max=1000),
-        metadata={"example": 4},
+        metadata={"example": 4, "description": PER_MODEL.format("1 to max_steps")},
     )
     guidance_scale = fields.Float(
-        load_default=None, allow_nan=False, validate=validate.Range(min=0, max=100)
+        load_default=None,
+        allow_nan=False,
+        metadata={"description": PER_MODEL.format("limits.guidance_scale")},
     )
     scheduler = fields.String(load_default=None, validate=validate.Length(min=1, max=64))
     seed = fields.Integer(
@@ -91,8 +93,7 @@ class JobSchema(Schema):
     n = fields.Integer(
         load_default=1,
         strict=True,
-        validate=validate.Range(min=1, max=64),
-        metadata={"description": "number of images"},
+        metadata={"description": "number of images; " + PER_MODEL.format("1 to max_n")},
     )
     loras = fields.List(
         fields.Nested(LoraSchema), load_default=list, validate=validate.Length(max=16)
@@ -159,13 +160,13 @@ def validate_job(data: dict[str, Any], registry: Registry) -> dict[str, Any]:
     def err(field: str, msg: str) -> None:
         errors.setdefault(field, []).append(msg)
 
-    width = data.get("width") or model.width
-    height = data.get("height") or model.height
+    width = model.width if data.get("width") is None else data["width"]
+    height = model.height if data.get("height") is None else data["height"]
     _check_size(errors, "width", width, model)
     _check_size(errors, "height", height, model)
-    steps = data.get("steps") or model.steps
-    if steps > model.max_steps:
-        err("steps", f"must be at most {model.max_steps} for {name}, got {steps}")
+    steps = model.steps if data.get("steps") is None else data["steps"]
+    if not 1 <= steps <= model.max_steps:
+        err("steps", f"must be between 1 and {model.max_steps} for {name}, got {steps}")
     if len(data["prompt"]) > lim.max_prompt_chars:
         err("prompt", f"must be at most {lim.max_prompt_chars} characters for {name}")
     if data.get("negative_prompt") is not None and not fam.negative_prompt:
@@ -175,14 +176,17 @@ def validate_job(data: dict[str, Any], registry: Registry) -> dict[str, Any]:
         if guidance != model.guidance_scale:
             err("guidance_scale", f"{fam.name} uses a fixed guidance of {model.guidance_scale}")
     elif guidance is not None and not lim.min_guidance <= guidance <= lim.max_guidance:
-        err("guidance_scale", f"must be between {lim.min_guidance} and {lim.max_guidance}")
+        err(
+            "guidance_scale",
+            f"must be between {lim.min_guidance} and {lim.max_guidance} for {name}, got {guidance}",
+        )
     scheduler = data.get("scheduler") or model.scheduler
     if data.get("scheduler") and scheduler not in model.schedulers:
         err("scheduler", f"unknown scheduler {scheduler!r}; choose from {list(model.schedulers)}")
-    n = data.get("n") or 1
-    if n > lim.max_n:
-        err("n", f"must be at most {lim.max_n} for {name}, got {n}")
-    if width * height * min(n, model.spec.max_batch) > lim.max_pixels_per_batch:
+    n = 1 if data.get("n") is None else data["n"]
+    if not 1 <= n <= lim.max_n:
+        err("n", f"must be between 1 and {lim.max_n} for {name}, got {n}")
+    elif width * height * min(n, model.spec.max_batch) > lim.max_pixels_per_batch:
         err("n", f"{n} images of {width}x{height} exceed {lim.max_pixels_per_batch} pixels")
     loras = data.get("loras") or []
     if len(loras) > lim.max_loras:

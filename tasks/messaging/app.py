@@ -7,15 +7,17 @@ while the API and other senders build the same app without importing any of them
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from functools import lru_cache
 from typing import Any
 
 from celery import Celery
 from celery.signals import setup_logging as celery_setup_logging
+from kombu import Queue
 
 from config.settings import Settings, get_settings
 from tasks.messaging.kombu_fix import keep_workers_alive_on_redis_loss
-from tasks.messaging.names import route_task
+from tasks.messaging.names import WEBHOOKS_QUEUE, queue_for, route_task
 
 TASK_MODULES = ("tasks.worker.generate", "tasks.worker.webhooks")
 
@@ -69,6 +71,18 @@ def make_celery(settings: Settings | None = None, *, longest_time_limit_s: int =
         worker_hijack_root_logger=False,
         worker_redirect_stdouts=False,
     )
+    return app
+
+
+def show_queues(app: Celery, models: Iterable[str]) -> Celery:
+    """Flower's view of the app: its broker tab lists each model's ``gen.<model>`` queue
+    and ``webhooks`` from the start. (With no worker reporting yet, Flower lists the
+    default queue and ``task_queues``, so it showed a ``kiln`` queue nothing uses.) For
+    Flower's process only: a worker started without ``-Q`` would consume every queue
+    listed here."""
+    names = [*(queue_for(m) for m in models), WEBHOOKS_QUEUE]
+    app.conf.task_queues = [Queue(name, routing_key=name) for name in names]
+    app.conf.task_default_queue = names[0]
     return app
 
 

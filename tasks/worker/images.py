@@ -116,9 +116,8 @@ def upload(storage: Storage, job_id: str, params: dict[str, Any], result: Any) -
         key = image_key(job_id, i, fmt)
         data = encode(image, meta, fmt=fmt, compression=params.get("output_compression"))
         storage.put(key, data, content_type=CONTENT_TYPES[fmt], metadata={"seed": str(seed)})
-        images.append(
+        images.append(  # no URL: the API signs one when it answers (never in a log)
             {
-                "url": storage.url(key),
                 "key": key,
                 "seed": seed,
                 "width": image.width,

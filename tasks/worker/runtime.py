@@ -42,6 +42,7 @@ class Runtime:
     engine: Any = None
     celery: Any = None
     progress: ProgressWriter | None = None
+    dtype: str = ""  # what the engine really runs (fp32 on a CPU for an fp16 entry)
     cancel_events: dict[str, threading.Event] = field(default_factory=dict)
     active: set[str] = field(default_factory=set)  # jobs this process is running now
     lock: threading.Lock = field(default_factory=threading.Lock)  # guards ``active``
@@ -53,6 +54,7 @@ class Runtime:
     _beat_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def start_engine(self, *, timeout: float | None = None) -> None:
+        from pipelines.devices import dtype_name
         from pipelines.engine import Engine  # torch is imported only here, in workers
         from pipelines.loader import compiled_graphs, load_model, set_torch_threads, warm_up
 
@@ -72,6 +74,7 @@ class Runtime:
                 models_dir=settings.models_dir,
                 cpu_dtype=settings.cpu_dtype,
             )
+            self.dtype = dtype_name(loaded.dtype)
             warm_up(loaded)
             seen_graphs[0] = compiled_graphs()
             metrics.observe_compiles(model, graphs=seen_graphs[0], new=0)
@@ -123,6 +126,7 @@ class Runtime:
                             self.hostname,
                             HEARTBEAT_TTL_S,
                             ready=not self._draining.is_set(),
+                            dtype=self.dtype,
                         )
             except Exception as exc:  # keep beating through a broker blip
                 log.warning("heartbeat failed: %s", type(exc).__name__)

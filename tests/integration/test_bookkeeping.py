@@ -110,3 +110,16 @@ def test_heartbeat_is_removed_at_once_and_not_written_again(redis_url: str) -> N
     beat.join(rt.HEARTBEAT_S + 5)
     assert not beat.is_alive()
     assert not r.exists(key)  # the beat thread did not put it back
+
+
+def test_ready_workers_report_the_dtype_they_run(r: redis.Redis) -> None:
+    bk.beat(r, "m", "w1", 60, dtype="fp32")
+    bk.beat(r, "m", "w2", 60, dtype="fp32")
+    bk.beat(r, "m", "w3", 60, dtype="fp16")
+    bk.beat(r, "m", "w4", 60)  # still loading: no dtype to say yet
+    bk.beat(r, "m", "w5", 60, ready=False, dtype="bf16")  # draining: not ready
+    assert bk.worker_dtypes(r, "m") == {"fp32": 2, "fp16": 1}
+    assert bk.ready_workers(r, "m") == 4
+    bk.unbeat(r, "m", "w3")
+    assert bk.worker_dtypes(r, "m") == {"fp32": 2}
+    assert bk.worker_dtypes(r, "other") == {}

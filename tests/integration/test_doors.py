@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import subprocess
 import sys
 import textwrap
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import openai
 import pytest
 from openai import OpenAI
 from PIL import Image
@@ -41,6 +43,61 @@ def test_openai_sdk_with_b64_json(stack: Stack) -> None:
     )
     image = Image.open(io.BytesIO(base64.b64decode(resp.data[0].b64_json)))
     assert image.size == (64, 64)
+
+
+def test_openai_sdk_extra_body_gets_exactly_that(stack: Stack) -> None:
+    client = OpenAI(base_url=f"{stack.api_url}/v1", api_key="kiln")
+    resp = client.images.generate(
+        model="tiny-sd",
+        prompt="a red fox",
+        response_format="b64_json",
+        extra_body={"scheduler": "euler", "width": 128, "steps": 2, "seed": 11},
+    )
+    image = Image.open(io.BytesIO(base64.b64decode(resp.data[0].b64_json)))
+    assert image.size == (128, 64)  # width asked, the model's default height
+    meta = json.loads(image.text["kiln"])  # what the worker really ran
+    assert meta["scheduler"] == "euler" and meta["width"] == 128 and meta["height"] == 64
+    assert meta["steps"] == 2 and meta["seed"] == 11
+
+
+def test_openai_sdk_invented_field_is_a_400_naming_it(stack: Stack) -> None:
+    client = OpenAI(base_url=f"{stack.api_url}/v1", api_key="kiln", max_retries=0)
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.images.generate(
+            model="tiny-sd", prompt="a red fox", extra_body={"sharpness": 3, "steps": 2}
+        )
+    err = bad.value.body
+    assert isinstance(err, dict), err
+    assert err["param"] == "sharpness" and err["type"] == "invalid_request_error"
+    assert "sharpness" in str(bad.value) and "unknown parameter" in err["message"]
+    with pytest.raises(openai.BadRequestError) as steps:
+        client.images.generate(model="tiny-sd", prompt="a red fox", extra_body={"steps": 999})
+    assert steps.value.body["param"] == "steps"  # type: ignore[index]
+    assert "must be between 1 and 150 for tiny-sd, got 999" in str(steps.value)
+
+
+def test_openai_sdk_models_retrieve(stack: Stack) -> None:
+    client = OpenAI(base_url=f"{stack.api_url}/v1", api_key="kiln", max_retries=0)
+    model = client.models.retrieve("tiny-sd")
+    assert model.id == "tiny-sd"
+    extra = model.model_dump()
+    # The stack's worker runs on the CPU: fp32, whatever models.yaml asks (fp16).
+    assert (extra["dtype"], extra["dtype_source"], extra["dtype_configured"]) == (
+        "fp32",
+        "workers",
+        "fp16",
+    )
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.models.retrieve("dall-e-3")
+    assert missing.value.body["code"] == "model_not_found"  # type: ignore[index]
+
+
+def test_a_202_carries_no_retry_after(api: KilnHTTP) -> None:
+    r = api.post("/v1/jobs", json={"prompt": "a fox", "model": "tiny-sd", "steps": 2})
+    assert r.status_code == 202 and r.json()["status"] == "queued"
+    assert "Retry-After" not in r.headers
+    assert "X-RateLimit-Limit" in r.headers  # the limiter still says where the key stands
+    assert api.wait(r.json()["id"])["status"] == "succeeded"
 
 
 def test_openai_errors_have_the_openai_shape(api: KilnHTTP) -> None:
@@ -120,12 +177,13 @@ def test_classic_api(api: KilnHTTP) -> None:
     assert fetch_image(classic["image_url"]).size == (64, 64)
     assert classic["created_at"] and classic["completed_at"]
     for bad in (
-        {"prompt": "x", "model": "tiny-sd", "steps": 5},
-        {"prompt": "x", "model": "tiny-sd", "guidance_scale": 25},
+        {"prompt": "x", "model": "tiny-sd", "steps": 500},  # the model's limits, as on /v1/jobs
+        {"prompt": "x", "model": "tiny-sd", "guidance_scale": 35},
         {"prompt": "x", "model": "sdxl", "width": 4096},
     ):
         r = api.post("/generate", json=bad)
         assert r.status_code == 422, bad
+        assert r.json() == api.post("/v1/jobs", json=bad).json()
     health = api.get("/health").json()
     assert health["status"] == "healthy" and health["workers"] >= 1
 
@@ -169,8 +227,6 @@ def test_celery_task_api_from_a_process_without_kiln(
         [str(celery_only_python), "-c", code], capture_output=True, text=True, timeout=180, cwd="/"
     )
     assert out.returncode == 0, out.stderr
-    import json
-
     record = json.loads(out.stdout.strip().splitlines()[-1])
     assert record["status"] == "succeeded" and record["seeds"] == [5]
     assert api.get(f"/v1/jobs/{record['id']}").json()["status"] == "succeeded"
@@ -184,6 +240,11 @@ def test_celery_helper_for_kiln_installs(stack: Stack, api: KilnHTTP) -> None:
     res = send_generate(app=app, prompt="a red fox", model="tiny-sd", steps=4, seed=2)
     record = res.get(timeout=120)
     assert record["status"] == "succeeded" and record["id"] == res.id
+    # The result names images by key; the API signs a URL when asked.
+    assert record["images"][0]["key"] == f"generated/{res.id}/0.png"
+    assert "X-Amz-Signature" not in json.dumps(record)
+    signed = api.get(f"/v1/jobs/{res.id}").json()["images"][0]["url"]
+    assert "X-Amz-Signature" in signed
 
 
 def test_client_reports_increasing_progress(stack: Stack) -> None:

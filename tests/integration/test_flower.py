@@ -59,6 +59,9 @@ def test_flower_refuses_requests_without_credentials(stack: Stack) -> None:
         wait_for(lambda: task().get("state") == "SUCCESS", timeout=30, what="task in flower")
         info = task()
         assert info["name"] == "kiln.generate"
+        # The result names the image by its key; a presigned URL is never in it.
+        assert f"generated/{job['id']}/0.png" in str(info["result"])
+        assert "X-Amz-Signature" not in json.dumps(info)
         assert info["routing_key"] == "gen.tiny-sd"
         assert "seen by flower" in info["kwargs"] and "hooks.invalid/***" in info["kwargs"]
         listing = requests.get(f"{url}/api/tasks", auth=auth, timeout=5).text
@@ -83,6 +86,39 @@ def test_flower_refuses_requests_without_credentials(stack: Stack) -> None:
             assert "retried-hook-token" not in json.dumps(info) + listing
         finally:
             end_retried(stack, retried)
+    finally:
+        proc.stop()
+
+
+def test_flower_lists_the_model_queues_before_any_worker_reports(stack: Stack) -> None:
+    from config.models import load_models
+
+    port = free_port()
+    # A broker database of its own: no worker there, so Flower knows queues only from
+    # its app (with a worker, it lists the queues the workers report).
+    broker = stack.env["KILN_BROKER_URL"].rsplit("/", 1)[0] + "/11"
+    env = {
+        **stack.env,
+        "KILN_FLOWER_PORT": str(port),
+        "KILN_BROKER_URL": broker,
+        "KILN_FLOWER_BASIC_AUTH": "ops:flower-pass-123",
+    }
+    auth = ("ops", "flower-pass-123")
+    proc = stack.spawn("flower-queues", [str(BIN / "kiln"), "flower"], env=env)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_for(
+            lambda: requests.get(f"{url}/healthcheck", timeout=1).ok,
+            timeout=60,
+            what="flower",
+            proc=proc.popen,
+        )
+        lengths = requests.get(f"{url}/api/queues/length", auth=auth, timeout=5)
+        queues = lengths.json()["active_queues"]
+        names = {q["name"] for q in queues}
+        models = load_models(stack.settings.models_file)
+        assert names == {f"gen.{m}" for m in models} | {"webhooks"}, names
+        assert "gen.tiny-sd" in requests.get(f"{url}/broker", auth=auth, timeout=5).text
     finally:
         proc.stop()
 

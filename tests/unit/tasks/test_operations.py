@@ -35,3 +35,12 @@ def test_task_result_redacts_the_webhook_url_only() -> None:
     assert shown["images"] == record["images"] and shown["id"] == "j1"
     assert record["webhook"]["url"].endswith("tok-123")  # the stored record is untouched
     assert task_result({"id": "j2", "webhook": None}) == {"id": "j2", "webhook": None}
+
+
+def test_task_result_holds_image_keys_never_presigned_urls() -> None:
+    signed = "http://s3/kiln/generated/j1/0.png?X-Amz-Algorithm=A&X-Amz-Signature=abc"
+    record = {"id": "j1", "images": [{"url": signed, "key": "generated/j1/0.png", "seed": 1}]}
+    shown = task_result(record)
+    assert shown["images"] == [{"key": "generated/j1/0.png", "seed": 1}]
+    assert "X-Amz-Signature" not in repr(shown)
+    assert record["images"][0]["url"] == signed  # the caller's dict is untouched
