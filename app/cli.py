@@ -58,10 +58,15 @@ def worker(
 ) -> None:
     """Serve one model on one GPU: load, warm, then consume gen.<model>."""
     from config.logging import setup_logging
+    from config.production import refuse_dev_defaults
     from pipelines.registry import Registry, UnknownModel
     from tasks.worker.main import run_worker
 
     settings = get_settings()
+    try:
+        refuse_dev_defaults(settings)
+    except SettingsError as exc:
+        raise click.ClickException(str(exc)) from None
     setup_logging(settings)
     try:
         Registry.from_file(settings.models_file)[model]
@@ -307,8 +312,13 @@ def flower(flower_args: tuple[str, ...]) -> None:
     """Start Flower on the configured address, with basic auth when set."""
     from app.devfleet import flower_argv, run_flower
     from config.logging import setup_logging
+    from config.production import refuse_dev_defaults
 
     settings = get_settings()
+    try:
+        refuse_dev_defaults(settings)
+    except SettingsError as exc:
+        raise click.ClickException(str(exc)) from None
     argv = flower_argv(settings, flower_args)
     setup_logging(settings)  # before tornado's: it adds no handler of its own then
     run_flower(argv)
