@@ -24,6 +24,7 @@ def config_cmd(key: str | None) -> None:
     """Print the effective settings (secrets redacted) and warn on what they leave open,
     or print one KEY's value."""
     from app.exposure import open_doors
+    from config.production import SERVING_WITHOUT_CHECK, dev_default_problems
 
     try:
         settings = get_settings()
@@ -34,6 +35,9 @@ def config_cmd(key: str | None) -> None:
         click.echo(json.dumps(values, indent=2, default=str))
         for line in open_doors(settings):  # what this configuration leaves open
             click.echo(f"warning: {line}", err=True)
+        if settings.profile not in SERVING_WITHOUT_CHECK:
+            for line in dev_default_problems(settings):
+                click.echo(f"warning: the {settings.profile} profile refuses {line}", err=True)
         return
     key = key.lower().removeprefix("kiln_")
     if key not in values:

@@ -115,3 +115,11 @@ def test_every_serving_process_refuses_the_dev_defaults(argv: list[str]) -> None
     assert "the prod profile refuses the dev defaults" in text
     assert "KILN_BROKER_URL" in text and "KILN_WEBHOOK_SECRET" in text
     assert "KILN_S3_ENDPOINT_URL" not in text  # set: not named
+
+
+def test_kiln_config_warns_of_what_the_profile_will_refuse() -> None:
+    env = prod_env(**{**REAL, "KILN_S3_SECRET_KEY": DEV_S3_SECRET_KEY})
+    out = run([str(BIN / "kiln"), "config"], env)
+    assert out.returncode == 0  # a diagnostic: it reports, it does not refuse
+    assert "the prod profile refuses KILN_S3_SECRET_KEY (the dev credential)" in out.stderr
+    assert "KILN_BROKER_URL (" not in out.stderr
