@@ -287,3 +287,20 @@ def test_readme_deploy_walks_to_a_running_compose_host() -> None:
         assert needed in deploy, needed
     for command in re.findall(r"^\s*(kiln [a-z-]+ [a-z-]+)", deploy, flags=re.M):
         assert shlex.split(command)[1] in {"keys", "config", "models", "worker", "flower"}
+
+
+def test_every_program_the_recipes_run_is_installed_by_this_package() -> None:
+    """``kiln`` is this package's console script; gunicorn and celery come with its
+    requirements (the images and hosts install nothing else)."""
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg")
+    scripts = dict(
+        (part.strip() for part in line.split("=", 1))
+        for line in cfg["options.entry_points"]["console_scripts"].strip().splitlines()
+    )
+    assert scripts["kiln"] == "app.cli:run"
+    requires = {
+        re.split(r"[\[~=<>! ]", line.strip(), maxsplit=1)[0]
+        for line in cfg["options"]["install_requires"].strip().splitlines()
+    }
+    assert {"gunicorn", "celery", "flower"} <= requires
