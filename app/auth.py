@@ -4,7 +4,8 @@
 with ``kiln keys create alice --scopes generate,read`` (the key is shown once, only
 its hash is configured). Send ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``.
 Scopes: ``generate`` (submit, cancel), ``read`` (jobs, models), ``admin`` (everything,
-and every key's jobs). ``KILN_API_KEYS_FILE`` adds entries, one per line. Kiln fails
+and every key's jobs). ``KILN_API_KEYS_FILE`` adds entries, one per line, re-read
+when the file changes (``app/keyring.py``): no restart to add or revoke. Kiln fails
 closed: without keys the dev profile serves only clients on its own machine (loopback,
 not forwarded by a proxy: 401 for anyone else), the other profiles refuse to start; an
 API open to all takes ``KILN_AUTH=off`` in so many words, in the dev or test profile.
@@ -25,6 +26,7 @@ from apispec import BasePlugin
 from flask import Flask, g, request
 from flask_smorest import Api
 
+from app.keyring import KeyRing
 from config.errors import KilnError
 from config.settings import Settings, SettingsError
 
@@ -184,8 +186,9 @@ def from_this_machine() -> bool:
 
 def init_auth(app: Flask, settings: Settings) -> None:
     """Check every request's key and scope, or refuse to start when keys are required."""
-    keys = load_keys(settings)
-    app.extensions["kiln_keys"] = keys
+    ring = KeyRing(settings, load=load_keys)  # KILN_API_KEYS_FILE: re-read when it changes
+    keys = ring.current()
+    app.extensions["kiln_keys"] = ring
     if settings.auth == "off":
         if settings.profile not in {"dev", "test"}:
             raise SettingsError(f"KILN_AUTH=off is refused in the {settings.profile} profile")
@@ -220,7 +223,7 @@ def init_auth(app: Flask, settings: Settings) -> None:
         presented = presented_key()
         if presented is None:
             raise Unauthorized("an API key is required: Authorization: Bearer <key>")
-        key = keys.get(hash_key(presented))
+        key = ring.current().get(hash_key(presented))
         if key is None:
             raise Unauthorized("invalid API key")
         method = "GET" if request.method == "HEAD" else request.method

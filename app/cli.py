@@ -24,6 +24,7 @@ def config_cmd(key: str | None) -> None:
     """Print the effective settings (secrets redacted) and warn on what they leave open,
     or print one KEY's value."""
     from app.exposure import open_doors
+    from config.production import SERVING_WITHOUT_CHECK, dev_default_problems
 
     try:
         settings = get_settings()
@@ -34,6 +35,9 @@ def config_cmd(key: str | None) -> None:
         click.echo(json.dumps(values, indent=2, default=str))
         for line in open_doors(settings):  # what this configuration leaves open
             click.echo(f"warning: {line}", err=True)
+        if settings.profile not in SERVING_WITHOUT_CHECK:
+            for line in dev_default_problems(settings):
+                click.echo(f"warning: the {settings.profile} profile refuses {line}", err=True)
         return
     key = key.lower().removeprefix("kiln_")
     if key not in values:
@@ -58,10 +62,15 @@ def worker(
 ) -> None:
     """Serve one model on one GPU: load, warm, then consume gen.<model>."""
     from config.logging import setup_logging
+    from config.production import refuse_dev_defaults
     from pipelines.registry import Registry, UnknownModel
     from tasks.worker.main import run_worker
 
     settings = get_settings()
+    try:
+        refuse_dev_defaults(settings)
+    except SettingsError as exc:
+        raise click.ClickException(str(exc)) from None
     setup_logging(settings)
     try:
         Registry.from_file(settings.models_file)[model]
@@ -307,8 +316,13 @@ def flower(flower_args: tuple[str, ...]) -> None:
     """Start Flower on the configured address, with basic auth when set."""
     from app.devfleet import flower_argv, run_flower
     from config.logging import setup_logging
+    from config.production import refuse_dev_defaults
 
     settings = get_settings()
+    try:
+        refuse_dev_defaults(settings)
+    except SettingsError as exc:
+        raise click.ClickException(str(exc)) from None
     argv = flower_argv(settings, flower_args)
     setup_logging(settings)  # before tornado's: it adds no handler of its own then
     run_flower(argv, settings)

@@ -91,6 +91,9 @@ class ModelSpec:
     upcast_vae: bool | None = None  # SDXL fp16: None = decide from the VAE config
     vae: str | None = None  # fp16-safe VAE override (folder or hub id)
     loras: tuple[LoraSpec, ...] = ()
+    # sd15 only: run diffusers' safety checker (from the source's safety_checker/ and
+    # feature_extractor/ folders); flagged images come back black. Off by default.
+    safety_checker: bool = False
     soft_time_limit_s: int = 300
     time_limit_s: int = 360
     enabled: bool = True
@@ -177,6 +180,8 @@ def parse_model(raw: Mapping[str, Any], *, base_dir: Path | None = None) -> Mode
         )
     if spec.fuse_qkv and spec.loras:
         raise ModelConfigError(f"{where}: fuse_qkv would bypass the LoRAs; use one or the other")
+    if spec.safety_checker and spec.family != "sd15":
+        raise ModelConfigError(f"{where}: safety_checker is an sd15 option (diffusers has none)")
     if spec.time_limit_s <= spec.soft_time_limit_s:
         raise ModelConfigError(f"{where}: time_limit_s must exceed soft_time_limit_s")
     # Relative local paths are relative to the models file.

@@ -4,7 +4,8 @@ Nothing else in Kiln reads a ``KILN_*`` variable. The only other environment Kil
 touches is ``CUDA_VISIBLE_DEVICES`` (set by ``kiln worker --gpu`` before torch loads)
 and prometheus-client's ``PROMETHEUS_MULTIPROC_DIR`` (``config/gunicorn.py``).
 Defaults are the dev profile, so that ``make run`` and the tests need no
-configuration at all.
+configuration at all; outside dev and test, serving processes refuse those defaults
+(``config/production.py``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 DEFAULT_MODELS_FILE = PACKAGE_DIR / "models.yaml"
 DEFAULT_DATA_DIR = Path.home() / ".cache" / "kiln"
 CPU_DTYPES = ("fp32", "bf16", "auto")  # KILN_CPU_DTYPE: half-precision models on the CPU
+# The embedded S3 server's credentials: the dev profile's only (config/production.py).
+DEV_S3_ACCESS_KEY = "kiln-dev"
+DEV_S3_SECRET_KEY = "kiln-dev-secret"
 
 SECRET_FIELDS = frozenset(
     {"s3_secret_key", "webhook_secret", "flower_basic_auth", "api_keys", "broker_url", "redis_url"}
@@ -49,8 +53,8 @@ class Settings:
     # Object storage (any S3 API: AWS, MinIO, R2, SeaweedFS, rclone).
     s3_endpoint_url: str = ""  # empty: the dev fleet's S3 server, http://127.0.0.1:<s3_port>
     s3_bucket: str = "kiln"
-    s3_access_key: str = "kiln-dev"
-    s3_secret_key: str = "kiln-dev-secret"
+    s3_access_key: str = ""  # empty in the dev profile: the dev S3 server's credentials
+    s3_secret_key: str = ""
     s3_region: str = "us-east-1"
     s3_create_bucket: bool = True
     public_base_url: str = ""  # e.g. https://cdn.example.com: URLs are <base>/<key>
@@ -122,6 +126,9 @@ class Settings:
             object.__setattr__(self, "broker_url", f"redis://127.0.0.1:{self.broker_port}/0")
         if not self.s3_endpoint_url:
             object.__setattr__(self, "s3_endpoint_url", f"http://127.0.0.1:{self.s3_port}")
+        if self.is_dev and not (self.s3_access_key or self.s3_secret_key):
+            object.__setattr__(self, "s3_access_key", DEV_S3_ACCESS_KEY)
+            object.__setattr__(self, "s3_secret_key", DEV_S3_SECRET_KEY)
         if self.webhook_proxy and not self.webhook_proxy.startswith("http://"):
             raise SettingsError("KILN_WEBHOOK_PROXY must be an http:// URL (host:port)")
         if not self.redis_url:

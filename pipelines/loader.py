@@ -170,6 +170,26 @@ def resolve_source(model: Model, models_dir: Path) -> str:
     return source  # a hub id: the only case that may touch the network
 
 
+def pretrained_kwargs(model: Model, source: str, dtype: Any) -> dict[str, Any]:
+    """``from_pretrained`` options of the entry. sd15: the safety checker stays out
+    unless the entry asks for it (``safety_checker: true``); then the pipeline loads it,
+    and its image processor, from the same source as the rest of the weights."""
+    spec = model.spec
+    kwargs: dict[str, Any] = {"dtype": dtype, "local_files_only": Path(source).exists()}
+    if spec.variant:
+        kwargs["variant"] = spec.variant
+    if spec.revision:
+        kwargs["revision"] = spec.revision
+    if model.family.name == "sd15":
+        if spec.safety_checker:
+            kwargs["requires_safety_checker"] = True
+        else:
+            kwargs.update(
+                safety_checker=None, feature_extractor=None, requires_safety_checker=False
+            )
+    return kwargs
+
+
 def _quiet() -> None:
     from diffusers.utils import logging as dlog
     from transformers.utils import logging as tlog
@@ -199,15 +219,7 @@ def load_model(
         source, pipe = f"random weights ({spec.random_init})", _build_random(model, dtype, device)
     else:
         source = resolve_source(model, models_dir)
-        kwargs: dict[str, Any] = {"dtype": dtype, "local_files_only": Path(source).exists()}
-        if spec.variant:
-            kwargs["variant"] = spec.variant
-        if spec.revision:
-            kwargs["revision"] = spec.revision
-        if model.family.name == "sd15":
-            kwargs.update(
-                safety_checker=None, feature_extractor=None, requires_safety_checker=False
-            )
+        kwargs = pretrained_kwargs(model, source, dtype)
         if spec.vae:
             kwargs["vae"] = _load_vae(spec.vae, dtype, models_dir)
         cls = getattr(diffusers, model.family.pipeline_class)

@@ -88,9 +88,11 @@ def show_queues(app: Celery, models: Iterable[str]) -> Celery:
 
 @lru_cache(maxsize=1)
 def get_celery() -> Celery:
-    """The process-wide app for ``celery -A tasks``."""
+    """The process-wide app for ``celery -A tasks`` (refused on the dev defaults in prod)."""
     from config.models import load_models
+    from config.production import refuse_dev_defaults
 
     settings = get_settings()
+    refuse_dev_defaults(settings)
     longest = max((m.time_limit_s for m in load_models(settings.models_file).values()), default=360)
     return make_celery(settings, longest_time_limit_s=longest)

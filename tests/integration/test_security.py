@@ -260,9 +260,17 @@ def test_direct_messages_with_a_bad_or_taken_job_id_fail_and_touch_no_job(
 
 
 def test_prod_profile_refuses_to_start_without_keys() -> None:
+    real = {  # no dev default left for the prod profile to refuse first
+        "KILN_PROFILE": "prod",
+        "KILN_BROKER_URL": "redis://redis.internal:6379/0",
+        "KILN_S3_ENDPOINT_URL": "https://s3.internal",
+        "KILN_S3_ACCESS_KEY": "fleet",
+        "KILN_S3_SECRET_KEY": "fleet-secret",
+        "KILN_WEBHOOK_SECRET": "whsec_c2VjcmV0",
+    }
     code = (
         "from app import create_app\nfrom config.settings import from_env\n"
-        "create_app({'KILN_SETTINGS': from_env({'KILN_PROFILE': 'prod'})})"
+        f"create_app({{'KILN_SETTINGS': from_env({real!r})}})"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode != 0 and "KILN_API_KEYS" in out.stderr

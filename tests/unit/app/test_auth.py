@@ -15,7 +15,13 @@ from app.cli import main as kiln
 from config.logging import scrub
 from config.settings import SettingsError, from_env
 
-OFFLINE = {"KILN_BROKER_URL": "redis://127.0.0.1:1/0", "KILN_S3_ENDPOINT_URL": "http://127.0.0.1:1"}
+OFFLINE = {  # unreachable servers, and no dev default for the prod profile to refuse
+    "KILN_BROKER_URL": "redis://127.0.0.1:1/0",
+    "KILN_S3_ENDPOINT_URL": "http://127.0.0.1:1",
+    "KILN_S3_ACCESS_KEY": "offline",
+    "KILN_S3_SECRET_KEY": "offline-secret",
+    "KILN_WEBHOOK_SECRET": "whsec_b2ZmbGluZQ==",
+}
 READER, WRITER, ADMIN = new_key(), new_key(), new_key()
 KEYS = (
     f"reader:{hash_key(READER)}:read,writer:{hash_key(WRITER)}:generate+read,"

@@ -22,7 +22,8 @@ from tasks.worker import metrics as worker_metrics
 ROOT = Path(__file__).resolve().parents[3]
 DEPLOY = ROOT / "deploy"
 SETTINGS = {f"KILN_{f.name.upper()}" for f in dataclasses.fields(Settings)}
-MODELS = set(load_models(DEFAULT_MODELS_FILE))
+PRODUCTION_MODELS_FILE = DEPLOY / "models.production.yaml"
+MODELS = set(load_models(DEFAULT_MODELS_FILE)) | set(load_models(PRODUCTION_MODELS_FILE))
 KILN_COMMANDS = set(kiln_cli.commands)
 
 
@@ -33,6 +34,8 @@ def recipe_texts() -> dict[str, str]:
         *DEPLOY.rglob("*.example"),
         ROOT / "Procfile",
         ROOT / "Procfile.dev",
+        ROOT / "Dockerfile",
+        ROOT / "compose.yaml",
     ]
     return {str(p.relative_to(ROOT)): p.read_text() for p in files}
 
@@ -79,7 +82,7 @@ def test_kubernetes_manifests() -> None:
         if doc["kind"] == "Deployment":
             for c in doc["spec"]["template"]["spec"]["containers"]:
                 check_argv(c["command"], doc["metadata"]["name"], gpu=True)
-        if doc["kind"] == "ConfigMap":
+        if doc["kind"] == "ConfigMap" and doc["metadata"]["name"] == "kiln-config":
             assert set(doc["data"]) <= SETTINGS
     workers = {
         n
@@ -135,7 +138,7 @@ def test_every_production_recipe_fails_closed() -> None:
         assert "EnvironmentFile=/etc/kiln/kiln.env" in unit.read_text(), unit.name
     text = (DEPLOY / "kubernetes" / "kiln.yaml").read_text()
     docs = list(yaml.safe_load_all(text))
-    (config,) = [d for d in docs if d["kind"] == "ConfigMap"]
+    (config,) = [d for d in docs if d["metadata"]["name"] == "kiln-config"]
     assert config["data"]["KILN_PROFILE"] == "prod"
     header = text.split("apiVersion", 1)[0]
     assert all(name in header for name in PRODUCTION)
