@@ -53,9 +53,11 @@ def error_body(code: str, message: str, fields: Any = None) -> dict[str, Any]:
 def from_http(exc: HTTPException) -> KilnError | None:
     """The typed error for an HTTP error whose reason Kiln can say better (413, 429)."""
     if isinstance(exc, RequestEntityTooLarge):
-        limit = current_app.config.get("MAX_CONTENT_LENGTH")
+        limit = request.max_content_length
+        images = limit != current_app.config.get("MAX_CONTENT_LENGTH")
+        name = "KILN_MAX_IMAGE_BODY_BYTES" if images else "KILN_MAX_BODY_BYTES"
         return PayloadTooLarge(
-            f"the request body is larger than the limit of {limit} bytes (KILN_MAX_BODY_BYTES)",
+            f"the request body is larger than the limit of {limit} bytes ({name})",
             fields={"body": [f"at most {limit} bytes"]},
         )
     if isinstance(exc, TooManyRequests):  # Flask-Limiter's: its description is the limit
@@ -80,7 +82,17 @@ def require_json() -> None:
     )
 
 
+# Requests that may carry image inputs get their own, larger body limit.
+IMAGE_ENDPOINTS = {"jobs.Jobs", "openai.Edits"}
+
+
+def image_body_limit() -> None:
+    if request.method == "POST" and request.endpoint in IMAGE_ENDPOINTS:
+        request.max_content_length = current_app.config["KILN_SETTINGS"].max_image_body_bytes
+
+
 def register_error_handlers(app: Flask) -> None:
+    app.before_request(image_body_limit)
     app.before_request(require_json)
 
     @app.errorhandler(KilnError)

@@ -14,7 +14,7 @@ from app.auth import owner
 from app.limits import limit_key
 from app.metrics import job_submitted
 from app.schemas import ApiErrorSchema, CancelSchema, JobSchema, JobViewSchema
-from app.service import get_job_or_404, service, settings
+from app.service import get_job_or_404, readable_job, service, settings
 from app.streams import stream_slots
 from tasks.jobs.records import public_view
 from tasks.jobs.schema import validate_job
@@ -45,6 +45,9 @@ class Jobs(MethodView):
     def post(self, data: dict[str, Any]) -> Any:
         """Submit a job; poll urls.self or follow urls.events until it ends
 
+        An image (and a mask) turns it into img2img (inpainting): each is an https URL, a
+        data:image/...;base64 URL, or a finished job's output {"job": id, "index": 0}.
+
         Send an Idempotency-Key header to make retries safe: the same key and body
         return the same job (200) instead of a new one. Invalid input is a 422 whose
         fields name each bad field; the limits are the model's own (GET /v1/models).
@@ -52,6 +55,7 @@ class Jobs(MethodView):
         d = service()
         params = validate_job(data, d.registry)
         d.check_webhook(params)
+        params = d.check_inputs(params, read_job=readable_job)
         record, created = d.submit(
             params,
             owner=owner(),

@@ -74,7 +74,7 @@ class ImagesRequestSchema(JobSchema):
     """
 
     class Meta(JobSchema.Meta):
-        exclude = ("webhook_url",)
+        exclude = ("webhook_url", "image", "mask", "strength")
 
     error_messages = {
         "unknown": "unknown parameter; this endpoint takes "
@@ -215,38 +215,42 @@ class Generations(MethodView):
         negative_prompt, steps, guidance_scale, scheduler, seed, loras, width, height.
         Any other field is a 400 naming it.
         """
-        d = service()
-        params = job_params(data)
-        s = settings()
-        with wait_slots(current_app, s.sync_max_waits, s.key_slot_share).held(limit_key()):
-            record, _ = d.submit(params, owner=owner(), source="openai")
-            job_submitted(params["model"], "openai")
-            done = d.wait(record["id"], timeout=s.sync_timeout_s) or record
-        if done.get("status") != "succeeded":
-            if done.get("status") in {"queued", "running"}:
-                return openai_error(
-                    f"job {record['id']} is still {done['status']}; poll /v1/jobs/{record['id']}",
-                    504,
-                    kind="timeout",
-                    code=record["id"],
-                )
-            err = done.get("error") or {}
+        return answer(job_params(data), data, source="openai")
+
+
+def answer(params: dict[str, Any], data: dict[str, Any], *, source: str) -> Any:
+    """Submit the job, wait for it, and answer in OpenAI's shape (images or an error)."""
+    d = service()
+    s = settings()
+    with wait_slots(current_app, s.sync_max_waits, s.key_slot_share).held(limit_key()):
+        record, _ = d.submit(params, owner=owner(), source=source)
+        job_submitted(params["model"], source)
+        done = d.wait(record["id"], timeout=s.sync_timeout_s) or record
+    if done.get("status") != "succeeded":
+        if done.get("status") in {"queued", "running"}:
             return openai_error(
-                err.get("message", "generation failed"),
-                500,
-                kind="server_error",
-                code=err.get("code"),
+                f"job {record['id']} is still {done['status']}; poll /v1/jobs/{record['id']}",
+                504,
+                kind="timeout",
+                code=record["id"],
             )
-        out = []
-        for image in done["images"]:
-            item: dict[str, Any] = {"revised_prompt": data["prompt"]}
-            if data["response_format"] == "b64_json":
-                item["b64_json"] = base64.b64encode(d.storage.read(image["key"])).decode()
-            else:
-                item["url"] = image["url"]
-            out.append(item)
-        return {
-            "created": int(done.get("created_at") or 0),
-            "data": out,
-            "output_format": params["output_format"],
-        }
+        err = done.get("error") or {}
+        return openai_error(
+            err.get("message", "generation failed"),
+            500,
+            kind="server_error",
+            code=err.get("code"),
+        )
+    out = []
+    for image in done["images"]:
+        item: dict[str, Any] = {"revised_prompt": data["prompt"]}
+        if data["response_format"] == "b64_json":
+            item["b64_json"] = base64.b64encode(d.storage.read(image["key"])).decode()
+        else:
+            item["url"] = image["url"]
+        out.append(item)
+    return {
+        "created": int(done.get("created_at") or 0),
+        "data": out,
+        "output_format": params["output_format"],
+    }

@@ -36,9 +36,15 @@ def settings() -> Settings:
     return current_app.config["KILN_SETTINGS"]
 
 
+def readable_job(job_id: str) -> dict[str, Any] | None:
+    """The job, if it exists and this API key may see it."""
+    record = service().get(job_id)
+    return record if record is not None and can_see(record.get("owner")) else None
+
+
 def get_job_or_404(job_id: str) -> dict[str, Any]:
     """The job, if it exists and this API key may see it (404 either way, no hints)."""
-    record = service().get(job_id)
-    if record is None or not can_see(record.get("owner")):
+    record = readable_job(job_id)
+    if record is None:
         raise NotFound(f"no job {job_id!r}", fields={"job_id": [job_id]})
     return record

@@ -48,6 +48,8 @@ class Limits:
     min_guidance: float = 0.0
     max_guidance: float = 30.0
     max_pixels_per_batch: int = 8 * 1024 * 1024
+    max_input_pixels: int = 4096 * 4096  # an init image or mask, as declared in its header
+    max_input_bytes: int = 16 * 1024 * 1024  # an init image or mask, encoded
     max_loras: int = 3
 
 

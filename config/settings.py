@@ -106,6 +106,8 @@ class Settings:
     rate_limit: str = "120/minute"  # per API key (or per client address when open)
     max_concurrent_jobs: int = 64  # queued + running jobs per API key
     max_body_bytes: int = 64 * 1024
+    max_image_body_bytes: int = 20 * 1024 * 1024  # requests carrying image inputs
+    input_fetch_timeout_s: float = 10.0  # one deadline for fetching an image input URL
     log_format: str = ""  # "json" or "text"; empty: text in dev, json elsewhere
     log_level: str = "INFO"
 

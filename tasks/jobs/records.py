@@ -22,6 +22,10 @@ PARAM_KEYS = (
     "loras",
     "output_format",
     "output_compression",
+    "mode",
+    "strength",
+    "image",
+    "mask",
 )
 
 

@@ -25,6 +25,8 @@ from marshmallow import (
 from config.errors import invalid_input
 from pipelines.batch import MAX_SEED
 from pipelines.registry import Registry
+from tasks.jobs.inputs import RULE as IMAGE_RULE
+from tasks.jobs.inputs import ImageInput, image_mode
 from tasks.jobs.records import JOB_ID, JOB_ID_RULE
 from tasks.jobs.storage import CONTENT_TYPES
 
@@ -114,6 +116,22 @@ class JobSchema(Schema):
         metadata={"description": "jpeg, webp: 100 (default) keeps most detail; lower: smaller"},
     )
 
+    image = ImageInput(
+        metadata={
+            "description": f"init image (img2img, inpaint): {IMAGE_RULE}; sets the size "
+            "(rounded down to the model's multiple) unless width/height are given"
+        }
+    )
+    mask = ImageInput(
+        metadata={"description": "inpaint mask, the image's size: white (or transparent) = redraw"}
+    )
+    strength = fields.Float(
+        load_default=None,
+        allow_nan=False,
+        validate=validate.Range(min=0, max=1, min_inclusive=False),
+        metadata={"description": "share of the image redrawn, (0, 1]; default per family"},
+    )
+
     @validates_schema
     def _seed_range(self, data: dict[str, Any], **_: Any) -> None:
         seed, n = data.get("seed"), data.get("n") or 1
@@ -134,6 +152,8 @@ class JobTaskSchema(JobSchema):
         fields.Integer(validate=validate.Range(min=0, max=MAX_SEED)), load_default=None
     )
     owner = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=200))
+    image = ImageInput(keys=True)
+    mask = ImageInput(keys=True)
 
 
 def _check_size(errors: dict[str, list[str]], name: str, value: int, model: Any) -> None:
@@ -160,10 +180,21 @@ def validate_job(data: dict[str, Any], registry: Registry) -> dict[str, Any]:
     def err(field: str, msg: str) -> None:
         errors.setdefault(field, []).append(msg)
 
-    width = model.width if data.get("width") is None else data["width"]
-    height = model.height if data.get("height") is None else data["height"]
-    _check_size(errors, "width", width, model)
-    _check_size(errors, "height", height, model)
+    mode = image_mode(data)
+    if data.get("mask") is not None and data.get("image") is None:
+        err("mask", "needs an image to go with it")
+    if mode != "text" and mode not in fam.modes:
+        err("image", f"{fam.name} models take no image ({mode}); {name} runs text only")
+    if data.get("strength") is not None and mode == "text":
+        err("strength", "applies only with an image")
+    # With an image and no size, the size comes from the image (Inputs.check).
+    width, height = data.get("width"), data.get("height")
+    if mode == "text" or (width is None) != (height is None):
+        width = model.width if width is None else width
+        height = model.height if height is None else height
+    for field_name, value in (("width", width), ("height", height)):
+        if value is not None:
+            _check_size(errors, field_name, value, model)
     steps = model.steps if data.get("steps") is None else data["steps"]
     if not 1 <= steps <= model.max_steps:
         err("steps", f"must be between 1 and {model.max_steps} for {name}, got {steps}")
@@ -186,7 +217,11 @@ def validate_job(data: dict[str, Any], registry: Registry) -> dict[str, Any]:
     n = 1 if data.get("n") is None else data["n"]
     if not 1 <= n <= lim.max_n:
         err("n", f"must be between 1 and {lim.max_n} for {name}, got {n}")
-    elif width * height * min(n, model.spec.max_batch) > lim.max_pixels_per_batch:
+    elif (
+        width
+        and height
+        and width * height * min(n, model.spec.max_batch) > lim.max_pixels_per_batch
+    ):
         err("n", f"{n} images of {width}x{height} exceed {lim.max_pixels_per_batch} pixels")
     loras = data.get("loras") or []
     if len(loras) > lim.max_loras:
@@ -226,6 +261,10 @@ def validate_job(data: dict[str, Any], registry: Registry) -> dict[str, Any]:
         "webhook_url": data.get("webhook_url"),
         "output_format": output_format,
         "output_compression": compression,
+        "mode": mode,
+        "strength": None if mode == "text" else data.get("strength") or fam.strength,
+        "image": data.get("image"),
+        "mask": data.get("mask"),
     }
 
 

@@ -14,19 +14,27 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from celery import Celery
 
-from config.errors import BrokerUnavailable, Conflict, NotFound, RateLimited
+from config.errors import (
+    BrokerUnavailable,
+    Conflict,
+    InvalidInput,
+    NotFound,
+    RateLimited,
+    invalid_input,
+)
 from config.settings import Settings
 from pipelines.registry import Registry
 from tasks.jobs import bookkeeping as bk
 from tasks.jobs.ends import end_job
 from tasks.jobs.fleet import Fleet
+from tasks.jobs.inputs import Inputs
 from tasks.jobs.records import kwargs_repr, new_job_id, new_record, task_kwargs
-from tasks.jobs.schema import load_job
+from tasks.jobs.schema import load_job, validate_job
 from tasks.jobs.storage import Storage
 from tasks.jobs.store import TERMINAL, JobStore
 from tasks.jobs.urlsafety import check_job_webhook
@@ -65,6 +73,28 @@ class JobService:
         self.check_webhook(params)
         return params
 
+    def check_inputs(
+        self, params: dict[str, Any], *, read_job: Callable[[str], dict[str, Any] | None]
+    ) -> dict[str, Any]:
+        """Read, decode and check the image inputs (``read_job(id)``: a job this caller
+        may read, or None); sizes the job from the image. Raises ``InvalidInput``."""
+        if params.get("image") is None and params.get("mask") is None:
+            return params
+        inputs = Inputs.for_settings(self.storage, self.settings, read_job=read_job)
+        checked = inputs.check(params, self.registry[params["model"]])
+        given = {k for k in ("width", "height") if params.get(k) is not None}
+        try:  # the size the image set meets the model's rules like a given one
+            again = validate_job(
+                {**checked, "image": None, "mask": None, "strength": None}, self.registry
+            )
+        except InvalidInput as exc:
+            moved = {
+                ("image" if k in {"width", "height"} - given else k): v
+                for k, v in exc.fields.items()
+            }
+            raise invalid_input(moved) from None
+        return {**checked, "width": again["width"], "height": again["height"]}
+
     def check_webhook(self, params: dict[str, Any]) -> None:
         check_job_webhook(
             params.get("webhook_url"),
@@ -98,6 +128,7 @@ class JobService:
             existing = self._claim_key(idempotency_key, owner, job_id, request_body)
             if existing is not None:
                 return existing, False
+        params = Inputs(self.storage).store(job_id, params)
         record = new_record(job_id, params, owner=owner, source=source)
 
         def bookkeeping(pipe: Any) -> None:

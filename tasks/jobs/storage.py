@@ -15,7 +15,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from config.errors import InvalidInput, StorageUnavailable
+from config.errors import InvalidInput, NotFound, StorageUnavailable
 from config.settings import Settings
 from tasks.jobs.records import JOB_ID_RULE, valid_job_id
 
@@ -93,9 +93,14 @@ class Storage:
             raise _transient(f"upload {key}", exc) from exc
 
     def read(self, key: str) -> bytes:
+        """The object's bytes; ``NotFound`` (permanent) when there is no such key."""
         try:
             return bytes(self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read())
-        except (BotoCoreError, ClientError) as exc:
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in {"NoSuchKey", "404", "NotFound"}:
+                raise NotFound(f"no object {key}", fields={"key": [key]}) from None
+            raise _transient(f"read {key}", exc) from exc
+        except BotoCoreError as exc:
             raise _transient(f"read {key}", exc) from exc
 
     def url(self, key: str) -> str:

@@ -10,7 +10,7 @@ The host is resolved once (:func:`resolve_target`) and every address it resolves
 must be globally routable (:func:`is_public`: ``is_global``, an IPv4-mapped, 6to4 or
 NAT64 address judged by the IPv4 address it wraps, and no reserved, multicast,
 link-local or site-local address). Delivery then connects to exactly those checked addresses
-(``tasks.worker.egress``), so a name that answers differently the second time
+(``tasks.jobs.egress``), so a name that answers differently the second time
 (DNS rebinding) gains nothing. ``KILN_WEBHOOK_ALLOW_PRIVATE=true`` lifts the address
 rule (never the parsing rules) for fleets whose receivers live inside.
 """

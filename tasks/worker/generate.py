@@ -46,6 +46,7 @@ from config.errors import (
 )
 from tasks.jobs import bookkeeping as bk
 from tasks.jobs.ends import end_job
+from tasks.jobs.inputs import Inputs, image_mode
 from tasks.jobs.records import JOB_ID_RULE, differences, new_record, task_result, valid_job_id
 from tasks.jobs.schema import load_job
 from tasks.jobs.store import TERMINAL, now
@@ -134,6 +135,12 @@ def run_job(
             raise InvalidInput(
                 f"job_id must be {JOB_ID_RULE}", fields={"job_id": [f"must be {JOB_ID_RULE}"]}
             )
+        if params.get("image") is not None and params.get("width") is None:
+            # Sent straight to the task without a size: the image gives it, as at the API.
+            sized = Inputs.for_settings(runtime.storage, runtime.settings).check(
+                params, runtime.model
+            )
+            params = {**params, "width": sized["width"], "height": sized["height"]}
     except InvalidInput as exc:
         bad = exc
         return patiently(
@@ -401,6 +408,10 @@ def generate_images(
         if writer is not None:
             writer.update(job_id, step, steps)
 
+    inputs = Inputs.for_settings(runtime.storage, runtime.settings)
+    image, mask = patiently(
+        runtime, job_id, "read the image inputs", lambda: inputs.load(params, runtime.model)
+    )
     request = Request(
         id=job_id,
         prompt=params["prompt"],
@@ -413,7 +424,11 @@ def generate_images(
             guidance_scale=params["guidance_scale"],
             scheduler=params["scheduler"],
             loras=tuple((lo["name"], lo["weight"]) for lo in params["loras"]),
+            mode=image_mode(params),
+            strength=params.get("strength") or 1.0,
         ),
+        image=image,
+        mask=mask,
         on_progress=on_progress,
         cancel_event=cancel,
     )

@@ -113,6 +113,11 @@ def upload(storage: Storage, job_id: str, params: dict[str, Any], result: Any) -
         meta.update(seed=seed, job_id=job_id, index=i)
         if params["loras"]:
             meta["loras"] = params["loras"]
+        if params.get("image") is not None:  # image inputs: the mode, strength, input hashes
+            meta.update(mode=params["mode"], strength=params["strength"])
+            for name in ("image", "mask"):
+                if params.get(name) is not None:
+                    meta[f"{name}_sha256"] = params[name].get("sha256")
         key = image_key(job_id, i, fmt)
         data = encode(image, meta, fmt=fmt, compression=params.get("output_compression"))
         storage.put(key, data, content_type=CONTENT_TYPES[fmt], metadata={"seed": str(seed)})

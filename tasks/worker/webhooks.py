@@ -2,7 +2,7 @@
 
 Signed per the Standard Webhooks spec (``webhook-id``, ``webhook-timestamp``,
 ``webhook-signature: v1,<base64 HMAC-SHA256>``) with ``KILN_WEBHOOK_SECRET``
-(``whsec_<base64>``) and sent through ``tasks.worker.egress`` (checked address only,
+(``whsec_<base64>``) and sent through ``tasks.jobs.egress`` (checked address only,
 no redirects, one deadline, a body cap). An unreachable receiver (DNS failure, no
 connection, no answer in time), 5xx and 429 are retried with exponential backoff
 and jitter; other answers are not. The job's ``webhook`` field shows the state:
@@ -25,12 +25,12 @@ from standardwebhooks.webhooks import Webhook
 from config.errors import InvalidInput, Unreachable
 from config.settings import Settings, get_settings
 from tasks.jobs import bookkeeping as bk
+from tasks.jobs import egress
 from tasks.jobs.records import WEBHOOK_FIELDS, public_view
 from tasks.jobs.storage import Storage
 from tasks.jobs.store import JobStore, now
 from tasks.jobs.urlsafety import Resolver, parse_webhook_url, resolve_target
 from tasks.messaging.names import DELIVER_WEBHOOK
-from tasks.worker import egress
 from tasks.worker.taskbase import RedactedTask
 
 log = logging.getLogger("kiln.webhooks")

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import base64
+import io
 from collections.abc import Iterator
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from harness.http import KilnHTTP, fetch_image
 from harness.stack import Stack
@@ -81,3 +84,43 @@ def test_lora_switches_without_reloading(api: KilnHTTP, stack: Stack) -> None:
 
     r = api.post("/v1/jobs", json={**job, "loras": [{"name": "nope"}]})
     assert r.status_code == 422 and "loras" in r.json()["error"]["fields"]
+
+
+def data_url(image: Image.Image) -> str:
+    buf = io.BytesIO()
+    image.save(buf, "PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+@pytest.mark.parametrize("model", ["sd15", "sdxl", "flux-schnell"])
+def test_img2img_and_inpainting_end_to_end(api: KilnHTTP, family_workers: None, model: str):
+    first = api.run(prompt="a red barn", model=model, width=128, height=128, steps=3, seed=5)
+    assert first["status"] == "succeeded", first
+    original = np.asarray(fetch_image(first["images"][0]["url"]).convert("RGB"))
+
+    # img2img from the finished job's output, no upload: same size, redrawn.
+    redrawn = api.run(
+        prompt="a blue barn", model=model, image={"job": first["id"]}, strength=0.7, steps=3, seed=6
+    )
+    assert redrawn["status"] == "succeeded", redrawn
+    assert redrawn["params"]["mode"] == "img2img" and redrawn["params"]["strength"] == 0.7
+    out = fetch_image(redrawn["images"][0]["url"])
+    assert out.size == (128, 128) and not np.array_equal(np.asarray(out.convert("RGB")), original)
+
+    # Inpainting: only the white square is redrawn; every other pixel is the input's.
+    mask = Image.new("L", (128, 128), 0)
+    mask.paste(255, (32, 32, 96, 96))
+    painted = api.run(
+        prompt="a window",
+        model=model,
+        image={"job": first["id"], "index": 0},
+        mask=data_url(mask),
+        steps=3,
+        seed=7,
+    )
+    assert painted["status"] == "succeeded", painted
+    assert painted["params"]["mode"] == "inpaint"
+    pixels = np.asarray(fetch_image(painted["images"][0]["url"]).convert("RGB"))
+    keep = np.asarray(mask) == 0
+    assert np.array_equal(pixels[keep], original[keep])
+    assert not np.array_equal(pixels[~keep], original[~keep])

@@ -118,8 +118,22 @@ def test_concurrent_job_quota(sstack: Stack) -> None:
 
 
 def test_oversized_body_is_413(sstack: Stack) -> None:
-    r = as_(sstack, "alice").post("/v1/jobs", json={**JOB, "prompt": "x" * 8000})
+    # Routes without image inputs keep the small limit (KILN_MAX_BODY_BYTES).
+    r = as_(sstack, "alice").post(
+        "/v1/images/generations", json={"model": "tiny-sd", "prompt": "x" * 8000}
+    )
     assert r.status_code == 413 and r.json()["error"]["code"] == "payload_too_large"
+    assert "KILN_MAX_BODY_BYTES" in r.json()["error"]["message"]
+
+
+def test_another_keys_job_is_no_input_and_its_own_is(sstack: Stack) -> None:
+    alice, bob = as_(sstack, "alice"), as_(sstack, "bob")
+    job = alice.submit(**JOB)
+    assert alice.wait(job["id"])["status"] == "succeeded"
+    r = bob.post("/v1/jobs", json={**JOB, "image": {"job": job["id"]}})
+    assert r.status_code == 404 and "image" in r.json()["error"]["fields"]
+    chained = alice.submit(**JOB, image={"job": job["id"]}, strength=0.5)
+    assert alice.wait(chained["id"])["status"] == "succeeded"
 
 
 def test_results_are_private_unless_a_public_base_url_is_set(sstack: Stack) -> None:

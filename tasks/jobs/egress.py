@@ -1,4 +1,7 @@
-"""Webhook egress: one POST to an address already checked, within a total deadline.
+"""Egress: one request to an address already checked, within a total deadline.
+
+Webhooks are POSTed through it (``post``) and image inputs given as URLs are fetched
+through it (``get``, which reads at most ``max_bytes`` of the body).
 
 The receiver is treated as hostile:
 
@@ -108,8 +111,36 @@ def post(
 
     Returns the HTTP status; raises ``Unreachable`` when no address answered within
     ``deadline_s`` seconds of the call. Once a connection is made, no other address is
-    tried (the receiver may have the request already).
+    tried (the receiver may have the request already). The answer's body is read up
+    to ``body_cap`` bytes (a courtesy to the receiver) and dropped.
     """
+    status, _ = _exchange("POST", target, addresses, body, headers, deadline_s, proxy, body_cap)
+    return status
+
+
+def get(
+    target: WebhookTarget,
+    addresses: Sequence[IPAddress],
+    *,
+    deadline_s: float,
+    max_bytes: int,
+    proxy: str = "",
+) -> tuple[int, bytes]:
+    """GET the target; returns the status and at most ``max_bytes + 1`` bytes of the
+    body (one more than allowed tells the caller it was too big)."""
+    return _exchange("GET", target, addresses, None, {}, deadline_s, proxy, max_bytes + 1)
+
+
+def _exchange(
+    method: str,
+    target: WebhookTarget,
+    addresses: Sequence[IPAddress],
+    body: bytes | None,
+    headers: Mapping[str, str],
+    deadline_s: float,
+    proxy: str,
+    cap: int,
+) -> tuple[int, bytes]:
     deadline = time.monotonic() + deadline_s
     why = "no address"
     for address in addresses:
@@ -128,7 +159,7 @@ def post(
                 continue
             try:
                 conn.request(
-                    "POST",
+                    method,
                     request_target,
                     body=body,
                     headers={**headers, **extra, "Host": target.host_header},
@@ -139,12 +170,31 @@ def post(
             except _ERRORS as exc:
                 late = time.monotonic() >= deadline
                 why = "no answer within the deadline" if late else type(exc).__name__
-                raise Unreachable(f"webhook receiver at {address}: {why}") from None
-            with contextlib.suppress(*_ERRORS):  # the status is known: the rest is courtesy
-                response.read(body_cap, decode_content=False)
-            return int(response.status)
+                raise Unreachable(f"{target.host} at {address}: {why}") from None
+            try:
+                data = _read(response, cap, deadline)
+            except _ERRORS:
+                if method != "POST":  # a POST's status is known: its body was a courtesy
+                    raise Unreachable(f"{target.host}: the body did not arrive in time") from None
+                data = b""
+            return int(response.status), data
         finally:
             watchdog.cancel()
             with contextlib.suppress(Exception):
                 conn.close()
-    raise Unreachable(f"webhook receiver unreachable: {why}")
+    raise Unreachable(f"{target.host} unreachable: {why}")
+
+
+def _read(response: Any, cap: int, deadline: float) -> bytes:
+    """At most ``cap`` bytes of the body, undecoded, read before the deadline."""
+    chunks: list[bytes] = []
+    got = 0
+    while got < cap:
+        if time.monotonic() >= deadline:
+            raise TimeoutError("deadline")
+        chunk = response.read(min(65536, cap - got), decode_content=False)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        got += len(chunk)
+    return b"".join(chunks)

@@ -1,0 +1,127 @@
+"""``POST /v1/images/edits``: OpenAI's image edits, served by Kiln's img2img and inpainting.
+
+The official SDK sends a multipart form:
+
+    client.images.edit(model="tiny-sd", image=open("cat.png", "rb"),
+                       mask=open("mask.png", "rb"), prompt="a cat in a hat")
+
+``image`` (PNG, JPEG or WebP) is required; ``mask`` is optional and follows OpenAI's
+convention, a PNG whose transparent pixels mark what to redraw (a black-and-white mask
+with white for "redraw" works too). Without a mask the whole image is redrawn
+(img2img) with the model's default ``strength``. ``prompt``, ``model``, ``n``, ``size``,
+``response_format``, ``output_format`` and ``user`` are OpenAI's; Kiln's extras
+(``strength``, ``steps``, ``seed``, ``guidance_scale``, ``negative_prompt``,
+``scheduler``) may ride along as form fields. The answer is the same as
+``/v1/images/generations``, and so are the errors (400 naming ``param``).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from flask import request
+from flask.views import MethodView
+from marshmallow import fields
+
+from app.openai_api import (
+    EXTRAS,
+    OPENAI_FIELDS,
+    ImagesRequestSchema,
+    ImagesResponseSchema,
+    OpenAIErrorSchema,
+    answer,
+    blp,
+    job_params,
+)
+from app.service import readable_job, service
+from config.errors import InvalidInput
+from tasks.jobs.inputs import ImageInput, Upload
+
+FILES = ("image", "mask")
+
+
+class EditsRequestSchema(ImagesRequestSchema):
+    """The edit form: the generation request plus the image, its mask and strength."""
+
+    class Meta(ImagesRequestSchema.Meta):
+        exclude = ("webhook_url",)
+
+    error_messages = {
+        "unknown": "unknown parameter; this endpoint takes "
+        + ", ".join((*OPENAI_FIELDS, "user", *FILES, "strength", *EXTRAS))
+    }
+
+    image = ImageInput(required=True)
+    mask = ImageInput()
+
+
+def form_payload(schema: EditsRequestSchema) -> dict[str, Any]:
+    """The multipart form as the schema expects it: numbers as numbers, lists as JSON,
+    files as uploads (what a form cannot type is left for the schema to name)."""
+    payload: dict[str, Any] = {}
+    for name, value in request.form.items():
+        field = schema.fields.get(name)
+        try:
+            if isinstance(field, fields.Integer):
+                payload[name] = int(value)
+            elif isinstance(field, fields.Float):
+                payload[name] = float(value)
+            elif isinstance(field, fields.List):
+                payload[name] = json.loads(value)
+            else:
+                payload[name] = value
+        except ValueError:
+            payload[name] = value
+    for name, part in request.files.items():
+        payload[name] = Upload(part.read())
+    return payload
+
+
+@blp.route("/edits")
+class Edits(MethodView):
+    @blp.doc(
+        operationId="createImageEdit",
+        requestBody={
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["image", "prompt"],
+                        "properties": {
+                            "image": {"type": "string", "format": "binary"},
+                            "mask": {"type": "string", "format": "binary"},
+                            "prompt": {"type": "string"},
+                            "model": {"type": "string"},
+                            "n": {"type": "integer"},
+                            "size": {"type": "string"},
+                            "strength": {"type": "number"},
+                            "response_format": {"type": "string", "enum": ["url", "b64_json"]},
+                        },
+                    }
+                }
+            },
+        },
+    )
+    @blp.response(200, ImagesResponseSchema)
+    @blp.alt_response(400, schema=OpenAIErrorSchema, description="Invalid request")
+    @blp.alt_response(413, schema=OpenAIErrorSchema, description="Upload too large")
+    @blp.alt_response(503, schema=OpenAIErrorSchema, description="Busy or broker unavailable")
+    @blp.alt_response(504, schema=OpenAIErrorSchema, description="Still running; code is the id")
+    def post(self) -> Any:
+        """Edit an image: img2img, or inpainting with a mask (synchronous)
+
+        A multipart form with image (and optional mask), prompt, model, n, size,
+        response_format, output_format and strength.
+        """
+        if request.mimetype != "multipart/form-data":
+            raise InvalidInput(
+                "send a multipart/form-data body with an image file part",
+                fields={"image": ["missing: send multipart/form-data"]},
+            )
+        schema = EditsRequestSchema()
+        data = schema.load(form_payload(schema))
+        params = job_params(data)
+        params = service().check_inputs(params, read_job=readable_job)
+        return answer(params, data, source="openai")
