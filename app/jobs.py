@@ -13,9 +13,17 @@ from flask_smorest import Blueprint
 from app.auth import owner
 from app.limits import limit_key
 from app.metrics import job_submitted
-from app.schemas import ApiErrorSchema, CancelSchema, JobSchema, JobViewSchema
+from app.schemas import (
+    ApiErrorSchema,
+    CancelSchema,
+    JobListQuerySchema,
+    JobListSchema,
+    JobSchema,
+    JobViewSchema,
+)
 from app.service import get_job_or_404, service, settings
 from app.streams import stream_slots
+from tasks.jobs.listing import list_jobs
 from tasks.jobs.records import public_view
 from tasks.jobs.schema import validate_job
 
@@ -33,6 +41,21 @@ def job_view(record: dict[str, Any]) -> dict[str, Any]:
 
 @blp.route("")
 class Jobs(MethodView):
+    @blp.arguments(JobListQuerySchema, location="query", as_kwargs=True)
+    @blp.response(200, JobListSchema)
+    @blp.alt_response(422, schema=ApiErrorSchema, description="Invalid filter; fields are named")
+    def get(self, **query: Any) -> Any:
+        """The jobs made with this API key, newest first, a page at a time.
+
+        Filter with ``status`` and ``model``; pass the last id of a page as ``after`` to
+        get the next one (while ``has_more``). Jobs are listed until their records expire.
+        """
+        d = service()
+        page = list_jobs(d.store, owner(), **query)
+        data = [job_view(d.view(record)) for record in page.jobs]
+        next_after = data[-1]["id"] if page.has_more and data else None
+        return {"object": "list", "data": data, "has_more": page.has_more, "next_after": next_after}
+
     @blp.arguments(JobSchema, example={"prompt": "a red fox", "model": "tiny-sd", "seed": 0})
     @blp.response(202, JobViewSchema)
     @blp.alt_response(
