@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import json
+import os
+import pty
 import signal
 import subprocess
 from pathlib import Path
@@ -89,6 +91,37 @@ def test_sigint_with_detach_leaves_the_job_running(stack: Stack, api: KilnHTTP) 
         proc.kill()
     assert proc.returncode == 0, err
     assert f"job {job_id} left running" in err and f"kiln jobs show {job_id}" in err
+    assert api.wait(job_id)["status"] == "succeeded"
+
+
+def test_sigint_at_a_terminal_asks_once(stack: Stack, api: KilnHTTP) -> None:
+    """At a terminal (stdin a tty, CI unset), Ctrl-C asks; "n" leaves the job running."""
+    master, terminal = pty.openpty()
+    proc = subprocess.Popen(
+        [KILN, "generate", "a red fox", "--steps", "60", "--url", stack.api_url],
+        env={**stack.env, "CI": ""},
+        stdin=terminal,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    os.close(terminal)
+    try:
+        job_id = job_id_of(proc)
+        proc.send_signal(signal.SIGINT)
+        assert proc.stderr is not None
+        asked = ""
+        while "[Y/n]" not in asked:
+            char = proc.stderr.read(1)
+            assert char, f"no question before the end: {asked!r}"
+            asked += char
+        assert f"Cancel job {job_id}?" in asked
+        os.write(master, b"n\n")
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        os.close(master)
+    assert proc.returncode == 0 and f"job {job_id} left running" in err, err
     assert api.wait(job_id)["status"] == "succeeded"
 
 
