@@ -117,9 +117,8 @@ def on_interrupt(kiln: Any, job_id: str, *, detach: bool, ask: bool) -> None:
     "--out", type=click.Path(path_type=Path), default=Path("."), help="Folder for the images."
 )
 @click.option("--detach", is_flag=True, help="On Ctrl-C, leave the job running.")
-@click.option(
-    "--no-input", is_flag=True, envvar="CI", help="Never ask; Ctrl-C cancels (on when CI is set)."
-)
+@click.option("--no-input", is_flag=True, help="Never ask; Ctrl-C cancels (on when CI is set).")
+@click.option("--ci", envvar="CI", default="", hidden=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the job record as JSON.")
 @api_options
 def generate(
@@ -129,6 +128,7 @@ def generate(
     guidance: float | None,
     detach: bool,
     no_input: bool,
+    ci: str,
     as_json: bool,
     url: str | None,
     api_key: str | None,
@@ -157,6 +157,7 @@ def generate(
     except KilnError as exc:
         raise fail(exc) from None
     job_id = job["id"]
+    no_input = no_input or ci.strip().lower() not in {"", "0", "false", "no"}
     ask = not no_input and sys.stdin is not None and sys.stdin.isatty()
     bar = tqdm(total=job["params"]["steps"], desc="steps", unit="step", file=sys.stderr)
 
@@ -240,12 +241,12 @@ def jobs_list(
 @api_options
 def jobs_show(job_id: str, url: str | None, api_key: str | None) -> None:
     """Print a job's record as JSON."""
-    from app.client import AmbiguousId, KilnError
+    from app.client import KilnError
 
     kiln = client(url, api_key)
     try:
         click.echo(json.dumps(kiln.job(kiln.resolve(job_id)), indent=2))
-    except (KilnError, AmbiguousId) as exc:
+    except (KilnError, ValueError) as exc:
         raise fail(exc) from None
 
 
@@ -254,12 +255,12 @@ def jobs_show(job_id: str, url: str | None, api_key: str | None) -> None:
 @api_options
 def jobs_cancel(job_id: str, url: str | None, api_key: str | None) -> None:
     """Cancel a queued or running job."""
-    from app.client import AmbiguousId, KilnError
+    from app.client import KilnError
 
     kiln = client(url, api_key)
     try:
         click.echo(json.dumps(kiln.cancel(kiln.resolve(job_id))))
-    except (KilnError, AmbiguousId) as exc:
+    except (KilnError, ValueError) as exc:
         raise fail(exc) from None
 
 

@@ -19,6 +19,7 @@ otherwise. ``jobs`` pages through the jobs made with this client's key, newest f
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from typing import Any
 import requests
 
 TERMINAL = {"succeeded", "failed", "canceled"}
+JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
 Progress = Callable[[int, int], None]
 
 
@@ -127,6 +129,8 @@ class Kiln:
     def resolve(self, prefix: str) -> str:
         """The whole id of the job whose id is or starts with ``prefix`` (raises
         ``KilnError`` 404 when none is, ``AmbiguousId`` when several are)."""
+        if not JOB_ID.match(prefix):
+            raise ValueError(f"{prefix!r} is not a job id: 1 to 64 of A-Z a-z 0-9 _ -")
         try:
             return str(self.job(prefix)["id"])
         except KilnError as exc:

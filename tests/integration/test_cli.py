@@ -193,3 +193,5 @@ def test_jobs_show_takes_a_prefix(stack: Stack, api: KilnHTTP) -> None:
     missing = run(stack, "jobs", "show", "zzzzzz", "--url", stack.api_url)
     assert missing.returncode == 1 and "404" in missing.stderr
     assert missing.stderr.count("\n") == 1
+    odd = run(stack, "jobs", "show", "../models", "--url", stack.api_url)
+    assert odd.returncode == 1 and "is not a job id" in odd.stderr
