@@ -9,6 +9,7 @@ from typing import Any
 from flask import Response, current_app, request, stream_with_context, url_for
 from flask.views import MethodView
 from flask_smorest import Blueprint
+from marshmallow import RAISE
 
 from app.auth import owner
 from app.limits import limit_key
@@ -41,7 +42,7 @@ def job_view(record: dict[str, Any]) -> dict[str, Any]:
 
 @blp.route("")
 class Jobs(MethodView):
-    @blp.arguments(JobListQuerySchema, location="query", as_kwargs=True)
+    @blp.arguments(JobListQuerySchema, location="query", as_kwargs=True, unknown=RAISE)
     @blp.response(200, JobListSchema)
     @blp.alt_response(422, schema=ApiErrorSchema, description="Invalid filter; fields are named")
     def get(self, **query: Any) -> Any:
