@@ -48,8 +48,8 @@ class Jobs(MethodView):
     def get(self, **query: Any) -> Any:
         """The jobs made with this API key, newest first, a page at a time.
 
-        Filter with ``status`` and ``model``; pass the last id of a page as ``after`` to
-        get the next one (while ``has_more``). Jobs are listed until their records expire.
+        Filter with status and model; pass the last id of a page as after to get the
+        next one (while has_more is true). Jobs are listed until their records expire.
         """
         d = service()
         page = list_jobs(d.store, owner(), **query)
