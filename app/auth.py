@@ -46,6 +46,7 @@ PUBLIC_ENDPOINTS = {
 # endpoint → scope; anything not listed here and not public needs "admin".
 ENDPOINT_SCOPES = {
     ("jobs.Jobs", "POST"): "generate",
+    ("jobs.Jobs", "GET"): "read",
     ("jobs.Job", "GET"): "read",
     ("jobs.Job", "DELETE"): "generate",
     ("jobs.events", "GET"): "read",

@@ -6,14 +6,26 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
 import click
 
+from app.cli_people import generate, jobs, models_list
 from config.settings import SettingsError, get_settings
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("kiln")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(
+    _version(), "--version", "-V", prog_name="kiln", message="%(prog)s %(version)s"
+)
 def main() -> None:
     """Kiln: a self-hosted image-generation fleet."""
 
@@ -89,16 +101,6 @@ def worker(
 @main.group()
 def models() -> None:
     """List models; build the tiny offline stand-ins."""
-
-
-@models.command("list")
-def models_list() -> None:
-    """The models this fleet serves."""
-    from pipelines.registry import Registry
-
-    for m in Registry.from_file(get_settings().models_file).values():
-        tag = " (stand-in)" if m.spec.stand_in else ""
-        click.echo(f"{m.name:<16} {m.family.name:<13} {m.spec.source or m.spec.tiny}{tag}")
 
 
 @models.command("make-tiny")
@@ -182,134 +184,6 @@ def keys_create(name: str, scopes: str) -> None:
     click.echo(f"  {name}:{hash_key(key)}:{'+'.join(wanted)}")
 
 
-def _api_url(url: str | None) -> str:
-    if url:
-        return url
-    s = get_settings()
-    return f"http://{s.api_host}:{s.api_port}"
-
-
-@main.command()
-@click.argument("prompt")
-@click.option("--model", "-m", default=None, help="Model name (see GET /v1/models).")
-@click.option("-n", "n", type=int, default=1, help="Number of images.")
-@click.option("--seed", type=int, default=None, help="Seed of image 0 (image i: seed + i).")
-@click.option("--width", type=int, default=None)
-@click.option("--height", type=int, default=None)
-@click.option("--steps", type=int, default=None)
-@click.option("--negative-prompt", default=None)
-@click.option(
-    "--output-format",
-    type=click.Choice(["png", "jpeg", "webp"]),
-    default=None,
-    help="Image format (default png).",
-)
-@click.option(
-    "--output-compression",
-    type=click.IntRange(0, 100),
-    default=None,
-    help="jpeg/webp: 100 (default) keeps most detail, lower is smaller.",
-)
-@click.option(
-    "--out",
-    "out",
-    type=click.Path(path_type=Path),
-    default=Path("."),
-    help="Folder for the images.",
-)
-@click.option("--url", default=None, envvar="KILN_URL", help="API base URL.")
-@click.option("--api-key", default=None, envvar="KILN_API_KEY")
-def generate(
-    prompt: str,
-    model: str | None,
-    n: int,
-    seed: int | None,
-    width: int | None,
-    height: int | None,
-    steps: int | None,
-    negative_prompt: str | None,
-    output_format: str | None,
-    output_compression: int | None,
-    out: Path,
-    url: str | None,
-    api_key: str | None,
-) -> None:
-    """Generate images for PROMPT, with a progress bar, and write them to --out."""
-    from tqdm import tqdm
-
-    from app.client import Kiln, KilnError
-
-    kiln = Kiln(_api_url(url), api_key=api_key)
-    given = dict(
-        model=model,
-        n=n,
-        seed=seed,
-        width=width,
-        height=height,
-        steps=steps,
-        negative_prompt=negative_prompt,
-        output_format=output_format,
-        output_compression=output_compression,
-    )
-    params: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
-    try:
-        job = kiln.submit(prompt, **params)
-    except KilnError as exc:
-        extra = " " + json.dumps(exc.fields) if exc.fields else ""
-        raise click.ClickException(f"{exc}{extra}") from None
-    bar = tqdm(
-        total=job["params"]["steps"], desc=f"job {job['id'][:8]}", unit="step", file=sys.stderr
-    )
-
-    def on_progress(step: int, steps: int) -> None:
-        bar.total = steps
-        bar.update(step - bar.n)
-
-    done = kiln.wait(job["id"], on_progress=on_progress)
-    bar.close()
-    if done["status"] != "succeeded":
-        raise click.ClickException(f"job {done['id']} {done['status']}: {done.get('error')}")
-    out.mkdir(parents=True, exist_ok=True)
-    for image in done["images"]:
-        ext = image.get("format") or image["key"].rsplit(".", 1)[-1]
-        path = out / f"{done['id']}-{image['seed']}.{ext}"
-        path.write_bytes(kiln.download(image))
-        click.echo(f"{path}  seed {image['seed']}")
-
-
-@main.group()
-def jobs() -> None:
-    """Show or cancel a job."""
-
-
-@jobs.command("show")
-@click.argument("job_id")
-@click.option("--url", default=None, envvar="KILN_URL")
-@click.option("--api-key", default=None, envvar="KILN_API_KEY")
-def jobs_show(job_id: str, url: str | None, api_key: str | None) -> None:
-    """Print a job's record as JSON."""
-    from app.client import Kiln, KilnError
-
-    try:
-        click.echo(json.dumps(Kiln(_api_url(url), api_key=api_key).job(job_id), indent=2))
-    except KilnError as exc:
-        raise click.ClickException(str(exc)) from None
-
-
-@jobs.command("cancel")
-@click.argument("job_id")
-@click.option("--url", default=None, envvar="KILN_URL")
-@click.option("--api-key", default=None, envvar="KILN_API_KEY")
-def jobs_cancel(job_id: str, url: str | None, api_key: str | None) -> None:
-    """Cancel a queued or running job."""
-    from app.client import Kiln, KilnError
-
-    try:
-        click.echo(json.dumps(Kiln(_api_url(url), api_key=api_key).cancel(job_id)))
-    except KilnError as exc:
-        raise click.ClickException(str(exc)) from None
-
-
 @main.command(context_settings={"ignore_unknown_options": True})
 @click.argument("flower_args", nargs=-1, type=click.UNPROCESSED)
 def flower(flower_args: tuple[str, ...]) -> None:
@@ -349,9 +223,16 @@ def s3() -> None:
     exec_s3(get_settings())
 
 
+main.add_command(generate)
+main.add_command(jobs)
+models.add_command(models_list)
+
+
 def run() -> None:
-    """The console script: ``main`` with unreachable servers reported in one line."""
+    """The console script: ``main``, with every error reported in one line."""
     import requests
+
+    from app.client import KilnError
 
     try:
         main()
@@ -361,6 +242,12 @@ def run() -> None:
             f"Error: cannot reach Kiln at {url or 'the configured URL'} (set --url or KILN_URL)",
             err=True,
         )
+        sys.exit(1)
+    except requests.RequestException as exc:
+        click.echo(f"Error: the request to Kiln failed ({type(exc).__name__})", err=True)
+        sys.exit(1)
+    except (KilnError, TimeoutError, OSError, SettingsError) as exc:
+        click.echo(f"Error: {exc}", err=True)
         sys.exit(1)
 
 

@@ -12,12 +12,14 @@ Every job field rides as a keyword (``output_format`` png | jpeg | webp and
 ``output_compression`` 0–100 as in OpenAI's images API).
 
 ``wait`` follows the job's Server-Sent Events when the server has them and polls
-otherwise.
+otherwise. ``jobs`` pages through the jobs made with this client's key, newest first;
+``resolve`` turns the start of a job id into the whole id.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -26,6 +28,7 @@ from typing import Any
 import requests
 
 TERMINAL = {"succeeded", "failed", "canceled"}
+JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
 Progress = Callable[[int, int], None]
 
 
@@ -38,6 +41,17 @@ class KilnError(Exception):
         self.code = err.get("code", "error")
         self.fields = err.get("fields") or {}
         super().__init__(f"{status} {self.code}: {err.get('message', body)}")
+
+
+class AmbiguousId(ValueError):
+    """The start of a job id that more than one of the key's jobs begin with."""
+
+    def __init__(self, prefix: str, matches: list[str]) -> None:
+        self.prefix, self.matches = prefix, matches
+        shown = ", ".join(matches[:5]) + (", ..." if len(matches) > 5 else "")
+        super().__init__(
+            f"{prefix!r} is the start of {len(matches)} jobs ({shown}); give more of the id"
+        )
 
 
 @dataclass
@@ -88,6 +102,47 @@ class Kiln:
 
     def cancel(self, job_id: str) -> dict[str, Any]:
         return self._call("DELETE", f"/v1/jobs/{job_id}")
+
+    def jobs(
+        self,
+        *,
+        status: str | None = None,
+        model: str | None = None,
+        limit: int = 20,
+        after: str | None = None,
+    ) -> dict[str, Any]:
+        """One page of this key's jobs, newest first: ``{data, has_more, next_after}``."""
+        query = {"status": status, "model": model, "limit": limit, "after": after}
+        params = {k: v for k, v in query.items() if v is not None}
+        return self._call("GET", "/v1/jobs", params=params)
+
+    def iter_jobs(self, **filters: Any) -> Iterator[dict[str, Any]]:
+        """Every job of this key, newest first, page after page."""
+        after = None
+        while True:
+            page = self.jobs(limit=100, after=after, **filters)
+            yield from page["data"]
+            after = page.get("next_after")
+            if not page.get("has_more") or not after:
+                return
+
+    def resolve(self, prefix: str) -> str:
+        """The whole id of the job whose id is or starts with ``prefix`` (raises
+        ``KilnError`` 404 when none is, ``AmbiguousId`` when several are)."""
+        if not JOB_ID.match(prefix):
+            raise ValueError(f"{prefix!r} is not a job id: 1 to 64 of A-Z a-z 0-9 _ -")
+        try:
+            return str(self.job(prefix)["id"])
+        except KilnError as exc:
+            if exc.status != 404:
+                raise
+            missing = exc
+        matches = [j["id"] for j in self.iter_jobs() if str(j["id"]).startswith(prefix)]
+        if not matches:
+            raise missing
+        if len(matches) > 1:
+            raise AmbiguousId(prefix, matches)
+        return str(matches[0])
 
     def models(self) -> list[dict[str, Any]]:
         return list(self._call("GET", "/v1/models")["data"])

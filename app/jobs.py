@@ -9,13 +9,22 @@ from typing import Any
 from flask import Response, current_app, request, stream_with_context, url_for
 from flask.views import MethodView
 from flask_smorest import Blueprint
+from marshmallow import RAISE
 
 from app.auth import owner
 from app.limits import limit_key
 from app.metrics import job_submitted
-from app.schemas import ApiErrorSchema, CancelSchema, JobSchema, JobViewSchema
+from app.schemas import (
+    ApiErrorSchema,
+    CancelSchema,
+    JobListQuerySchema,
+    JobListSchema,
+    JobSchema,
+    JobViewSchema,
+)
 from app.service import get_job_or_404, readable_job, service, settings
 from app.streams import stream_slots
+from tasks.jobs.listing import list_jobs
 from tasks.jobs.records import public_view
 from tasks.jobs.schema import validate_job
 
@@ -33,6 +42,21 @@ def job_view(record: dict[str, Any]) -> dict[str, Any]:
 
 @blp.route("")
 class Jobs(MethodView):
+    @blp.arguments(JobListQuerySchema, location="query", as_kwargs=True, unknown=RAISE)
+    @blp.response(200, JobListSchema)
+    @blp.alt_response(422, schema=ApiErrorSchema, description="Invalid filter; fields are named")
+    def get(self, **query: Any) -> Any:
+        """The jobs made with this API key, newest first, a page at a time.
+
+        Filter with status and model; pass the last id of a page as after to get the
+        next one (while has_more is true). Jobs are listed until their records expire.
+        """
+        d = service()
+        page = list_jobs(d.store, owner(), **query)
+        data = [job_view(d.view(record)) for record in page.jobs]
+        next_after = data[-1]["id"] if page.has_more and data else None
+        return {"object": "list", "data": data, "has_more": page.has_more, "next_after": next_after}
+
     @blp.arguments(JobSchema, example={"prompt": "a red fox", "model": "tiny-sd", "seed": 0})
     @blp.response(202, JobViewSchema)
     @blp.alt_response(

@@ -64,6 +64,11 @@ NATIVE_ERRORS_BY_OPERATION: dict[tuple[str, str, str], dict[str, Any]] = {
     ("jobs.Job", "delete", "409"): native_error(
         "conflict", "job already succeeded", {"status": ["succeeded"]}
     ),
+    ("jobs.Jobs", "get", "422"): native_error(
+        "invalid_request",
+        "invalid status: Must be one of: queued, running, succeeded, failed, canceled.",
+        {"status": ["Must be one of: queued, running, succeeded, failed, canceled."]},
+    ),
     ("jobs.events", "get", "503"): native_error(
         "too_many_streams",
         "64 event streams are open on this server; retry shortly or poll the job",
@@ -119,6 +124,7 @@ OPENAI_ERRORS: dict[str, dict[str, Any]] = {
 
 OPERATION_IDS = {
     ("jobs.Jobs", "post"): "createJob",
+    ("jobs.Jobs", "get"): "listJobs",
     ("jobs.Job", "get"): "getJob",
     ("jobs.Job", "delete"): "cancelJob",
     ("jobs.events", "get"): "followJobEvents",

@@ -211,6 +211,13 @@ EXAMPLES: dict[str, dict[str, Any]] = {
     "ClassicHealth": {"status": "healthy", "queue_length": 0, "workers": 1},
 }
 
+EXAMPLES["JobList"] = {
+    "object": "list",
+    "data": [EXAMPLES["JobView"]],
+    "has_more": True,
+    "next_after": JOB_ID,
+}
+
 
 def add_examples(api: Api) -> None:
     """Put each schema's example into the spec (call after registering the blueprints)."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from marshmallow import Schema, fields
+from marshmallow import Schema, fields, validate
 
 from tasks.jobs.schema import JobSchema  # noqa: F401  (re-exported: one schema for all doors)
 
@@ -92,3 +92,29 @@ class CancelSchema(Schema):
     id = fields.String()
     status = fields.String(metadata={"enum": ["canceled", "canceling"]})
     was = fields.String(metadata={"enum": ["queued", "running"]})
+
+
+class JobListQuerySchema(Schema):
+    status = fields.String(
+        validate=validate.OneOf(["queued", "running", "succeeded", "failed", "canceled"])
+    )
+    model = fields.String(validate=validate.Length(min=1, max=128))
+    limit = fields.Integer(
+        load_default=20,
+        strict=False,
+        validate=validate.Range(min=1, max=100),
+        metadata={"description": "jobs per page, 1 to 100"},
+    )
+    after = fields.String(
+        validate=validate.Length(min=1, max=64),
+        metadata={"description": "the id of the last job of the page before"},
+    )
+
+
+class JobListSchema(Schema):
+    object = fields.String(metadata={"example": "list"})
+    data = fields.List(fields.Nested(JobViewSchema), metadata={"description": "newest first"})
+    has_more = fields.Boolean()
+    next_after = fields.String(
+        allow_none=True, metadata={"description": "pass as `after` for the next page"}
+    )

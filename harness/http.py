@@ -41,6 +41,18 @@ class KilnHTTP:
             time.sleep(0.05)
         raise TimeoutError(f"job {job_id} still {job['status']} after {timeout}s")
 
+    def wait_for_status(self, job_id: str, status: str, *, timeout: float = 120) -> dict[str, Any]:
+        """Poll until the job is ``status``; an end before that is an error."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            job = self.get(f"/v1/jobs/{job_id}").json()
+            if job["status"] == status:
+                return job
+            if job["status"] in TERMINAL:
+                raise AssertionError(f"job {job_id} ended {job['status']} before {status}")
+            time.sleep(0.05)
+        raise TimeoutError(f"job {job_id} not {status} after {timeout}s")
+
     def run(self, **job: Any) -> dict[str, Any]:
         return self.wait(self.submit(**job)["id"])
 

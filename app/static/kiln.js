@@ -1,10 +1,39 @@
 // Kiln's web page: submit a job, follow its live events, show the images and seeds.
+// When the API needs a key, the page asks for one and keeps it in sessionStorage only.
 const $ = (id) => document.getElementById(id);
 let models = {};
+const KEY = "kiln-api-key";
+
+function apiKey() { return sessionStorage.getItem(KEY) || ""; }
+
+// fetch() with the key, when there is one, in the header the API reads.
+function api(path, opts = {}) {
+  const headers = { ...(opts.headers || {}) };
+  if (apiKey()) headers.authorization = `Bearer ${apiKey()}`;
+  return fetch(path, { ...opts, headers });
+}
+
+async function answer(res) {
+  try { return await res.json(); } catch { return { error: { message: `HTTP ${res.status}` } }; }
+}
+
+function askForKey(err) {
+  $("key-form").hidden = false;
+  $("forget-key").hidden = !apiKey();
+  const why = err && err.message ? err.message : "an API key is required";
+  $("key-error").textContent = apiKey() ? `This key was refused: ${why}` : `This Kiln needs an API key (the API says: ${why}).`;
+  $("api-key").focus();
+}
 
 async function loadModels() {
-  const res = await fetch("/v1/models");
-  const body = await res.json();
+  const res = await api("/v1/models");
+  const body = await answer(res);
+  if (res.status === 401 || res.status === 403) { askForKey(body.error); return; }
+  if (!res.ok) { showError(body.error || { message: `HTTP ${res.status}` }); return; }
+  $("key-form").hidden = true;
+  $("forget-key").hidden = !apiKey();
+  models = {};
+  $("model").replaceChildren();
   for (const m of body.data) {
     models[m.id] = m;
     const opt = new Option(`${m.id}${m.stand_in ? " (stand-in)" : ""}`, m.id);
@@ -34,7 +63,8 @@ function request() {
 
 function showCurl() {
   const body = JSON.stringify(request());
-  $("curl").textContent = `curl -s -XPOST ${location.origin}/v1/jobs -H 'content-type: application/json' -d '${body}'`;
+  const auth = apiKey() ? ` -H "authorization: Bearer $KILN_API_KEY"` : "";
+  $("curl").textContent = `curl -s -XPOST ${location.origin}/v1/jobs -H 'content-type: application/json'${auth} -d '${body}'`;
 }
 
 function status(text) { $("status").textContent = text; }
@@ -78,7 +108,7 @@ function finish(job) {
   }
 }
 
-async function getJob(id) { return (await fetch(`/v1/jobs/${id}`)).json(); }
+async function getJob(id) { return answer(await api(`/v1/jobs/${id}`)); }
 
 // Without an event stream (or when it drops), poll the job every 300 ms.
 async function poll(id) {
@@ -91,7 +121,8 @@ async function poll(id) {
 }
 
 function follow(id) {
-  if (!window.EventSource) return poll(id);
+  // EventSource cannot send a header: with a key, poll.
+  if (!window.EventSource || apiKey()) return poll(id);
   const events = new EventSource(`/v1/jobs/${id}/events`);
   events.addEventListener("started", () => status("Running…"));
   events.addEventListener("progress", (e) => showProgress(JSON.parse(e.data)));
@@ -106,15 +137,30 @@ $("job-form").addEventListener("submit", async (e) => {
   $("error").hidden = true;
   $("submit").disabled = true;
   $("progress").value = 0;
-  const res = await fetch("/v1/jobs", {
+  const res = await api("/v1/jobs", {
     method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(request()),
   });
-  const body = await res.json();
-  if (!res.ok) { showError(body.error); $("submit").disabled = false; status("Rejected."); return; }
+  const body = await answer(res);
+  if (!res.ok) {
+    showError(body.error || { message: `HTTP ${res.status}` });
+    if (res.status === 401) askForKey(body.error);
+    $("submit").disabled = false;
+    status("Rejected.");
+    return;
+  }
   status(body.queue_position ? `Queued (position ${body.queue_position}).` : "Queued.");
   follow(body.id);
 });
 $("model").addEventListener("change", () => { applyDefaults(); showCurl(); });
 $("job-form").addEventListener("input", showCurl);
 $("copy-curl").addEventListener("click", () => navigator.clipboard?.writeText($("curl").textContent));
+$("key-form").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  sessionStorage.setItem(KEY, $("api-key").value.trim());
+  $("api-key").value = "";
+  $("error").hidden = true;
+  await loadModels();
+  showCurl();
+});
+$("forget-key").addEventListener("click", () => { sessionStorage.removeItem(KEY); location.reload(); });
 loadModels().then(showCurl);

@@ -5,6 +5,9 @@
 - ``kiln:running:<model>``: a hash of the jobs running for that model → their worker,
   which the reaper walks to find jobs whose worker died.
 - ``kiln:active:<owner>``: the queued and running jobs of one API key (its quota).
+- ``kiln:owned:<owner>`` (``kiln:owned`` for jobs made without a key): a sorted set by
+  submit time of every job of one API key, what ``GET /v1/jobs`` lists. Each submit
+  trims it to the jobs the store may still hold, and it expires with its newest job.
 - ``kiln:stats:<model>``: a moving average of seconds per image, folded in atomically
   by every worker after each pipeline call (the ETA's rate).
 - ``kiln:alive:<model>:<worker>`` and ``kiln:workers:<model>``: each worker's
@@ -91,6 +94,44 @@ def mark_active(r: Any, owner: str | None, job_id: str, *, ttl_s: int) -> None:
 
 def active_jobs(r: Any, owner: str | None) -> int:
     return int(r.scard(active_key(owner))) if owner else 0
+
+
+# -- an API key's jobs, newest first ---------------------------------------------------
+OWNED_KEEP_S = 24 * 3600  # beyond a record's TTL: a job's record lives on while it runs
+
+
+def owned_key(owner: str | None) -> str:
+    return f"kiln:owned:{owner}" if owner else "kiln:owned"
+
+
+def mark_owned(r: Any, owner: str | None, job_id: str, created_at: float, *, ttl_s: int) -> None:
+    """Index a job under its key; entries older than any record still stored are trimmed."""
+    key = owned_key(owner)
+    r.zadd(key, {job_id: created_at})
+    r.zremrangebyscore(key, "-inf", f"({created_at - ttl_s - OWNED_KEEP_S}")
+    r.expire(key, ttl_s + OWNED_KEEP_S)
+
+
+def owned_score(r: Any, owner: str | None, job_id: str) -> float | None:
+    score = r.zscore(owned_key(owner), job_id)
+    return None if score is None else float(score)
+
+
+def owned_chunk(
+    r: Any, owner: str | None, *, up_to: float | None, offset: int, count: int
+) -> list[tuple[str, float]]:
+    """``count`` of the key's jobs submitted at or before ``up_to``, newest first."""
+    top = "+inf" if up_to is None else repr(up_to)
+    rows = r.zrevrangebyscore(
+        owned_key(owner), top, "-inf", start=offset, num=count, withscores=True
+    )
+    return [(str(m), float(s)) for m, s in rows]
+
+
+def forget_owned(r: Any, owner: str | None, job_ids: list[str]) -> None:
+    """Drop jobs whose records have expired from the key's index."""
+    if job_ids:
+        r.zrem(owned_key(owner), *job_ids)
 
 
 # -- throughput and ETA -------------------------------------------------------------

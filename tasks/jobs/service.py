@@ -134,6 +134,7 @@ class JobService:
         def bookkeeping(pipe: Any) -> None:
             bk.mark_queued(pipe, params["model"], job_id, record["created_at"])
             bk.mark_active(pipe, owner, job_id, ttl_s=self.settings.job_ttl_s)
+            bk.mark_owned(pipe, owner, job_id, record["created_at"], ttl_s=self.settings.job_ttl_s)
 
         self.store.create(record, also=bookkeeping)
         try:

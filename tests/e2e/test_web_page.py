@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.stack import Stack
+from app.auth import hash_key, new_key
+from harness.stack import SECRETS, Stack
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = [
@@ -60,6 +61,71 @@ def test_fill_submit_and_see_the_images(browser, stack: Stack, tmp_path: Path) -
     page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 10_000
     print(f"screenshot: {shot}")
+
+
+@pytest.fixture(scope="module")
+def keyed_api(stack: Stack) -> tuple[str, dict[str, str]]:
+    """A second API process on the session stack, with API keys on."""
+    keys = {"painter": new_key(), "viewer": new_key()}
+    SECRETS.extend(keys.values())
+    spec = (
+        f"painter:{hash_key(keys['painter'])}:generate+read,viewer:{hash_key(keys['viewer'])}:read"
+    )
+    return stack.start_api(env={"KILN_AUTH": "on", "KILN_API_KEYS": spec}), keys
+
+
+def test_with_keys_on_the_page_asks_for_a_key_then_generates(
+    browser, keyed_api: tuple[str, dict[str, str]], tmp_path: Path
+) -> None:
+    url, keys = keyed_api
+    page = browser.new_page(viewport={"width": 1100, "height": 1300})
+    page.goto(url + "/")
+    error = page.locator("#key-error")
+    error.wait_for(timeout=10_000)
+    assert "needs an API key" in error.inner_text()
+    assert page.locator("#model option").count() == 0
+    page.screenshot(path=str(tmp_path / "kiln-web-asks-for-a-key.png"), full_page=True)
+    page.get_by_label("API key", exact=True).fill("kiln_not-a-key")
+    page.get_by_role("button", name="Use this key").click()
+    page.wait_for_function("document.querySelector('#key-error').textContent.includes('refused')")
+    assert "invalid API key" in error.inner_text()
+    page.get_by_label("API key", exact=True).fill(keys["painter"])
+    page.get_by_role("button", name="Use this key").click()
+    page.locator("#model option[value='tiny-sd']").wait_for(state="attached", timeout=10_000)
+    assert page.locator("#key-form").is_hidden()
+    page.get_by_label("Model").select_option("tiny-sd")
+    page.get_by_label("Number of images").fill("2")
+    page.get_by_label("Steps").fill("4")
+    page.get_by_label("Seed").fill("21")
+    assert "$KILN_API_KEY" in page.locator("#curl").inner_text()
+    assert keys["painter"] not in page.content()
+    page.get_by_role("button", name="Generate").click()
+    page.locator("#gallery img").nth(1).wait_for(timeout=60_000)
+    assert page.locator("#gallery figcaption").all_inner_texts() == [
+        "seed 21 · 64×64",
+        "seed 22 · 64×64",
+    ]
+    assert "Done" in page.locator("#status").inner_text()
+    # The key lives in this tab's session storage only.
+    assert page.evaluate("sessionStorage.getItem('kiln-api-key')") == keys["painter"]
+    assert page.evaluate("localStorage.length") == 0 and page.context.cookies() == []
+    shot = tmp_path / "kiln-web-key.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 10_000
+    print(f"screenshot: {shot}")
+
+
+def test_a_key_without_the_scope_sees_why(browser, keyed_api: tuple[str, dict[str, str]]) -> None:
+    url, keys = keyed_api
+    page = browser.new_page()
+    page.goto(url + "/")
+    page.get_by_label("API key", exact=True).fill(keys["viewer"])
+    page.get_by_role("button", name="Use this key").click()
+    page.locator("#model option[value='tiny-sd']").wait_for(state="attached", timeout=10_000)
+    page.get_by_role("button", name="Generate").click()
+    alert = page.locator("#error")
+    alert.wait_for(timeout=10_000)
+    assert "lacks the 'generate' scope" in alert.inner_text()
 
 
 def test_without_an_event_stream_the_page_polls(browser, stack: Stack) -> None:

@@ -123,3 +123,29 @@ def test_ready_workers_report_the_dtype_they_run(r: redis.Redis) -> None:
     bk.unbeat(r, "m", "w3")
     assert bk.worker_dtypes(r, "m") == {"fp32": 2}
     assert bk.worker_dtypes(r, "other") == {}
+
+
+def test_a_keys_job_index_is_bounded_by_the_store(r: redis.Redis, redis_url: str) -> None:
+    from tasks.jobs.listing import list_jobs
+
+    store = JobStore(redis_url, ttl_s=60)
+    t = time.time()
+    for i, job_id in enumerate(["old", "a", "b", "c"]):
+        created = t - 10_000_000 if job_id == "old" else t + i
+        store.create({"id": job_id, "status": "queued", "model": "m", "created_at": created})
+        bk.mark_owned(r, "alice", job_id, created, ttl_s=60)
+    store.create({"id": "d", "status": "queued", "model": "m", "created_at": t})
+    bk.mark_owned(r, "bob", "d", t, ttl_s=60)
+    # Entries older than any record the store can still hold are trimmed at each submit,
+    # and the index expires with its newest job (plus the slack for running ones).
+    assert r.zrange(bk.owned_key("alice"), 0, -1) == ["a", "b", "c"]
+    assert 0 < r.ttl(bk.owned_key("alice")) <= 60 + bk.OWNED_KEEP_S
+    # A record that expired leaves the index when a listing meets it.
+    r.delete(job_key("b"))
+    page = list_jobs(store, "alice", limit=1)
+    assert [j["id"] for j in page.jobs] == ["c"] and page.has_more
+    page = list_jobs(store, "alice", limit=5, after="c")
+    assert [j["id"] for j in page.jobs] == ["a"] and not page.has_more
+    assert r.zrange(bk.owned_key("alice"), 0, -1) == ["a", "c"]
+    assert [j["id"] for j in list_jobs(store, "bob").jobs] == ["d"]
+    assert list_jobs(store, None).jobs == []  # jobs made without a key are indexed apart

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 import time
@@ -14,7 +16,7 @@ from openai import OpenAI
 
 from app.auth import hash_key, new_key
 from harness.http import KilnHTTP, fetch_image
-from harness.stack import SECRETS, Stack
+from harness.stack import BIN, SECRETS, Stack
 
 KEYS = {name: new_key() for name in ("alice", "bob", "reader", "ops")}
 SCOPES = {"alice": "generate+read", "bob": "generate+read", "reader": "read", "ops": "admin"}
@@ -318,3 +320,75 @@ def test_no_secret_in_any_stored_record(sstack: Stack) -> None:
         leaks = [s[:6] for s in secrets if s in blob]
         assert not leaks, f"{key!r} holds a secret: {leaks}"
     assert seen >= 4  # two records and their events, at least
+
+
+def test_get_jobs_lists_the_callers_jobs_newest_first(sstack: Stack) -> None:
+    alice, bob = as_(sstack, "alice"), as_(sstack, "bob")
+    mine = [alice.run(**{**JOB, "seed": seed})["id"] for seed in (11, 12, 13)]
+    theirs = bob.run(**JOB)["id"]
+    listed = alice.get("/v1/jobs", params={"limit": 100}).json()
+    ids = [j["id"] for j in listed["data"]]
+    assert theirs not in ids and [i for i in ids if i in mine] == mine[::-1]
+    created = [j["created_at"] for j in listed["data"]]
+    assert created == sorted(created, reverse=True)
+    first = alice.get("/v1/jobs", params={"limit": 2}).json()
+    assert first["has_more"] and first["next_after"] == first["data"][-1]["id"]
+    second = alice.get("/v1/jobs", params={"limit": 2, "after": first["next_after"]}).json()
+    assert [j["id"] for j in first["data"] + second["data"]] == ids[:4]
+    done = alice.get("/v1/jobs", params={"status": "succeeded", "model": "tiny-sd", "limit": 100})
+    assert set(mine) <= {j["id"] for j in done.json()["data"]}
+    assert all(j["status"] == "succeeded" for j in done.json()["data"])
+    none = alice.get("/v1/jobs", params={"status": "succeeded", "model": "sd15"})  # no worker
+    assert none.json() == {"object": "list", "data": [], "has_more": False, "next_after": None}
+    bad = alice.get("/v1/jobs", params={"status": "done", "limit": 0})
+    assert bad.status_code == 422 and set(bad.json()["error"]["fields"]) == {"status", "limit"}
+    foreign = alice.get("/v1/jobs", params={"after": theirs})  # bob's job: no place in hers
+    assert foreign.status_code == 422 and "after" in foreign.json()["error"]["fields"]
+    assert as_(sstack, None).get("/v1/jobs").status_code == 401
+
+
+def cli(stack: Stack, name: str, *args: str) -> subprocess.CompletedProcess:
+    env = {**stack.env, "KILN_URL": stack.api_url, "KILN_API_KEY": KEYS[name]}
+    return subprocess.run(
+        [str(BIN / "kiln"), *args],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_kiln_jobs_list_shows_the_callers_jobs_and_not_another_keys(sstack: Stack) -> None:
+    a = as_(sstack, "alice").run(**{**JOB, "prompt": "alice's fox"})["id"]
+    b = as_(sstack, "bob").run(**{**JOB, "prompt": "bob's fox"})["id"]
+    alices = cli(sstack, "alice", "jobs", "list")
+    assert alices.returncode == 0, alices.stderr
+    assert a in alices.stdout and b not in alices.stdout and "alice's fox" in alices.stdout
+    bobs = cli(sstack, "bob", "jobs", "list", "--json")
+    ids = [j["id"] for j in json.loads(bobs.stdout)["data"]]
+    assert b in ids and a not in ids
+    # A prefix of one's own job resolves; of another key's job it is not found.
+    show = cli(sstack, "alice", "jobs", "show", a[:8])
+    assert show.returncode == 0 and json.loads(show.stdout)["id"] == a
+    other = cli(sstack, "bob", "jobs", "show", a[:8])
+    assert other.returncode == 1 and "404" in other.stderr and other.stderr.count("\n") == 1
+
+
+def test_jobs_show_refuses_an_ambiguous_prefix(sstack: Stack) -> None:
+    from tasks.jobs.service import JobService
+
+    jobs = JobService(sstack.settings)
+    prefix = "cafe" + os.urandom(4).hex()
+    for tail in ("1", "2"):
+        jobs.submit(jobs.validate(dict(JOB)), owner="alice", job_id=prefix + tail)
+    alice = as_(sstack, "alice")
+    for tail in ("1", "2"):
+        assert alice.wait(prefix + tail)["status"] == "succeeded"
+    both = cli(sstack, "alice", "jobs", "show", prefix)
+    assert both.returncode == 1 and both.stderr.count("\n") == 1, both.stderr
+    assert "is the start of 2 jobs" in both.stderr
+    assert prefix + "1" in both.stderr and prefix + "2" in both.stderr
+    one = cli(sstack, "alice", "jobs", "show", prefix + "2")
+    assert json.loads(one.stdout)["id"] == prefix + "2"
+    assert cli(sstack, "bob", "jobs", "show", prefix).returncode == 1

@@ -83,3 +83,22 @@ def test_api_process_never_imports_torch() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ("status=done", "status"),
+        ("limit=0", "limit"),
+        ("limit=many", "limit"),
+        ("after=" + "x" * 65, "after"),
+        ("colour=red", "colour"),
+    ],
+)
+def test_a_bad_job_list_query_is_422_naming_the_field(
+    client: FlaskClient, query: str, field: str
+) -> None:
+    r = client.get(f"/v1/jobs?{query}")
+    assert r.status_code == 422
+    err = r.get_json()["error"]
+    assert list(err["fields"]) == [field] and field in err["message"]
