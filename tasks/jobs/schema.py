@@ -22,7 +22,7 @@ from marshmallow import (
     validates_schema,
 )
 
-from config.errors import invalid_input
+from config.errors import InvalidInput, invalid_input
 from pipelines.batch import MAX_SEED
 from pipelines.registry import Registry
 from tasks.jobs.inputs import RULE as IMAGE_RULE
@@ -268,6 +268,22 @@ def validate_job(data: dict[str, Any], registry: Registry) -> dict[str, Any]:
     }
 
 
+def _with_model_rules(exc: ValidationError, registry: Registry) -> dict[str, Any]:
+    """The schema's errors, plus the model's rules broken by the fields that did load,
+    so one answer names every bad field (``n: 10**30`` beside a missing prompt)."""
+    messages = dict(exc.messages) if isinstance(exc.messages, dict) else {"_schema": exc.messages}
+    valid = dict(exc.valid_data or {}) if isinstance(exc.valid_data, dict) else {}
+    valid.setdefault("prompt", "-")
+    try:
+        validate_job(valid, registry)
+    except InvalidInput as more:
+        for name, reasons in more.fields.items():
+            messages.setdefault(name, reasons)
+    except Exception:  # a partial payload the rules cannot read: the schema's errors stand
+        pass
+    return messages
+
+
 def load_job(payload: Any, registry: Registry, *, task: bool = False) -> dict[str, Any]:
     """Validate a raw payload (dict) into job params; raises ``InvalidInput``."""
     if not isinstance(payload, dict):
@@ -276,7 +292,7 @@ def load_job(payload: Any, registry: Registry, *, task: bool = False) -> dict[st
     try:
         data = schema.load(payload)
     except ValidationError as exc:
-        raise invalid_input(exc.messages) from None
+        raise invalid_input(_with_model_rules(exc, registry)) from None
     params = validate_job(data, registry)
     if task:
         if data.get("job_id"):
