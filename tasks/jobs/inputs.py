@@ -38,6 +38,7 @@ INPUT_NAMES = ("image", "mask")
 KEY = re.compile(r"(inputs|generated)/[A-Za-z0-9_-]{1,64}/[A-Za-z0-9_.-]{1,64}\Z")
 DATA_URL = re.compile(r"data:image/(png|jpeg|webp);base64,(.*)\Z", re.S)
 EXTENSIONS = {"PNG": "png", "JPEG": "jpeg", "WEBP": "webp"}
+DESCRIPTOR = {"key", "sha256", "source", "job"}  # what the API sends for a stored input
 RULE = 'an https URL, a data:image/...;base64 URL, or {"job": "<id>", "index": 0}'
 
 
@@ -74,7 +75,7 @@ class ImageInput(fields.Field):
                 if not isinstance(index, int) or isinstance(index, bool) or index < 0:
                     raise ValidationError("index must be an integer >= 0")
                 return {"job": job, "index": index}
-            if self.keys and "key" in value and set(value) <= {"key", "sha256", "source"}:
+            if self.keys and "key" in value and set(value) <= DESCRIPTOR:
                 if not isinstance(value["key"], str) or not KEY.match(value["key"]):
                     raise ValidationError("key must be a key under inputs/ or generated/")
                 return dict(value)
@@ -167,10 +168,10 @@ class Inputs:
             if self.fetch is None:
                 raise _bad(name, "URLs are not taken on this door")
             data, source = self.fetch(ref["url"], name, cap), {"source": "url"}
-        elif "job" in ref:
-            data, source = self._job_output(ref, name)
-        else:
+        elif "key" in ref:  # stored already (the API's descriptor), or the Celery door's key
             data, source = self.read_key(ref["key"], name), {"source": "key", "key": ref["key"]}
+        else:
+            data, source = self._job_output(ref, name)
         if len(data) > cap:
             raise _bad(name, f"is {len(data)} bytes, over this model's {cap} byte limit")
         return data, source
