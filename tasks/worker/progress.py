@@ -5,6 +5,11 @@ pipeline call; a small thread flushes, every ``interval_s``, the latest step of 
 running job (one pipelined round trip for all of them) and each batch timing (one
 atomic fold into the model's seconds-per-image average, for ETAs), so the GPU thread
 never waits on Redis and Redis is not hammered.
+
+A job's progress is written only once its task thread has marked it running
+(``running``); until then its latest step is kept. A job's first step, and a job just
+marked running, are flushed at once rather than at the next tick, so that no record
+shows a job running at step 0 for longer than its first step took.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ from tasks.jobs.store import JobStore
 
 log = logging.getLogger("kiln.progress")
 
+Progress = tuple[int, int, float | None]  # step, steps, seconds left (None: unknown)
+
 
 class ProgressWriter:
     def __init__(self, store: JobStore, *, model: str, interval_s: float = 0.2) -> None:
@@ -24,18 +31,32 @@ class ProgressWriter:
         self.model = model
         self._batches: list[tuple[float, int]] = []
         self.interval_s = interval_s
-        self._latest: dict[str, tuple[int, int]] = {}
+        self._latest: dict[str, Progress] = {}
+        self._running: set[str] = set()  # jobs whose record says running (writable)
+        self._written: set[str] = set()  # running jobs with a step written already
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name="kiln-progress", daemon=True)
 
     def start(self) -> ProgressWriter:
         self._thread.start()
         return self
 
-    def update(self, job_id: str, step: int, steps: int) -> None:
+    def update(self, job_id: str, step: int, steps: int, *, eta_s: float | None = None) -> None:
         with self._lock:
-            self._latest[job_id] = (step, steps)
+            self._latest[job_id] = (step, steps, eta_s)
+            first = job_id in self._running and job_id not in self._written
+        if first:
+            self._wake.set()
+
+    def running(self, job_id: str) -> None:
+        """The job's record says running: its progress may be written from now on."""
+        with self._lock:
+            self._running.add(job_id)
+            due = job_id in self._latest
+        if due:
+            self._wake.set()
 
     def record_batch(self, seconds: float, images: int) -> None:
         with self._lock:
@@ -43,7 +64,10 @@ class ProgressWriter:
 
     def flush(self) -> None:
         with self._lock:
-            batch, self._latest = self._latest, {}
+            batch = {j: p for j, p in self._latest.items() if j in self._running}
+            for job_id in batch:
+                del self._latest[job_id]
+            self._written |= batch.keys()
             timings, self._batches = self._batches, []
         for seconds, images in timings:
             try:
@@ -63,11 +87,16 @@ class ProgressWriter:
     def discard(self, job_id: str) -> None:
         with self._lock:
             self._latest.pop(job_id, None)
+            self._running.discard(job_id)
+            self._written.discard(job_id)
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
+        while not self._stop.is_set():
+            self._wake.wait(self.interval_s)
+            self._wake.clear()
             self.flush()
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
         self.flush()
