@@ -43,7 +43,7 @@ def generate_images(
         runtime.cancel_seen.setdefault(job_id, 0)
         cancel.set()
     runtime.steps[job_id] = 0
-    woken = threading.Event()
+    woken, finished = threading.Event(), threading.Event()
     began: list[float] = []  # the wall time its first pipeline call began
     clock = {"t0": 0.0, "steps": 0}  # for the ETA: steps reported since it began
 
@@ -55,7 +55,7 @@ def generate_images(
     def on_progress(step: int, steps: int) -> None:
         runtime.steps[job_id] = step  # unthrottled, in memory: where a cancel finds it
         clock["steps"] += 1
-        if writer is not None:
+        if writer is not None and not finished.is_set():
             per_step = (time.monotonic() - clock["t0"]) / clock["steps"]
             eta = bk.running_eta_s(
                 step=step, steps=steps, elapsed_s=per_step * step, fallback_s=0.0
@@ -120,6 +120,7 @@ def generate_images(
             queue_wait_s=runtime.settings.queue_wait_limit_s,
         )
     finally:
+        finished.set()  # a step after this (a job let go) is not written
         runtime.cancel_events.pop(job_id, None)
         if writer is not None:
             writer.discard(job_id)
