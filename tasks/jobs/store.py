@@ -345,14 +345,45 @@ class JobStore:
     ) -> list[str]:
         """Set the progress (step, steps and, if known, seconds left) of running jobs, one
         round trip for all; the ids not written."""
+        return self.start_many({}, model="", worker="", progress=steps_by_job)[1]
+
+    def start_many(
+        self,
+        starts: Mapping[str, float],
+        *,
+        model: str,
+        worker: str,
+        progress: Mapping[str, tuple[int, int] | tuple[int, int, float | None]] | None = None,
+    ) -> tuple[dict[str, bool | None], list[str]]:
+        """Mark the jobs of a batch ``running`` (as ``start``: ``{job_id: began at}``), then
+        write the progress of running jobs, all in one round trip. Returns, per start,
+        whether it applied (None: not written), and the progress ids not written."""
+        progress = progress or {}
         with self.redis.pipeline(transaction=False) as pipe:
-            for job_id, progress in steps_by_job.items():
-                self._run_transition(job_id, self._progress_argv(*progress), client=pipe)
+            for job_id, at in starts.items():
+                self._start(
+                    keys=[job_key(job_id), events_key(job_id), bk.queued_key(model)],
+                    args=[
+                        self.ttl_s,
+                        worker,
+                        job_id,
+                        json.dumps(round(at, 3)),
+                        json.dumps({"worker": worker}),
+                    ],
+                    client=pipe,
+                )
+            for job_id, steps in progress.items():
+                self._run_transition(job_id, self._progress_argv(*steps), client=pipe)
             try:
-                results = pipe.execute(raise_on_error=False)
+                results = pipe.execute(raise_on_error=False) if len(pipe) else []
             except redis.RedisError as exc:
                 raise BrokerUnavailable(f"job store unreachable: {type(exc).__name__}") from exc
-        return [j for j, r in zip(steps_by_job, results, strict=True) if isinstance(r, Exception)]
+        started: dict[str, bool | None] = {
+            j: None if isinstance(r, Exception) else bool(r and r[1])
+            for j, r in zip(starts, results, strict=False)
+        }
+        rest = results[len(starts) :]
+        return started, [j for j, r in zip(progress, rest, strict=True) if isinstance(r, Exception)]
 
     def _progress_argv(self, step: int, steps: int, eta_s: float | None = None) -> list[Any]:
         """A running job's progress: the field and a ``progress`` event."""

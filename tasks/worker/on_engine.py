@@ -2,11 +2,12 @@
 
 The task thread hands the job to the engine and waits. The job stays ``queued`` (held
 by this worker, counted in queue positions) until the engine begins the pipeline call
-that holds its images; the engine's ``on_start`` callback (on its own thread, no I/O)
-wakes this thread, which marks the job ``running`` with the time that call began, and
-only then lets its progress be written. A job that is no longer this worker's by then
-(canceled, or sent again and taken by another worker) is dropped from its batch at the
-next step and left as it is.
+that holds its images: the engine's ``on_start`` callback (on its own thread, in memory
+only) hands the start to the progress writer, which marks the whole batch ``running``
+in one round trip with the time that call began, and wakes this thread, which waits
+for that write before anything else is written about the job. A job that is no longer this
+worker's by then (canceled, or sent again and taken by another worker) is dropped from
+its batch at the next step and left as it is.
 """
 
 from __future__ import annotations
@@ -16,10 +17,12 @@ import threading
 import time
 from typing import Any
 
+from config.errors import BrokerUnavailable
 from tasks.jobs import bookkeeping as bk
 from tasks.jobs.inputs import Inputs, image_mode
 from tasks.worker import runtime as rt
 from tasks.worker.outages import patient
+from tasks.worker.progress import Start
 from tasks.worker.time_limits import wait_result, wait_started
 
 
@@ -45,11 +48,14 @@ def generate_images(
     runtime.steps[job_id] = 0
     woken, finished = threading.Event(), threading.Event()
     began: list[float] = []  # the wall time its first pipeline call began
+    starts: list[Start] = []
     clock = {"t0": 0.0, "steps": 0}  # for the ETA: steps reported since it began
 
     def on_start(at: float) -> None:  # on the engine thread: in memory only
         clock["t0"] = time.monotonic()
         began.append(at)
+        if writer is not None:  # written with the rest of its batch, in one round trip
+            starts.append(writer.job_started(job_id, at))
         woken.set()
 
     def on_progress(step: int, steps: int) -> None:
@@ -95,22 +101,13 @@ def generate_images(
         wait_started(woken, cancel, queue_wait_s=runtime.settings.queue_wait_limit_s)
         if began:
             try:
-                mine = patiently(
-                    runtime,
-                    job_id,
-                    "start the job",
-                    lambda: store.start(
-                        job_id, model=runtime.model.name, worker=runtime.hostname, at=began[0]
-                    ),
-                )
+                mine = mark_running(runtime, job_id, began[0], starts[0] if starts else None)
             except BaseException:  # back to the broker: stop running it here first
                 let_go(future, cancel, spec.time_limit_s)
                 raise
             if not mine:
                 let_go(future, cancel, spec.time_limit_s)
                 return None
-            if writer is not None:
-                writer.running(job_id)
         return wait_result(
             future,
             cancel,
@@ -124,6 +121,26 @@ def generate_images(
         runtime.cancel_events.pop(job_id, None)
         if writer is not None:
             writer.discard(job_id)
+
+
+def mark_running(runtime: rt.Runtime, job_id: str, at: float, start: Start | None) -> bool:
+    """Whether the job is now running here (False: it is no longer this worker's). The
+    progress writer writes the start with its batch-mates'; without one, this thread
+    does. Through a job-store outage of up to ``outage_budget_s``."""
+    if start is None:
+        return bool(
+            patiently(
+                runtime,
+                job_id,
+                "start the job",
+                lambda: runtime.store.start(
+                    job_id, model=runtime.model.name, worker=runtime.hostname, at=at
+                ),
+            )
+        )
+    if not start.written.wait(runtime.settings.outage_budget_s):
+        raise BrokerUnavailable("job store unreachable: the job's start was not written")
+    return start.applied
 
 
 def let_go(future: Any, cancel: threading.Event, timeout_s: float) -> None:

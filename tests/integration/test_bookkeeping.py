@@ -83,6 +83,31 @@ def test_progress_waits_until_the_job_is_marked_running(redis_url: str) -> None:
     assert (store.get("w-1") or {})["progress"] == {"step": 1, "steps": 8, "eta_s": 2.5}
 
 
+def test_a_batch_s_starts_and_first_steps_are_written_in_one_flush(redis_url: str) -> None:
+    """The jobs of a batch that began turn running together (with the time it began and
+    their first step); a job another worker took meanwhile is not started here."""
+    store = JobStore(redis_url, ttl_s=60)
+    for job_id in ("s1", "s2", "s3"):
+        store.create({"id": job_id, "status": "queued", "model": "m", "created_at": 1.0})
+        store.receive(job_id, model="m", worker="w", attempt=1)
+    store.receive("s3", model="m", worker="other", attempt=2)  # sent again, taken there
+    writer = ProgressWriter(store, model="m", worker="w")
+    starts = {j: writer.job_started(j, 42.0) for j in ("s1", "s2", "s3")}
+    for job_id in starts:
+        writer.update(job_id, 1, 4, eta_s=0.3)
+    writer.flush()
+    assert all(s.written.is_set() for s in starts.values())
+    assert {j: s.applied for j, s in starts.items()} == {"s1": True, "s2": True, "s3": False}
+    got = {j: store.get(j) or {} for j in starts}
+    assert [got[j]["status"] for j in ("s1", "s2", "s3")] == ["running", "running", "queued"]
+    assert got["s1"]["started_at"] == got["s2"]["started_at"] == 42.0
+    assert got["s1"]["progress"] == {"step": 1, "steps": 4, "eta_s": 0.3}
+    assert got["s3"].get("started_at") is None and got["s3"]["worker"] == "other"
+    writer.update("s1", 2, 4)
+    writer.flush()  # started: its steps go on being written
+    assert (store.get("s1") or {})["progress"] == {"step": 2, "steps": 4}
+
+
 def test_a_received_job_waits_in_its_place_until_its_batch_starts(
     r: redis.Redis, redis_url: str
 ) -> None:
