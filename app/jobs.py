@@ -121,7 +121,7 @@ def sse(event_id: str, event: str, data: Any) -> str:
 @blp.doc(
     responses={
         "200": {
-            "description": "text/event-stream: queued, started, progress, "
+            "description": "text/event-stream: queued, received, started, progress, "
             "succeeded | failed | canceled",
             "content": {"text/event-stream": {"schema": {"type": "string"}}},
         },

@@ -29,6 +29,9 @@ class ApiErrorSchema(Schema):
 class ProgressSchema(Schema):
     step = fields.Integer()
     steps = fields.Integer()
+    eta_s = fields.Float(
+        allow_none=True, metadata={"description": "seconds left, from its step timings"}
+    )
 
 
 class JobViewSchema(Schema):
@@ -52,8 +55,13 @@ class JobViewSchema(Schema):
     batches = fields.List(fields.Dict(), allow_none=True)
     run_s = fields.Float(allow_none=True, metadata={"description": "pipeline seconds"})
     upload_s = fields.Float(allow_none=True, metadata={"description": "encode + upload"})
-    queue_position = fields.Integer(allow_none=True)
-    eta_s = fields.Float(allow_none=True)
+    queue_position = fields.Integer(
+        allow_none=True,
+        metadata={"description": "while queued: 1 = next (jobs waiting in workers count)"},
+    )
+    eta_s = fields.Float(
+        allow_none=True, metadata={"description": "seconds until done, queued or running"}
+    )
     urls = fields.Dict(keys=fields.String(), values=fields.String())
 
 

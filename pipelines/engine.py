@@ -11,7 +11,9 @@ and survives any failure of a batch, failing only that batch's requests.
 One budget holds whoever the requests came from: a call never holds more than the
 model's ``max_pixels_per_batch`` (nor more images than an out-of-memory split has
 shown to fit for that shape). Each request's :class:`PipelineClock` counts only the
-time it spends inside pipeline calls, so that its time limits are its own.
+time it spends inside pipeline calls, so that its time limits are its own, and its
+``on_start`` callback says when the first call holding its images begins (until then
+the request is waiting, not running).
 """
 
 from __future__ import annotations
@@ -45,6 +47,10 @@ class Request:
     image: Any = None  # image modes: the init image, already params' size
     mask: Any = None  # inpaint: the binary mask, white = repaint
     on_progress: Callable[[int, int], None] | None = None
+    # Called on the engine thread, with the wall-clock time, when the first pipeline
+    # call holding this request's images begins: the request is on the device from now.
+    # Keep it cheap (no I/O): the call waits for it.
+    on_start: Callable[[float], None] | None = None
     cancel_event: threading.Event | None = None
     clock: PipelineClock = field(default_factory=PipelineClock)
 
@@ -73,6 +79,7 @@ class _Pending:
     images: dict[int, Any] = field(default_factory=dict)
     batches: list[BatchInfo] = field(default_factory=list)
     run_s: float = 0.0
+    started: bool = False
 
     @property
     def canceled(self) -> bool:
@@ -291,6 +298,15 @@ class Engine:
             Item(r.prompt, r.negative_prompt, r.seeds[i], r.image, r.mask)
             for r, i in ((p.request, i) for p, i in slots)
         ]
+        began = time.time()
+        for p in requests:
+            if not p.started:
+                p.started = True
+                if p.request.on_start is not None:
+                    try:
+                        p.request.on_start(began)
+                    except Exception:  # a broken callback never breaks the batch
+                        log.warning("start callback of %s failed", p.request.id, exc_info=True)
         t0 = time.perf_counter()
         for p in requests:
             p.request.clock.start()

@@ -1,9 +1,11 @@
 """Redis bookkeeping around jobs: the one module that spells these keys.
 
 - ``kiln:queued:<model>``: a sorted set by submit time of the jobs waiting for that
-  model; a waiting job's queue position is its rank there.
-- ``kiln:running:<model>``: a hash of the jobs running for that model → their worker,
-  which the reaper walks to find jobs whose worker died.
+  model, in the broker or inside a worker that took them but has not put them on the
+  device yet; a waiting job's queue position is its rank there.
+- ``kiln:running:<model>``: a hash of the jobs a worker of that model holds (waiting
+  in it or running) → that worker, which the reaper walks to find jobs whose worker
+  died.
 - ``kiln:active:<owner>``: the queued and running jobs of one API key (its quota).
 - ``kiln:owned:<owner>`` (``kiln:owned`` for jobs made without a key): a sorted set by
   submit time of every job of one API key, what ``GET /v1/jobs`` lists. Each submit
@@ -79,7 +81,7 @@ def mark_dequeued(r: Any, model: str, job_id: str) -> None:
 
 
 def depth(r: Any, model: str) -> int:
-    """Jobs waiting for ``model`` (submitted, not yet started), whatever the broker."""
+    """Jobs waiting for ``model`` (submitted, not yet on a device), whatever the broker."""
     return int(r.zcard(queued_key(model)))
 
 
@@ -157,8 +159,18 @@ def s_per_image(r: Any, model: str) -> float | None:
 
 
 def eta_s(*, position: int, images: int, workers: int, s_per_image: float) -> float:
-    """Seconds until a waiting job is done: jobs ahead (one image each) plus its own."""
+    """Seconds until a waiting job is done: jobs ahead (one image each, whether still in
+    the broker or waiting inside a worker) plus its own, shared by the ready workers."""
     return round(max(s_per_image, (position - 1 + images) * s_per_image / max(1, workers)), 2)
+
+
+def running_eta_s(*, step: int, steps: int, elapsed_s: float, fallback_s: float) -> float:
+    """Seconds until a running job's steps are done, from its own step timings: the
+    time its steps so far took (``elapsed_s`` since its batch began) per step, times
+    the steps left; ``fallback_s`` before its first step is reported."""
+    if step <= 0 or elapsed_s <= 0:
+        return round(max(0.0, fallback_s), 2)
+    return round(max(0.0, elapsed_s / step * (steps - step)), 2)
 
 
 # -- worker heartbeats ------------------------------------------------------------
@@ -217,7 +229,7 @@ def worker_alive(r: Any, model: str, worker: str) -> bool:
 
 
 def running_jobs(r: Any, model: str) -> dict[str, str]:
-    """``{job_id: worker}`` of the jobs running for ``model``."""
+    """``{job_id: worker}`` of the jobs workers of ``model`` hold (waiting or running)."""
     return dict(r.hgetall(running_key(model)) or {})
 
 

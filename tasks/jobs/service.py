@@ -196,22 +196,36 @@ class JobService:
         return None if record is None else self.view(record)
 
     def view(self, record: dict[str, Any]) -> dict[str, Any]:
-        """``record`` with fresh image URLs, queue position and ETA (one more round trip
-        while it is queued)."""
+        """``record`` with fresh image URLs, and its queue position and ETA while it waits
+        (one more round trip) or its ETA from its own step timings while it runs."""
         for image in record.get("images") or []:
             image["url"] = self.storage.url(image["key"])
         record["queue_position"] = record["eta_s"] = None
         model = record.get("model")
+        images = len(record.get("seeds") or [1])
         if record.get("status") == "queued" and isinstance(model, str):
             pos, rate, workers = bk.waiting(self.store.redis, model, record["id"])
             if pos is not None:
                 record["queue_position"] = pos
                 record["eta_s"] = bk.eta_s(
                     position=pos,
-                    images=len(record.get("seeds") or [1]),
+                    images=images,
                     workers=workers,
                     s_per_image=rate or self.settings.default_s_per_image,
                 )
+        elif record.get("status") == "running" and isinstance(model, str):
+            progress = record.get("progress") or {}
+            step, steps = int(progress.get("step") or 0), int(progress.get("steps") or 0)
+            fallback = 0.0
+            if step <= 0:  # no step timing yet: the model's own rate
+                rate = bk.s_per_image(self.store.redis, model)
+                fallback = images * (rate or self.settings.default_s_per_image)
+            record["eta_s"] = bk.running_eta_s(
+                step=step,
+                steps=steps,
+                elapsed_s=time.time() - float(record.get("started_at") or time.time()),
+                fallback_s=fallback,
+            )
         return record
 
     def follow(
@@ -263,6 +277,8 @@ class JobService:
         )
         if ended is not None:
             try:  # best effort: the worker also skips jobs whose record says canceled
+                if record.get("worker"):  # a worker holds it, waiting: it drops it now
+                    self.store.redis.publish(bk.CANCEL_CHANNEL, job_id)
                 self.celery.control.revoke(job_id)
             except Exception as exc:
                 log.warning("revoke of %s not sent: %s", job_id, type(exc).__name__)

@@ -1,8 +1,8 @@
 """The job store: one Redis hash per job plus a stream of its events.
 
 ``kiln:job:<id>`` holds the record (each field JSON-encoded), ``kiln:job:<id>:events``
-the ordered events (``queued``, ``started``, ``progress``, terminal) that feed the
-live event stream. Both expire after ``job_ttl_s``. Status changes are atomic and
+the ordered events (``queued``, ``received``, ``started``, ``progress``, terminal) that
+feed the live event stream. Both expire after ``job_ttl_s``. Status changes are atomic and
 only move forward: a canceled job never turns ``running`` again.
 """
 
@@ -17,6 +17,7 @@ import redis
 
 from config.errors import BrokerUnavailable
 from tasks.jobs import bookkeeping as bk
+from tasks.jobs import holding
 
 TERMINAL = frozenset({"succeeded", "failed", "canceled"})
 LIVE = ("queued", "running")
@@ -77,14 +78,17 @@ return {prev, 1, redis.call('HGETALL', KEYS[1])}
 """
 
 # Send a dead worker's job back to its queue. KEYS[1] record, KEYS[2] events, KEYS[3]
-# the model's queued set, KEYS[4] its running set; ARGV: ttl, the dead worker, the job
+# the model's queued set, KEYS[4] its held set; ARGV: ttl, the dead worker, the job
 # id, its queue score (submit time), event data. Applies only while the job is still
-# running on that worker; otherwise just drops the stale running-set entry.
+# held (waiting or running) by that worker; otherwise just drops the stale held-set
+# entry, if it still names that worker.
 _REQUEUE = """
 local cur = redis.call('HGET', KEYS[1], 'status')
 local worker = redis.call('HGET', KEYS[1], 'worker')
-if not cur or cjson.decode(cur) ~= 'running' or not worker or cjson.decode(worker) ~= ARGV[2] then
-  redis.call('HDEL', KEYS[4], ARGV[3])
+local status = cur and cjson.decode(cur)
+if (status ~= 'running' and status ~= 'queued') or not worker
+    or cjson.decode(worker) ~= ARGV[2] then
+  if redis.call('HGET', KEYS[4], ARGV[3]) == ARGV[2] then redis.call('HDEL', KEYS[4], ARGV[3]) end
   return 0
 end
 redis.call('HSET', KEYS[1], 'status', cjson.encode('queued'))
@@ -139,6 +143,8 @@ class JobStore:
         self._transition = self.redis.register_script(_TRANSITION)
         self._end = self.redis.register_script(_END)
         self._requeue = self.redis.register_script(_REQUEUE)
+        self._receive = self.redis.register_script(holding.RECEIVE)
+        self._start = self.redis.register_script(holding.START)
         # redis-py reads with a 5 s socket timeout by default: blocking reads (live
         # events) get a client of their own whose timeout sits above the longest block.
         self._blocking: Any = redis.Redis.from_url(
@@ -250,27 +256,34 @@ class JobStore:
             return None, False
         return res[0], bool(res[1])
 
-    def start(self, job_id: str, *, model: str, worker: str, attempt: int) -> bool:
-        """Mark a job running on ``worker`` (from queued, or running on a worker that
-        died), out of the queued set and into the model's running set, in one step."""
-        data = {"attempt": attempt, "worker": worker}
-        fields = {"started_at": now(), "attempts": attempt, "worker": worker}
-        argv = _transition_argv(self.ttl_s, "running", LIVE, "started", data, fields)
+    def receive(self, job_id: str, *, model: str, worker: str, attempt: int) -> bool:
+        """A worker took the job's message (``tasks.jobs.holding``): it stays ``queued``
+        and keeps its queue place, now held by ``worker`` (the reaper's to send again
+        should that worker die). False when it had ended (or is gone)."""
+        data = json.dumps({"attempt": attempt, "worker": worker})
+        keys = [job_key(job_id), events_key(job_id), bk.queued_key(model), bk.running_key(model)]
+        args: list[Any] = [self.ttl_s, worker, job_id, json.dumps(attempt), json.dumps(now()), data]
         try:
-            with self.redis.pipeline(transaction=True) as pipe:
-                self._run_transition(job_id, argv, client=pipe)
-                pipe.zrem(bk.queued_key(model), job_id)
-                pipe.hset(bk.running_key(model), job_id, worker)
-                res = pipe.execute()[0]
-            applied = bool(res and res[1])
-            if not applied:  # canceled meanwhile: it is not running here
-                self.redis.hdel(bk.running_key(model), job_id)
+            res = self._receive(keys=keys, args=args)
         except redis.RedisError as exc:
             raise BrokerUnavailable(f"job store unreachable: {type(exc).__name__}") from exc
-        return applied
+        return bool(res and res[1])
+
+    def start(self, job_id: str, *, model: str, worker: str, at: float | None = None) -> bool:
+        """Mark a job ``running`` (its batch is on the device since ``at``) and take it out
+        of the queued set, in one step; only while it waits on ``worker``."""
+        data = json.dumps({"worker": worker})
+        started = json.dumps(round(at, 3) if at is not None else now())
+        keys = [job_key(job_id), events_key(job_id), bk.queued_key(model)]
+        try:
+            res = self._start(keys=keys, args=[self.ttl_s, worker, job_id, started, data])
+        except redis.RedisError as exc:
+            raise BrokerUnavailable(f"job store unreachable: {type(exc).__name__}") from exc
+        return bool(res and res[1])
 
     def requeue(self, job_id: str, *, model: str, dead_worker: str, score: float) -> bool:
-        """Put a job that was running on ``dead_worker`` back in its model's queued set."""
+        """Put a job held by ``dead_worker`` (waiting there or running) back in its
+        model's queued set."""
         argv: list[Any] = [
             self.ttl_s,
             dead_worker,
@@ -327,20 +340,56 @@ class JobStore:
         except redis.RedisError as exc:
             raise BrokerUnavailable(f"job store unreachable: {type(exc).__name__}") from exc
 
-    def progress_many(self, steps_by_job: Mapping[str, tuple[int, int]]) -> list[str]:
-        """Set the progress of running jobs, one round trip for all; the ids not written."""
+    def progress_many(
+        self, steps_by_job: Mapping[str, tuple[int, int] | tuple[int, int, float | None]]
+    ) -> list[str]:
+        """Set the progress (step, steps and, if known, seconds left) of running jobs, one
+        round trip for all; the ids not written."""
+        return self.start_many({}, model="", worker="", progress=steps_by_job)[1]
+
+    def start_many(
+        self,
+        starts: Mapping[str, float],
+        *,
+        model: str,
+        worker: str,
+        progress: Mapping[str, tuple[int, int] | tuple[int, int, float | None]] | None = None,
+    ) -> tuple[dict[str, bool | None], list[str]]:
+        """Mark the jobs of a batch ``running`` (as ``start``: ``{job_id: began at}``), then
+        write the progress of running jobs, all in one round trip. Returns, per start,
+        whether it applied (None: not written), and the progress ids not written."""
+        progress = progress or {}
         with self.redis.pipeline(transaction=False) as pipe:
-            for job_id, (step, steps) in steps_by_job.items():
-                self._run_transition(job_id, self._progress_argv(step, steps), client=pipe)
+            for job_id, at in starts.items():
+                self._start(
+                    keys=[job_key(job_id), events_key(job_id), bk.queued_key(model)],
+                    args=[
+                        self.ttl_s,
+                        worker,
+                        job_id,
+                        json.dumps(round(at, 3)),
+                        json.dumps({"worker": worker}),
+                    ],
+                    client=pipe,
+                )
+            for job_id, steps in progress.items():
+                self._run_transition(job_id, self._progress_argv(*steps), client=pipe)
             try:
-                results = pipe.execute(raise_on_error=False)
+                results = pipe.execute(raise_on_error=False) if len(pipe) else []
             except redis.RedisError as exc:
                 raise BrokerUnavailable(f"job store unreachable: {type(exc).__name__}") from exc
-        return [j for j, r in zip(steps_by_job, results, strict=True) if isinstance(r, Exception)]
+        started: dict[str, bool | None] = {
+            j: None if isinstance(r, Exception) else bool(r and r[1])
+            for j, r in zip(starts, results, strict=False)
+        }
+        rest = results[len(starts) :]
+        return started, [j for j, r in zip(progress, rest, strict=True) if isinstance(r, Exception)]
 
-    def _progress_argv(self, step: int, steps: int) -> list[Any]:
+    def _progress_argv(self, step: int, steps: int, eta_s: float | None = None) -> list[Any]:
         """A running job's progress: the field and a ``progress`` event."""
-        progress = {"step": step, "steps": steps}
+        progress: dict[str, Any] = {"step": step, "steps": steps}
+        if eta_s is not None:
+            progress["eta_s"] = eta_s
         return _transition_argv(
             self.ttl_s, None, ("running",), "progress", progress, {"progress": progress}
         )

@@ -7,9 +7,11 @@ The task reads top to bottom as the job's steps:
 2. Find the job's record (a job sent straight to the Celery task gets its record
    here, once its webhook passed the API's check); a message that reuses another
    job's id fails without touching it, and a job that already ended is not run again.
-3. Claim it: not while a live worker still runs it, nor twice in this process;
-   count the delivery (a job that keeps killing workers is given up); mark it running.
-4. Generate: the engine batches it with other jobs for the same model.
+3. Claim it: not while a live worker still holds it, nor twice in this process;
+   count the delivery (a job that keeps killing workers is given up); receive it (it
+   stays queued, held by this worker: ``tasks.jobs.holding``).
+4. Generate: the engine batches it with other jobs for the same model; it is running
+   once its batch is on the device (``tasks.worker.on_engine``).
 5. Encode (png, jpeg or webp) and upload the images on this thread, while the engine
    runs the next batch.
 6. End it: succeeded, unless it was canceled meanwhile.
@@ -25,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import threading
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -46,18 +47,18 @@ from config.errors import (
 )
 from tasks.jobs import bookkeeping as bk
 from tasks.jobs.ends import end_job
-from tasks.jobs.inputs import Inputs, image_mode
+from tasks.jobs.inputs import Inputs
 from tasks.jobs.records import JOB_ID_RULE, differences, new_record, task_result, valid_job_id
 from tasks.jobs.schema import load_job
-from tasks.jobs.store import TERMINAL, now
+from tasks.jobs.store import LIVE, TERMINAL, now
 from tasks.jobs.urlsafety import check_job_webhook
 from tasks.messaging.names import GENERATE
 from tasks.worker import metrics
 from tasks.worker import runtime as rt
 from tasks.worker.images import upload
+from tasks.worker.on_engine import generate_images
 from tasks.worker.outages import patient
 from tasks.worker.taskbase import RedactedTask
-from tasks.worker.time_limits import wait_result
 
 log = logging.getLogger("kiln.generate")
 T = TypeVar("T")
@@ -184,20 +185,22 @@ def run_job(
         )
         if attempts is None:
             return store.get(job_id) or record
-        started = patiently(
+        received = patiently(
             runtime,
             job_id,
-            "start the job",
-            lambda: store.start(
+            "receive the job",
+            lambda: store.receive(
                 job_id, model=runtime.model.name, worker=runtime.hostname, attempt=attempts
             ),
         )
-        if not started:  # canceled between the read and now
+        if not received:  # canceled between the read and now
             return store.get(job_id) or record
 
         # 4. Generate.
-        try:
+        try:  # queued until its batch is on the device, running from then on
             result = generate_images(runtime, job_id, params, record)
+            if result is None:  # no longer this worker's to run: left as it is
+                return store.get(job_id) or record
         except TransientError:
             raise
         except KilnError as exc:
@@ -283,7 +286,7 @@ def claim(runtime: rt.Runtime, job_id: str, record: dict[str, Any]) -> None:
     """
     owner = record.get("worker")
     if (
-        record.get("status") == "running"
+        record.get("status") in LIVE
         and owner
         and owner != runtime.hostname
         and bk.worker_alive(runtime.store.redis, runtime.model.name, owner)
@@ -382,68 +385,3 @@ def succeed(
             },
         )
     return record
-
-
-def generate_images(
-    runtime: rt.Runtime, job_id: str, params: dict[str, Any], record: dict[str, Any]
-) -> Any:
-    """Hand the job to the engine and wait for its images within its time limits."""
-    from pipelines.batch import Params
-    from pipelines.engine import Request
-
-    cancel = runtime.cancel_events.setdefault(job_id, threading.Event())
-    writer = runtime.progress
-    # A cancel asked before this thread listened: the record read in step 2 says so, and
-    # one field read covers a cancel that came between that read and the listener.
-    asked = record.get("cancel_requested") or patiently(
-        runtime, job_id, "read the job", lambda: runtime.store.field(job_id, "cancel_requested")
-    )
-    if asked:
-        runtime.cancel_seen.setdefault(job_id, 0)
-        cancel.set()
-    runtime.steps[job_id] = 0
-
-    def on_progress(step: int, steps: int) -> None:
-        runtime.steps[job_id] = step  # unthrottled, in memory: where a cancel finds it
-        if writer is not None:
-            writer.update(job_id, step, steps)
-
-    inputs = Inputs.for_settings(runtime.storage, runtime.settings)
-    image, mask = patiently(
-        runtime, job_id, "read the image inputs", lambda: inputs.load(params, runtime.model)
-    )
-    request = Request(
-        id=job_id,
-        prompt=params["prompt"],
-        negative_prompt=params["negative_prompt"],
-        seeds=list(params["seeds"]),
-        params=Params(
-            width=params["width"],
-            height=params["height"],
-            steps=params["steps"],
-            guidance_scale=params["guidance_scale"],
-            scheduler=params["scheduler"],
-            loras=tuple((lo["name"], lo["weight"]) for lo in params["loras"]),
-            mode=image_mode(params),
-            strength=params.get("strength") or 1.0,
-        ),
-        image=image,
-        mask=mask,
-        on_progress=on_progress,
-        cancel_event=cancel,
-    )
-    spec = runtime.model.spec
-    future = runtime.engine.submit(request)
-    try:
-        return wait_result(
-            future,
-            cancel,
-            soft_s=spec.soft_time_limit_s,
-            hard_s=spec.time_limit_s,
-            clock=request.clock,
-            queue_wait_s=runtime.settings.queue_wait_limit_s,
-        )
-    finally:
-        runtime.cancel_events.pop(job_id, None)
-        if writer is not None:
-            writer.discard(job_id)

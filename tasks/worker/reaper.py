@@ -2,12 +2,13 @@
 and so are webhooks whose message was lost (``tasks.jobs.bookkeeping.webhook_due``).
 
 Every worker process runs one; a short Redis lock lets one of them at a time walk
-each model's running set (``tasks.jobs.bookkeeping``). A job running on a worker
-whose heartbeat has expired (``HEARTBEAT_TTL_S`` after its last beat) goes back to
-its model's queue, atomically (only while it is still running on that worker), and
-a fresh ``kiln.generate`` message is sent for it; the delivery is counted when a
-worker claims it. The broker's own late restore of the old message (after its
-visibility timeout, on Redis) then finds the job running or ended and is dropped.
+each model's held set (``tasks.jobs.bookkeeping``: the jobs a worker took, whether
+still waiting in it for their batch or running). A job held by a worker whose
+heartbeat has expired (``HEARTBEAT_TTL_S`` after its last beat) goes back to its
+model's queue, atomically (only while that worker still holds it), and a fresh
+``kiln.generate`` message is sent for it; the delivery is counted when a worker
+claims it. The broker's own late restore of the old message (after its visibility
+timeout, on Redis) then finds the job held by a live worker or ended, and is dropped.
 
 Recovery bound: heartbeat TTL (6 s) + reaper period (2 s) + one claim: ≤ 10 s after
 a SIGKILL, whatever the visibility timeout.
@@ -57,7 +58,7 @@ class Reaper:
                 log.warning("reaper: %s", type(exc).__name__)
 
     def reap_once(self) -> list[str]:
-        """Send again every job running on a dead worker; returns their ids."""
+        """Send again every job held by a dead worker; returns their ids."""
         rt, r = self.runtime, self.runtime.store.redis
         if time.monotonic() - self._since_outage < HEARTBEAT_TTL_S + self.period_s:
             return []

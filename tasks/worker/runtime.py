@@ -58,7 +58,9 @@ class Runtime:
         from pipelines.engine import Engine  # torch is imported only here, in workers
         from pipelines.loader import compiled_graphs, load_model, set_torch_threads, warm_up
 
-        self.progress = ProgressWriter(self.store, model=self.model.name).start()
+        self.progress = ProgressWriter(
+            self.store, model=self.model.name, worker=self.hostname
+        ).start()
         writer = self.progress
 
         model = self.model.name

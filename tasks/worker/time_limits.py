@@ -48,6 +48,24 @@ class WallClock:
         return time.monotonic() - self._t0
 
 
+def wait_started(woken: threading.Event, cancel: threading.Event, *, queue_wait_s: float) -> None:
+    """Wait until ``woken`` (set when the engine puts the job on the device, or when its
+    future is done), failing with ``QueueWaitExceeded`` past ``queue_wait_s`` (0: no
+    limit); the job's cancel event then makes the engine drop it before it runs."""
+    taken = time.monotonic()
+    if woken.wait(queue_wait_s if queue_wait_s > 0 else None):
+        return
+    cancel.set()
+    raise _queue_wait_exceeded(time.monotonic() - taken, queue_wait_s)
+
+
+def _queue_wait_exceeded(waited: float, limit: float) -> QueueWaitExceeded:
+    return QueueWaitExceeded(
+        f"job waited {waited:.0f}s in its worker without reaching the GPU "
+        f"(KILN_QUEUE_WAIT_LIMIT_S={limit:g})"
+    )
+
+
 def wait_result(
     future: concurrent.futures.Future,
     cancel: threading.Event,
@@ -66,10 +84,7 @@ def wait_result(
             waited = time.monotonic() - taken
             if waited >= queue_wait_s:
                 cancel.set()  # the engine drops it before it runs
-                raise QueueWaitExceeded(
-                    f"job waited {waited:.0f}s in its worker without reaching the GPU "
-                    f"(KILN_QUEUE_WAIT_LIMIT_S={queue_wait_s:g})"
-                )
+                raise _queue_wait_exceeded(waited, queue_wait_s)
             wait = min(wait, queue_wait_s - waited)
         try:
             return future.result(timeout=wait)

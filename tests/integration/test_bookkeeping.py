@@ -54,6 +54,7 @@ def test_progress_of_every_running_job_in_one_flush(redis_url: str) -> None:
     writer = ProgressWriter(store, model="m")
     for job_id in ids:
         writer.update(job_id, 3, 8)
+        writer.running(job_id)
     writer.update(ids[0], 4, 8)  # only the latest step of a job is written
     writer.flush()
     got = [store.get(j) or {} for j in ids]
@@ -66,6 +67,99 @@ def test_progress_of_every_running_job_in_one_flush(redis_url: str) -> None:
     assert [e[1] for e in store.events(ids[2])] == ["queued"]  # finished: left alone
     writer.flush()  # nothing new: no writes
     assert len(store.events(ids[0])) == 2
+
+
+def test_progress_waits_until_the_job_is_marked_running(redis_url: str) -> None:
+    """A step reported before the task thread marked its job running is kept, then
+    written (with the seconds left) once it is."""
+    store = JobStore(redis_url, ttl_s=60)
+    store.create({"id": "w-1", "status": "running", "created_at": 1.0})
+    writer = ProgressWriter(store, model="m")
+    writer.update("w-1", 1, 8, eta_s=2.5)
+    writer.flush()
+    assert store.get("w-1").get("progress") is None  # type: ignore[union-attr]
+    writer.running("w-1")
+    writer.flush()
+    assert (store.get("w-1") or {})["progress"] == {"step": 1, "steps": 8, "eta_s": 2.5}
+
+
+def test_a_batch_s_starts_and_first_steps_are_written_in_one_flush(redis_url: str) -> None:
+    """The jobs of a batch that began turn running together (with the time it began and
+    their first step); a job another worker took meanwhile is not started here."""
+    store = JobStore(redis_url, ttl_s=60)
+    for job_id in ("s1", "s2", "s3"):
+        store.create({"id": job_id, "status": "queued", "model": "m", "created_at": 1.0})
+        store.receive(job_id, model="m", worker="w", attempt=1)
+    store.receive("s3", model="m", worker="other", attempt=2)  # sent again, taken there
+    writer = ProgressWriter(store, model="m", worker="w")
+    starts = {j: writer.job_started(j, 42.0) for j in ("s1", "s2", "s3")}
+    for job_id in starts:
+        writer.update(job_id, 1, 4, eta_s=0.3)
+    writer.flush()
+    assert all(s.written.is_set() for s in starts.values())
+    assert {j: s.applied for j, s in starts.items()} == {"s1": True, "s2": True, "s3": False}
+    got = {j: store.get(j) or {} for j in starts}
+    assert [got[j]["status"] for j in ("s1", "s2", "s3")] == ["running", "running", "queued"]
+    assert got["s1"]["started_at"] == got["s2"]["started_at"] == 42.0
+    assert got["s1"]["progress"] == {"step": 1, "steps": 4, "eta_s": 0.3}
+    assert got["s3"].get("started_at") is None and got["s3"]["worker"] == "other"
+    writer.update("s1", 2, 4)
+    writer.flush()  # started: its steps go on being written
+    assert (store.get("s1") or {})["progress"] == {"step": 2, "steps": 4}
+
+
+def test_a_received_job_waits_in_its_place_until_its_batch_starts(
+    r: redis.Redis, redis_url: str
+) -> None:
+    """Received by a worker, a job stays queued, keeps its queue place (positions count
+    jobs waiting inside workers) and is held for the reaper; it runs only when its
+    batch starts, on the worker that holds it."""
+    store = JobStore(redis_url, ttl_s=60)
+    for i, job_id in enumerate("abc"):
+        at = 10.0 + i
+        record = {"id": job_id, "status": "queued", "model": "m", "created_at": at}
+        store.create(record, also=lambda pipe, j=job_id, at=at: bk.mark_queued(pipe, "m", j, at))
+    assert store.receive("b", model="m", worker="w1", attempt=1)
+    assert (store.get("b") or {})["status"] == "queued"
+    assert [bk.waiting(r, "m", j)[0] for j in "abc"] == [1, 2, 3]
+    assert bk.running_jobs(r, "m") == {"b": "w1"}
+    assert not store.start("b", model="m", worker="w2", at=20.0)  # not the holder
+    assert store.start("b", model="m", worker="w1", at=20.0)
+    b = store.get("b") or {}
+    assert (b["status"], b["started_at"], b["worker"]) == ("running", 20.0, "w1")
+    assert [bk.waiting(r, "m", j)[0] for j in "abc"] == [1, None, 2]
+    assert [e[1] for e in store.events("b")] == ["queued", "received", "started"]
+    assert not store.start("b", model="m", worker="w1", at=21.0)  # once
+
+
+def test_a_dead_worker_s_waiting_job_is_requeued_and_a_stale_entry_spares_the_new_holder(
+    r: redis.Redis, redis_url: str
+) -> None:
+    store = JobStore(redis_url, ttl_s=60)
+    store.create(
+        {"id": "q1", "status": "queued", "model": "m", "created_at": 5.0},
+        also=lambda pipe: bk.mark_queued(pipe, "m", "q1", 5.0),
+    )
+    assert store.receive("q1", model="m", worker="dead", attempt=1)
+    assert store.requeue("q1", model="m", dead_worker="dead", score=5.0)
+    assert bk.running_jobs(r, "m") == {} and bk.waiting(r, "m", "q1")[0] == 1
+    assert [e[1] for e in store.events("q1")][-1] == "requeued"
+    assert store.receive("q1", model="m", worker="alive", attempt=2)
+    # a reaper that read the held set before: the job is not the dead worker's any more
+    assert not store.requeue("q1", model="m", dead_worker="dead", score=5.0)
+    assert bk.running_jobs(r, "m") == {"q1": "alive"}
+    q1 = store.get("q1") or {}
+    assert (q1["status"], q1["worker"], q1["attempts"]) == ("queued", "alive", 2)
+    # a job that was running on a dead worker, re-delivered before the reaper saw it,
+    # waits again (not running) on the worker that took it
+    assert store.start("q1", model="m", worker="alive", at=6.0)
+    assert store.receive("q1", model="m", worker="next", attempt=3)
+    q1 = store.get("q1") or {}
+    assert (q1["status"], q1["started_at"], q1["worker"]) == ("queued", None, "next")
+    assert bk.waiting(r, "m", "q1")[0] == 1
+    end_job(store, None, "q1", "canceled", allowed_from=("queued",))
+    assert not store.receive("q1", model="m", worker="next", attempt=4)  # ended: stays so
+    assert bk.running_jobs(r, "m") == {} and bk.depth(r, "m") == 0
 
 
 def test_the_end_script_moves_the_record_and_clears_all_bookkeeping(

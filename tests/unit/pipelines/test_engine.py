@@ -153,6 +153,32 @@ def test_progress_reaches_steps() -> None:
     assert seen == [(1, 3), (2, 3), (3, 3)]
 
 
+def test_a_request_starts_when_its_batch_begins_not_when_it_arrives() -> None:
+    """``on_start`` fires once per request, on the engine thread, when the first call
+    holding its images begins: a request waiting behind another batch has not started."""
+    pipe = FakePipe()
+    pipe.gate.clear()  # the first call holds until released
+    eng = engine_with(pipe, max_batch=2, max_wait_ms=0)
+    started: dict[str, list[tuple[float, str]]] = {}
+
+    def starts(rid: str) -> Any:
+        return lambda at: started.setdefault(rid, []).append((at, threading.current_thread().name))
+
+    first = eng.submit(req(0, on_start=starts("r0")))
+    time.sleep(0.1)  # r0's call has begun and waits on the gate
+    later = [eng.submit(req(i, n=3 if i == 1 else 1, on_start=starts(f"r{i}"))) for i in (1, 2)]
+    time.sleep(0.1)
+    assert list(started) == ["r0"]  # r1 and r2 wait behind r0's batch
+    pipe.gate.set()
+    results = [f.result(10) for f in (first, *later)]
+    eng.stop()
+    assert sorted(started) == ["r0", "r1", "r2"]
+    assert all(len(v) == 1 for v in started.values())  # r1 spans two calls, starts once
+    assert {name for v in started.values() for _, name in v} == {"kiln-engine-tiny-sd"}
+    assert len(results[1].batches) == 2
+    assert started["r0"][0][0] <= started["r1"][0][0] <= started["r2"][0][0]
+
+
 def test_cancel_before_and_during_a_batch() -> None:
     pipe = FakePipe()
     pipe.gate.clear()
