@@ -87,8 +87,20 @@ IMAGE_ENDPOINTS = {"jobs.Jobs", "openai.Edits"}
 
 
 def image_body_limit() -> None:
-    if request.method == "POST" and request.endpoint in IMAGE_ENDPOINTS:
-        request.max_content_length = current_app.config["KILN_SETTINGS"].max_image_body_bytes
+    """Requests that may carry images may be as large as KILN_MAX_IMAGE_BODY_BYTES; one
+    that turns out to carry none keeps the small limit (KILN_MAX_BODY_BYTES)."""
+    if request.method != "POST" or request.endpoint not in IMAGE_ENDPOINTS:
+        return
+    small = current_app.config.get("MAX_CONTENT_LENGTH")
+    request.max_content_length = current_app.config["KILN_SETTINGS"].max_image_body_bytes
+    if small and (request.content_length or 0) > small and request.is_json:
+        body = request.get_json(silent=True)
+        if not (isinstance(body, dict) and ("image" in body or "mask" in body)):
+            raise PayloadTooLarge(
+                f"the request body is larger than the limit of {small} bytes "
+                "(KILN_MAX_BODY_BYTES; KILN_MAX_IMAGE_BODY_BYTES with an image)",
+                fields={"body": [f"at most {small} bytes"]},
+            )
 
 
 def register_error_handlers(app: Flask) -> None:

@@ -74,7 +74,7 @@ class ImagesRequestSchema(JobSchema):
     """
 
     class Meta(JobSchema.Meta):
-        exclude = ("webhook_url", "image", "mask", "strength")
+        exclude: tuple[str, ...] = ("webhook_url", "image", "mask", "strength")
 
     error_messages = {
         "unknown": "unknown parameter; this endpoint takes "

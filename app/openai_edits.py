@@ -45,7 +45,7 @@ class EditsRequestSchema(ImagesRequestSchema):
     """The edit form: the generation request plus the image, its mask and strength."""
 
     class Meta(ImagesRequestSchema.Meta):
-        exclude = ("webhook_url",)
+        exclude: tuple[str, ...] = ("webhook_url",)
 
     error_messages = {
         "unknown": "unknown parameter; this endpoint takes "

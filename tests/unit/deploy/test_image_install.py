@@ -68,7 +68,7 @@ def test_the_wheel_stage_builds_a_package_that_runs(tmp_path: Path) -> None:
     assert where.returncode == 0, where.stderr[-2000:]
     assert where.stdout.strip().startswith(str(clean))  # the installed copy, not this checkout
     listed = subprocess.run(
-        [str(clean / "bin" / "kiln"), "models", "list"],
+        [str(clean / "bin" / "kiln"), "models", "list", "--local"],
         cwd=tmp_path,
         env=env,
         capture_output=True,
