@@ -3,7 +3,9 @@ pixels outside a mask kept exactly, on pipelines that share the loaded weights."
 
 from __future__ import annotations
 
+import gc
 import io
+import os
 import struct
 import zlib
 
@@ -170,3 +172,37 @@ def test_fit_resizes_to_the_call_size_only_when_it_differs():
     image = init_image()
     assert fit(image, 64, 64).tobytes() == image.tobytes()
     assert fit(image, 32, 48).size == (32, 48)
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_building_the_derived_pipelines_grows_memory_by_under_5_percent(tiny_models_dir):
+    from harness.pipelines import model_with_lora
+    from pipelines.loader import load_model
+
+    loaded = load_model(model_with_lora("sdxl", tiny_models_dir), models_dir=tiny_models_dir)
+    run_batch(
+        loaded,
+        Params(width=64, height=64, steps=2, guidance_scale=5.0, scheduler="euler"),
+        [Item("x", None, 1)],
+    )
+    gc.collect()
+    before = rss_bytes()
+    for mode in ("img2img", "inpaint"):
+        loaded.pipe_for(mode)
+    gc.collect()
+    grown = rss_bytes() - before
+    weights = sum(
+        p.numel() * p.element_size()
+        for m in loaded.pipe.components.values()
+        if hasattr(m, "parameters")
+        for p in m.parameters()
+    )
+    print(
+        f"grew {grown / 2**20:.2f} MiB; process {before / 2**20:.0f} MiB; weights {weights / 2**20:.1f} MiB"
+    )
+    assert grown < 0.05 * before, "the derived pipelines cost more than 5% of the worker"
+    assert grown < weights / 2, "the derived pipelines copied weights"
