@@ -201,8 +201,7 @@ def test_building_the_derived_pipelines_grows_memory_by_under_5_percent(tiny_mod
         if hasattr(m, "parameters")
         for p in m.parameters()
     )
-    print(
-        f"grew {grown / 2**20:.2f} MiB; process {before / 2**20:.0f} MiB; weights {weights / 2**20:.1f} MiB"
-    )
+    mib = 2**20
+    print(f"grew {grown / mib:.2f} MiB; process {before / mib:.0f}; weights {weights / mib:.1f}")
     assert grown < 0.05 * before, "the derived pipelines cost more than 5% of the worker"
     assert grown < weights / 2, "the derived pipelines copied weights"

@@ -77,3 +77,53 @@ def test_every_bound_names_its_field(payload: dict, field: str) -> None:
 def test_non_object_payload() -> None:
     with pytest.raises(InvalidInput):
         load_job(["a"], REG)
+
+
+IMAGE = "data:image/png;base64,iVBORw0KGgo="
+
+
+def test_an_image_makes_img2img_and_a_mask_inpainting_with_the_family_strength() -> None:
+    p = load(prompt="x", model="tiny-sd", image=IMAGE)
+    assert p["mode"] == "img2img" and p["strength"] == 0.75
+    assert p["width"] is None and p["height"] is None  # the image gives the size
+    p = load(prompt="x", model="sdxl", image={"job": "abc"}, mask=IMAGE, strength=0.3)
+    assert p["mode"] == "inpaint" and p["strength"] == 0.3
+    assert p["image"] == {"job": "abc", "index": 0}
+    assert load(prompt="x", model="tiny-sd")["mode"] == "text"
+
+
+def test_a_family_without_image_modes_names_the_image_field() -> None:
+    from config.models import parse_model
+    from pipelines.registry import Registry
+
+    reg = Registry({"plain": parse_model({"name": "plain", "family": "generic", "source": "/x"})})
+    with pytest.raises(InvalidInput) as info:
+        load_job({"prompt": "x", "image": IMAGE}, reg)
+    assert "image" in info.value.fields
+
+
+@pytest.mark.parametrize(
+    ("payload", "field"),
+    [
+        ({"mask": IMAGE}, "mask"),
+        ({"strength": 0.5}, "strength"),
+        ({"image": IMAGE, "strength": 0}, "strength"),
+        ({"image": {"key": "inputs/a/image.png"}}, "image"),  # keys: the Celery door only
+        ({"image": {"job": "../x"}}, "image"),
+        ({"image": "ftp://x/y.png"}, "image"),
+    ],
+)
+def test_bad_image_fields_are_named(payload: dict, field: str) -> None:
+    assert field in fields_of(prompt="x", model="tiny-sd", **payload)
+
+
+def test_the_celery_door_takes_bucket_keys_under_inputs_and_generated_only() -> None:
+    ok = load_job(
+        {"prompt": "x", "model": "tiny-sd", "image": {"key": "inputs/j1/image.png"}}, REG, task=True
+    )
+    assert ok["image"] == {"key": "inputs/j1/image.png"}
+    with pytest.raises(InvalidInput) as info:
+        load_job(
+            {"prompt": "x", "model": "tiny-sd", "image": {"key": "secrets/x.png"}}, REG, task=True
+        )
+    assert "image" in info.value.fields
