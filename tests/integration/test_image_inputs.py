@@ -133,3 +133,25 @@ def test_a_50_mb_upload_is_413_naming_the_limit(api: KilnHTTP) -> None:
     )
     assert r.status_code == 413
     assert "KILN_MAX_IMAGE_BODY_BYTES" in r.json()["error"]["message"]
+
+
+def test_the_celery_door_takes_an_input_by_bucket_key(stack: Stack) -> None:
+    from tasks.jobs.storage import Storage
+    from tasks.messaging.app import make_celery
+
+    Storage(stack.settings).put("inputs/from-a-service/image.png", png(picture((80, 64))))
+    app = make_celery(stack.settings)
+    result = app.send_task(
+        "kiln.generate",
+        queue="gen.tiny-sd",
+        kwargs={
+            "prompt": "a fox",
+            "model": "tiny-sd",
+            "steps": 3,
+            "image": {"key": "inputs/from-a-service/image.png"},
+            "strength": 0.5,
+        },
+    ).get(timeout=120)
+    assert result["status"] == "succeeded", result
+    assert result["params"]["mode"] == "img2img"
+    assert (result["images"][0]["width"], result["images"][0]["height"]) == (80, 64)
