@@ -137,6 +137,7 @@ def capacity(
     fleet = None if s_per_image else Fleet(JobStore(settings.redis_url).redis)
     click.echo(
         f"{'model':<16}{'s/image':>10}{'images/h/GPU':>14}{'images/h':>12}{'$/1k images':>13}"
+        "  measured on"
     )
     for name in names:
         spi = s_per_image
@@ -151,10 +152,13 @@ def capacity(
             click.echo(f"{name:<16}{'no data':>10}  (run some jobs, or pass --s-per-image)")
             continue
         per_gpu = 3600 / spi
+        on = "--s-per-image" if s_per_image else (fleet.measured_on(name) if fleet else None)
         click.echo(
             f"{name:<16}{spi:>10.3f}{per_gpu:>14.0f}{per_gpu * gpus:>12.0f}"
-            f"{usd_per_gpu_hour * spi / 3600 * 1000:>13.3f}"
+            f"{usd_per_gpu_hour * spi / 3600 * 1000:>13.3f}  {on or 'unknown device'}"
         )
+        if on and on.startswith("cpu"):
+            click.echo(f"{'':<16}  (CPU timings: a GPU's will differ; pass --s-per-image)")
 
 
 @main.group()

@@ -147,10 +147,19 @@ redis.call('HSET', KEYS[1], 's_per_image', string.format('%.6f', v))
 """
 
 
-def record_batch(r: Any, model: str, *, seconds: float, images: int) -> None:
-    """Fold one pipeline call into the moving average of seconds per image."""
+def record_batch(r: Any, model: str, *, seconds: float, images: int, measured_on: str = "") -> None:
+    """Fold one pipeline call into the moving average of seconds per image, and say
+    where it ran (``"cpu fp32"``, ``"cuda fp16"``): a CPU stand-in's timings are no GPU's."""
     if images > 0:
         r.eval(_FOLD, 1, stats_key(model), seconds / images, EMA_ALPHA)
+        if measured_on:
+            r.hset(stats_key(model), "measured_on", measured_on)
+
+
+def measured_on(r: Any, model: str) -> str | None:
+    """Where the model's seconds per image were measured (device and dtype)."""
+    raw = r.hget(stats_key(model), "measured_on")
+    return None if raw is None else str(raw)
 
 
 def s_per_image(r: Any, model: str) -> float | None:

@@ -30,6 +30,9 @@ class Fleet:
     def worker_dtypes(self, model: str) -> dict[str, int]:
         return bk.worker_dtypes(self.redis, model)
 
+    def measured_on(self, model: str) -> str | None:
+        return bk.measured_on(self.redis, model)
+
     def s_per_image(self, model: str) -> float | None:
         return bk.s_per_image(self.redis, model)
 

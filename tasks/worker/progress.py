@@ -48,6 +48,7 @@ class ProgressWriter:
         self.store = store
         self.model = model
         self.worker = worker
+        self.measured_on = ""  # "<device> <dtype>", once the model is loaded
         self._batches: list[tuple[float, int]] = []
         self.interval_s = interval_s
         self._latest: dict[str, Progress] = {}
@@ -101,7 +102,13 @@ class ProgressWriter:
             timings, self._batches = self._batches, []
         for seconds, images in timings:
             try:
-                bk.record_batch(self.store.redis, self.model, seconds=seconds, images=images)
+                bk.record_batch(
+                    self.store.redis,
+                    self.model,
+                    seconds=seconds,
+                    images=images,
+                    measured_on=self.measured_on,
+                )
             except Exception as exc:
                 log.warning("throughput not written: %s", type(exc).__name__)
         if not batch and not starts:

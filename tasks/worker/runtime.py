@@ -77,6 +77,7 @@ class Runtime:
                 cpu_dtype=settings.cpu_dtype,
             )
             self.dtype = dtype_name(loaded.dtype)
+            writer.measured_on = f"{loaded.device} {self.dtype}"
             warm_up(loaded)
             seen_graphs[0] = compiled_graphs()
             metrics.observe_compiles(model, graphs=seen_graphs[0], new=0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -106,6 +107,19 @@ def test_img2img_and_inpainting_end_to_end(api: KilnHTTP, family_workers: None, 
     assert redrawn["params"]["mode"] == "img2img" and redrawn["params"]["strength"] == 0.7
     out = fetch_image(redrawn["images"][0]["url"])
     assert out.size == (128, 128) and not np.array_equal(np.asarray(out.convert("RGB")), original)
+
+    # The same seed gives the same pixels batched with three other img2img jobs.
+    same = dict(
+        prompt="a blue barn", model=model, image={"job": first["id"]}, strength=0.7, steps=3
+    )
+    with ThreadPoolExecutor(4) as pool:
+        burst = list(pool.map(lambda s: api.submit(**same, seed=s), [6, 40, 41, 42]))
+    batched = [api.wait(j["id"]) for j in burst]
+    assert all(b["status"] == "succeeded" for b in batched), batched
+    assert batched[0]["batch_size"] > 1, "the img2img jobs did not share a call"
+    mate = np.asarray(fetch_image(batched[0]["images"][0]["url"]).convert("RGB")).astype(int)
+    alone = np.asarray(out.convert("RGB")).astype(int)
+    assert np.abs(mate - alone).max() <= 1
 
     # Inpainting: only the white square is redrawn; every other pixel is the input's.
     mask = Image.new("L", (128, 128), 0)

@@ -84,6 +84,8 @@ def test_capacity_from_measured_seconds_per_image(stack: Stack) -> None:
     assert out.returncode == 0, out.stderr
     row = out.stdout.splitlines()[1].split()
     assert row[0] == "tiny-sd" and float(row[1]) > 0 and float(row[4]) > 0
+    assert row[5:7] == ["cpu", "fp32"], "capacity says where its timings came from"
+    assert "CPU timings" in out.stdout
 
 
 @pytest.fixture
