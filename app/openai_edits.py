@@ -60,7 +60,8 @@ def form_payload(schema: EditsRequestSchema) -> dict[str, Any]:
     """The multipart form as the schema expects it: numbers as numbers, lists as JSON,
     files as uploads (what a form cannot type is left for the schema to name)."""
     payload: dict[str, Any] = {}
-    for name, value in request.form.items():
+    for key, value in request.form.items():
+        name = str(key)
         field = schema.fields.get(name)
         try:
             if isinstance(field, fields.Integer):
@@ -74,7 +75,7 @@ def form_payload(schema: EditsRequestSchema) -> dict[str, Any]:
         except ValueError:
             payload[name] = value
     for name, part in request.files.items():
-        payload[name] = Upload(part.read())
+        payload[str(name)] = Upload(part.read())
     return payload
 
 

@@ -201,7 +201,7 @@ def flatten_messages(messages: Any) -> dict[str, Any]:
             for v in messages.values():
                 out.update(flatten_messages(v))
             return out
-        return dict(messages)
+        return {str(k): v for k, v in messages.items()}
     return {"_schema": messages if isinstance(messages, list) else [str(messages)]}
 
 
@@ -219,5 +219,5 @@ def invalid_input(messages: Any) -> InvalidInput:
     fields = flatten_messages(messages)
     if set(fields) == {"_schema"}:
         return InvalidInput(f"invalid request body: {_first(fields['_schema'])}", fields=fields)
-    reasons = "; ".join(f"{name}: {_first(fields[name])}" for name in sorted(fields))
+    reasons = "; ".join(f"{name}: {_first(fields[name])}" for name in sorted(fields, key=str))
     return InvalidInput(f"invalid {reasons}", fields=fields)
