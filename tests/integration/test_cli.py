@@ -207,10 +207,11 @@ def test_generate_from_an_image_file_with_strength_then_from_that_job(
     source = tmp_path / "start.png"
     Image.radial_gradient("L").resize((80, 72)).convert("RGB").save(source)
     common = ("--model", "tiny-sd", "--steps", "3", "--json", "--url", stack.api_url)
+    common += ("--out", str(tmp_path / "out"))
     res = run(
         stack,
         *("generate", "a red fox at night", "--image", str(source), "--strength", "0.6"),
-        *("--seed", "4", "--out", str(tmp_path / "out"), *common),
+        *("--seed", "4", *common),
     )
     assert res.returncode == 0, res.stderr
     job = json.loads(res.stdout)
