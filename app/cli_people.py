@@ -15,6 +15,7 @@ from typing import Any
 
 import click
 
+from app.cli_inputs import image_options, resolve_images
 from config.settings import get_settings
 
 
@@ -101,6 +102,7 @@ def on_interrupt(kiln: Any, job_id: str, *, detach: bool, ask: bool) -> None:
 @click.option("--scheduler", default=None, help="Scheduler (see `kiln models list`).")
 @click.option("--lora", "loras", multiple=True, metavar="NAME[:SCALE]", help="A LoRA; repeatable.")
 @click.option("--negative-prompt", default=None)
+@image_options
 @click.option(
     "--output-format",
     type=click.Choice(["png", "jpeg", "webp"]),
@@ -152,6 +154,7 @@ def generate(
     if loras:
         params["loras"] = [lora(v) for v in loras]
     kiln = client(url, api_key)
+    resolve_images(kiln, params)
     try:
         job = kiln.submit(prompt, **params)
     except KilnError as exc:

@@ -11,6 +11,14 @@
 Every job field rides as a keyword (``output_format`` png | jpeg | webp and
 ``output_compression`` 0–100 as in OpenAI's images API).
 
+Image inputs (img2img, inpainting): ``image=`` and ``mask=`` take a file path, bytes
+(PNG, JPEG or WebP), a PIL image, an http(s) or ``data:`` URL, or an earlier job's
+output as ``{"job": id, "index": 0}`` or ``"job:<id>[:index]"``; ``strength`` is the
+share of the image redrawn:
+
+    kiln.generate("a red fox at night", model="tiny-sd", image="fox.png", strength=0.6)
+    kiln.generate("sharper", model="tiny-sd", image={"job": result.job["id"], "index": 0})
+
 ``wait`` follows the job's Server-Sent Events when the server has them and polls
 otherwise. ``jobs`` pages through the jobs made with this client's key, newest first;
 ``resolve`` turns the start of a job id into the whole id.
@@ -18,11 +26,14 @@ otherwise. ``jobs`` pages through the jobs made with this client's key, newest f
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import requests
@@ -30,6 +41,42 @@ import requests
 TERMINAL = {"succeeded", "failed", "canceled"}
 JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
 Progress = Callable[[int, int], None]
+JOB_REF = re.compile(r"job:([A-Za-z0-9_-]{1,64})(?::(\d+))?\Z")
+MAGIC = ((b"\x89PNG\r\n\x1a\n", "png"), (b"\xff\xd8\xff", "jpeg"))
+
+
+def image_kind(data: bytes) -> str:
+    """png | jpeg | webp from the first bytes (the formats the API takes)."""
+    for magic, kind in MAGIC:
+        if data.startswith(magic):
+            return kind
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    raise ValueError("not a PNG, JPEG or WebP image")
+
+
+def image_field(value: Any) -> Any:
+    """One image input as the API takes it: a URL or data URL as is, a job reference as
+    ``{"job": id, "index": i}``, and a path, bytes or PIL image as a data URL."""
+    if isinstance(value, dict):
+        return value
+    if isinstance(value, str):
+        if value.startswith(("http://", "https://", "data:")):
+            return value
+        ref = JOB_REF.match(value)
+        if ref:
+            return {"job": ref[1], "index": int(ref[2] or 0)}
+    if isinstance(value, str | Path):
+        data = Path(value).read_bytes()
+    elif isinstance(value, bytes | bytearray | memoryview):
+        data = bytes(value)
+    elif hasattr(value, "save"):  # a PIL image
+        buf = io.BytesIO()
+        value.save(buf, "PNG")
+        data = buf.getvalue()
+    else:
+        raise TypeError(f"an image is a path, bytes, a PIL image, a URL or a job: {value!r}")
+    return f"data:image/{image_kind(data)};base64," + base64.b64encode(data).decode()
 
 
 class KilnError(Exception):
@@ -95,6 +142,9 @@ class Kiln:
         self, prompt: str, *, idempotency_key: str | None = None, **params: Any
     ) -> dict[str, Any]:
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        for name in ("image", "mask"):
+            if params.get(name) is not None:
+                params[name] = image_field(params[name])
         return self._call("POST", "/v1/jobs", json={"prompt": prompt, **params}, headers=headers)
 
     def job(self, job_id: str) -> dict[str, Any]:
@@ -215,7 +265,10 @@ class Kiln:
         timeout: float = 600.0,
         **params: Any,
     ) -> Result:
-        """Submit, wait, download: the images (bytes in the job's format) and their seeds."""
+        """Submit, wait, download: the images (bytes in the job's format) and their seeds.
+
+        ``image``, ``mask`` (paths, bytes, PIL images, URLs or job references) and
+        ``strength`` make it img2img or inpainting."""
         job = self.wait(
             self.submit(prompt, **params)["id"], on_progress=on_progress, timeout=timeout
         )

@@ -1,8 +1,12 @@
 // Kiln's web page: submit a job, follow its live events, show the images and seeds.
+// An image (and a mask) dropped or picked here is read as a data URL and sent with the job.
 // When the API needs a key, the page asks for one and keeps it in sessionStorage only.
 const $ = (id) => document.getElementById(id);
 let models = {};
 const KEY = "kiln-api-key";
+const IMAGE_TYPES = ["image/png", "image/jpeg", "image/webp"];
+const inputs = { image: null, mask: null }; // data URLs of the chosen files
+let submitted = null; // the image the running job started from
 
 function apiKey() { return sessionStorage.getItem(KEY) || ""; }
 
@@ -45,8 +49,10 @@ async function loadModels() {
 function applyDefaults() {
   const m = models[$("model").value];
   if (!m) return;
-  $("width").value = m.defaults.width;
-  $("height").value = m.defaults.height;
+  if (!inputs.image) { // with an image, the size comes from it
+    $("width").value = m.defaults.width;
+    $("height").value = m.defaults.height;
+  }
   $("steps").value = m.defaults.steps;
   $("negative_prompt").disabled = !m.negative_prompt;
   $("model-help").textContent = `${m.family}, ${m.defaults.width}×${m.defaults.height}, ${m.defaults.steps} steps`;
@@ -58,11 +64,61 @@ function request() {
     if ($(k).value !== "") job[k] = Number($(k).value);
   }
   if ($("negative_prompt").value && !$("negative_prompt").disabled) job.negative_prompt = $("negative_prompt").value;
+  if (inputs.image) {
+    job.image = inputs.image;
+    job.strength = Number($("strength").value);
+    if (inputs.mask) job.mask = inputs.mask;
+  }
   return job;
 }
 
+// Show the chosen image (or mask), or clear it; with an image the size comes from it.
+function setInput(name, url) {
+  inputs[name] = url;
+  $(`${name}-preview`).hidden = !url;
+  $(`${name}-clear`).hidden = !url;
+  if (url) $(`${name}-preview`).src = url; else { $(`${name}-preview`).removeAttribute("src"); $(name).value = ""; }
+  if (name === "image") {
+    $("strength").disabled = !url;
+    const m = models[$("model").value];
+    $("width").value = url || !m ? "" : m.defaults.width;
+    $("height").value = url || !m ? "" : m.defaults.height;
+    $("width").placeholder = $("height").placeholder = url ? "from the image" : "";
+  }
+  showCurl();
+}
+
+function readInput(name, file) {
+  $("error").hidden = true;
+  if (!file) return setInput(name, null);
+  if (!IMAGE_TYPES.includes(file.type)) {
+    $(name).value = "";
+    return showError({ message: `${file.name} is not a PNG, JPEG or WebP image`, fields: { [name]: ["PNG, JPEG or WebP"] } });
+  }
+  const reader = new FileReader();
+  reader.onload = () => setInput(name, reader.result);
+  reader.onerror = () => showError({ message: `could not read ${file.name}`, fields: { [name]: ["unreadable"] } });
+  reader.readAsDataURL(file);
+}
+
+for (const name of ["image", "mask"]) {
+  const zone = $(`${name}-drop`);
+  $(name).addEventListener("change", () => readInput(name, $(name).files[0]));
+  $(`${name}-clear`).addEventListener("click", () => setInput(name, null));
+  zone.addEventListener("dragover", (e) => { e.preventDefault(); zone.classList.add("over"); });
+  zone.addEventListener("dragleave", () => zone.classList.remove("over"));
+  zone.addEventListener("drop", (e) => {
+    e.preventDefault();
+    zone.classList.remove("over");
+    readInput(name, e.dataTransfer.files[0]);
+  });
+}
+
+function showStrength() { $("strength-value").textContent = Number($("strength").value).toFixed(2); }
+
 function showCurl() {
-  const body = JSON.stringify(request());
+  // A data URL is long: the copy shows where it goes, not its bytes.
+  const body = JSON.stringify(request(), (k, v) => (typeof v === "string" && v.startsWith("data:") ? `${v.slice(0, v.indexOf(",") + 1)}...` : v));
   const auth = apiKey() ? ` -H "authorization: Bearer $KILN_API_KEY"` : "";
   $("curl").textContent = `curl -s -XPOST ${location.origin}/v1/jobs -H 'content-type: application/json'${auth} -d '${body}'`;
 }
@@ -75,8 +131,22 @@ function showError(err) {
   $("error").hidden = false;
 }
 
+// The input the job started from, first, so that each result sits beside it.
+function inputFigure(job) {
+  const fig = document.createElement("figure");
+  fig.className = "input";
+  const img = new Image();
+  img.src = submitted;
+  img.alt = "the input image";
+  const cap = document.createElement("figcaption");
+  cap.textContent = `input · ${job.params.mode || "img2img"} · strength ${job.params.strength}`;
+  fig.append(img, cap);
+  return fig;
+}
+
 function showImages(job) {
-  $("gallery").replaceChildren(...job.images.map((im) => {
+  const before = submitted && job.params && job.params.image ? [inputFigure(job)] : [];
+  $("gallery").replaceChildren(...before, ...job.images.map((im) => {
     const fig = document.createElement("figure");
     const img = new Image();
     img.src = im.url;
@@ -137,6 +207,7 @@ $("job-form").addEventListener("submit", async (e) => {
   $("error").hidden = true;
   $("submit").disabled = true;
   $("progress").value = 0;
+  submitted = inputs.image;
   const res = await api("/v1/jobs", {
     method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(request()),
   });
@@ -153,6 +224,7 @@ $("job-form").addEventListener("submit", async (e) => {
 });
 $("model").addEventListener("change", () => { applyDefaults(); showCurl(); });
 $("job-form").addEventListener("input", showCurl);
+$("strength").addEventListener("input", showStrength);
 $("copy-curl").addEventListener("click", () => navigator.clipboard?.writeText($("curl").textContent));
 $("key-form").addEventListener("submit", async (e) => {
   e.preventDefault();

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import shutil
 from pathlib import Path
 
@@ -166,3 +167,100 @@ def test_api_docs_render_offline(browser, stack: Stack, tmp_path: Path) -> None:
     assert "a red fox" in page.locator(".opblock-body").first.inner_text()
     page.screenshot(path=str(tmp_path / "kiln-docs.png"), full_page=True)
     assert not [u for u in outside if not u.startswith("data:")]  # no CDN
+
+
+def gradient(path: Path, size: tuple[int, int] = (64, 64)) -> Path:
+    import numpy as np
+    from PIL import Image
+
+    w, h = size
+    x = np.tile(np.linspace(0, 255, w, dtype=np.uint8), (h, 1))
+    y = np.tile(np.linspace(0, 255, h, dtype=np.uint8)[:, None], (1, w))
+    Image.fromarray(np.stack([x, y, np.full((h, w), 90, np.uint8)], -1)).save(path)
+    return path
+
+
+def test_start_from_an_image_and_see_the_result_beside_it(
+    browser, stack: Stack, tmp_path: Path
+) -> None:
+    import json
+
+    page = browser.new_page(viewport={"width": 1100, "height": 1500})
+    page.goto(stack.api_url + "/")
+    page.get_by_label("Model").select_option("tiny-sd")
+    page.get_by_label("Prompt", exact=True).fill("the same fox, at night")
+    page.get_by_label("Number of images").fill("1")
+    page.get_by_label("Steps").fill("4")
+    page.get_by_label("Seed").fill("5")
+    strength = page.get_by_label("Strength")
+    assert strength.is_disabled()  # nothing to redraw yet
+    page.get_by_label("Image", exact=True).set_input_files(str(gradient(tmp_path / "start.png")))
+    page.locator("#image-preview").wait_for(timeout=10_000)
+    assert page.get_by_label("Width").input_value() == ""  # the size comes from the image
+    assert page.locator("#mask-preview").is_hidden()  # no mask chosen
+    assert strength.is_enabled()
+    strength.fill("0.4")
+    assert page.locator("#strength-value").inner_text() == "0.40"
+    assert '"strength":0.4' in page.locator("#curl").inner_text()
+    assert '"image":"data:image/png;base64,..."' in page.locator("#curl").inner_text()
+    with page.expect_request(lambda r: r.method == "POST" and r.url.endswith("/v1/jobs")) as sent:
+        page.get_by_role("button", name="Generate").click()
+    body = json.loads(sent.value.post_data or "{}")
+    assert body["image"].startswith("data:image/png;base64,") and body["strength"] == 0.4
+    assert "mask" not in body and "width" not in body
+
+    page.locator("#gallery figure:not(.input) img").first.wait_for(timeout=60_000)
+    page.wait_for_function(
+        "Array.from(document.querySelectorAll('#gallery img')).every(i => i.complete "
+        "&& i.naturalWidth > 0)",
+        timeout=30_000,
+    )
+    figures = page.locator("#gallery figure")
+    assert figures.count() == 2
+    assert figures.nth(0).get_attribute("class") == "input"
+    assert page.locator("#gallery figcaption").all_inner_texts() == [
+        "input · img2img · strength 0.4",
+        "seed 5 · 64×64",
+    ]
+    given, result = figures.nth(0).bounding_box(), figures.nth(1).bounding_box()
+    assert given and result
+    assert given["x"] + given["width"] <= result["x"]  # the result to the right of its input
+    assert abs(given["y"] - result["y"]) < 1  # on the same row
+    assert "Done" in page.locator("#status").inner_text()
+    shot = tmp_path / "kiln-web-image.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 10_000
+    print(f"screenshot: {shot}")
+
+
+def test_a_dropped_mask_of_another_size_is_named(browser, stack: Stack, tmp_path: Path) -> None:
+    page = browser.new_page(viewport={"width": 1100, "height": 1500})
+    page.goto(stack.api_url + "/")
+    page.get_by_label("Model").select_option("tiny-sd")
+    page.get_by_label("Image", exact=True).set_input_files(str(gradient(tmp_path / "in.png")))
+    page.locator("#image-preview").wait_for(timeout=10_000)
+    # The mask is dropped on its zone, as a file dragged from the desktop would be.
+    mask = gradient(tmp_path / "mask.png", (32, 32)).read_bytes()
+    dropped = page.evaluate_handle(
+        """(b64) => {
+            const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+            const dt = new DataTransfer();
+            dt.items.add(new File([bytes], "mask.png", { type: "image/png" }));
+            return dt;
+        }""",
+        base64.b64encode(mask).decode(),
+    )
+    page.dispatch_event("#mask-drop", "drop", {"dataTransfer": dropped})
+    page.locator("#mask-preview").wait_for(timeout=10_000)
+    assert '"mask":"data:image/png;base64,..."' in page.locator("#curl").inner_text()
+    page.get_by_role("button", name="Generate").click()
+    error = page.locator("#error")
+    error.wait_for(timeout=10_000)
+    assert "mask: must be 64x64 like the image" in error.inner_text()
+    assert "Rejected" in page.locator("#status").inner_text()
+    # A file that is not an image is refused in the page, naming the field.
+    text = tmp_path / "notes.txt"
+    text.write_text("not an image")
+    page.get_by_label("Image", exact=True).set_input_files(str(text))
+    page.wait_for_function("document.querySelector('#error').textContent.includes('notes.txt')")
+    assert "image: PNG, JPEG or WebP" in error.inner_text()

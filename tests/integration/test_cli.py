@@ -195,3 +195,42 @@ def test_jobs_show_takes_a_prefix(stack: Stack, api: KilnHTTP) -> None:
     assert missing.stderr.count("\n") == 1
     odd = run(stack, "jobs", "show", "../models", "--url", stack.api_url)
     assert odd.returncode == 1 and "is not a job id" in odd.stderr
+
+
+def test_generate_from_an_image_file_with_strength_then_from_that_job(
+    stack: Stack, tmp_path: Path
+) -> None:
+    import hashlib
+
+    from PIL import Image
+
+    source = tmp_path / "start.png"
+    Image.radial_gradient("L").resize((80, 72)).convert("RGB").save(source)
+    common = ("--model", "tiny-sd", "--steps", "3", "--json", "--url", stack.api_url)
+    common += ("--out", str(tmp_path / "out"))
+    res = run(
+        stack,
+        *("generate", "a red fox at night", "--image", str(source), "--strength", "0.6"),
+        *("--seed", "4", *common),
+    )
+    assert res.returncode == 0, res.stderr
+    job = json.loads(res.stdout)
+    p = job["params"]
+    assert job["status"] == "succeeded" and (p["mode"], p["strength"]) == ("img2img", 0.6)
+    assert p["image"]["source"] == "data_url"
+    assert p["image"]["sha256"] == hashlib.sha256(source.read_bytes()).hexdigest()
+    assert Image.open(job["files"][0]).size == (80, 72)  # the image's size
+
+    # The start of a finished job's id chains from its output, with no upload.
+    again = run(stack, "generate", "sharper", "--image", job["id"][:12], *common)
+    assert again.returncode == 0, again.stderr
+    image = json.loads(again.stdout)["params"]["image"]
+    assert (image["source"], image["job"]) == ("job", job["id"])
+    assert image["key"] == job["images"][0]["key"]
+
+    missing = run(stack, "generate", "x", "--image", str(tmp_path / "nope.png"), *common)
+    assert missing.returncode == 1 and missing.stderr.count("\n") == 1
+    assert "no such file, http(s) URL or job" in missing.stderr
+    too_much = run(stack, "generate", "x", "--image", str(source), "--strength", "2", *common)
+    assert too_much.returncode == 1 and "strength" in too_much.stderr
+    assert too_much.stderr.count("\n") == 1 and "Traceback" not in too_much.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import json
 import subprocess
@@ -16,7 +17,7 @@ import pytest
 from openai import OpenAI
 from PIL import Image
 
-from app.client import Kiln
+from app.client import Kiln, image_field
 from app.client import KilnError as KilnClientError
 from harness.http import KilnHTTP, fetch_image
 from harness.stack import BIN, Stack, wait_for
@@ -340,3 +341,33 @@ def test_docs_and_openapi(api: KilnHTTP) -> None:
     page = api.get("/docs")
     assert page.status_code == 200 and "swagger-ui" in page.text
     assert api.get("/docs/assets/swagger-ui-bundle.js").status_code == 200
+
+
+def test_client_takes_image_bytes_a_pil_mask_and_job_references(stack: Stack) -> None:
+    kiln = Kiln(stack.api_url)
+    buf = io.BytesIO()
+    Image.radial_gradient("L").resize((64, 48)).convert("RGB").save(buf, "JPEG")
+    first = kiln.generate(
+        "a red fox", model="tiny-sd", steps=3, seed=6, image=buf.getvalue(), strength=0.5
+    )
+    p = first.job["params"]
+    assert (p["mode"], p["strength"], p["image"]["source"]) == ("img2img", 0.5, "data_url")
+    assert p["image"]["sha256"] == hashlib.sha256(buf.getvalue()).hexdigest()
+    assert Image.open(io.BytesIO(first.images[0])).size == (64, 48)
+
+    mask = Image.new("L", (64, 48), 0)
+    mask.paste(255, (16, 16, 48, 32))
+    second = kiln.generate(
+        "a window", model="tiny-sd", steps=3, seed=6, image=f"job:{first.job['id']}:0", mask=mask
+    )
+    p = second.job["params"]
+    assert (p["mode"], p["image"]["source"]) == ("inpaint", "job")
+    assert p["image"]["job"] == first.job["id"]
+    ref = {"job": second.job["id"], "index": 0}
+    third = kiln.wait(kiln.submit("again", model="tiny-sd", steps=3, image=ref)["id"])
+    assert third["status"] == "succeeded" and third["params"]["image"]["job"] == second.job["id"]
+    with pytest.raises(KilnClientError) as err:
+        kiln.submit("x", model="tiny-sd", image="job:nosuchjob")
+    assert err.value.status == 404 and "image" in err.value.fields
+    with pytest.raises(ValueError, match="not a PNG, JPEG or WebP"):
+        image_field(b"GIF89a...")
