@@ -45,6 +45,19 @@ def test_flower_refuses_requests_without_credentials(stack: Stack) -> None:
         metrics = requests.get(f"{url}/metrics", timeout=5)
         assert metrics.status_code == 200 and "flower_" in metrics.text
 
+        # Flower answers HTTP before its event receiver is connected: wait until it has
+        # seen a whole task, so that the next one's task-sent event (its queue) is caught.
+        first = KilnHTTP(stack.api_url).run(prompt="flower warm-up", model="tiny-sd", steps=1)
+        wait_for(
+            lambda: (
+                requests.get(
+                    f"{url}/api/task/info/{first['id']}", auth=("ops", "flower-pass-123"), timeout=5
+                ).ok
+            ),
+            timeout=60,
+            what="flower's event receiver",
+        )
+
         # Operators read task names and queues; a webhook's token never shows.
         hook = "https://hooks.invalid/T0/flower-hook-token?sig=flower-sig"
         job = KilnHTTP(stack.api_url).run(
