@@ -53,6 +53,8 @@ ENDPOINT_SCOPES = {
     ("models.Models", "GET"): "read",
     ("models.ModelById", "GET"): "read",
     ("openai.Generations", "POST"): "generate",
+    ("openai.Edits", "POST"): "generate",
+    ("openai.Variations", "POST"): "generate",
     ("classic.Generate", "POST"): "generate",
     ("classic.ClassicJob", "GET"): "read",
 }

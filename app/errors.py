@@ -83,7 +83,7 @@ def require_json() -> None:
 
 
 # Requests that may carry image inputs get their own, larger body limit.
-IMAGE_ENDPOINTS = {"jobs.Jobs", "openai.Edits"}
+IMAGE_ENDPOINTS = {"jobs.Jobs", "openai.Edits", "openai.Variations"}
 
 
 def image_body_limit() -> None:

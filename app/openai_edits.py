@@ -116,13 +116,65 @@ class Edits(MethodView):
         A multipart form with image (and optional mask), prompt, model, n, size,
         response_format, output_format and strength.
         """
-        if request.mimetype != "multipart/form-data":
-            raise InvalidInput(
-                "send a multipart/form-data body with an image file part",
-                fields={"image": ["missing: send multipart/form-data"]},
-            )
-        schema = EditsRequestSchema()
-        data = schema.load(form_payload(schema))
-        params = job_params(data)
-        params = service().check_inputs(params, read_job=readable_job)
-        return answer(params, data, source="openai")
+        return edit(EditsRequestSchema())
+
+
+class VariationsRequestSchema(EditsRequestSchema):
+    """A variation: the image redrawn at the family's strength, with no prompt or mask."""
+
+    class Meta(EditsRequestSchema.Meta):
+        exclude = ("webhook_url", "prompt", "mask")
+
+    error_messages = {
+        "unknown": "unknown parameter; this endpoint takes image, model, n, size, "
+        "response_format, output_format, user, strength, steps, seed, guidance_scale, scheduler"
+    }
+
+
+@blp.route("/variations")
+class Variations(MethodView):
+    @blp.doc(
+        requestBody={
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["image"],
+                        "properties": {
+                            "image": {"type": "string", "format": "binary"},
+                            "model": {"type": "string"},
+                            "n": {"type": "integer"},
+                            "size": {"type": "string"},
+                            "response_format": {"type": "string", "enum": ["url", "b64_json"]},
+                        },
+                    }
+                }
+            },
+        },
+    )
+    @blp.response(200, ImagesResponseSchema)
+    @blp.alt_response(400, schema=OpenAIErrorSchema, description="Invalid request")
+    @blp.alt_response(413, schema=OpenAIErrorSchema, description="Upload too large")
+    @blp.alt_response(503, schema=OpenAIErrorSchema, description="Busy or broker unavailable")
+    @blp.alt_response(504, schema=OpenAIErrorSchema, description="Still running; code is the id")
+    def post(self) -> Any:
+        """Variations of an image: img2img with no prompt (synchronous)
+
+        A multipart form with image, model, n, size and response_format; every model
+        whose family runs img2img takes it.
+        """
+        return edit(VariationsRequestSchema())
+
+
+def edit(schema: EditsRequestSchema) -> Any:
+    """Load the form, check its images, run the job and answer like a generation."""
+    if request.mimetype != "multipart/form-data":
+        raise InvalidInput(
+            "send a multipart/form-data body with an image file part",
+            fields={"image": ["missing: send multipart/form-data"]},
+        )
+    data = schema.load(form_payload(schema))
+    data.setdefault("prompt", "")
+    params = service().check_inputs(job_params(data), read_job=readable_job)
+    return answer(params, data, source="openai")

@@ -53,7 +53,7 @@ class JobSchema(Schema):
 
     prompt = fields.String(
         required=True,
-        validate=validate.Length(min=1, max=MAX_PROMPT),
+        validate=validate.Length(max=MAX_PROMPT),
         metadata={"example": "a red fox in the snow, golden hour"},
     )
     negative_prompt = fields.String(
@@ -185,6 +185,8 @@ def validate_job(data: dict[str, Any], registry: Registry) -> dict[str, Any]:
         err("mask", "needs an image to go with it")
     if mode != "text" and mode not in fam.modes:
         err("image", f"{fam.name} models take no image ({mode}); {name} runs text only")
+    if not data["prompt"] and mode == "text":
+        err("prompt", "must not be empty (only an image's variation may have no prompt)")
     if data.get("strength") is not None and mode == "text":
         err("strength", "applies only with an image")
     # With an image and no size, the size comes from the image (Inputs.check).

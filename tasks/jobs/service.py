@@ -83,10 +83,11 @@ class JobService:
         inputs = Inputs.for_settings(self.storage, self.settings, read_job=read_job)
         checked = inputs.check(params, self.registry[params["model"]])
         given = {k for k in ("width", "height") if params.get(k) is not None}
-        try:  # the size the image set meets the model's rules like a given one
-            again = validate_job(
-                {**checked, "image": None, "mask": None, "strength": None}, self.registry
-            )
+        # The size the image set meets the model's rules like a given one (checked as a
+        # text job of that size: everything else was checked already).
+        as_text = {**checked, "image": None, "mask": None, "strength": None, "prompt": "-"}
+        try:
+            again = validate_job(as_text, self.registry)
         except InvalidInput as exc:
             moved = {
                 ("image" if k in {"width", "height"} - given else k): v

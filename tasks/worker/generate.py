@@ -243,8 +243,9 @@ def reject(
 ) -> dict[str, Any]:
     """Fail the job of a malformed message with the fields it got wrong.
 
-    Only a job this message made is failed: a bad id gets no record at all, and the
-    id of an existing job leaves that job as it was."""
+    Only a job this message made, or its own queued job (same owner: the API's message
+    this worker cannot read, say after an upgrade), is failed: a bad id gets no record
+    at all, and another owner's job is left as it was."""
     if not valid_job_id(job_id):
         return refused(job_id, exc)
     model = payload.get("model")
@@ -262,7 +263,10 @@ def reject(
         }
     )
     if not created:
-        return refused(job_id, exc)
+        record = runtime.store.get(job_id) or {}
+        owner = payload.get("owner") or None
+        if record.get("status") != "queued" or record.get("owner") != owner:
+            return refused(job_id, exc)
     return fail(runtime, job_id, exc) or runtime.store.get(job_id) or {"id": job_id}
 
 

@@ -155,3 +155,17 @@ def test_the_celery_door_takes_an_input_by_bucket_key(stack: Stack) -> None:
     assert result["status"] == "succeeded", result
     assert result["params"]["mode"] == "img2img"
     assert (result["images"][0]["width"], result["images"][0]["height"]) == (80, 64)
+
+
+def test_the_openai_sdk_makes_variations_of_an_image(stack: Stack) -> None:
+    client = OpenAI(base_url=f"{stack.api_url}/v1", api_key="kiln")
+    resp = client.images.create_variation(
+        model="tiny-sd",
+        image=("in.png", png(picture()), "image/png"),
+        n=2,
+        response_format="b64_json",
+        extra_body={"steps": 3, "seed": 4},
+    )
+    assert len(resp.data) == 2
+    meta = json.loads(Image.open(io.BytesIO(base64.b64decode(resp.data[0].b64_json))).text["kiln"])
+    assert meta["mode"] == "img2img" and meta["prompt"] == ""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -10,9 +11,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import openai
 import pytest
 import requests
 from openai import OpenAI
+from PIL import Image
 
 from app.auth import hash_key, new_key
 from harness.http import KilnHTTP, fetch_image
@@ -392,3 +395,21 @@ def test_jobs_show_refuses_an_ambiguous_prefix(sstack: Stack) -> None:
     one = cli(sstack, "alice", "jobs", "show", prefix + "2")
     assert json.loads(one.stdout)["id"] == prefix + "2"
     assert cli(sstack, "bob", "jobs", "show", prefix).returncode == 1
+
+
+def test_the_openai_edits_door_takes_a_generate_key(sstack: Stack) -> None:
+    client = OpenAI(base_url=f"{sstack.api_url}/v1", api_key=KEYS["alice"])
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(buf, "PNG")
+    resp = client.images.edit(
+        model="tiny-sd",
+        image=("in.png", buf.getvalue(), "image/png"),
+        prompt="x",
+        extra_body={"steps": 2},
+    )
+    assert resp.data[0].url
+    reader = OpenAI(base_url=f"{sstack.api_url}/v1", api_key=KEYS["reader"])
+    with pytest.raises(openai.PermissionDeniedError):
+        reader.images.edit(
+            model="tiny-sd", image=("in.png", buf.getvalue(), "image/png"), prompt="x"
+        )
