@@ -108,12 +108,15 @@ def test_img2img_and_inpainting_end_to_end(api: KilnHTTP, family_workers: None, 
     out = fetch_image(redrawn["images"][0]["url"])
     assert out.size == (128, 128) and not np.array_equal(np.asarray(out.convert("RGB")), original)
 
-    # The same seed gives the same pixels batched with three other img2img jobs.
+    # The same seed gives the same pixels batched with three other img2img jobs (a long
+    # job holds the device meanwhile, so that the four wait in the worker together).
     same = dict(
         prompt="a blue barn", model=model, image={"job": first["id"]}, strength=0.7, steps=3
     )
+    blocker = api.submit(prompt="hold", model=model, width=256, height=256, steps=12, seed=1)
     with ThreadPoolExecutor(4) as pool:
         burst = list(pool.map(lambda s: api.submit(**same, seed=s), [6, 40, 41, 42]))
+    assert api.wait(blocker["id"])["status"] == "succeeded"
     batched = [api.wait(j["id"]) for j in burst]
     assert all(b["status"] == "succeeded" for b in batched), batched
     assert batched[0]["batch_size"] > 1, "the img2img jobs did not share a call"
