@@ -79,37 +79,44 @@ def form_payload(schema: EditsRequestSchema) -> dict[str, Any]:
     return payload
 
 
+def form_body(required: list[str], **properties: str) -> Any:
+    """Documents a multipart form body (``binary``: a file part)."""
+    props = {
+        name: {"type": "string", "format": "binary"} if kind == "binary" else {"type": kind}
+        for name, kind in properties.items()
+    }
+    schema = {"type": "object", "required": required, "properties": props}
+    return blp.doc(
+        requestBody={"required": True, "content": {"multipart/form-data": {"schema": schema}}}
+    )
+
+
+def answers(view: Any) -> Any:
+    """The answers of both image-input doors: images, or OpenAI-shaped errors."""
+    for status, why in (
+        (504, "Still running; code is the id"),
+        (503, "Busy or broker unavailable"),
+        (413, "Upload too large"),
+        (400, "Invalid request"),
+    ):
+        view = blp.alt_response(status, schema=OpenAIErrorSchema, description=why)(view)
+    return blp.response(200, ImagesResponseSchema)(view)
+
+
 @blp.route("/edits")
 class Edits(MethodView):
-    @blp.doc(
-        operationId="createImageEdit",
-        requestBody={
-            "required": True,
-            "content": {
-                "multipart/form-data": {
-                    "schema": {
-                        "type": "object",
-                        "required": ["image", "prompt"],
-                        "properties": {
-                            "image": {"type": "string", "format": "binary"},
-                            "mask": {"type": "string", "format": "binary"},
-                            "prompt": {"type": "string"},
-                            "model": {"type": "string"},
-                            "n": {"type": "integer"},
-                            "size": {"type": "string"},
-                            "strength": {"type": "number"},
-                            "response_format": {"type": "string", "enum": ["url", "b64_json"]},
-                        },
-                    }
-                }
-            },
-        },
+    @form_body(
+        ["image", "prompt"],
+        image="binary",
+        mask="binary",
+        prompt="string",
+        model="string",
+        n="integer",
+        size="string",
+        strength="number",
+        response_format="string",
     )
-    @blp.response(200, ImagesResponseSchema)
-    @blp.alt_response(400, schema=OpenAIErrorSchema, description="Invalid request")
-    @blp.alt_response(413, schema=OpenAIErrorSchema, description="Upload too large")
-    @blp.alt_response(503, schema=OpenAIErrorSchema, description="Busy or broker unavailable")
-    @blp.alt_response(504, schema=OpenAIErrorSchema, description="Still running; code is the id")
+    @answers
     def post(self) -> Any:
         """Edit an image: img2img, or inpainting with a mask (synchronous)
 
@@ -133,31 +140,15 @@ class VariationsRequestSchema(EditsRequestSchema):
 
 @blp.route("/variations")
 class Variations(MethodView):
-    @blp.doc(
-        requestBody={
-            "required": True,
-            "content": {
-                "multipart/form-data": {
-                    "schema": {
-                        "type": "object",
-                        "required": ["image"],
-                        "properties": {
-                            "image": {"type": "string", "format": "binary"},
-                            "model": {"type": "string"},
-                            "n": {"type": "integer"},
-                            "size": {"type": "string"},
-                            "response_format": {"type": "string", "enum": ["url", "b64_json"]},
-                        },
-                    }
-                }
-            },
-        },
+    @form_body(
+        ["image"],
+        image="binary",
+        model="string",
+        n="integer",
+        size="string",
+        response_format="string",
     )
-    @blp.response(200, ImagesResponseSchema)
-    @blp.alt_response(400, schema=OpenAIErrorSchema, description="Invalid request")
-    @blp.alt_response(413, schema=OpenAIErrorSchema, description="Upload too large")
-    @blp.alt_response(503, schema=OpenAIErrorSchema, description="Busy or broker unavailable")
-    @blp.alt_response(504, schema=OpenAIErrorSchema, description="Still running; code is the id")
+    @answers
     def post(self) -> Any:
         """Variations of an image: img2img with no prompt (synchronous)
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable
 from typing import Any, TypeVar
 
 from celery import shared_task
@@ -57,7 +56,7 @@ from tasks.worker import metrics
 from tasks.worker import runtime as rt
 from tasks.worker.images import upload
 from tasks.worker.on_engine import generate_images
-from tasks.worker.outages import patient
+from tasks.worker.outages import patiently
 from tasks.worker.taskbase import RedactedTask
 
 log = logging.getLogger("kiln.generate")
@@ -100,17 +99,6 @@ def generate(self: Any, *args: Any, **payload: Any) -> dict[str, Any]:
         except TransientError:
             raise Reject(error.message, requeue=True) from None
         return task_result(ended or {"id": job_id})
-
-
-def patiently(runtime: rt.Runtime, job_id: str, what: str, call: Callable[[], T]) -> T:
-    """``call()`` through an outage of the job store or storage (``outages.patient``)."""
-    return patient(
-        call,
-        budget_s=runtime.settings.outage_budget_s,
-        what=what,
-        job_id=job_id,
-        store=runtime.store,
-    )
 
 
 def run_job(

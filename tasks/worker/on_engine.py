@@ -21,7 +21,7 @@ from config.errors import BrokerUnavailable
 from tasks.jobs import bookkeeping as bk
 from tasks.jobs.inputs import Inputs, image_mode
 from tasks.worker import runtime as rt
-from tasks.worker.outages import patient
+from tasks.worker.outages import patiently
 from tasks.worker.progress import Start
 from tasks.worker.time_limits import wait_result, wait_started
 
@@ -148,14 +148,3 @@ def let_go(future: Any, cancel: threading.Event, timeout_s: float) -> None:
     cancel.set()
     with contextlib.suppress(Exception):
         future.result(timeout=timeout_s)
-
-
-def patiently(runtime: rt.Runtime, job_id: str, what: str, call: Any) -> Any:
-    """``call()`` through an outage of the job store (``outages.patient``)."""
-    return patient(
-        call,
-        budget_s=runtime.settings.outage_budget_s,
-        what=what,
-        job_id=job_id,
-        store=runtime.store,
-    )

@@ -24,6 +24,17 @@ FIRST_WAIT_S = 0.5
 MAX_WAIT_S = 15.0
 
 
+def patiently(runtime: Any, job_id: str, what: str, call: Callable[[], T]) -> T:
+    """``call()`` for one job on a worker's runtime, through an outage (``patient``)."""
+    return patient(
+        call,
+        budget_s=runtime.settings.outage_budget_s,
+        what=what,
+        job_id=job_id,
+        store=runtime.store,
+    )
+
+
 def patient(
     call: Callable[[], T],
     *,
