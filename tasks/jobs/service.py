@@ -125,11 +125,12 @@ class JobService:
                 f"{quota} jobs of this API key are already queued or running",
                 fields={"quota": [quota]},
             )
+        # Inputs first: a storage outage then costs no idempotency key (a retry works).
+        params = Inputs(self.storage).store(job_id, params)
         if idempotency_key:
             existing = self._claim_key(idempotency_key, owner, job_id, request_body)
             if existing is not None:
                 return existing, False
-        params = Inputs(self.storage).store(job_id, params)
         record = new_record(job_id, params, owner=owner, source=source)
 
         def bookkeeping(pipe: Any) -> None:
