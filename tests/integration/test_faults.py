@@ -79,6 +79,39 @@ def assert_each_succeeded_once(fstack: Stack, store: JobStore, done: list[dict])
         assert fstack.objects(f"generated/{d['id']}/") == [f"generated/{d['id']}/0.png"]
 
 
+def wait_all(fstack: Stack, fapi: KilnHTTP, store: JobStore, jobs: list[dict]) -> list[dict]:
+    """Each job's end; one that does not end in time fails the test with its whole story."""
+    deadline = time.monotonic() + WAIT_S - 60  # inside pytest's own timeout, to tell why
+    done: dict[str, dict] = {}
+    while time.monotonic() < deadline and len(done) < len(jobs):
+        for j in jobs:
+            if j["id"] not in done:
+                job = fapi.get(f"/v1/jobs/{j['id']}").json()
+                if job["status"] in {"succeeded", "failed", "canceled"}:
+                    done[j["id"]] = job
+        time.sleep(0.1)
+    if len(done) < len(jobs):
+        r = store.redis
+        story = []
+        for j in jobs:
+            if j["id"] in done:
+                continue
+            rec = store.get(j["id"]) or {}
+            unacked = [v for v in r.hvals("unacked") if j["id"] in str(v)]
+            queued = [m for m in r.lrange("tiny-sd", 0, -1) if j["id"] in str(m)]
+            story.append(
+                f"{j['id']}: {rec.get('status')} worker={rec.get('worker')} "
+                f"attempts={rec.get('attempts')} events={[k for _, k, _ in events(store, j['id'])]} "
+                f"held={bk.running_jobs(r, 'tiny-sd').get(j['id'])} "
+                f"in_queue={len(queued)} unacked={len(unacked)}"
+            )
+        logs = "\n".join(
+            f"--- {p.name} ---\n{p.output()[-3000:]}" for p in fstack.procs if p.name[0] == "w"
+        )
+        raise AssertionError("jobs that did not end:\n" + "\n".join(story) + "\n" + logs)
+    return [done[j["id"]] for j in jobs]
+
+
 def ensure_workers(fstack: Stack) -> None:
     """Two tiny-sd workers and the webhooks worker, as the module started them."""
     for name in ("w1", "w2", "webhooks"):
@@ -150,7 +183,7 @@ def test_a_job_store_and_broker_outage_delays_jobs_and_loses_none(
     finally:
         fstack.restart(valkey)
         wait_for(lambda: store.redis.ping(), timeout=30, what="valkey back")
-    done = [fapi.wait(j["id"], timeout=WAIT_S) for j in jobs]
+    done = wait_all(fstack, fapi, store, jobs)
     assert_each_succeeded_once(fstack, store, done)
     ensure_workers(fstack)
 
