@@ -70,20 +70,28 @@ def from_http(exc: HTTPException) -> KilnError | None:
 
 
 def require_json() -> None:
-    """A submit's body must be JSON: say so, rather than "prompt: Missing data"."""
+    """A submit's body must be JSON (or a form, where files are taken): say so, rather
+    than "prompt: Missing data"."""
     if request.method != "POST" or request.endpoint not in SUBMIT_ENDPOINTS:
         return
     if request.is_json or not (request.mimetype or request.content_length):
         return
+    if request.endpoint in FORM_ENDPOINTS and request.mimetype == "multipart/form-data":
+        return
     got = request.mimetype or "no Content-Type"
+    wanted = "application/json" + (
+        " or multipart/form-data" if request.endpoint in FORM_ENDPOINTS else ""
+    )
     raise UnsupportedMediaType(
-        f"the request body must be JSON with Content-Type: application/json, got {got}",
-        fields={"Content-Type": [f"must be application/json, got {got}"]},
+        f"the request body must be JSON with Content-Type: {wanted}, got {got}",
+        fields={"Content-Type": [f"must be {wanted}, got {got}"]},
     )
 
 
 # Requests that may carry image inputs get their own, larger body limit.
 IMAGE_ENDPOINTS = {"jobs.Jobs", "openai.Edits", "openai.Variations"}
+# Submits that take a multipart form as well as JSON (image files as file parts).
+FORM_ENDPOINTS = {"jobs.Jobs"}
 
 
 def image_body_limit() -> None:
@@ -93,8 +101,13 @@ def image_body_limit() -> None:
         return
     small = current_app.config.get("MAX_CONTENT_LENGTH")
     request.max_content_length = current_app.config["KILN_SETTINGS"].max_image_body_bytes
-    if small and (request.content_length or 0) > small and request.is_json:
-        body = request.get_json(silent=True)
+    if small and (request.content_length or 0) > small:
+        if request.is_json:
+            body: Any = request.get_json(silent=True)
+        elif request.endpoint in FORM_ENDPOINTS and request.mimetype == "multipart/form-data":
+            body = {**request.form, **request.files}
+        else:
+            return
         if not (isinstance(body, dict) and ("image" in body or "mask" in body)):
             raise PayloadTooLarge(
                 f"the request body is larger than the limit of {small} bytes "

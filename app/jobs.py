@@ -12,6 +12,7 @@ from flask_smorest import Blueprint
 from marshmallow import RAISE
 
 from app.auth import owner
+from app.forms import JsonOrFormParser, comparable, form_payload
 from app.limits import limit_key
 from app.metrics import job_submitted
 from app.schemas import (
@@ -28,7 +29,28 @@ from tasks.jobs.listing import list_jobs
 from tasks.jobs.records import public_view
 from tasks.jobs.schema import validate_job
 
-blp = Blueprint("jobs", __name__, url_prefix="/v1/jobs", description="Text-to-image jobs")
+blp = Blueprint("jobs", __name__, url_prefix="/v1/jobs", description="Image jobs")
+blp.ARGUMENTS_PARSER = JsonOrFormParser()  # a job with image files may come as a form
+
+# The form alternative to the JSON body: the same fields, image and mask as file parts.
+FORM_DOC = {
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "description": "The JSON body's fields as form fields (loras as JSON); "
+                "image and mask as file parts, URLs or a JSON job reference",
+                "properties": {
+                    "image": {"type": "string", "format": "binary"},
+                    "mask": {"type": "string", "format": "binary"},
+                    "prompt": {"type": "string"},
+                    "model": {"type": "string"},
+                    "strength": {"type": "number"},
+                },
+            }
+        }
+    }
+}
 
 
 def job_view(record: dict[str, Any]) -> dict[str, Any]:
@@ -66,11 +88,14 @@ class Jobs(MethodView):
         409, schema=ApiErrorSchema, description="Idempotency-Key reused with another body"
     )
     @blp.alt_response(422, schema=ApiErrorSchema, description="Invalid input; fields are named")
+    @blp.doc(requestBody=FORM_DOC)
     def post(self, data: dict[str, Any]) -> Any:
         """Submit a job; poll urls.self or follow urls.events until it ends
 
         An image (and a mask) turns it into img2img (inpainting): each is an https URL, a
         data:image/...;base64 URL, or a finished job's output {"job": id, "index": 0}.
+        The same fields may come as a multipart/form-data form, image and mask as file
+        parts.
 
         Send an Idempotency-Key header to make retries safe: the same key and body
         return the same job (200) instead of a new one. Invalid input is a 422 whose
@@ -84,12 +109,19 @@ class Jobs(MethodView):
             params,
             owner=owner(),
             idempotency_key=request.headers.get("Idempotency-Key") or None,
-            request_body=request.get_json(silent=True),
+            request_body=body_for_idempotency(),
         )
         if created:
             job_submitted(params["model"], "rest")
         view = job_view(d.view(record) if created else record)
         return view, 202 if created else 200, {"Location": view["urls"]["self"]}
+
+
+def body_for_idempotency() -> Any:
+    """What an Idempotency-Key compares: the JSON body, or the form with file hashes."""
+    if request.mimetype == "multipart/form-data":
+        return comparable(form_payload(JobSchema(), request))
+    return request.get_json(silent=True)
 
 
 @blp.route("/<string:job_id>")

@@ -17,13 +17,12 @@ with white for "redraw" works too). Without a mask the whole image is redrawn
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from flask import request
 from flask.views import MethodView
-from marshmallow import fields
 
+from app.forms import form_payload
 from app.openai_api import (
     EXTRAS,
     OPENAI_FIELDS,
@@ -36,7 +35,7 @@ from app.openai_api import (
 )
 from app.service import readable_job, service
 from config.errors import InvalidInput
-from tasks.jobs.inputs import ImageInput, Upload
+from tasks.jobs.inputs import ImageInput
 
 FILES = ("image", "mask")
 
@@ -54,29 +53,6 @@ class EditsRequestSchema(ImagesRequestSchema):
 
     image = ImageInput(required=True)
     mask = ImageInput()
-
-
-def form_payload(schema: EditsRequestSchema) -> dict[str, Any]:
-    """The multipart form as the schema expects it: numbers as numbers, lists as JSON,
-    files as uploads (what a form cannot type is left for the schema to name)."""
-    payload: dict[str, Any] = {}
-    for key, value in request.form.items():
-        name = str(key)
-        field = schema.fields.get(name)
-        try:
-            if isinstance(field, fields.Integer):
-                payload[name] = int(value)
-            elif isinstance(field, fields.Float):
-                payload[name] = float(value)
-            elif isinstance(field, fields.List):
-                payload[name] = json.loads(value)
-            else:
-                payload[name] = value
-        except ValueError:
-            payload[name] = value
-    for name, part in request.files.items():
-        payload[str(name)] = Upload(part.read())
-    return payload
 
 
 def form_body(required: list[str], **properties: str) -> Any:
@@ -165,7 +141,7 @@ def edit(schema: EditsRequestSchema) -> Any:
             "send a multipart/form-data body with an image file part",
             fields={"image": ["missing: send multipart/form-data"]},
         )
-    data = schema.load(form_payload(schema))
+    data = schema.load(form_payload(schema, request))
     data.setdefault("prompt", "")
     params = service().check_inputs(job_params(data), read_job=readable_job)
     return answer(params, data, source="openai")

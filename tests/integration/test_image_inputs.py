@@ -126,6 +126,38 @@ def test_each_bad_input_is_named(api: KilnHTTP, extra: dict, field: str) -> None
     assert field in r.json()["error"]["fields"], r.json()
 
 
+def test_a_multipart_form_on_post_jobs_inpaints_with_file_parts(api: KilnHTTP) -> None:
+    """The same fields as the JSON body, as a form: image and mask as file parts."""
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))  # white: repaint
+    form = {"prompt": "a window", "model": "tiny-sd", "steps": "3", "seed": "5"}
+    files = {"image": ("in.png", png(picture()), "image/png"), "mask": ("m.png", png(mask))}
+    headers = {"Idempotency-Key": "form-1"}
+    r = api.http.post(f"{api.base_url}/v1/jobs", data=form, files=files, headers=headers)
+    assert r.status_code == 202, r.text
+    done = api.wait(r.json()["id"])
+    assert done["status"] == "succeeded", done
+    assert done["params"]["mode"] == "inpaint" and done["params"]["seed"] == 5
+    pixels = np.asarray(fetch_image(done["images"][0]["url"]).convert("RGB"))
+    keep = np.asarray(mask) == 0
+    assert np.array_equal(pixels[keep], np.asarray(picture())[keep])
+
+    again = api.http.post(f"{api.base_url}/v1/jobs", data=form, files=files, headers=headers)
+    assert again.status_code == 200 and again.json()["id"] == done["id"], again.text
+    flipped = picture().transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    other = {**files, "image": ("in.png", png(flipped), "image/png")}
+    changed = api.http.post(f"{api.base_url}/v1/jobs", data=form, files=other, headers=headers)
+    assert changed.status_code == 409, changed.text
+
+    bad = api.http.post(f"{api.base_url}/v1/jobs", data={**form, "steps": "many"}, files=files)
+    assert bad.status_code == 422 and "steps" in bad.json()["error"]["fields"], bad.text
+    text = api.http.post(f"{api.base_url}/v1/jobs", data="prompt=x", headers=TEXT_PLAIN)
+    assert text.status_code == 415 and "multipart/form-data" in text.json()["error"]["message"]
+
+
+TEXT_PLAIN = {"Content-Type": "text/plain"}
+
+
 def test_a_50_mb_upload_is_413_naming_the_limit(api: KilnHTTP) -> None:
     body = b'{"prompt": "x", "image": "data:image/png;base64,' + b"A" * (50 * 2**20) + b'"}'
     r = requests.post(
