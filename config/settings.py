@@ -87,6 +87,7 @@ class Settings:
     # Jobs.
     max_deliveries: int = 3
     outage_budget_s: float = 600.0  # a worker rides out a job-store or S3 outage this long
+    lost_message_sweep_s: float = 30.0  # how often to look for jobs whose message is lost
     # Longest a job may wait in its worker (behind other batches) before its first
     # pipeline call; its time limits count only its own pipeline time. 0: no limit.
     queue_wait_limit_s: float = 300.0

@@ -80,6 +80,11 @@ def mark_dequeued(r: Any, model: str, job_id: str) -> None:
     r.zrem(queued_key(model), job_id)
 
 
+def queued_before(r: Any, model: str, before: float, *, limit: int = 10_000) -> list[str]:
+    """The oldest queued jobs of ``model`` (not yet running), submitted before ``before``."""
+    return list(r.zrangebyscore(queued_key(model), "-inf", before, start=0, num=limit))
+
+
 def depth(r: Any, model: str) -> int:
     """Jobs waiting for ``model`` (submitted, not yet on a device), whatever the broker."""
     return int(r.zcard(queued_key(model)))

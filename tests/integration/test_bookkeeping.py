@@ -3,6 +3,7 @@ own Valkey (``redis_url``: a flushed database of it)."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -243,3 +244,27 @@ def test_a_keys_job_index_is_bounded_by_the_store(r: redis.Redis, redis_url: str
     assert r.zrange(bk.owned_key("alice"), 0, -1) == ["a", "c"]
     assert [j["id"] for j in list_jobs(store, "bob").jobs] == ["d"]
     assert list_jobs(store, None).jobs == []  # jobs made without a key are indexed apart
+
+
+def test_a_message_lost_or_left_unacked_is_unheard_and_one_waiting_is_not(redis_url: str) -> None:
+    """``tasks.messaging.lost.unheard`` on a real Redis broker: a job whose message waits
+    on its queue, or was delivered a moment ago, is heard; one whose message is nowhere,
+    or was delivered long ago and never taken, is not."""
+    from tasks.messaging.app import make_celery
+    from tasks.messaging.lost import unheard
+
+    celery = make_celery(from_env({"KILN_BROKER_URL": redis_url, "KILN_REDIS_URL": redis_url}))
+    queue = "gen.lost-test"
+    for job_id in ("waiting", "fresh", "stale"):
+        celery.send_task("kiln.generate", kwargs={}, task_id=job_id, queue=queue)
+    broker = redis.Redis.from_url(redis_url)
+    for raw in broker.lrange(queue, 0, -1):  # as kombu's QoS notes a delivery
+        message = json.loads(raw)
+        age_s = {"fresh": 1, "stale": 120}.get(message["headers"]["id"])
+        if age_s is not None:
+            tag = message["properties"]["delivery_tag"]
+            broker.lrem(queue, 1, raw)
+            broker.hset("unacked", tag, json.dumps([message, "", queue]))
+            broker.zadd("unacked_index", {tag: time.time() - age_s})
+    ids = ["waiting", "fresh", "stale", "gone"]
+    assert unheard(celery, queue, ids, stale_s=30) == {"stale", "gone"}

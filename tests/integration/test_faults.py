@@ -8,11 +8,13 @@ fault lasts, and puts the stack back as it found it.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
 from app.auth import hash_key
 from harness.http import KilnHTTP
@@ -20,6 +22,7 @@ from harness.stack import Proc, Stack, wait_for
 from harness.webhooks import Receiver
 from tasks.jobs import bookkeeping as bk
 from tasks.jobs.store import JobStore
+from tasks.messaging.names import queue_for
 
 KEY = "kiln_fault-test-key"
 OWNER = "ops"
@@ -40,6 +43,7 @@ def fstack(tmp_path_factory: pytest.TempPathFactory, tiny_models_dir: Path) -> I
             "KILN_WEBHOOK_ALLOW_PRIVATE": "true",
             "KILN_WEBHOOK_TIMEOUT_S": "2",
             "KILN_WEBHOOK_BACKOFF_S": "0.2",
+            "KILN_LOST_MESSAGE_SWEEP_S": "2",
         },
     )
     try:
@@ -98,10 +102,11 @@ def wait_all(fstack: Stack, fapi: KilnHTTP, store: JobStore, jobs: list[dict]) -
                 continue
             rec = store.get(j["id"]) or {}
             unacked = [v for v in r.hvals("unacked") if j["id"] in str(v)]
-            queued = [m for m in r.lrange("tiny-sd", 0, -1) if j["id"] in str(m)]
+            queued = [m for m in r.lrange(queue_for("tiny-sd"), 0, -1) if j["id"] in str(m)]
+            kinds = [k for _, k, _ in events(store, j["id"])]
             story.append(
                 f"{j['id']}: {rec.get('status')} worker={rec.get('worker')} "
-                f"attempts={rec.get('attempts')} events={[k for _, k, _ in events(store, j['id'])]} "
+                f"attempts={rec.get('attempts')} events={kinds} "
                 f"held={bk.running_jobs(r, 'tiny-sd').get(j['id'])} "
                 f"in_queue={len(queued)} unacked={len(unacked)}"
             )
@@ -186,6 +191,33 @@ def test_a_job_store_and_broker_outage_delays_jobs_and_loses_none(
     done = wait_all(fstack, fapi, store, jobs)
     assert_each_succeeded_once(fstack, store, done)
     ensure_workers(fstack)
+
+
+def test_a_job_whose_message_the_broker_lost_is_sent_again(
+    fstack: Stack, fapi: KilnHTTP, store: JobStore
+) -> None:
+    """What a Redis broker stopped between a worker's BRPOP and kombu's note of the
+    delivery leaves: a queued job with no message anywhere. (``sd15`` has no worker in
+    this stack, so its message waits on the queue until the test takes it away.)"""
+    broker = redis.Redis.from_url(fstack.env["KILN_BROKER_URL"])
+    queue = queue_for("sd15")
+    job = fapi.submit(prompt="lost", model="sd15", steps=2)
+    wait_for(lambda: broker.llen(queue) == 1, timeout=10, what="its message on the queue")
+    broker.delete(queue)
+    try:
+        wait_for(
+            lambda: "resent" in [k for _, k, _ in events(store, job["id"])],
+            timeout=30,
+            what="the job sent again",
+        )
+        (raw,) = broker.lrange(queue, 0, -1)
+        assert json.loads(raw)["headers"]["id"] == job["id"]
+        assert fapi.get(f"/v1/jobs/{job['id']}").json()["status"] == "queued"
+        time.sleep(3)  # found again: the message is there now, so it is not sent twice
+        assert broker.llen(queue) == 1
+    finally:
+        assert fapi.delete(f"/v1/jobs/{job['id']}").status_code in (200, 202)
+        broker.delete(queue)
 
 
 def test_an_s3_outage_delays_uploads_and_every_job_succeeds(
