@@ -22,7 +22,8 @@ MASK_THRESHOLD = 128  # a grey level at or above it is "repaint"
 
 def open_image(data: bytes, *, field: str, max_pixels: int) -> Image.Image:
     """Decode ``data`` (PNG, JPEG or WebP) into RGBA/RGB, refusing anything else or
-    anything declaring more than ``max_pixels``, before decoding its pixels."""
+    anything declaring more than ``max_pixels``, before decoding its pixels. The file's
+    format stays in ``info["format"]``."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -41,7 +42,9 @@ def open_image(data: bytes, *, field: str, max_pixels: int) -> Image.Image:
     except Exception:
         raise _bad(field, "is a truncated or damaged image") from None
     has_alpha = image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
-    return image.convert("RGBA" if has_alpha else "RGB")
+    out = image.convert("RGBA" if has_alpha else "RGB")
+    out.info["format"] = fmt
+    return out
 
 
 def fit(image: Image.Image, width: int, height: int) -> Image.Image:

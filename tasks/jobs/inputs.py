@@ -129,7 +129,7 @@ class Inputs:
             data, source = self._bytes(ref, name, lim.max_input_bytes)
             image = open_image(data, field=name, max_pixels=lim.max_input_pixels)
             decoded[name] = image
-            raw[name] = (data, EXTENSIONS[_format(data)], source)
+            raw[name] = (data, EXTENSIONS[image.info["format"]], source)
         image = decoded["image"]
         if "mask" in decoded and decoded["mask"].size != image.size:
             w, h = decoded["mask"].size
@@ -226,14 +226,6 @@ def _decode_data_url(value: str, name: str) -> bytes:
         return base64.b64decode(m.group(2), validate=True)
     except (binascii.Error, ValueError):
         raise _bad(name, "holds invalid base64") from None
-
-
-def _format(data: bytes) -> str:
-    if data.startswith(b"\x89PNG"):
-        return "PNG"
-    if data.startswith(b"\xff\xd8"):
-        return "JPEG"
-    return "WEBP"
 
 
 def _bad(name: str, reason: str) -> InvalidInput:

@@ -19,10 +19,10 @@ a reaper first waits one heartbeat TTL of good contact before it reaps again.
 A job can also wait ``queued`` with its message lost (a Redis broker that stopped
 between a worker's ``BRPOP`` and kombu's note of the delivery), or left in the
 broker's unacked hash by a worker that dropped it on reconnecting
-(``tasks.messaging.lost``). Every ``KILN_LOST_MESSAGE_SWEEP_S`` (30 s), and at the first reap after an outage, the
-reaper looks for the queued jobs no worker holds whose message is nowhere; one still
-missing at the next look is sent again (a ``resent`` event). A copy too many is
-harmless: a job runs once, on the worker that claims it.
+(``tasks.messaging.lost``). Every ``KILN_LOST_MESSAGE_SWEEP_S`` (30 s), and at the
+first reap after an outage, the reaper looks for the queued jobs no worker holds whose
+message is nowhere; one still missing at the next look is sent again (a ``resent``
+event). A copy too many is harmless: a job runs once, on the worker that claims it.
 """
 
 from __future__ import annotations
