@@ -8,6 +8,8 @@ fault lasts, and puts the stack back as it found it.
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import time
 from collections.abc import Iterator
@@ -15,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from PIL import Image
 
 from app.auth import hash_key
 from harness.http import KilnHTTP
@@ -218,6 +221,30 @@ def test_a_job_whose_message_the_broker_lost_is_sent_again(
     finally:
         assert fapi.delete(f"/v1/jobs/{job['id']}").status_code in (200, 202)
         broker.delete(queue)
+
+
+def test_s3_down_while_the_api_stores_an_input_is_a_503_and_the_same_key_works_after(
+    fstack: Stack, fapi: KilnHTTP, store: JobStore
+) -> None:
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 40, 40)).save(buf, "PNG")
+    image = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    body = {"prompt": "red", "model": "tiny-sd", "steps": 2, "image": image}
+    headers = {"Idempotency-Key": "s3-down-input"}
+    before = bk.active_jobs(store.redis, OWNER)
+    s3 = fstack.proc("s3")
+    s3.stop()
+    try:
+        r = fapi.post("/v1/jobs", json=body, headers=headers)
+        assert r.status_code == 503 and r.headers["Retry-After"], r.text
+        assert bk.active_jobs(store.redis, OWNER) == before  # no record, no slot taken
+    finally:
+        fstack.restart(s3)
+    wait_for(lambda: fstack.objects("inputs/") is not None, timeout=30, what="s3 back")
+    r = fapi.post("/v1/jobs", json=body, headers=headers)
+    assert r.status_code == 202, r.text
+    done = fapi.wait(r.json()["id"], timeout=WAIT_S)
+    assert done["status"] == "succeeded" and done["params"]["mode"] == "img2img", done
 
 
 def test_an_s3_outage_delays_uploads_and_every_job_succeeds(
