@@ -252,6 +252,11 @@ def take_reaper_lock(r: Any, holder: str, ttl_ms: int) -> bool:
     return bool(r.set(REAPER_LOCK, holder, nx=True, px=ttl_ms))
 
 
+def take_resend(r: Any, job_id: str, ttl_s: int) -> bool:
+    """True for the one reaper that sends a lost job again in this ``ttl_s`` window."""
+    return bool(r.set(f"kiln:resent:{job_id}", 1, nx=True, ex=ttl_s))
+
+
 def ready_workers(r: Any, model: str) -> int:
     """Workers of ``model`` whose heartbeat has not expired."""
     return int(r.eval(_READY_COUNT, 1, workers_key(model)))

@@ -114,6 +114,8 @@ class Reaper:
         record = store.get(job_id)
         if record is None or record.get("status") != "queued" or not record.get("model"):
             return False
+        if not bk.take_resend(store.redis, job_id, ttl_s=int(STALE_UNACKED_S)):
+            return False  # another reaper sent it a moment ago
         _, noted = store.transition(
             job_id, allowed_from=("queued",), event="resent", data={"reason": "message lost"}
         )
