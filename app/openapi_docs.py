@@ -69,6 +69,11 @@ NATIVE_ERRORS_BY_OPERATION: dict[tuple[str, str, str], dict[str, Any]] = {
         "invalid status: Must be one of: queued, running, succeeded, failed, canceled.",
         {"status": ["Must be one of: queued, running, succeeded, failed, canceled."]},
     ),
+    ("jobs.Jobs", "post", "415"): native_error(
+        "unsupported_media_type",
+        NOT_JSON.replace("application/json", "application/json or multipart/form-data"),
+        {"Content-Type": ["must be application/json or multipart/form-data, got text/plain"]},
+    ),
     ("jobs.events", "get", "503"): native_error(
         "too_many_streams",
         "64 event streams are open on this server; retry shortly or poll the job",

@@ -88,6 +88,9 @@ def test_each_error_status_shows_its_own_true_example(app: Flask) -> None:
         "429": "rate_limited",
     }
     assert "bytes" in native["413"]["content"]["application/json"]["example"]["error"]["message"]
+    not_json = app.test_client().post("/v1/jobs", data="prompt=x", content_type="text/plain")
+    assert not_json.status_code == 415
+    assert native["415"]["content"]["application/json"]["example"] == not_json.get_json()
     queued = native["202"]["content"]["application/json"]["example"]
     assert queued["status"] == "queued" and queued["queue_position"] and not queued["images"]
     openai = paths["/v1/images/generations"]["post"]["responses"]
