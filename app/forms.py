@@ -11,7 +11,7 @@ import hashlib
 import json
 from typing import Any
 
-from flask import Request
+from flask import Request, g
 from marshmallow import Schema, fields
 from webargs.flaskparser import FlaskParser
 
@@ -38,7 +38,6 @@ def form_payload(schema: Schema, req: Request) -> dict[str, Any]:
         except ValueError:
             payload[name] = value
     for name, part in req.files.items():
-        part.stream.seek(0)  # read again when the form is read again
         payload[str(name)] = Upload(part.read())
     return payload
 
@@ -52,9 +51,11 @@ def comparable(payload: dict[str, Any]) -> dict[str, Any]:
 
 
 class JsonOrFormParser(FlaskParser):
-    """Reads a body as JSON or, for ``multipart/form-data``, as a form with file parts."""
+    """Reads a body as JSON or, for ``multipart/form-data``, as a form with file parts
+    (kept as ``g.form_payload``: the file parts are read once)."""
 
     def load_json(self, req: Request, schema: Schema) -> Any:
         if req.mimetype == "multipart/form-data":
-            return form_payload(schema, req)
+            g.form_payload = form_payload(schema, req)
+            return g.form_payload
         return super().load_json(req, schema)

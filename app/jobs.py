@@ -6,13 +6,13 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-from flask import Response, current_app, request, stream_with_context, url_for
+from flask import Response, current_app, g, request, stream_with_context, url_for
 from flask.views import MethodView
 from flask_smorest import Blueprint
 from marshmallow import RAISE
 
 from app.auth import owner
-from app.forms import JsonOrFormParser, comparable, form_payload
+from app.forms import JsonOrFormParser, comparable
 from app.limits import limit_key
 from app.metrics import job_submitted
 from app.schemas import (
@@ -119,8 +119,8 @@ class Jobs(MethodView):
 
 def body_for_idempotency() -> Any:
     """What an Idempotency-Key compares: the JSON body, or the form with file hashes."""
-    if request.mimetype == "multipart/form-data":
-        return comparable(form_payload(JobSchema(), request))
+    if "form_payload" in g:  # the form JsonOrFormParser read
+        return comparable(g.form_payload)
     return request.get_json(silent=True)
 
 

@@ -121,12 +121,16 @@ class Reaper:
         )
         if not noted:
             return False
-        kwargs: dict[str, Any] = task_kwargs_from_record(record)
-        self.runtime.celery.send_task(
-            GENERATE, kwargs=kwargs, kwargsrepr=kwargs_repr(kwargs), task_id=job_id
-        )
+        self.send_again(record)
         log.warning("job %s: its message was lost; sent again", job_id, extra={"job_id": job_id})
         return True
+
+    def send_again(self, record: dict[str, Any]) -> None:
+        """A fresh ``kiln.generate`` message for a recorded job (same id, same seeds)."""
+        kwargs: dict[str, Any] = task_kwargs_from_record(record)
+        self.runtime.celery.send_task(
+            GENERATE, kwargs=kwargs, kwargsrepr=kwargs_repr(kwargs), task_id=record["id"]
+        )
 
     def resend(self, model: str, job_id: str, dead_worker: str) -> bool:
         store = self.runtime.store
@@ -135,10 +139,7 @@ class Reaper:
             job_id, model=model, dead_worker=dead_worker, score=record.get("created_at") or 0
         ):
             return False
-        kwargs: dict[str, Any] = task_kwargs_from_record(record)
-        self.runtime.celery.send_task(
-            GENERATE, kwargs=kwargs, kwargsrepr=kwargs_repr(kwargs), task_id=job_id
-        )
+        self.send_again(record)
         log.warning(
             "job %s: worker %s died; sent again to %s",
             job_id,

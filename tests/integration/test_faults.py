@@ -20,7 +20,7 @@ import redis
 from PIL import Image
 
 from app.auth import hash_key
-from harness.http import KilnHTTP
+from harness.http import TERMINAL, KilnHTTP
 from harness.stack import Proc, Stack, wait_for
 from harness.webhooks import Receiver
 from tasks.jobs import bookkeeping as bk
@@ -94,7 +94,7 @@ def wait_all(fstack: Stack, fapi: KilnHTTP, store: JobStore, jobs: list[dict]) -
         for j in jobs:
             if j["id"] not in done:
                 job = fapi.get(f"/v1/jobs/{j['id']}").json()
-                if job["status"] in {"succeeded", "failed", "canceled"}:
+                if job["status"] in TERMINAL:
                     done[j["id"]] = job
         time.sleep(0.1)
     if len(done) < len(jobs):
