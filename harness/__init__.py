@@ -3,6 +3,7 @@
 - ``stack``: Valkey, an S3 server, workers and the API as real subprocesses
 - ``http``: a plain HTTP client of the API, as any caller would write it
 - ``metrics``: read a Prometheus ``/metrics`` page
+- ``hold``: hold a worker's device with a job until the jobs under test wait together
 
 Neither a test module nor a benchmark: both import from here, never from each other.
 """

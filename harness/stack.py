@@ -58,16 +58,7 @@ class Proc:
     env: dict[str, str] = field(default_factory=dict)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> None:
-        if self.popen.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.popen.pid, sig)
-        try:
-            self.popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.popen.pid, signal.SIGKILL)
-            self.popen.wait(5)
+        stop_all([self], sig, timeout=timeout)
 
     def kill(self) -> None:
         """SIGKILL the process itself (as the OOM killer would)."""
@@ -77,6 +68,23 @@ class Proc:
 
     def output(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+def stop_all(procs: list[Proc], sig: int = signal.SIGTERM, *, timeout: float = 15) -> None:
+    """Signal every process group at once, then wait for each (SIGKILL past ``timeout``):
+    a warm shutdown takes seconds of waiting, which stopping them together overlaps."""
+    running = [p for p in procs if p.popen.poll() is None]
+    for p in running:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(p.popen.pid, sig)
+    deadline = time.monotonic() + timeout
+    for p in running:
+        try:
+            p.popen.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.popen.pid, signal.SIGKILL)
+            p.popen.wait(5)
 
 
 @dataclass
@@ -279,8 +287,10 @@ class Stack:
         return [o["Key"] for o in resp.get("Contents", [])]
 
     def close(self) -> None:
-        for proc in reversed(self.procs):
-            proc.stop()
+        """Kiln's processes together, then the servers they were talking to."""
+        servers = [p for p in self.procs if p.name in ("valkey", "s3")]
+        stop_all([p for p in self.procs if p not in servers])
+        stop_all(servers)
         self.procs.clear()
 
 

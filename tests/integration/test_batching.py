@@ -8,7 +8,7 @@ from pathlib import Path
 
 from app.auth import hash_key, new_key
 from harness.http import KilnHTTP
-from harness.stack import SECRETS, Stack, wait_for
+from harness.stack import SECRETS, Stack, stop_all, wait_for
 from tasks.jobs import bookkeeping as bk
 from tasks.jobs.store import JobStore
 
@@ -76,8 +76,7 @@ def test_four_callers_at_the_per_job_limit_never_exceed_the_batch_budget(
             submitted = list(pool.map(lambda c: c.submit(**job, seed=7), callers))
         done = [c.wait(j["id"]) for c, j in zip(callers, submitted, strict=True)]
     finally:
-        for proc in stack.procs[before:]:
-            proc.stop()
+        stop_all(stack.procs[before:])
     assert all(d["status"] == "succeeded" for d in done), done
     sizes = [b["size"] for d in done for b in d["batches"]]
     print(f"four callers, budget of 2 images per call: call sizes {sizes}")
@@ -144,8 +143,7 @@ def test_status_is_the_truth_under_a_burst_larger_than_one_batch(
             seen.append(views)
             time.sleep(0.02)
     finally:
-        for proc in stack.procs[before:]:
-            proc.stop()
+        stop_all(stack.procs[before:])
 
     assert [v["status"] for v in views] == ["succeeded"] * burst, views
     for snapshot in seen:

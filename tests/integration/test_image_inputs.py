@@ -16,6 +16,7 @@ import requests
 from openai import OpenAI
 from PIL import Image
 
+from harness.hold import device_held
 from harness.http import KilnHTTP, fetch_image
 from harness.stack import Stack
 
@@ -80,16 +81,19 @@ def test_an_image_sets_the_size_rounded_to_the_model_multiple(api: KilnHTTP) -> 
     assert len(done["params"]["image"]["sha256"]) == 64
 
 
-def test_img2img_and_text_jobs_never_share_a_call_and_img2img_jobs_do(api: KilnHTTP) -> None:
+def test_img2img_and_text_jobs_never_share_a_call_and_img2img_jobs_do(
+    stack: Stack, api: KilnHTTP
+) -> None:
     image = data_url(png(picture()))
     jobs = [dict(JOB, prompt=f"a fox {i}", image=image, strength=0.6, seed=i) for i in range(4)]
     jobs.append(dict(JOB, prompt="a fox", seed=9))
-    # A long job holds the device, so the five wait in the worker together.
-    blocker = api.submit(prompt="hold", model="tiny-sd", width=256, height=256, steps=12, seed=1)
-    with ThreadPoolExecutor(len(jobs)) as pool:
-        submitted = list(pool.map(lambda j: api.submit(**j), jobs))
+    # A job holds the device, so the five wait in the worker together.
+    redis_url = stack.env["KILN_REDIS_URL"]
+    with device_held(api, redis_url, model="tiny-sd", size=128, steps=150) as sent:
+        with ThreadPoolExecutor(len(jobs)) as pool:
+            submitted = list(pool.map(lambda j: api.submit(**j), jobs))
+        sent.extend(j["id"] for j in submitted)
     done = [api.wait(j["id"]) for j in submitted]
-    assert api.wait(blocker["id"])["status"] == "succeeded"
     assert all(d["status"] == "succeeded" for d in done), done
     image_batches = {d["batch_id"] for d in done[:4]}
     assert done[4]["batch_id"] not in image_batches

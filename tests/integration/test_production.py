@@ -9,7 +9,7 @@ import pytest
 import requests
 
 from app.auth import hash_key, new_key
-from harness.stack import BIN, ROOT, SECRETS, Proc, Stack, free_port, wait_for
+from harness.stack import BIN, ROOT, SECRETS, Proc, Stack, free_port, stop_all, wait_for
 
 OPS_KEY = new_key()
 FLOWER_AUTH = "ops:procfile-flower-pass"
@@ -78,5 +78,4 @@ def test_the_production_procfile_with_keys_serves_and_flower_asks_for_credential
         user, password = FLOWER_AUTH.split(":")
         assert requests.get(f"{flower}/", auth=(user, password), timeout=5).ok
     finally:
-        for proc in procs:
-            proc.stop()
+        stop_all(procs)
