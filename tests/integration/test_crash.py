@@ -50,7 +50,7 @@ def test_sigkill_mid_batch_on_rabbitmq(tmp_path: Path, tiny_models_dir: Path) ->
         proc_a = workers[0]
         stack.wait_worker_ready(model, proc_a, count=2)
         jobs = [
-            api.submit(prompt=f"survivor {i}", model=model, width=64, height=64, steps=60, seed=i)
+            api.submit(prompt=f"survivor {i}", model=model, width=64, height=64, steps=30, seed=i)
             for i in range(4)
         ]
         victim: dict = {}

@@ -106,22 +106,27 @@ def test_readyz_flips_when_the_only_worker_stops_and_returns(ready_stack: Stack)
     body = requests.get(f"{ready_stack.api_url}/readyz", timeout=5).json()
     assert body["checks"]["job_store"] and body["checks"]["storage"]
 
-    worker = ready_stack.start_worker("tiny-sd")
+    worker = ready_stack.start_worker("tiny-sd", name="worker")
     assert requests.get(ready, timeout=5).status_code == 200
+    os.kill(worker.popen.pid, signal.SIGSTOP)  # hung, as a dead one: no heartbeat past its TTL
+    try:
+        t0 = time.monotonic()
+        wait_for(
+            lambda: requests.get(ready, timeout=5).status_code == 503,
+            timeout=20,
+            what="readyz 503 after SIGSTOP",
+        )
+        print(f"readyz flipped {time.monotonic() - t0:.1f}s after SIGSTOP")
+        assert api.get("/healthz").status_code == 200
+    finally:
+        os.kill(worker.popen.pid, signal.SIGCONT)
+    wait_for(  # the same worker, going on: ready again at its next heartbeat
+        lambda: requests.get(ready, timeout=5).status_code == 200,
+        timeout=20,
+        what="readyz 200 after SIGCONT",
+    )
     worker.stop()  # a clean stop removes the heartbeat at once
     assert requests.get(ready, timeout=5).status_code == 503
-
-    worker = ready_stack.start_worker("tiny-sd", name="worker-again")
-    assert requests.get(ready, timeout=5).status_code == 200
-    worker.kill()  # SIGKILL: the heartbeat expires within its TTL
-    t0 = time.monotonic()
-    wait_for(
-        lambda: requests.get(ready, timeout=5).status_code == 503,
-        timeout=20,
-        what="readyz 503 after SIGKILL",
-    )
-    print(f"readyz flipped {time.monotonic() - t0:.1f}s after SIGKILL")
-    assert api.get("/healthz").status_code == 200
 
 
 def test_api_logs_are_json_lines_with_job_and_model(stack: Stack, api: KilnHTTP) -> None:
