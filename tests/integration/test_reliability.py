@@ -85,8 +85,52 @@ def no_worker(workers: Workers) -> None:
     workers.down()
 
 
-def test_a_job_canceled_before_any_worker_is_up_never_runs(
+def test_a_running_job_cancels_at_the_next_step_and_its_batch_mate_succeeds(
     rstack: Stack, rapi: KilnHTTP, no_worker: None
+) -> None:
+    # Both jobs wait in the queue before the one worker starts, so it takes them together.
+    a = rapi.submit(prompt="victim", seed=1, **SLOW)
+    b = rapi.submit(prompt="mate", seed=2, **SLOW)
+    proc = rstack.start_worker("tiny-sd", name="batching-worker")
+    try:
+        wait_for(
+            lambda: all(
+                rapi.get(f"/v1/jobs/{j['id']}").json()["progress"]["step"] >= 2 for j in (a, b)
+            ),
+            timeout=WAIT_S,
+            what="both jobs stepping",
+        )
+        r = rapi.delete(f"/v1/jobs/{a['id']}")
+        assert r.status_code == 202 and r.json()["was"] == "running"
+        victim, mate = rapi.wait(a["id"], timeout=WAIT_S), rapi.wait(b["id"], timeout=WAIT_S)
+        assert victim["status"] == "canceled", victim
+        assert victim["progress"]["step"] < SLOW["steps"]
+        # Within one step: at most one more step finished after the cancel reached it.
+        ended = [d for n, d in read_events(rapi, a["id"]) if n == "canceled"][-1]
+        print(
+            f"cancel reached the job after step {ended['cancel_seen_at_step']}; "
+            f"it stopped after step {ended['steps_done']} of {SLOW['steps']}"
+        )
+        assert ended["steps_done"] - ended["cancel_seen_at_step"] <= 1, ended
+        assert mate["status"] == "succeeded" and mate["batch_id"]
+        # They shared one pipeline call: one worker ran both, in a batch of two images.
+        store = JobStore(rstack.env["KILN_REDIS_URL"])
+        ran_on = {(store.get(j["id"]) or {}).get("worker") for j in (a, b)}
+        assert ran_on == {proc_name(proc)} and mate["batch_size"] == 2, (ran_on, mate)
+        assert rstack.objects(f"generated/{a['id']}/") == []
+    finally:
+        proc.stop()
+
+
+def proc_name(proc: Proc) -> str:
+    """The worker name a ``kiln worker`` process without ``--gpu`` gives itself."""
+    import socket
+
+    return f"tiny-sd@cpu.{proc.popen.pid}@{socket.gethostname()}"
+
+
+def test_a_job_canceled_before_any_worker_is_up_never_runs(
+    rstack: Stack, rapi: KilnHTTP, workers: Workers, no_worker: None
 ) -> None:
     job = rapi.submit(prompt="never", model="tiny-sd", steps=2, seed=1)
     r = rapi.delete(f"/v1/jobs/{job['id']}")
@@ -96,14 +140,11 @@ def test_a_job_canceled_before_any_worker_is_up_never_runs(
         "was": "queued",
     }
     assert rapi.delete(f"/v1/jobs/{job['id']}").status_code == 409
-    proc = rstack.start_worker("tiny-sd", name="late-worker")
-    try:
-        after = rapi.wait(
-            rapi.submit(prompt="after", model="tiny-sd", steps=2, seed=2)["id"], timeout=WAIT_S
-        )
-        assert after["status"] == "succeeded"
-    finally:
-        proc.stop()
+    workers.up()  # and left up for the tests after this one
+    after = rapi.wait(
+        rapi.submit(prompt="after", model="tiny-sd", steps=2, seed=2)["id"], timeout=WAIT_S
+    )
+    assert after["status"] == "succeeded"
     record = rapi.get(f"/v1/jobs/{job['id']}").json()
     assert record["status"] == "canceled" and record["attempts"] == 0
     assert rstack.objects(f"generated/{job['id']}/") == []
@@ -155,50 +196,6 @@ def test_live_events_show_progress_to_the_end(rapi: KilnHTTP, worker: None) -> N
         timeout=30,
     ).text
     assert [ln for ln in rest.splitlines() if ln.startswith("event: ")] == ["event: succeeded"]
-
-
-def test_a_running_job_cancels_at_the_next_step_and_its_batch_mate_succeeds(
-    rstack: Stack, rapi: KilnHTTP, no_worker: None
-) -> None:
-    # Both jobs wait in the queue before the one worker starts, so it takes them together.
-    a = rapi.submit(prompt="victim", seed=1, **SLOW)
-    b = rapi.submit(prompt="mate", seed=2, **SLOW)
-    proc = rstack.start_worker("tiny-sd", name="batching-worker")
-    try:
-        wait_for(
-            lambda: all(
-                rapi.get(f"/v1/jobs/{j['id']}").json()["progress"]["step"] >= 2 for j in (a, b)
-            ),
-            timeout=WAIT_S,
-            what="both jobs stepping",
-        )
-        r = rapi.delete(f"/v1/jobs/{a['id']}")
-        assert r.status_code == 202 and r.json()["was"] == "running"
-        victim, mate = rapi.wait(a["id"], timeout=WAIT_S), rapi.wait(b["id"], timeout=WAIT_S)
-        assert victim["status"] == "canceled", victim
-        assert victim["progress"]["step"] < SLOW["steps"]
-        # Within one step: at most one more step finished after the cancel reached it.
-        ended = [d for n, d in read_events(rapi, a["id"]) if n == "canceled"][-1]
-        print(
-            f"cancel reached the job after step {ended['cancel_seen_at_step']}; "
-            f"it stopped after step {ended['steps_done']} of {SLOW['steps']}"
-        )
-        assert ended["steps_done"] - ended["cancel_seen_at_step"] <= 1, ended
-        assert mate["status"] == "succeeded" and mate["batch_id"]
-        # They shared one pipeline call: one worker ran both, in a batch of two images.
-        store = JobStore(rstack.env["KILN_REDIS_URL"])
-        ran_on = {(store.get(j["id"]) or {}).get("worker") for j in (a, b)}
-        assert ran_on == {proc_name(proc)} and mate["batch_size"] == 2, (ran_on, mate)
-        assert rstack.objects(f"generated/{a['id']}/") == []
-    finally:
-        proc.stop()
-
-
-def proc_name(proc: Proc) -> str:
-    """The worker name a ``kiln worker`` process without ``--gpu`` gives itself."""
-    import socket
-
-    return f"tiny-sd@cpu.{proc.popen.pid}@{socket.gethostname()}"
 
 
 def read_events(rapi: KilnHTTP, job_id: str, **headers: str) -> list[tuple[str, dict]]:
