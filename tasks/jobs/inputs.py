@@ -12,13 +12,17 @@ An init ``image`` (and an inpaint ``mask``) may be given as
 
 The API checks and stores them under ``inputs/<job_id>/`` before the job is queued, so
 the task message carries only small descriptors ``{"key", "sha256", "source"}``; the
-worker reads the key back from storage and never fetches anything a caller named.
+worker reads the key back from storage. A job sent straight to the Celery task has its
+inputs read once, checked and stored the same way by the worker that first takes it,
+before its record is made: the record names keys (never a URL or the pixels), and a
+delivery again reads the very bytes the first one checked.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import json
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -38,7 +42,9 @@ INPUT_NAMES = ("image", "mask")
 KEY = re.compile(r"(inputs|generated)/[A-Za-z0-9_-]{1,64}/[A-Za-z0-9_.-]{1,64}\Z")
 DATA_URL = re.compile(r"data:image/(png|jpeg|webp);base64,(.*)\Z", re.S)
 EXTENSIONS = {"PNG": "png", "JPEG": "jpeg", "WEBP": "webp"}
-DESCRIPTOR = {"key", "sha256", "source", "job"}  # what the API sends for a stored input
+# What the API sends for a stored input; ``ref`` (a Celery-door job's) is a digest of
+# what its message named.
+DESCRIPTOR = {"key", "sha256", "source", "job", "ref"}
 RULE = 'an https URL, a data:image/...;base64 URL, or {"job": "<id>", "index": 0}'
 
 
@@ -145,18 +151,23 @@ class Inputs:
         out["_inputs"] = raw
         return out
 
-    def store(self, job_id: str, params: dict[str, Any]) -> dict[str, Any]:
-        """Put checked inputs under ``inputs/<job_id>/`` (a job reference needs no
-        copy) and replace them in params by their descriptors."""
+    def store(self, job_id: str, params: dict[str, Any], *, refs: bool = False) -> dict[str, Any]:
+        """Put checked inputs under ``inputs/<job_id>/`` (one already in the bucket, a
+        key or a job's output, needs no copy) and replace them in params by their
+        descriptors; ``refs``: each with the digest of what the params named."""
         raw = params.get("_inputs")
         if not raw:
             return params
         out = {k: v for k, v in params.items() if k != "_inputs"}
         for name, (data, ext, source) in raw.items():
-            key = source.pop("key", None) or f"inputs/{job_id}/{name}.{ext}"
-            if key.startswith("inputs/"):
+            described = dict(source)
+            key = described.pop("key", None)
+            if key is None:
+                key = f"inputs/{job_id}/{name}.{ext}"
                 self.storage.put(key, data, content_type=f"image/{ext}")
-            out[name] = {"key": key, "sha256": digest(data), **source}
+            out[name] = {"key": key, "sha256": digest(data), **described}
+            if refs:
+                out[name]["ref"] = ref_digest(params[name])
         return out
 
     def _bytes(self, ref: Any, name: str, cap: int) -> tuple[bytes, dict[str, Any]]:
@@ -209,6 +220,28 @@ class Inputs:
             image = open_image(data, field=name, max_pixels=lim.max_input_pixels)
             out.append(fit(image, w, h) if name == "image" else mask_of(image, w, h))
         return out[0], out[1]
+
+
+def ref_digest(ref: Any) -> str:
+    """A digest of an input as a message named it (its URL, data URL, key or job)."""
+    return digest(json.dumps(ref, sort_keys=True).encode())
+
+
+def as_recorded(params: dict[str, Any], record: dict[str, Any]) -> dict[str, Any]:
+    """A Celery-door message delivered again names its inputs as its sender did; its
+    record names what was stored for them. Where they match (the same ``ref``), the
+    params take the record's inputs, and its size when the message gave none."""
+    stored = record.get("params") or {}
+    out = dict(params)
+    matched = False
+    for name in INPUT_NAMES:
+        kept, named = stored.get(name), params.get(name)
+        if isinstance(kept, dict) and named is not None and kept.get("ref") == ref_digest(named):
+            out[name], matched = kept, True
+    if matched:  # sized as Inputs.check sized it
+        out["width"] = params.get("width") or stored.get("width")
+        out["height"] = params.get("height") or stored.get("height")
+    return out
 
 
 def image_mode(params: dict[str, Any]) -> str:

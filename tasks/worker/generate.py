@@ -5,8 +5,9 @@ The task reads top to bottom as the job's steps:
 1. Check the message: keyword arguments only, a valid job and job id, for this
    worker's model.
 2. Find the job's record (a job sent straight to the Celery task gets its record
-   here, once its webhook passed the API's check); a message that reuses another
-   job's id fails without touching it, and a job that already ended is not run again.
+   here, once its webhook passed the API's check and its image inputs were read once
+   and stored as the API stores them); a message that reuses another job's id fails
+   without touching it, and a job that already ended is not run again.
 3. Claim it: not while a live worker still holds it, nor twice in this process;
    count the delivery (a job that keeps killing workers is given up); receive it (it
    stays queued, held by this worker: ``tasks.jobs.holding``).
@@ -39,6 +40,7 @@ from config.errors import (
     GenerationFailed,
     InvalidInput,
     KilnError,
+    NotFound,
     RunningElsewhere,
     TooManyDeliveries,
     TransientError,
@@ -46,7 +48,7 @@ from config.errors import (
 )
 from tasks.jobs import bookkeeping as bk
 from tasks.jobs.ends import end_job
-from tasks.jobs.inputs import Inputs
+from tasks.jobs.inputs import Inputs, as_recorded
 from tasks.jobs.records import JOB_ID_RULE, differences, new_record, task_result, valid_job_id
 from tasks.jobs.schema import load_job
 from tasks.jobs.store import LIVE, TERMINAL, now
@@ -124,12 +126,6 @@ def run_job(
             raise InvalidInput(
                 f"job_id must be {JOB_ID_RULE}", fields={"job_id": [f"must be {JOB_ID_RULE}"]}
             )
-        if params.get("image") is not None and params.get("width") is None:
-            # Sent straight to the task without a size: the image gives it, as at the API.
-            sized = Inputs.for_settings(runtime.storage, runtime.settings).check(
-                params, runtime.model
-            )
-            params = {**params, "width": sized["width"], "height": sized["height"]}
     except InvalidInput as exc:
         bad = exc
         return patiently(
@@ -137,8 +133,9 @@ def run_job(
         )
 
     # 2. Find the record; jobs sent straight to the Celery task get theirs here (their
-    #    webhook checked as the API checks it). A message that reuses another job's id
-    #    fails alone: that job is not touched.
+    #    webhook and image inputs checked as the API checks them, the inputs stored as
+    #    it stores them). A message that reuses another job's id fails alone: that job
+    #    is not touched.
     record = patiently(runtime, job_id, "read the job", lambda: store.get(job_id))
     created = False
     if record is None:
@@ -148,6 +145,7 @@ def run_job(
                 secret=runtime.settings.webhook_secret,
                 allow_private=runtime.settings.webhook_allow_private,
             )
+            params = take_inputs(runtime, job_id, params)
         except InvalidInput as exc:
             bad = exc
             return patiently(
@@ -159,6 +157,8 @@ def run_job(
         fresh = new_record(job_id, params, source="celery")
         created = patiently(runtime, job_id, "record the job", lambda: store.create(fresh))
         record = fresh if created else (store.get(job_id) or {})
+    if not created:
+        params = as_recorded(params, record)
     if not created and differences(record, params, params.get("owner")):
         return refused(job_id, TAKEN)
     if record.get("status") in TERMINAL:  # canceled while queued, or re-delivered after it ended
@@ -224,6 +224,26 @@ def run_job(
         return ended or store.get(job_id) or record
     finally:
         release(runtime, job_id)
+
+
+def take_inputs(runtime: rt.Runtime, job_id: str, params: dict[str, Any]) -> dict[str, Any]:
+    """A Celery-door job's image inputs, read once (a URL fetched through the egress
+    client), checked, sized and stored under ``inputs/<job_id>/`` as the API does."""
+    if params.get("image") is None:
+        return params
+    inputs = Inputs.for_settings(runtime.storage, runtime.settings, read_job=runtime.store.get)
+    try:
+        checked = patiently(
+            runtime, job_id, "read the image inputs", lambda: inputs.check(params, runtime.model)
+        )
+    except NotFound as exc:  # a job named as the input: a bad input of this job's
+        raise InvalidInput(exc.message, fields=exc.fields) from None
+    return patiently(
+        runtime,
+        job_id,
+        "store the image inputs",
+        lambda: inputs.store(job_id, checked, refs=True),
+    )
 
 
 def reject(

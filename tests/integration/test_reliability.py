@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 import time
@@ -325,6 +326,51 @@ def test_bad_input_fails_at_once_and_is_never_retried(
     events = read_events(rapi, job_id)
     assert "steps" in events[-1][1]["error"]["fields"]  # the field is named
     assert "retrying" not in [n for n, _ in events]
+
+
+def test_a_celery_door_image_url_is_fetched_once_and_its_record_names_the_stored_key(
+    rstack: Stack, rapi: KilnHTTP, receiver: Receiver, worker: None
+) -> None:
+    """What another service sends: an image by URL (with a token in it), no size."""
+    import hashlib
+
+    from PIL import Image
+
+    from tasks.messaging.app import make_celery
+    from tasks.messaging.names import GENERATE
+
+    buf = io.BytesIO()
+    Image.new("RGB", (80, 64), (30, 90, 200)).save(buf, "PNG")
+    receiver.files["/in.png"] = buf.getvalue()
+    url = receiver.url + "/in.png?token=s3cr3t-input-token"
+    app = make_celery(rstack.settings)
+    job_id = "door-" + uuid.uuid4().hex
+    job = {"prompt": "a lake", "model": "tiny-sd", "steps": 2, "seed": 3, "strength": 0.5}
+
+    def send(**extra: object) -> dict:
+        kwargs = {**job, "job_id": job_id, "image": url, **extra}
+        return app.send_task(GENERATE, kwargs=kwargs, queue="gen.tiny-sd").get(timeout=WAIT_S)
+
+    done = send()
+    assert done["status"] == "succeeded", done
+    assert (done["params"]["width"], done["params"]["height"]) == (80, 64)  # from the image
+    assert len(receiver.hits["/in.png?token=s3cr3t-input-token"]) == 1
+    key = f"inputs/{job_id}/image.png"
+    assert done["params"]["image"]["key"] == key
+    assert done["params"]["image"]["sha256"] == hashlib.sha256(buf.getvalue()).hexdigest()
+    assert rstack.objects(f"inputs/{job_id}/") == [key]
+    recorded = json.dumps(JobStore(rstack.env["KILN_REDIS_URL"]).get(job_id))
+    assert "s3cr3t-input-token" not in recorded and receiver.url not in recorded
+
+    # The same message again (a duplicate delivery): the same job, its end, no fetch.
+    again = send()
+    assert again["status"] == "succeeded" and again["id"] == job_id, again
+    assert len(receiver.hits["/in.png?token=s3cr3t-input-token"]) == 1
+    # Another image under the same id: refused, that job untouched, nothing fetched.
+    other = send(image=receiver.url + "/other.png")
+    assert other["status"] == "failed" and "job_id" in other["error"]["fields"], other
+    assert "/other.png" not in receiver.hits
+    assert rapi.get(f"/v1/jobs/{job_id}").json()["status"] == "succeeded"
 
 
 def test_a_job_that_keeps_losing_its_worker_fails_with_a_clear_error(
