@@ -286,6 +286,24 @@ def _with_model_rules(exc: ValidationError, registry: Registry) -> dict[str, Any
     return messages
 
 
+def check_image_size(
+    checked: dict[str, Any], registry: Registry, *, given: set[str]
+) -> dict[str, Any]:
+    """A size an image set (``Inputs.check``; ``given``: what the caller named) meets the
+    model's rules as a named one does: checked as a text job of that size, everything
+    else having been checked already. A size the image set and the rules refuse names
+    ``image``."""
+    as_text = {**checked, "image": None, "mask": None, "strength": None, "prompt": "-"}
+    try:
+        again = validate_job(as_text, registry)
+    except InvalidInput as exc:
+        moved = {
+            ("image" if k in {"width", "height"} - given else k): v for k, v in exc.fields.items()
+        }
+        raise invalid_input(moved) from None
+    return {**checked, "width": again["width"], "height": again["height"]}
+
+
 def load_job(payload: Any, registry: Registry, *, task: bool = False) -> dict[str, Any]:
     """Validate a raw payload (dict) into job params; raises ``InvalidInput``."""
     if not isinstance(payload, dict):

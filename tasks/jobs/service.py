@@ -22,10 +22,8 @@ from celery import Celery
 from config.errors import (
     BrokerUnavailable,
     Conflict,
-    InvalidInput,
     NotFound,
     RateLimited,
-    invalid_input,
 )
 from config.settings import Settings
 from pipelines.registry import Registry
@@ -34,7 +32,7 @@ from tasks.jobs.ends import end_job
 from tasks.jobs.fleet import Fleet
 from tasks.jobs.inputs import Inputs
 from tasks.jobs.records import kwargs_repr, new_job_id, new_record, task_kwargs
-from tasks.jobs.schema import load_job, validate_job
+from tasks.jobs.schema import check_image_size, load_job
 from tasks.jobs.storage import Storage
 from tasks.jobs.store import TERMINAL, JobStore
 from tasks.jobs.urlsafety import check_job_webhook
@@ -83,18 +81,7 @@ class JobService:
         inputs = Inputs.for_settings(self.storage, self.settings, read_job=read_job)
         checked = inputs.check(params, self.registry[params["model"]])
         given = {k for k in ("width", "height") if params.get(k) is not None}
-        # The size the image set meets the model's rules like a given one (checked as a
-        # text job of that size: everything else was checked already).
-        as_text = {**checked, "image": None, "mask": None, "strength": None, "prompt": "-"}
-        try:
-            again = validate_job(as_text, self.registry)
-        except InvalidInput as exc:
-            moved = {
-                ("image" if k in {"width", "height"} - given else k): v
-                for k, v in exc.fields.items()
-            }
-            raise invalid_input(moved) from None
-        return {**checked, "width": again["width"], "height": again["height"]}
+        return check_image_size(checked, self.registry, given=given)
 
     def check_webhook(self, params: dict[str, Any]) -> None:
         check_job_webhook(

@@ -196,6 +196,24 @@ def test_the_celery_door_takes_an_input_by_bucket_key(stack: Stack) -> None:
     assert (result["images"][0]["width"], result["images"][0]["height"]) == (80, 64)
 
 
+def test_the_celery_door_holds_a_size_an_image_set_to_the_models_rules(stack: Stack) -> None:
+    """tiny-sd's largest side is 512: an image 640 wide and no size asked is refused,
+    naming ``image``, as at the REST door, and never runs."""
+    from tasks.jobs.storage import Storage
+    from tasks.messaging.app import make_celery
+
+    Storage(stack.settings).put("inputs/from-a-service/wide.png", png(picture((640, 64))))
+    job = {"prompt": "a fox", "model": "tiny-sd", "steps": 3, "strength": 0.5}
+    image = {"key": "inputs/from-a-service/wide.png"}
+    result = (
+        make_celery(stack.settings)
+        .send_task("kiln.generate", queue="gen.tiny-sd", kwargs={**job, "image": image})
+        .get(timeout=120)
+    )
+    assert result["status"] == "failed" and "image" in result["error"]["fields"], result
+    assert result["images"] == [] and result["attempts"] == 0
+
+
 def test_the_openai_sdk_makes_variations_of_an_image(stack: Stack) -> None:
     client = OpenAI(base_url=f"{stack.api_url}/v1", api_key="kiln")
     resp = client.images.create_variation(
