@@ -31,7 +31,7 @@ KEY = "kiln_fault-test-key"
 OWNER = "ops"
 WAIT_S = 240
 # Slow enough that a batch is still on the device when its worker is killed.
-SLOW = dict(model="tiny-sd", width=64, height=64, steps=60)
+SLOW = dict(model="tiny-sd", width=64, height=64, steps=30)
 
 
 @pytest.fixture(scope="module")
