@@ -287,12 +287,13 @@ def _with_model_rules(exc: ValidationError, registry: Registry) -> dict[str, Any
 
 
 def check_image_size(
-    checked: dict[str, Any], registry: Registry, *, given: set[str]
+    params: dict[str, Any], checked: dict[str, Any], registry: Registry
 ) -> dict[str, Any]:
-    """A size an image set (``Inputs.check``; ``given``: what the caller named) meets the
-    model's rules as a named one does: checked as a text job of that size, everything
-    else having been checked already. A size the image set and the rules refuse names
-    ``image``."""
+    """The size an image set (``checked``, from ``Inputs.check`` of ``params``) meets the
+    model's rules as a size the caller named does: checked as a text job of that size,
+    everything else having been checked already. A size the image set and the rules
+    refuse names ``image``."""
+    given = {k for k in ("width", "height") if params.get(k) is not None}
     as_text = {**checked, "image": None, "mask": None, "strength": None, "prompt": "-"}
     try:
         again = validate_job(as_text, registry)

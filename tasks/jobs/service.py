@@ -80,8 +80,7 @@ class JobService:
             return params
         inputs = Inputs.for_settings(self.storage, self.settings, read_job=read_job)
         checked = inputs.check(params, self.registry[params["model"]])
-        given = {k for k in ("width", "height") if params.get(k) is not None}
-        return check_image_size(checked, self.registry, given=given)
+        return check_image_size(params, checked, self.registry)
 
     def check_webhook(self, params: dict[str, Any]) -> None:
         check_job_webhook(

@@ -40,7 +40,6 @@ from config.errors import (
     GenerationFailed,
     InvalidInput,
     KilnError,
-    NotFound,
     RunningElsewhere,
     TooManyDeliveries,
     TransientError,
@@ -48,14 +47,14 @@ from config.errors import (
 )
 from tasks.jobs import bookkeeping as bk
 from tasks.jobs.ends import end_job
-from tasks.jobs.inputs import Inputs, as_recorded
 from tasks.jobs.records import JOB_ID_RULE, differences, new_record, task_result, valid_job_id
-from tasks.jobs.schema import check_image_size, load_job
+from tasks.jobs.schema import load_job
 from tasks.jobs.store import LIVE, TERMINAL, now
 from tasks.jobs.urlsafety import check_job_webhook
 from tasks.messaging.names import GENERATE
 from tasks.worker import metrics
 from tasks.worker import runtime as rt
+from tasks.worker.direct import as_first_delivered, take_inputs
 from tasks.worker.images import upload
 from tasks.worker.on_engine import generate_images
 from tasks.worker.outages import patiently
@@ -159,8 +158,8 @@ def run_job(
         record = fresh if created else (store.get(job_id) or {})
     if not created:
         params = as_first_delivered(params, record, payload)
-    if not created and differences(record, params, params.get("owner")):
-        return refused(job_id, TAKEN)
+        if differences(record, params, params.get("owner")):
+            return refused(job_id, TAKEN)
     if record.get("status") in TERMINAL:  # canceled while queued, or re-delivered after it ended
         bk.mark_dequeued(store.redis, runtime.model.name, job_id)
         return record
@@ -224,41 +223,6 @@ def run_job(
         return ended or store.get(job_id) or record
     finally:
         release(runtime, job_id)
-
-
-def as_first_delivered(
-    params: dict[str, Any], record: dict[str, Any], payload: dict[str, Any]
-) -> dict[str, Any]:
-    """A message delivered again (or sent twice) reads as its first delivery did: the
-    seeds drawn for it when it named none, and its image inputs and size as stored
-    (``tasks.jobs.inputs.as_recorded``). What it did name is compared as it is."""
-    out = as_recorded(params, record)
-    seeds = list(record.get("seeds") or [])
-    if payload.get("seed") is None and not payload.get("seeds") and len(seeds) == out["n"]:
-        out["seeds"], out["seed"] = seeds, seeds[0]
-    return out
-
-
-def take_inputs(runtime: rt.Runtime, job_id: str, params: dict[str, Any]) -> dict[str, Any]:
-    """A Celery-door job's image inputs, read once (a URL fetched through the egress
-    client), checked, sized and stored under ``inputs/<job_id>/`` as the API does."""
-    if params.get("image") is None:
-        return params
-    inputs = Inputs.for_settings(runtime.storage, runtime.settings, read_job=runtime.store.get)
-    try:
-        checked = patiently(
-            runtime, job_id, "read the image inputs", lambda: inputs.check(params, runtime.model)
-        )
-    except NotFound as exc:  # a job named as the input: a bad input of this job's
-        raise InvalidInput(exc.message, fields=exc.fields) from None
-    given = {k for k in ("width", "height") if params.get(k) is not None}
-    checked = check_image_size(checked, runtime.registry, given=given)
-    return patiently(
-        runtime,
-        job_id,
-        "store the image inputs",
-        lambda: inputs.store(job_id, checked, refs=True),
-    )
 
 
 def reject(
