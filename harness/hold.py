@@ -11,12 +11,12 @@ import contextlib
 from collections.abc import Iterator
 
 from harness.http import KilnHTTP
-from harness.stack import wait_for
+from harness.stack import Stack, wait_for
 
 
 @contextlib.contextmanager
 def device_held(
-    api: KilnHTTP, redis_url: str, *, model: str, size: int, steps: int
+    api: KilnHTTP, stack: Stack, *, model: str, size: int, steps: int
 ) -> Iterator[list[str]]:
     """Yield a list for the ids of the jobs sent under the hold; on leaving, wait until
     the worker has received each of them, then cancel the blocker (still running: if it
@@ -29,7 +29,7 @@ def device_held(
     api.wait_for_status(blocker["id"], "running", timeout=120)
     sent: list[str] = []
     yield sent
-    store = JobStore(redis_url)
+    store = JobStore(stack.env["KILN_REDIS_URL"])
     wait_for(
         lambda: all(store.field(i, "worker") for i in sent),
         timeout=120,

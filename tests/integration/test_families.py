@@ -117,8 +117,7 @@ def test_img2img_and_inpainting_end_to_end(
     )
     # flux-schnell allows 50 steps at most: a larger image keeps its hold as long.
     size, steps = (256, 50) if model == "flux-schnell" else (128, 150)
-    redis_url = stack.env["KILN_REDIS_URL"]
-    with device_held(api, redis_url, model=model, size=size, steps=steps) as sent:
+    with device_held(api, stack, model=model, size=size, steps=steps) as sent:
         with ThreadPoolExecutor(4) as pool:
             burst = list(pool.map(lambda s: api.submit(**same, seed=s), [6, 40, 41, 42]))
         sent.extend(j["id"] for j in burst)

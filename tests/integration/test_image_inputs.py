@@ -88,8 +88,7 @@ def test_img2img_and_text_jobs_never_share_a_call_and_img2img_jobs_do(
     jobs = [dict(JOB, prompt=f"a fox {i}", image=image, strength=0.6, seed=i) for i in range(4)]
     jobs.append(dict(JOB, prompt="a fox", seed=9))
     # A job holds the device, so the five wait in the worker together.
-    redis_url = stack.env["KILN_REDIS_URL"]
-    with device_held(api, redis_url, model="tiny-sd", size=128, steps=150) as sent:
+    with device_held(api, stack, model="tiny-sd", size=128, steps=150) as sent:
         with ThreadPoolExecutor(len(jobs)) as pool:
             submitted = list(pool.map(lambda j: api.submit(**j), jobs))
         sent.extend(j["id"] for j in submitted)

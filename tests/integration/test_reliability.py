@@ -348,6 +348,7 @@ def test_a_celery_door_image_url_is_fetched_once_and_its_record_names_the_stored
     job = {"prompt": "a lake", "model": "tiny-sd", "steps": 2, "strength": 0.5}  # no seed
 
     def send(**extra: object) -> dict:
+        # Not send_raw: each send has its own task id, so .get() reads that send's answer.
         kwargs = {**job, "job_id": job_id, "image": url, **extra}
         return app.send_task(GENERATE, kwargs=kwargs, queue="gen.tiny-sd").get(timeout=WAIT_S)
 
