@@ -24,6 +24,8 @@ import yaml
 
 from app.devfleet import s3_argv, valkey_argv
 from config.settings import Settings, from_env
+from harness import launcher
+from harness.launcher import LaunchedProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 # Every secret any stack of this test session configured: the log scan looks for them.
@@ -37,7 +39,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for(check, *, timeout: float, what: str, proc: subprocess.Popen | None = None) -> None:
+def wait_for(
+    check, *, timeout: float, what: str, proc: subprocess.Popen | LaunchedProcess | None = None
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
@@ -52,7 +56,7 @@ def wait_for(check, *, timeout: float, what: str, proc: subprocess.Popen | None 
 @dataclass
 class Proc:
     name: str
-    popen: subprocess.Popen
+    popen: subprocess.Popen | LaunchedProcess  # a launcher's child: harness.launcher
     log: Path
     argv: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
@@ -154,13 +158,12 @@ class Stack:
 
     def spawn(self, name: str, argv: list[str], *, env: Mapping[str, str] | None = None) -> Proc:
         log = self.workdir / f"{name}.log"
-        fh = log.open("ab")
         full_env = dict(env or self.env or os.environ)
-        popen = subprocess.Popen(
+        popen = launcher.launch(argv, env=full_env, cwd=ROOT, log=log) or subprocess.Popen(
             argv,
             cwd=ROOT,
             env=full_env,
-            stdout=fh,
+            stdout=log.open("ab"),
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
@@ -296,8 +299,17 @@ class Stack:
 
 def one_model_file(directory: Path, name: str, **spec: object) -> Path:
     """A models.yaml with one tiny SD 1.5-family model (``sd-mini``) named ``name``, its
-    own queue even on a shared broker; ``spec`` adds or overrides entry fields."""
-    entry = {"name": name, "family": "sd15", "tiny": "sd-mini", "max_batch": 8, **spec}
+    own queue even on a shared broker; ``spec`` adds or overrides entry fields. Its default
+    size is the stand-in's own, as for ``tiny-sd``: the family's 512² would make the
+    warm-up alone cost 9 CPU-seconds."""
+    entry = {
+        "name": name,
+        "family": "sd15",
+        "tiny": "sd-mini",
+        "max_batch": 8,
+        "defaults": {"width": 64, "height": 64},
+        **spec,
+    }
     path = directory / "models.yaml"
     path.write_text(yaml.safe_dump({"models": [entry]}))
     return path

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from harness import launcher
 from harness.http import KilnHTTP
 from harness.stack import Stack, free_port
 
@@ -21,6 +22,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # The suite's workers share two cores with each other and with pytest: one OpenMP thread
 # each, or their spin-waits slow every pipeline call many times over (notes: infra).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Workers, APIs and webhooks workers start as forks of processes that imported their
+# libraries once (harness.launcher): a fresh interpreter's imports cost more than most tests.
+launcher.enable()
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,289 @@
+"""Start Kiln's programs as forks of a process that has already imported their libraries.
+
+A fresh ``kiln worker`` spends 5 to 8 CPU-seconds importing torch, diffusers and
+transformers before it runs a line of Kiln; the API and the webhooks worker about one
+importing Flask, Celery and boto3. The test suite starts dozens of them on two cores, so
+those imports cost it more than any test. A launcher is a small server that imports the
+libraries once, then forks on request. The child becomes the program:
+
+- the same console-script entry point (``kiln``, ``gunicorn``, ``celery``) with the same
+  argv, environment, working directory and log, in a session of its own, so it is
+  signalled, killed and waited for like any subprocess (``LaunchedProcess``);
+- Kiln's own modules are not preloaded: the child imports and runs all of Kiln itself.
+
+Only libraries that read nothing from the environment at import time are preloaded, and
+a launcher serves only requests whose environment matches its own outside ``KILN_*``;
+anything else (``prometheus_client`` reads its multiprocess directory at import) is left
+to the child. The worker launcher is kept apart from the web one, so an API process
+never holds torch. ``Stack.spawn`` falls back to a plain ``exec`` for any other program.
+
+Used by the test suite (``tests/conftest.py`` calls ``enable``); the benchmarks measure
+real starts and never use it.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import json
+import os
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Mapping
+from importlib import import_module
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
+
+WEB = (
+    "flask",
+    "flask_smorest",
+    "marshmallow",
+    "celery",
+    "celery.worker",
+    "celery.apps.worker",
+    "celery.concurrency.thread",
+    "kombu.transport.redis",
+    "redis",
+    "boto3",
+    "botocore.client",
+    "requests",
+    "click",
+    "yaml",
+    "PIL.Image",
+    "gunicorn.app.wsgiapp",
+    "gunicorn.arbiter",
+    "gunicorn.workers.gthread",
+)
+WORKER = (
+    *WEB,
+    "torch",
+    "diffusers",
+    "transformers",
+    "accelerate",
+    "peft",
+    "safetensors.torch",
+)
+# Pipeline and model classes that diffusers and transformers import lazily, on first use.
+LAZY = {
+    "diffusers": (
+        "StableDiffusionPipeline",
+        "StableDiffusionImg2ImgPipeline",
+        "StableDiffusionInpaintPipeline",
+        "StableDiffusionXLPipeline",
+        "StableDiffusionXLImg2ImgPipeline",
+        "StableDiffusionXLInpaintPipeline",
+        "FluxPipeline",
+        "FluxImg2ImgPipeline",
+        "FluxInpaintPipeline",
+        "AutoencoderKL",
+    ),
+    "transformers": (
+        "CLIPTextModel",
+        "CLIPTextModelWithProjection",
+        "CLIPTokenizer",
+        "T5EncoderModel",
+        "T5TokenizerFast",
+    ),
+}
+SCRIPTS = ("kiln", "gunicorn", "celery")
+_enabled = False
+_launchers: dict[str, Launcher] = {}
+_lock = threading.Lock()
+
+
+def enable() -> None:
+    """Let ``Stack.spawn`` start Kiln's programs through launchers (this process only)."""
+    global _enabled
+    _enabled = True
+
+
+# Read by no preloaded library at import: Kiln's settings, pytest's note of the current
+# test, prometheus_client's directory (never preloaded) and the directory torch's compiler
+# sets in the test process's own environment once a test compiles (read when compiling).
+UNREAD = ("KILN_", "PYTEST_", "PROMETHEUS_MULTIPROC_DIR", "TORCHINDUCTOR_CACHE_DIR")
+
+
+def base_env(env: Mapping[str, str]) -> dict[str, str]:
+    """What a launcher's libraries may have read at import time."""
+    return {k: v for k, v in env.items() if not k.startswith(UNREAD)}
+
+
+def launch(
+    argv: list[str], *, env: Mapping[str, str], cwd: Path, log: Path
+) -> LaunchedProcess | None:
+    """A ``LaunchedProcess`` running ``argv``, or None where a plain exec must start it."""
+    script = Path(argv[0])
+    if not _enabled or script.name not in SCRIPTS or script.parent != Path(sys.executable).parent:
+        return None
+    flavor = "worker" if argv[1:2] == ["worker"] and script.name == "kiln" else "web"
+    with _lock:
+        launcher = _launchers.get(flavor)
+        if launcher is None or not launcher.alive():
+            launcher = _launchers[flavor] = Launcher(flavor, base_env(env), cwd=cwd)
+    if launcher.env != base_env(env):
+        return None
+    return launcher.start(argv, env=env, cwd=cwd, log=log)
+
+
+class Launcher:
+    """One launcher server (a subprocess of this process) and the status files of its
+    children: ``<pid>`` holds the exit code, as ``Popen.returncode`` spells it."""
+
+    def __init__(self, flavor: str, env: dict[str, str], *, cwd: Path) -> None:
+        self.env = env
+        self.dir = Path(tempfile.mkdtemp(prefix=f"kiln-launcher-{flavor}-"))
+        self.sock = str(self.dir / "sock")
+        self.popen = subprocess.Popen(
+            [sys.executable, "-u", "-m", "harness.launcher", flavor, str(self.dir)],
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=(self.dir / "launcher.log").open("ab"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        atexit.register(self.close)
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def start(
+        self, argv: list[str], *, env: Mapping[str, str], cwd: Path, log: Path
+    ) -> LaunchedProcess:
+        spec = {"argv": argv, "env": dict(env), "cwd": str(cwd), "log": str(log)}
+        deadline = time.monotonic() + 120  # the first request waits for the imports
+        while True:
+            try:
+                with socket.socket(socket.AF_UNIX) as s:
+                    s.connect(self.sock)
+                    s.sendall(json.dumps(spec).encode() + b"\n")
+                    reply = json.loads(s.makefile().readline())
+                return LaunchedProcess(int(reply["pid"]), self.dir)
+            except (FileNotFoundError, ConnectionRefusedError):
+                if not self.alive() or time.monotonic() > deadline:
+                    log_text = (self.dir / "launcher.log").read_text(errors="replace")
+                    raise RuntimeError(f"launcher did not start:\n{log_text[-3000:]}") from None
+                time.sleep(0.05)
+
+    def close(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            self.popen.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.popen.wait(5)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class LaunchedProcess:
+    """What the harness uses of ``subprocess.Popen``, for a launcher's child."""
+
+    def __init__(self, pid: int, status_dir: Path) -> None:
+        self.pid = pid
+        self.args = [str(pid)]
+        self.returncode: int | None = None
+        self._status = status_dir / str(pid)
+
+    def poll(self) -> int | None:
+        if self.returncode is None and self._status.exists():
+            self.returncode = int(self._status.read_text())
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(self.args, timeout or 0)
+            time.sleep(0.02)
+        return self.returncode  # type: ignore[return-value]
+
+    def send_signal(self, sig: int) -> None:
+        if self.poll() is None:
+            os.kill(self.pid, sig)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
+# -- the server side --------------------------------------------------------------------
+def preload(flavor: str) -> None:
+    for name in WORKER if flavor == "worker" else WEB:
+        import_module(name)
+    if flavor == "worker":
+        for package, names in LAZY.items():
+            for attr in names:
+                getattr(import_module(package), attr)
+
+
+def serve(flavor: str, directory: Path) -> dict[str, Any]:
+    """Preload, then fork one child per request; returns only in a child, with its spec."""
+    preload(flavor)
+    if len(os.listdir("/proc/self/task")) != 1:
+        raise SystemExit("the preloaded libraries started a thread; forking would be unsafe")
+    parent = os.getppid()
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(directory / "sock.tmp"))
+    listener.listen(64)
+    os.rename(directory / "sock.tmp", directory / "sock")
+    while os.getppid() == parent:
+        reap(directory)
+        ready, _, _ = select.select([listener], [], [], 0.05)
+        if not ready:
+            continue
+        conn, _ = listener.accept()
+        with conn:
+            spec = json.loads(conn.makefile().readline())
+            pid = os.fork()
+            if pid == 0:
+                listener.close()
+                return spec
+            conn.sendall(json.dumps({"pid": pid}).encode() + b"\n")
+    raise SystemExit(0)  # the test process is gone
+
+
+def reap(directory: Path) -> None:
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        code = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+        tmp = directory / f"{pid}.tmp"
+        tmp.write_text(str(code))
+        tmp.rename(directory / str(pid))
+
+
+def become(spec: dict[str, Any]) -> None:
+    """In the child: the session, directory, environment, log and argv of the program,
+    then its console-script entry point, as its own script would run it."""
+    os.setsid()
+    os.chdir(spec["cwd"])
+    os.environ.clear()
+    os.environ.update(spec["env"])
+    log = os.open(spec["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    os.close(log)
+    os.close(null)
+    sys.argv = list(spec["argv"])
+    sys.path[0] = str(Path(sys.argv[0]).parent)  # as for a script run directly
+    name = Path(sys.argv[0]).name
+    (entry,) = entry_points(group="console_scripts", name=name)
+    sys.exit(entry.load()())
+
+
+if __name__ == "__main__":
+    become(serve(sys.argv[1], Path(sys.argv[2])))
