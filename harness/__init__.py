@@ -4,6 +4,7 @@
 - ``http``: a plain HTTP client of the API, as any caller would write it
 - ``metrics``: read a Prometheus ``/metrics`` page
 - ``hold``: hold a worker's device with a job until the jobs under test wait together
+- ``launcher``: start those processes as forks of one that imported their libraries once
 
 Neither a test module nor a benchmark: both import from here, never from each other.
 """

@@ -45,6 +45,8 @@ from typing import Any
 WEB = (
     "flask",
     "flask_smorest",
+    "flask_limiter",
+    "limits",
     "marshmallow",
     "celery",
     "celery.worker",
@@ -52,6 +54,7 @@ WEB = (
     "celery.concurrency.thread",
     "kombu.transport.redis",
     "redis",
+    "valkey",
     "boto3",
     "botocore.client",
     "requests",
@@ -94,6 +97,10 @@ LAZY = {
     ),
 }
 SCRIPTS = ("kiln", "gunicorn", "celery")
+# Read by no preloaded library at import: Kiln's settings, pytest's note of the current
+# test, prometheus_client's directory (never preloaded) and the directory torch's compiler
+# sets in the test process's own environment once a test compiles (read when compiling).
+UNREAD = ("KILN_", "PYTEST_", "PROMETHEUS_MULTIPROC_DIR", "TORCHINDUCTOR_CACHE_DIR")
 _enabled = False
 _launchers: dict[str, Launcher] = {}
 _lock = threading.Lock()
@@ -103,12 +110,6 @@ def enable() -> None:
     """Let ``Stack.spawn`` start Kiln's programs through launchers (this process only)."""
     global _enabled
     _enabled = True
-
-
-# Read by no preloaded library at import: Kiln's settings, pytest's note of the current
-# test, prometheus_client's directory (never preloaded) and the directory torch's compiler
-# sets in the test process's own environment once a test compiles (read when compiling).
-UNREAD = ("KILN_", "PYTEST_", "PROMETHEUS_MULTIPROC_DIR", "TORCHINDUCTOR_CACHE_DIR")
 
 
 def base_env(env: Mapping[str, str]) -> dict[str, str]:
@@ -165,13 +166,17 @@ class Launcher:
                 with socket.socket(socket.AF_UNIX) as s:
                     s.connect(self.sock)
                     s.sendall(json.dumps(spec).encode() + b"\n")
-                    reply = json.loads(s.makefile().readline())
-                return LaunchedProcess(int(reply["pid"]), self.dir)
+                    reply = s.makefile().readline()  # once the child is set up
+                if not reply:
+                    raise RuntimeError(f"launcher child failed to start {argv}: {self.log()}")
+                return LaunchedProcess(int(json.loads(reply)["pid"]), self.dir)
             except (FileNotFoundError, ConnectionRefusedError):
                 if not self.alive() or time.monotonic() > deadline:
-                    log_text = (self.dir / "launcher.log").read_text(errors="replace")
-                    raise RuntimeError(f"launcher did not start:\n{log_text[-3000:]}") from None
+                    raise RuntimeError(f"launcher did not start:\n{self.log()}") from None
                 time.sleep(0.05)
+
+    def log(self) -> str:
+        return (self.dir / "launcher.log").read_text(errors="replace")[-3000:]
 
     def close(self) -> None:
         with contextlib.suppress(ProcessLookupError):
@@ -224,8 +229,9 @@ def preload(flavor: str) -> None:
                 getattr(import_module(package), attr)
 
 
-def serve(flavor: str, directory: Path) -> dict[str, Any]:
-    """Preload, then fork one child per request; returns only in a child, with its spec."""
+def serve(flavor: str, directory: Path) -> tuple[dict[str, Any], socket.socket]:
+    """Preload, then fork one child per request; returns only in a child, with its spec and
+    the connection it answers on once it is set up (as ``Popen`` returns after the exec)."""
     preload(flavor)
     if len(os.listdir("/proc/self/task")) != 1:
         raise SystemExit("the preloaded libraries started a thread; forking would be unsafe")
@@ -240,13 +246,11 @@ def serve(flavor: str, directory: Path) -> dict[str, Any]:
         if not ready:
             continue
         conn, _ = listener.accept()
-        with conn:
-            spec = json.loads(conn.makefile().readline())
-            pid = os.fork()
-            if pid == 0:
-                listener.close()
-                return spec
-            conn.sendall(json.dumps({"pid": pid}).encode() + b"\n")
+        spec = json.loads(conn.makefile().readline())
+        if os.fork() == 0:
+            listener.close()
+            return spec, conn
+        conn.close()
     raise SystemExit(0)  # the test process is gone
 
 
@@ -264,9 +268,10 @@ def reap(directory: Path) -> None:
         tmp.rename(directory / str(pid))
 
 
-def become(spec: dict[str, Any]) -> None:
-    """In the child: the session, directory, environment, log and argv of the program,
-    then its console-script entry point, as its own script would run it."""
+def become(spec: dict[str, Any], conn: socket.socket) -> None:
+    """In the child: the session, directory, environment, log and argv of the program;
+    then the answer (its pid); then its console-script entry point, as its own script
+    would run it."""
     os.setsid()
     os.chdir(spec["cwd"])
     os.environ.clear()
@@ -280,10 +285,11 @@ def become(spec: dict[str, Any]) -> None:
     os.close(null)
     sys.argv = list(spec["argv"])
     sys.path[0] = str(Path(sys.argv[0]).parent)  # as for a script run directly
-    name = Path(sys.argv[0]).name
-    (entry,) = entry_points(group="console_scripts", name=name)
+    (entry,) = entry_points(group="console_scripts", name=Path(sys.argv[0]).name)
+    with conn:
+        conn.sendall(json.dumps({"pid": os.getpid()}).encode() + b"\n")
     sys.exit(entry.load()())
 
 
 if __name__ == "__main__":
-    become(serve(sys.argv[1], Path(sys.argv[2])))
+    become(*serve(sys.argv[1], Path(sys.argv[2])))

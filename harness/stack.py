@@ -53,6 +53,18 @@ def wait_for(
     raise TimeoutError(f"{what} not ready after {timeout}s")
 
 
+def process_env() -> dict[str, str]:
+    """The environment of every process a stack starts, before Kiln's settings: this one's,
+    offline, unbuffered, importing this checkout (whatever the venv's editable install
+    points at)."""
+    return {
+        **{k: v for k, v in os.environ.items() if not k.startswith("KILN_")},
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
+    }
+
+
 @dataclass
 class Proc:
     name: str
@@ -128,13 +140,7 @@ class Stack:
             lambda: socket.create_connection(("127.0.0.1", s3_port), 0.5), timeout=20, what="s3"
         )
         self.env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith("KILN_")},
-            "HF_HUB_OFFLINE": "1",
-            "PYTHONUNBUFFERED": "1",
-            # Subprocesses import this checkout, whatever the venv's editable install points at.
-            "PYTHONPATH": os.pathsep.join(
-                [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
-            ),
+            **process_env(),
             "KILN_PROFILE": "test",
             "KILN_DATA_DIR": str(self.workdir / "data"),
             "KILN_MODELS_DIR": str(self.models_dir or self.workdir / "models"),

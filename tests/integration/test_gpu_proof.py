@@ -9,33 +9,24 @@ stage ran, and ran as asked, is.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-from harness.stack import ROOT
+import pytest
+
+from bench import gpu
 
 STAGES = ("bare", "kiln", "option", "compile")
 
 
-def test_smoke_proof_runs_every_stage_of_both_models(tmp_path: Path) -> None:
+def test_smoke_proof_runs_every_stage_of_both_models(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``make gpu-proof``'s own entry point (``bench.gpu.main``), in this process: its stack's
+    workers start as every test stack's do."""
     out = tmp_path / "gpu.json"
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("KILN_")},
-        "HF_HUB_OFFLINE": "1",
-        "PYTHONPATH": str(ROOT),
-    }
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.gpu", "--smoke", "--out", str(out)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=230,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "SMOKE MODE" in proc.stdout and "Ran in SMOKE MODE" in proc.stdout
+    assert gpu.main(["--smoke", "--out", str(out)]) == 0
+    stdout = capsys.readouterr().out
+    assert "SMOKE MODE" in stdout and "Ran in SMOKE MODE" in stdout
     data = json.loads(out.read_text())
     assert data["mode"] == "smoke" and not data["skipped"]
     rows = data["rows"]
@@ -59,4 +50,4 @@ def test_smoke_proof_runs_every_stage_of_both_models(tmp_path: Path) -> None:
     options = {r["variant"] for r in rows if r["stage"] == "option"}
     assert {"fuse_qkv", "channels_last", "fp16-safe VAE (no upcast)"} <= options
     assert "smoke mode" in out.with_suffix(".md").read_text()
-    assert any(line.startswith("sdxl: best") for line in proc.stdout.splitlines())
+    assert any(line.startswith("sdxl: best") for line in stdout.splitlines())

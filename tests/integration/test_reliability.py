@@ -19,8 +19,9 @@ from harness.stack import Proc, Stack, wait_for
 from harness.webhooks import Receiver
 from tasks.jobs.store import JobStore
 
-# Slow enough to act on mid-run, cheap enough for a shared 2-core machine.
-SLOW = dict(model="tiny-sd", width=64, height=64, steps=60)
+# Slow enough to act on mid-run (a step of a batch of two is about 0.15 s here), cheap
+# enough for a shared 2-core machine.
+SLOW = dict(model="tiny-sd", width=64, height=64, steps=24)
 WAIT_S = 300
 
 
@@ -152,7 +153,7 @@ def test_a_job_canceled_before_any_worker_is_up_never_runs(
 
 
 def test_queue_position_decreases_and_eta_is_positive(rapi: KilnHTTP, worker: None) -> None:
-    jobs = [rapi.submit(prompt=f"wait {i}", seed=i, **{**SLOW, "steps": 40}) for i in range(4)]
+    jobs = [rapi.submit(prompt=f"wait {i}", seed=i, **{**SLOW, "steps": 16}) for i in range(4)]
     last = jobs[-1]["id"]
     positions = []
     deadline = time.monotonic() + WAIT_S

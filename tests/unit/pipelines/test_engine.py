@@ -312,11 +312,14 @@ def test_real_tiny_model_through_the_engine(loaded_models) -> None:
 
 
 def test_the_engine_loads_at_the_cpu_dtype_it_is_given(tiny_models_dir) -> None:
-    """The worker's KILN_CPU_DTYPE reaches the loader on the engine thread."""
-    eng = Engine(REGISTRY["tiny-sd"], models_dir=tiny_models_dir, device="cpu", cpu_dtype="bf16")
+    """The worker's KILN_CPU_DTYPE reaches the loader on the engine thread. At 32² (warm-up
+    and request): bf16 convolutions on a CPU make tiny-sd's 64² cost seconds a call."""
+    spec = REGISTRY["tiny-sd"].spec
+    small = resolve(replace(spec, defaults=replace(spec.defaults, width=32, height=32)))
+    eng = Engine(small, models_dir=tiny_models_dir, device="cpu", cpu_dtype="bf16")
     eng.start()
     eng.wait_ready(120)
-    result = eng.submit(req(1)).result(60)
+    result = eng.submit(req(1, params=replace(PARAMS, width=32, height=32))).result(60)
     eng.stop()
     assert eng.loaded.dtype is torch.bfloat16
-    assert result.images[0].size == (64, 64)
+    assert result.images[0].size == (32, 32)
