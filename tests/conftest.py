@@ -60,7 +60,26 @@ def tiny_models_dir() -> Path:
 SERVER_FIXTURES = {"servers", "stack", "api", "redis_url"}
 
 
+# The modules that take longest (own stacks, long faults) go first, so that two processes
+# (``-n 2 --dist loadfile``) end on short ones together rather than one on a long one.
+LONGEST_FIRST = (
+    "test_faults",
+    "test_families",
+    "test_security",
+    "test_reliability",
+    "test_gpu_proof",
+    "test_web_page",
+    "test_batching",
+    "test_readme",
+    "test_cli",
+    "test_crash",
+    "test_fuzz",
+)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(Path(str(item.fspath)).stem, len(rank)))
     for item in items:
         parts = Path(str(item.fspath)).parts
         if "e2e" in parts:

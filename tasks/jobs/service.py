@@ -193,6 +193,10 @@ class JobService:
         images = len(record.get("seeds") or [1])
         if record.get("status") == "queued" and isinstance(model, str):
             pos, rate, workers = bk.waiting(self.store.redis, model, record["id"])
+            if pos is None:  # its batch began between the two reads: show it as it is now
+                fresh = self.store.get(record["id"])
+                if fresh is not None and fresh.get("status") != "queued":
+                    return self.view(fresh)
             if pos is not None:
                 record["queue_position"] = pos
                 record["eta_s"] = bk.eta_s(

@@ -38,6 +38,28 @@ def test_queue_position_and_eta(r: redis.Redis) -> None:
     assert bk.eta_s(position=2, images=1, workers=2, s_per_image=0.85) == pytest.approx(0.85)
 
 
+def test_a_job_read_as_queued_just_before_its_batch_began_is_shown_running(
+    redis_url: str,
+) -> None:
+    """The record and the queue are two reads: a job whose batch begins between them is
+    not shown as queued with no place and no ETA, but as it is now."""
+    from tasks.jobs.records import new_record
+    from tasks.jobs.service import JobService
+
+    service = JobService(from_env({"KILN_REDIS_URL": redis_url, "KILN_PROFILE": "test"}))
+    params = service.validate({"prompt": "x", "model": "tiny-sd", "steps": 4, "seed": 1})
+    worker = "tiny-sd@cpu.1@host"
+    record = {**new_record("j1", params), "status": "queued", "worker": worker}  # received
+    service.store.create(record)
+    bk.mark_queued(service.store.redis, "tiny-sd", "j1", time.time())
+    assert service.view(dict(record))["queue_position"] == 1
+    assert service.store.start("j1", model="tiny-sd", worker=worker)
+
+    seen = service.view(dict(record))  # the record as read before the start
+    assert seen["status"] == "running" and seen["queue_position"] is None
+    assert seen["eta_s"] is not None and seen["eta_s"] > 0
+
+
 def test_live_event_reads_block_past_the_default_socket_timeout(redis_url: str) -> None:
     """redis-py reads time out after 5 s by default; an idle event stream must not."""
     store = JobStore(redis_url)
