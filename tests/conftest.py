@@ -61,7 +61,8 @@ SERVER_FIXTURES = {"servers", "stack", "api", "redis_url"}
 
 
 # The modules that take longest (own stacks, long faults) go first, so that two processes
-# (``-n 2 --dist loadfile``) end on short ones together rather than one on a long one.
+# (``make test``: ``-n 2 --dist loadfile --no-loadscope-reorder``) end on short ones
+# together rather than one on a long one.
 LONGEST_FIRST = (
     "test_faults",
     "test_families",
