@@ -1,5 +1,6 @@
-"""The test stacks' launcher: what it starts is the program a plain exec would start, with
-its argv, environment, directory, log, session, exit code and signals."""
+"""The test stacks' launcher (``harness/launcher.py``): what it starts is the program a
+plain exec would start, with its argv, environment, directory, log, session, exit code
+and signals."""
 
 from __future__ import annotations
 
