@@ -11,11 +11,12 @@ libraries once, then forks on request. The child becomes the program:
   signalled, killed and waited for like any subprocess (``LaunchedProcess``);
 - Kiln's own modules are not preloaded: the child imports and runs all of Kiln itself.
 
-Only libraries that read nothing from the environment at import time are preloaded, and
-a launcher serves only requests whose environment matches its own outside ``KILN_*``;
-anything else (``prometheus_client`` reads its multiprocess directory at import) is left
-to the child. The worker launcher is kept apart from the web one, so an API process
-never holds torch. ``Stack.spawn`` falls back to a plain ``exec`` for any other program.
+Only libraries that read nothing from the environment at import time are preloaded
+(``prometheus_client``, which reads its multiprocess directory then, is left to the
+child), and a launcher serves only requests whose environment matches its own in all
+that its libraries may read at import (everything but ``UNREAD``). The worker launcher
+is kept apart from the web one, so an API process never holds torch. ``Stack.spawn``
+falls back to a plain ``exec`` for any other program or environment.
 
 Used by the test suite (``tests/conftest.py`` calls ``enable``); the benchmarks measure
 real starts and never use it.
@@ -142,12 +143,13 @@ class Launcher:
         self.env = env
         self.dir = Path(tempfile.mkdtemp(prefix=f"kiln-launcher-{flavor}-"))
         self.sock = str(self.dir / "sock")
+        self._log = (self.dir / "launcher.log").open("ab")
         self.popen = subprocess.Popen(
             [sys.executable, "-u", "-m", "harness.launcher", flavor, str(self.dir)],
             cwd=cwd,
             env=env,
             stdin=subprocess.DEVNULL,
-            stdout=(self.dir / "launcher.log").open("ab"),
+            stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
@@ -183,6 +185,7 @@ class Launcher:
             self.popen.kill()
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.popen.wait(5)
+        self._log.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
