@@ -28,13 +28,15 @@ chromium:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
 	  else echo "install Debian's chromium for the browser tests" >&2; fi; }
 
-# Two processes, a test module each at a time, modules in the order tests/conftest.py gives
-# (longest first; xdist's own order is by number of tests).
+# One pytest process per core and one more (the fault tests spend much of their time
+# waiting out real timeouts, which leaves a core idle), a test module each at a time, in
+# the order tests/conftest.py gives (longest first; xdist's own order is by test count).
+TEST_PROCS ?= $(shell echo $$(( $$(nproc) + 1 )))
 test: $(STAMP) chromium
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder; rc=$$?; \
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -n $(TEST_PROCS) --dist loadfile --no-loadscope-reorder; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "no tests were collected" >&2; exit 1; fi; exit $$rc
 
 lint: $(STAMP)

@@ -60,9 +60,9 @@ def tiny_models_dir() -> Path:
 SERVER_FIXTURES = {"servers", "stack", "api", "redis_url"}
 
 
-# The modules that take longest (own stacks, long faults) go first, so that two processes
-# (``make test``: ``-n 2 --dist loadfile --no-loadscope-reorder``) end on short ones
-# together rather than one on a long one.
+# Under xdist (``make test``: ``--dist loadfile --no-loadscope-reorder``) the modules that
+# take longest (own stacks, long faults) go first, so that the processes end on short ones
+# together rather than one on a long one. A run in one process keeps the order it is given.
 LONGEST_FIRST = (
     "test_faults",
     "test_families",
@@ -78,9 +78,10 @@ LONGEST_FIRST = (
 )
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(Path(str(item.fspath)).stem, len(rank)))
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if hasattr(config, "workerinput"):  # an xdist worker: this order is the schedule
+        rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+        items.sort(key=lambda item: rank.get(Path(str(item.fspath)).stem, len(rank)))
     for item in items:
         parts = Path(str(item.fspath)).parts
         if "e2e" in parts:
