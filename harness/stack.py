@@ -65,6 +65,21 @@ def process_env() -> dict[str, str]:
     }
 
 
+def run_kiln(
+    *args: str, env: Mapping[str, str], timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """``kiln ARGS`` run to its end as a person runs it: no input, output read as text."""
+    return subprocess.run(
+        [str(BIN / "kiln"), *args],
+        env=dict(env),
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 @dataclass
 class Proc:
     name: str
@@ -161,6 +176,12 @@ class Stack:
     @property
     def settings(self) -> Settings:
         return from_env(self.env)
+
+    def run_kiln(
+        self, *args: str, env: Mapping[str, str] | None = None, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        """``kiln ARGS`` on this stack's settings (and ``env``), run to its end."""
+        return run_kiln(*args, env={**self.env, **(env or {})}, timeout=timeout)
 
     def spawn(self, name: str, argv: list[str], *, env: Mapping[str, str] | None = None) -> Proc:
         log = self.workdir / f"{name}.log"

@@ -45,17 +45,6 @@ def job_id_of(proc: subprocess.Popen) -> str:
     raise AssertionError(f"no job line; exit {proc.wait()}: {proc.stdout and proc.stdout.read()}")
 
 
-def run(stack: Stack, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [KILN, *args],
-        env={**stack.env, **(env or {})},
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
 # A job long enough on the tiny model to be interrupted while it runs.
 LONG = ("--width", "128", "--height", "128", "--steps", "150")
 
@@ -134,7 +123,7 @@ def test_out_must_be_a_writable_folder_before_anything_is_sent(
         out.write_text("x")
     # An API that is not there: had the command submitted first, it would say so.
     dead = f"http://127.0.0.1:{free_port()}"
-    res = run(stack, "generate", "a red fox", "--out", str(out), "--url", dead)
+    res = stack.run_kiln("generate", "a red fox", "--out", str(out), "--url", dead)
     assert res.returncode != 0
     assert res.stderr.count("\n") == 1  # one line
     assert f"--out {out} is not a writable folder" in res.stderr
@@ -142,8 +131,7 @@ def test_out_must_be_a_writable_folder_before_anything_is_sent(
 
 
 def test_options_and_json(stack: Stack, tmp_path: Path) -> None:
-    res = run(
-        stack,
+    res = stack.run_kiln(
         *("generate", "a red fox", "--model", "tiny-sd", "--seed", "3", "--steps", "3"),
         *("--scheduler", "euler", "--guidance", "5.5", "--lora", "style:0.5", "--json"),
         *("--out", str(tmp_path / "new" / "folder"), "--url", stack.api_url),
@@ -159,41 +147,41 @@ def test_options_and_json(stack: Stack, tmp_path: Path) -> None:
 
 
 def test_bad_option_values_are_one_line_errors(stack: Stack) -> None:
-    bad_lora = run(stack, "generate", "x", "--lora", "style:lots", "--url", stack.api_url)
+    bad_lora = stack.run_kiln("generate", "x", "--lora", "style:lots", "--url", stack.api_url)
     assert bad_lora.returncode == 1 and bad_lora.stderr.count("\n") == 1
     assert "--lora 'style:lots'" in bad_lora.stderr
-    unknown = run(stack, "generate", "x", "--scheduler", "nope", "--url", stack.api_url)
+    unknown = stack.run_kiln("generate", "x", "--scheduler", "nope", "--url", stack.api_url)
     assert unknown.returncode == 1 and "Traceback" not in unknown.stderr
     assert unknown.stderr.count("\n") == 1 and "scheduler" in unknown.stderr
 
 
 def test_models_list_asks_the_api_at_kiln_url(stack: Stack) -> None:
-    res = run(stack, "models", "list", env={"KILN_URL": stack.api_url})
+    res = stack.run_kiln("models", "list", env={"KILN_URL": stack.api_url})
     assert res.returncode == 0, res.stderr
     assert res.stdout.split()[0] == "tiny-sd"
-    as_json = run(stack, "models", "list", "--json", env={"KILN_URL": stack.api_url})
+    as_json = stack.run_kiln("models", "list", "--json", env={"KILN_URL": stack.api_url})
     assert [m["id"] for m in json.loads(as_json.stdout)][:1] == ["tiny-sd"]
     dead = f"http://127.0.0.1:{free_port()}"
-    down = run(stack, "models", "list", env={"KILN_URL": dead})
+    down = stack.run_kiln("models", "list", env={"KILN_URL": dead})
     assert down.returncode == 1 and down.stderr.count("\n") == 1
     assert f"cannot reach Kiln at {dead}" in down.stderr
 
 
 def test_version(stack: Stack) -> None:
-    res = run(stack, "--version")
+    res = stack.run_kiln("--version")
     assert res.returncode == 0 and res.stdout.startswith("kiln ")
     assert res.stdout.split()[1][0].isdigit()
 
 
 def test_jobs_show_takes_a_prefix(stack: Stack, api: KilnHTTP) -> None:
     job = api.run(prompt="a red fox", model="tiny-sd", steps=2)
-    show = run(stack, "jobs", "show", job["id"][:10], "--url", stack.api_url)
+    show = stack.run_kiln("jobs", "show", job["id"][:10], "--url", stack.api_url)
     assert show.returncode == 0, show.stderr
     assert json.loads(show.stdout)["id"] == job["id"]
-    missing = run(stack, "jobs", "show", "zzzzzz", "--url", stack.api_url)
+    missing = stack.run_kiln("jobs", "show", "zzzzzz", "--url", stack.api_url)
     assert missing.returncode == 1 and "404" in missing.stderr
     assert missing.stderr.count("\n") == 1
-    odd = run(stack, "jobs", "show", "../models", "--url", stack.api_url)
+    odd = stack.run_kiln("jobs", "show", "../models", "--url", stack.api_url)
     assert odd.returncode == 1 and "is not a job id" in odd.stderr
 
 
@@ -208,8 +196,7 @@ def test_generate_from_an_image_file_with_strength_then_from_that_job(
     Image.radial_gradient("L").resize((80, 72)).convert("RGB").save(source)
     common = ("--model", "tiny-sd", "--steps", "3", "--json", "--url", stack.api_url)
     common += ("--out", str(tmp_path / "out"))
-    res = run(
-        stack,
+    res = stack.run_kiln(
         *("generate", "a red fox at night", "--image", str(source), "--strength", "0.6"),
         *("--seed", "4", *common),
     )
@@ -222,15 +209,15 @@ def test_generate_from_an_image_file_with_strength_then_from_that_job(
     assert Image.open(job["files"][0]).size == (80, 72)  # the image's size
 
     # The start of a finished job's id chains from its output, with no upload.
-    again = run(stack, "generate", "sharper", "--image", job["id"][:12], *common)
+    again = stack.run_kiln("generate", "sharper", "--image", job["id"][:12], *common)
     assert again.returncode == 0, again.stderr
     image = json.loads(again.stdout)["params"]["image"]
     assert (image["source"], image["job"]) == ("job", job["id"])
     assert image["key"] == job["images"][0]["key"]
 
-    missing = run(stack, "generate", "x", "--image", str(tmp_path / "nope.png"), *common)
+    missing = stack.run_kiln("generate", "x", "--image", str(tmp_path / "nope.png"), *common)
     assert missing.returncode == 1 and missing.stderr.count("\n") == 1
     assert "no such file, http(s) URL or job" in missing.stderr
-    too_much = run(stack, "generate", "x", "--image", str(source), "--strength", "2", *common)
+    too_much = stack.run_kiln("generate", "x", "--image", str(source), "--strength", "2", *common)
     assert too_much.returncode == 1 and "strength" in too_much.stderr
     assert too_much.stderr.count("\n") == 1 and "Traceback" not in too_much.stderr

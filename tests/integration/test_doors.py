@@ -20,7 +20,7 @@ from PIL import Image
 from app.client import Kiln, image_field
 from app.client import KilnError as KilnClientError
 from harness.http import KilnHTTP, fetch_image
-from harness.stack import BIN, Stack, wait_for
+from harness.stack import Stack, wait_for
 
 
 def test_openai_sdk_with_url(stack: Stack) -> None:
@@ -280,49 +280,18 @@ def test_client_polls_when_there_is_no_event_stream(stack: Stack) -> None:
 
 
 def test_cli_writes_pngs(stack: Stack, tmp_path: Path) -> None:
-    out = subprocess.run(
-        [
-            str(BIN / "kiln"),
-            "generate",
-            "a red fox",
-            "--model",
-            "tiny-sd",
-            "-n",
-            "2",
-            "--seed",
-            "7",
-            "--steps",
-            "4",
-            "--out",
-            str(tmp_path),
-            "--url",
-            stack.api_url,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=stack.env,
+    out = stack.run_kiln(
+        *("generate", "a red fox", "--model", "tiny-sd", "-n", "2", "--seed", "7"),
+        *("--steps", "4", "--out", str(tmp_path), "--url", stack.api_url),
     )
     assert out.returncode == 0, out.stderr
     pngs = sorted(tmp_path.glob("*.png"))
     assert [p.name.rsplit("-", 1)[1] for p in pngs] == ["7.png", "8.png"]
     assert "seed 7" in out.stdout and "step" in out.stderr  # the progress bar
     job_id = pngs[0].name.rsplit("-", 1)[0]
-    show = subprocess.run(
-        [str(BIN / "kiln"), "jobs", "show", job_id, "--url", stack.api_url],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=stack.env,
-    )
+    show = stack.run_kiln("jobs", "show", job_id, "--url", stack.api_url)
     assert '"succeeded"' in show.stdout
-    cancel = subprocess.run(
-        [str(BIN / "kiln"), "jobs", "cancel", job_id, "--url", stack.api_url],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=stack.env,
-    )
+    cancel = stack.run_kiln("jobs", "cancel", job_id, "--url", stack.api_url)
     assert cancel.returncode != 0 and "409" in cancel.stderr
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 import requests
@@ -14,6 +16,32 @@ from harness.http import KilnHTTP
 from harness.stack import BIN, SECRETS, Stack, free_port, wait_for
 
 SECRETS.extend(["flower-pass-123", "flower-hook-token", "retried-hook-token"])  # never in a log
+AUTH = ("ops", "flower-pass-123")
+
+
+@contextmanager
+def flower(stack: Stack, name: str, env: dict[str, str]) -> Iterator[str]:
+    """``kiln flower`` on a free port with basic auth, on the stack's settings and ``env``;
+    its URL once it answers, stopped after."""
+    port = free_port()
+    env = {
+        **stack.env,
+        "KILN_FLOWER_PORT": str(port),
+        "KILN_FLOWER_BASIC_AUTH": ":".join(AUTH),
+        **env,
+    }
+    proc = stack.spawn(name, [str(BIN / "kiln"), "flower"], env=env)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_for(
+            lambda: requests.get(f"{url}/healthcheck", timeout=1).ok,
+            timeout=60,
+            what="flower",
+            proc=proc.popen,
+        )
+        yield url
+    finally:
+        proc.stop()
 
 
 def test_flower_needs_basic_auth_outside_dev() -> None:
@@ -24,24 +52,9 @@ def test_flower_needs_basic_auth_outside_dev() -> None:
 
 
 def test_flower_refuses_requests_without_credentials(stack: Stack) -> None:
-    port = free_port()
-    env = {
-        **stack.env,
-        "KILN_PROFILE": "prod",
-        "KILN_FLOWER_PORT": str(port),
-        "KILN_FLOWER_BASIC_AUTH": "ops:flower-pass-123",
-    }
-    proc = stack.spawn("flower", [str(BIN / "kiln"), "flower"], env=env)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_for(
-            lambda: requests.get(f"{url}/healthcheck", timeout=1).ok,
-            timeout=60,
-            what="flower",
-            proc=proc.popen,
-        )
+    with flower(stack, "flower", {"KILN_PROFILE": "prod"}) as url:
         assert requests.get(f"{url}/", timeout=5).status_code == 401
-        assert requests.get(f"{url}/", auth=("ops", "flower-pass-123"), timeout=5).ok
+        assert requests.get(f"{url}/", auth=AUTH, timeout=5).ok
         metrics = requests.get(f"{url}/metrics", timeout=5)
         assert metrics.status_code == 200 and "flower_" in metrics.text
 
@@ -49,11 +62,7 @@ def test_flower_refuses_requests_without_credentials(stack: Stack) -> None:
         # seen a whole task, so that the next one's task-sent event (its queue) is caught.
         first = KilnHTTP(stack.api_url).run(prompt="flower warm-up", model="tiny-sd", steps=1)
         wait_for(
-            lambda: (
-                requests.get(
-                    f"{url}/api/task/info/{first['id']}", auth=("ops", "flower-pass-123"), timeout=5
-                ).ok
-            ),
+            lambda: requests.get(f"{url}/api/task/info/{first['id']}", auth=AUTH, timeout=5).ok,
             timeout=60,
             what="flower's event receiver",
         )
@@ -64,10 +73,9 @@ def test_flower_refuses_requests_without_credentials(stack: Stack) -> None:
             prompt="seen by flower", model="tiny-sd", steps=2, webhook_url=hook
         )
         assert job["status"] == "succeeded", job
-        auth = ("ops", "flower-pass-123")
 
         def task() -> dict:
-            return requests.get(f"{url}/api/task/info/{job['id']}", auth=auth, timeout=5).json()
+            return requests.get(f"{url}/api/task/info/{job['id']}", auth=AUTH, timeout=5).json()
 
         wait_for(lambda: task().get("state") == "SUCCESS", timeout=30, what="task in flower")
         info = task()
@@ -77,16 +85,16 @@ def test_flower_refuses_requests_without_credentials(stack: Stack) -> None:
         assert "X-Amz-Signature" not in json.dumps(info)
         assert info["routing_key"] == "gen.tiny-sd"
         assert "seen by flower" in info["kwargs"] and "hooks.invalid/***" in info["kwargs"]
-        listing = requests.get(f"{url}/api/tasks", auth=auth, timeout=5).text
+        listing = requests.get(f"{url}/api/tasks", auth=AUTH, timeout=5).text
         assert "flower-hook-token" not in listing and "flower-sig" not in listing
-        assert "flower-hook-token" not in requests.get(f"{url}/tasks", auth=auth, timeout=5).text
+        assert "flower-hook-token" not in requests.get(f"{url}/tasks", auth=AUTH, timeout=5).text
 
         # A retried message is rebuilt by Celery: it shows the redacted kwargs too.
         retried = retried_job(stack, "https://hooks.invalid/T0/retried-hook-token?sig=x")
         try:
 
             def retried_info() -> dict:
-                return requests.get(f"{url}/api/task/info/{retried}", auth=auth, timeout=5).json()
+                return requests.get(f"{url}/api/task/info/{retried}", auth=AUTH, timeout=5).json()
 
             wait_for(
                 lambda: (retried_info().get("retries") or 0) >= 1,
@@ -95,45 +103,25 @@ def test_flower_refuses_requests_without_credentials(stack: Stack) -> None:
             )
             info = retried_info()
             assert "hooks.invalid/***" in info["kwargs"], info
-            listing = requests.get(f"{url}/api/tasks", auth=auth, timeout=5).text
+            listing = requests.get(f"{url}/api/tasks", auth=AUTH, timeout=5).text
             assert "retried-hook-token" not in json.dumps(info) + listing
         finally:
             end_retried(stack, retried)
-    finally:
-        proc.stop()
 
 
 def test_flower_lists_the_model_queues_before_any_worker_reports(stack: Stack) -> None:
     from config.models import load_models
 
-    port = free_port()
     # A broker database of its own: no worker there, so Flower knows queues only from
     # its app (with a worker, it lists the queues the workers report).
     broker = stack.env["KILN_BROKER_URL"].rsplit("/", 1)[0] + "/11"
-    env = {
-        **stack.env,
-        "KILN_FLOWER_PORT": str(port),
-        "KILN_BROKER_URL": broker,
-        "KILN_FLOWER_BASIC_AUTH": "ops:flower-pass-123",
-    }
-    auth = ("ops", "flower-pass-123")
-    proc = stack.spawn("flower-queues", [str(BIN / "kiln"), "flower"], env=env)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_for(
-            lambda: requests.get(f"{url}/healthcheck", timeout=1).ok,
-            timeout=60,
-            what="flower",
-            proc=proc.popen,
-        )
-        lengths = requests.get(f"{url}/api/queues/length", auth=auth, timeout=5)
+    with flower(stack, "flower-queues", {"KILN_BROKER_URL": broker}) as url:
+        lengths = requests.get(f"{url}/api/queues/length", auth=AUTH, timeout=5)
         queues = lengths.json()["active_queues"]
         names = {q["name"] for q in queues}
         models = load_models(stack.settings.models_file)
         assert names == {f"gen.{m}" for m in models} | {"webhooks"}, names
-        assert "gen.tiny-sd" in requests.get(f"{url}/broker", auth=auth, timeout=5).text
-    finally:
-        proc.stop()
+        assert "gen.tiny-sd" in requests.get(f"{url}/broker", auth=AUTH, timeout=5).text
 
 
 FAKE_WORKER = "tiny-sd@elsewhere@test"

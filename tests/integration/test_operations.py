@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import requests
 
 from harness.http import KilnHTTP
 from harness.metrics import Samples, scrape, value
-from harness.stack import BIN, Stack, wait_for
+from harness.stack import Stack, wait_for
 from tasks.jobs import bookkeeping as bk
 
 
@@ -74,13 +73,7 @@ def test_worker_logs_are_json_lines_with_job_and_batch(stack: Stack, api: KilnHT
 
 
 def test_capacity_from_measured_seconds_per_image(stack: Stack) -> None:
-    out = subprocess.run(
-        [str(BIN / "kiln"), "capacity", "-m", "tiny-sd", "--usd-per-gpu-hour", "3.5"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=stack.env,
-    )
+    out = stack.run_kiln("capacity", "-m", "tiny-sd", "--usd-per-gpu-hour", "3.5")
     assert out.returncode == 0, out.stderr
     row = out.stdout.splitlines()[1].split()
     assert row[0] == "tiny-sd" and float(row[1]) > 0 and float(row[4]) > 0

@@ -7,7 +7,6 @@ stored, and checks that the key's extension names the format.
 from __future__ import annotations
 
 import base64
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,7 @@ from openai import OpenAI
 
 from app.client import Kiln
 from harness.http import KilnHTTP
-from harness.stack import BIN, Stack
+from harness.stack import Stack
 
 MAGIC = {"png": b"\x89PNG\r\n\x1a\n", "jpeg": b"\xff\xd8\xff"}
 
@@ -152,39 +151,13 @@ def test_python_client(stack: Stack) -> None:
 
 
 def test_cli_flag(stack: Stack, tmp_path: Path) -> None:
-    out = subprocess.run(
-        [
-            str(BIN / "kiln"),
-            "generate",
-            "a red fox",
-            "--model",
-            "tiny-sd",
-            "--seed",
-            "7",
-            "--steps",
-            "2",
-            "--output-format",
-            "webp",
-            "--output-compression",
-            "75",
-            "--out",
-            str(tmp_path),
-            "--url",
-            stack.api_url,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=stack.env,
+    out = stack.run_kiln(
+        *("generate", "a red fox", "--model", "tiny-sd", "--seed", "7", "--steps", "2"),
+        *("--output-format", "webp", "--output-compression", "75"),
+        *("--out", str(tmp_path), "--url", stack.api_url),
     )
     assert out.returncode == 0, out.stderr
     (path,) = tmp_path.iterdir()
     assert path.name.endswith("-7.webp") and is_format(path.read_bytes(), "webp")
-    bad = subprocess.run(
-        [str(BIN / "kiln"), "generate", "x", "--output-format", "gif", "--url", stack.api_url],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=stack.env,
-    )
+    bad = stack.run_kiln("generate", "x", "--output-format", "gif", "--url", stack.api_url)
     assert bad.returncode != 0 and "output-format" in bad.stderr

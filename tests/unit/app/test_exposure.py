@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 from app.auth import hash_key, new_key
 from app.exposure import open_doors
 from config.settings import from_env
+from harness.stack import process_env, run_kiln
 
 ROOT = Path(__file__).resolve().parents[3]
 CLOSED = {
@@ -59,16 +57,7 @@ def test_each_open_door_is_named(tmp_path: Path) -> None:
 
 
 def test_kiln_config_prints_the_warnings_on_stderr(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KILN_")}
-    env.update(PYTHONPATH=str(ROOT), KILN_DATA_DIR=str(tmp_path))
-    out = subprocess.run(
-        [sys.executable, "-m", "app.cli", "config"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-        cwd=ROOT,
-    )
+    out = run_kiln("config", env={**process_env(), "KILN_DATA_DIR": str(tmp_path)})
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("{")
     assert "warning: no API keys" in out.stderr

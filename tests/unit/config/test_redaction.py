@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +12,7 @@ from celery.app.task import Context
 from app.auth import hash_key, load_keys, new_key
 from config.logging import RedactingFilter, scrub, secrets_of, setup_logging
 from config.settings import SettingsError, from_env, redact_url
+from harness.stack import process_env, run_kiln
 
 ROOT = Path(__file__).resolve().parents[3]
 ENV = {
@@ -71,16 +69,7 @@ def test_every_url_shaped_setting_is_redacted() -> None:
 
 
 def test_kiln_config_prints_no_secret() -> None:
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("KILN_")}, **ENV}
-    env["PYTHONPATH"] = str(ROOT)
-    out = subprocess.run(
-        [sys.executable, "-m", "app.cli", "config"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-        cwd=ROOT,
-    )
+    out = run_kiln("config", env={**process_env(), **ENV})
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["broker_url"] == "redis://kiln:***@redis.internal:6379/0"
     assert not [s for s in SECRETS if s in out.stdout + out.stderr]
