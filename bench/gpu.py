@@ -557,10 +557,10 @@ def main(argv: list[str] | None = None) -> int:
     default_few = str(max(batches)) if smoke else ",".join(map(str, batches))
     kiln_batches = [int(b) for b in (args.kiln_batches or default_few).split(",")]
     compile_batches = [int(b) for b in (args.compile_batches or default_few).split(",")]
-    threads_env: dict[str, str] = {}
+    stack_env: dict[str, str] = {"KILN_DEVICE": device}
     if smoke:
         torch.set_num_threads(1)
-        threads_env["KILN_TORCH_THREADS"] = "1"
+        stack_env["KILN_TORCH_THREADS"] = "1"
     chosen = setups(smoke)
     models = [chosen[m] for m in args.models.split(",")]
     backend = "eager" if smoke else "inductor"
@@ -580,7 +580,7 @@ def main(argv: list[str] | None = None) -> int:
         models_file.write_text(yaml.safe_dump({"models": raws}))
         start_est = 20.0 if smoke else 60.0
         proof.say("kiln: starting Valkey, the S3 server and the API")
-        with kiln_stack(workdir, models_file, threads_env) as (stack, api):
+        with kiln_stack(workdir, models_file, stack_env) as (stack, api):
             for group in kiln_groups(proof, models, kiln_batches, bare):
                 est = start_est + sum(4 * b * bare[s.model]["spi"][b] for s, b in group)
                 what = "kiln " + ", ".join(f"{s.model} batch {b}" for s, b in group)

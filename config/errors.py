@@ -178,6 +178,11 @@ class SettingsError(ValueError):
     """A ``KILN_*`` variable has a value Kiln cannot use; the message names it."""
 
 
+class DeviceUnavailable(SettingsError):
+    """The device a worker was asked to serve on is not there; the message says why and
+    what to do (a worker never falls back to the CPU unless asked)."""
+
+
 class ModelConfigError(ValueError):
     """models.yaml has an entry Kiln cannot use; the message names it."""
 

@@ -170,6 +170,9 @@ class Stack:
             # The test profile, like prod, needs API keys unless told otherwise: this stack
             # runs open; tests of keys and scopes override KILN_AUTH and KILN_API_KEYS.
             "KILN_AUTH": "off",
+            # The tests serve on the CPU on purpose (a prod-profile worker with an fp16
+            # model asks for CUDA otherwise); the GPU proof's stack says cuda.
+            "KILN_DEVICE": "cpu",
             **self.env_overrides,
         }
 

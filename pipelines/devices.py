@@ -86,3 +86,132 @@ def pick_dtype(dtype: str, device: str, *, cpu_dtype: str = "fp32") -> torch.dty
         )
     result = getattr(torch, _DTYPES[use])
     return result
+
+
+# -- is the GPU really there: torch's CUDA build and the driver ------------------------
+# torch's CUDA builds and the oldest Linux driver each runs on, newest first (NVIDIA's
+# CUDA compatibility table: CUDA 13 needs R580+; CUDA 12.8 R570+; 12.x builds start on
+# R525+ by minor-version compatibility). deploy/README.md carries the same table.
+BUILDS = (("cu130", "13", 580), ("cu128", "12", 570), ("cu126", "12", 525))
+
+
+def build_for_driver(driver: str) -> str | None:
+    """The newest torch CUDA build (``cu128``) that runs on ``driver`` (``570.86.15``)."""
+    major = int(driver.split(".")[0])
+    return next((name for name, _cuda, need in BUILDS if major >= need), None)
+
+
+def driver_version() -> str | None:
+    """The NVIDIA driver's version, from NVML (the library the driver ships), else
+    from ``nvidia-smi``; None when neither answers (no driver, or none visible here)."""
+    import ctypes
+
+    try:
+        nvml = ctypes.CDLL("libnvidia-ml.so.1")
+        if nvml.nvmlInit_v2() == 0:
+            buf = ctypes.create_string_buffer(96)
+            ok = nvml.nvmlSystemGetDriverVersion(buf, ctypes.c_uint(96)) == 0
+            nvml.nvmlShutdown()
+            if ok and buf.value:
+                return buf.value.decode()
+    except (OSError, AttributeError):
+        pass
+    import shutil
+    import subprocess
+
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return None
+    try:
+        out = subprocess.run(
+            [smi, "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        ).stdout.split()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out[0] if out else None
+
+
+def torch_build() -> tuple[str, str | None]:
+    """(torch's version, the CUDA version it was built for, or None for a CPU build)."""
+    import torch
+
+    return str(torch.__version__), torch.version.cuda
+
+
+def no_cuda_reason(*, torch_version: str, cuda_build: str | None, driver: str | None) -> str:
+    """Why torch sees no CUDA device, and what to do, from the three facts that decide
+    it (pure: tested without a GPU)."""
+    if cuda_build is None:
+        return (
+            f"torch {torch_version} is a CPU-only build (no CUDA); install a CUDA build of "
+            "torch==" + torch_version.split("+")[0] + " that matches this host's driver "
+            "(deploy/README.md, 'The wheel and the driver'; the worker image's TORCH_CUDA "
+            "build argument)"
+        )
+    need = min((d for _n, cuda, d in BUILDS if cuda == cuda_build.split(".")[0]), default=0)
+    where = f"torch {torch_version} is built for CUDA {cuda_build}"
+    if driver is None:
+        return (
+            f"{where}, and no NVIDIA driver answered (NVML, nvidia-smi): is a GPU visible "
+            "here (CUDA_VISIBLE_DEVICES, the container's --gpus or device plugin)?"
+        )
+    if int(driver.split(".")[0]) < need:
+        build = build_for_driver(driver)
+        fix = f"upgrade the driver to R{need}+"
+        if build:
+            image = f"worker image: --build-arg TORCH_CUDA={build}"
+            fix = f"install torch's {build} build ({image}) or {fix}"
+        return f"{where}, which needs driver R{need}+; this host's driver is {driver}: {fix}"
+    return (
+        f"{where} and the driver is {driver}, yet torch finds no usable device: check "
+        "CUDA_VISIBLE_DEVICES and that the device is not held exclusively by another process"
+    )
+
+
+def require_cuda(device: str, *, asked_by: str) -> None:
+    """Raise :class:`~config.errors.DeviceUnavailable` in one line when ``device`` (cuda,
+    cuda:N) cannot be had; ``asked_by`` says what asked for it (``--gpu 0``)."""
+    from config.errors import DeviceUnavailable
+
+    if cuda_available():
+        import torch
+
+        index = int(device.partition(":")[2] or 0)
+        if index < torch.cuda.device_count():
+            return
+        raise DeviceUnavailable(
+            f"{asked_by} asks for {device}, but torch sees {torch.cuda.device_count()} CUDA "
+            "device(s) here (CUDA_VISIBLE_DEVICES renumbers them from 0)"
+        )
+    version, build = torch_build()
+    reason = no_cuda_reason(torch_version=version, cuda_build=build, driver=driver_version())
+    raise DeviceUnavailable(
+        f"{asked_by} asks for a CUDA GPU, but torch sees none: {reason}; "
+        "or set KILN_DEVICE=cpu to serve on the CPU on purpose"
+    )
+
+
+def serving_device(
+    *, device: str, gpu: int | None, profile: str, dtype: str
+) -> tuple[str, str | None]:
+    """(the device a worker serves on, what asked for CUDA or None).
+
+    ``KILN_DEVICE=cpu`` is the one way to a CPU worker on purpose; ``KILN_DEVICE=cuda…``,
+    ``--gpu I`` (pinned, so ``cuda``) or the prod profile with a half-precision model ask
+    for CUDA, which :func:`require_cuda` then holds them to; otherwise (the dev and test
+    profiles, no ``--gpu``) ``""``: CUDA when present, else the CPU.
+    """
+    device = device.strip()
+    if device == "cpu":
+        return "cpu", None
+    if is_cuda(device):
+        return device, f"KILN_DEVICE={device}"
+    if gpu is not None:
+        return "cuda", f"--gpu {gpu}"
+    if profile == "prod" and dtype in ("fp16", "bf16"):
+        return "cuda", f"the prod profile with a {dtype} model"
+    return device, None

@@ -11,11 +11,12 @@ import logging
 import os
 import socket
 import time
+from dataclasses import replace
 from typing import Any
 
 from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
 
-from config.settings import get_settings
+from config.settings import Settings, get_settings
 from tasks.messaging.app import get_celery
 from tasks.messaging.names import queue_for
 from tasks.worker import metrics
@@ -34,6 +35,21 @@ def worker_name(
     return f"{model}@{device}.{pid or os.getpid()}@{host or socket.gethostname()}"
 
 
+def check_device(settings: Settings, model: str, gpu: int | None) -> str:
+    """The device this worker serves on; a GPU asked for and not there is refused here,
+    in one line, before anything loads or the worker says it is ready."""
+    from pipelines.devices import require_cuda, serving_device
+    from pipelines.registry import Registry
+
+    dtype = Registry.from_file(settings.models_file)[model].spec.dtype
+    device, asked_by = serving_device(
+        device=settings.device, gpu=gpu, profile=settings.profile, dtype=dtype
+    )
+    if asked_by is not None:
+        require_cuda(device, asked_by=asked_by)
+    return device
+
+
 def run_worker(
     model: str,
     *,
@@ -46,6 +62,7 @@ def run_worker(
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)  # before torch is imported
     settings = get_settings()
+    settings = replace(settings, device=check_device(settings, model, gpu))
     name = worker_name(model, gpu)
     runtime = rt.build(settings, model, hostname=name)
 
