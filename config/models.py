@@ -80,8 +80,11 @@ class ModelSpec:
     max_batch: int = 4
     max_wait_ms: int = 50
     compile: bool = False
-    compile_mode: str = "max-autotune-no-cudagraphs"  # on CUDA; see COMPILE_MODES
+    compile_mode: str = "default"  # on CUDA; see COMPILE_MODES (max-autotune: tuned once, cached)
     compile_backend: str = "inductor"
+    # Sizes compiled at warm-up besides the default one; any other size runs eager.
+    compile_sizes: tuple[tuple[int, int], ...] = ()
+    compile_regional: bool = True  # the denoiser's repeated blocks only (diffusers' regional)
     batch_buckets: tuple[int, ...] = ()  # pad batches up to these sizes; see ``buckets``
     fuse_qkv: bool = False  # one q/k/v matmul per attention (not with LoRAs)
     tf32: bool = True  # CUDA: fp32 matmuls and convolutions in TF32
@@ -157,6 +160,7 @@ def parse_model(raw: Mapping[str, Any], *, base_dir: Path | None = None) -> Mode
     )
     data["schedulers"] = tuple(data.get("schedulers") or ())
     data["batch_buckets"] = _buckets(data.get("batch_buckets"), where)
+    data["compile_sizes"] = _sizes(data.get("compile_sizes"), where)
     spec: ModelSpec = _build(ModelSpec, data, where)
     if spec.dtype not in DTYPES:
         raise ModelConfigError(f"{where}: dtype must be one of {DTYPES}, got {spec.dtype!r}")
@@ -190,6 +194,21 @@ def parse_model(raw: Mapping[str, Any], *, base_dir: Path | None = None) -> Mode
     if base_dir is not None and spec.source.startswith(("./", "../")):
         spec = replace(spec, source=str((base_dir / spec.source).resolve()))
     return spec
+
+
+def _sizes(raw: Any, where: str) -> tuple[tuple[int, int], ...]:
+    """``compile_sizes``: a list of ``[width, height]`` pairs of positive integers."""
+    if raw is None:
+        return ()
+    pairs: list[Any] = list(raw) if isinstance(raw, list | tuple) else [None]
+    if not all(
+        isinstance(p, list | tuple)
+        and len(p) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in p)
+        for p in pairs
+    ):
+        raise ModelConfigError(f"{where}: compile_sizes must be a list of [width, height] pairs")
+    return tuple((int(w), int(h)) for w, h in pairs)
 
 
 def _buckets(raw: Any, where: str) -> tuple[int, ...]:

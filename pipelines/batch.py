@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from config.errors import InvalidInput
+from pipelines.compiling import serving
 from pipelines.registry import Model
 
 MAX_SEED = 2**64 - 1
@@ -178,8 +179,10 @@ def run_batch(
         if params.mode == "img2img" and not model.family.name.startswith("flux"):
             del kwargs["width"], kwargs["height"]  # SD and SDXL take the init image's size
 
-        # 6. Denoise and decode; the padding's images are dropped.
-        out = pipe(**kwargs)
+        # 6. Denoise and decode (a compiled model: only with the graphs warm-up made);
+        #    the padding's images are dropped.
+        with serving(loaded, params):
+            out = pipe(**kwargs)
     images = list(out.images)[:wanted]
 
     # 7. Inpainting: the pixels outside each mask are the init image's, exactly.

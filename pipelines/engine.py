@@ -239,38 +239,57 @@ class Engine:
             return
         try:
             self._call(params, live)
-        except torch.cuda.OutOfMemoryError:
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            if len(live) == 1:
-                self._fail_slots(
-                    live,
-                    OutOfMemory(
-                        f"one {params.width}x{params.height} image does not fit in device memory"
-                    ),
-                )
-                return
-            half = len(live) // 2
-            shape = (params.width, params.height)
-            self.shape_limits[shape] = max(1, min(self._limit(params), half))
-            self.stats["oom_splits"] += 1
-            log.warning(
-                "out of memory at batch %d for %dx%d: splitting, max_batch now %d",
-                len(live),
-                *shape,
-                self.shape_limits[shape],
-            )
-            self._run(params, live[:half])
-            self._run(params, live[half:])
+            return
+        except torch.OutOfMemoryError:
+            pass  # recovered below, once out of this block (see _recover)
         except _Abort:
-            pass  # every request of the batch was canceled; their futures are failed
+            return  # every request of the batch was canceled; their futures are failed
         except KilnError as exc:
             self._fail_slots(live, exc)
+            return
         except Exception as exc:
             log.exception("batch failed for %s", self.model.name)
             self._fail_slots(
                 live, GenerationFailed(f"generation failed: {type(exc).__name__}: {exc}"[:500])
             )
+            return
+        self._recover()
+        if len(live) == 1:
+            self._fail_slots(
+                live,
+                OutOfMemory(
+                    f"one {params.width}x{params.height} image does not fit in device memory"
+                ),
+            )
+            return
+        half = len(live) // 2
+        shape = (params.width, params.height)
+        self.shape_limits[shape] = max(1, min(self._limit(params), half))
+        self.stats["oom_splits"] += 1
+        log.warning(
+            "out of memory at batch %d for %dx%d: splitting, max_batch now %d",
+            len(live),
+            *shape,
+            self.shape_limits[shape],
+        )
+        self._run(params, live[:half])
+        self._run(params, live[half:])
+
+    def _recover(self) -> None:
+        """After an out-of-memory error, outside its ``except`` block (whose traceback
+        holds every tensor of the failed call): free them and the allocator's cache, and
+        put every component back in its dtype (a failed SDXL decode leaves its VAE in
+        fp32), so that the retried halves and the next batch run as loaded."""
+        import gc
+
+        import torch
+
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        restore = getattr(self.loaded, "restore_dtypes", None)
+        if restore is not None:
+            restore()
 
     def _call(self, params: Params, slots: list[tuple[_Pending, int]]) -> None:
         requests = list(dict.fromkeys(p for p, _ in slots))

@@ -3,9 +3,9 @@
 ``load_model`` honours the model entry: family pipeline class, dtype and device,
 attention (SDPA by default), fused QKV projections, TF32 for fp32 work on CUDA,
 channels_last, VAE slicing/tiling, CPU offload, an fp16-safe VAE and its upcast, and
-``torch.compile`` of the denoiser and the VAE decoder with the entry's mode and
-backend (compiled by ``warm_up`` at worker start for every batch bucket, never on the
-first request). A ``random_init`` entry is built from its architecture's config
+``torch.compile`` with the entry's mode and backend (``pipelines.compiling``: compiled
+by ``warm_up`` at worker start for every listed size and batch bucket, never on a
+request). A ``random_init`` entry is built from its architecture's config
 straight on the device (``pipelines.fullsize``). Every listed LoRA is loaded from disk
 once, here; requests only switch adapters and weights.
 """
@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from config.errors import InvalidInput
+from pipelines import compiling
 from pipelines.devices import is_cuda, pick_device, pick_dtype
 from pipelines.families import SCHEDULERS
 from pipelines.registry import Model
@@ -45,6 +46,33 @@ class LoadedModel:
     _schedulers: dict[str, Any] = field(default_factory=dict, repr=False)
     _base_scheduler_config: Any = field(default=None, repr=False)
     _derived: dict[str, Any] = field(default_factory=dict, repr=False)
+    compiled: str = ""  # what torch.compile covers ("": not compiled)
+    compiled_keys: set[compiling.Key] = field(default_factory=set)  # shapes warm-up made
+    eager_keys: set[compiling.Key] = field(default_factory=set)  # others seen, run eager
+    eager_calls: int = 0  # calls of a compiled model that ran eager (compiling.serving)
+    dtypes: dict[str, Any] = field(default_factory=dict)  # each component's, as loaded
+
+    def remember_dtypes(self) -> None:
+        """Note each component's dtype as loaded, for :meth:`restore_dtypes`."""
+        self.dtypes = {
+            name: module.dtype
+            for name, module in self.pipe.components.items()
+            if getattr(module, "dtype", None) is not None and hasattr(module, "to")
+        }
+
+    def restore_dtypes(self) -> list[str]:
+        """Put every component back in its dtype as loaded; returns those that were not.
+        A failed call can leave one elsewhere: SDXL upcasts its VAE to fp32 for the
+        decode and casts it back only after a decode that succeeded."""
+        moved = []
+        for name, dtype in self.dtypes.items():
+            module = self.pipe.components.get(name)
+            if module is not None and module.dtype != dtype:
+                module.to(dtype=dtype)
+                moved.append(name)
+        if moved:
+            log.warning("%s: put %s back in their dtype", self.model.name, ", ".join(moved))
+        return moved
 
     def pipe_for(self, mode: str) -> Any:
         """The pipeline for a request mode: ``text`` is the loaded one; ``img2img`` and
@@ -237,7 +265,8 @@ def load_model(
     if spec.loras:
         pipe.disable_lora()  # loading made the last adapter active
     if spec.compile:  # after the LoRAs: adapters go into the compiled graph
-        _compile(loaded)
+        loaded.compiled = compiling.compile_model(loaded)
+    loaded.remember_dtypes()
     if is_cuda(device):
         torch.cuda.synchronize(device)
     loaded.load_time_s = time.perf_counter() - t0
@@ -298,8 +327,8 @@ def _apply_options(loaded: LoadedModel) -> None:
         vae.register_to_config(force_upcast=spec.upcast_vae)  # SDXL decodes fp16 in fp32 if set
     if spec.fuse_qkv:  # one matmul for q, k and v in every attention of the denoiser
         denoiser.fuse_qkv_projections()
-    if spec.tf32 and is_cuda(loaded.device):
-        set_tf32(True)
+    if is_cuda(loaded.device):  # on and off both: a process may load several entries
+        set_tf32(spec.tf32)
     if spec.cpu_offload and is_cuda(loaded.device):
         pipe.enable_model_cpu_offload(device=loaded.device)
     else:
@@ -323,41 +352,6 @@ def set_tf32(on: bool) -> None:
     torch.backends.cudnn.conv.fp32_precision = precision  # type: ignore[attr-defined]
 
 
-def compile_options(loaded: LoadedModel) -> dict[str, Any]:
-    """``torch.compile`` keywords for the entry: its mode on CUDA (the CPU compiles with
-    the default mode), its backend, and static shapes when batches come in buckets (one
-    graph per bucket, made at warm-up, rather than a dynamic graph)."""
-    spec = loaded.model.spec
-    mode = spec.compile_mode if is_cuda(loaded.device) else "default"
-    options: dict[str, Any] = {"fullgraph": False, "backend": spec.compile_backend}
-    if spec.compile_backend == "inductor":
-        options["mode"] = mode
-    if spec.buckets:
-        options["dynamic"] = False
-    return options
-
-
-def _compile(loaded: LoadedModel) -> None:
-    """Lazy ``torch.compile`` of the denoiser (in place) and ``vae.decode``: warm_up compiles."""
-    import torch
-
-    options = compile_options(loaded)
-    loaded.denoiser.compile(**options)
-    vae = loaded.pipe.vae
-    vae.decode = torch.compile(vae.decode, **options)
-
-
-def compiled_graphs() -> int:
-    """Graphs torch.compile has made in this process (0 before any compile)."""
-    import sys
-
-    if "torch._dynamo" not in sys.modules:
-        return 0
-    from torch._dynamo.utils import counters
-
-    return int(counters["stats"]["unique_graphs"])
-
-
 def set_torch_threads(threads: int) -> None:
     """Intra-op threads of this process (0: torch's default, one per core). Call it in
     the thread that runs torch, before the first torch work."""
@@ -372,11 +366,10 @@ def warm_up(loaded: LoadedModel, *, steps: int = 2) -> float:
     """Pay one-off costs before the first request; returns seconds.
 
     Without ``compile``: one small call (≤ 256² on the CPU; the default size on CUDA,
-    where kernels are picked per shape). With ``compile``: the default size at every
-    batch bucket (each bucket's graph is made now; without buckets, 1 then 2 images:
-    the graphs turn dynamic in the batch), then 1 with every listed LoRA on (switching
-    adapters on changes the graph). Other LoRA sets or weights, and other sizes, may
-    still compile once, on first use: ``compiled_graphs`` counts them.
+    where kernels are picked per shape). With ``compile``: the shapes of
+    :func:`~pipelines.compiling.warm_calls` (every compiled size at every batch bucket,
+    LoRAs off and on), noted in ``compiled_keys``; any other shape runs eager later
+    (:func:`~pipelines.compiling.serving`).
     """
     import torch
 
@@ -384,32 +377,26 @@ def warm_up(loaded: LoadedModel, *, steps: int = 2) -> float:
     compiled, m = model.spec.compile, model.family.size_multiple
     full = compiled or is_cuda(loaded.device)
     cap = 1 << 30 if full else 256  # the default size: the shape requests use
+    size = (max(m, min(model.width, cap) // m * m), max(m, min(model.height, cap) // m * m))
     kwargs: dict[str, Any] = {
         "num_inference_steps": steps,
-        "width": max(m, min(model.width, cap) // m * m),
-        "height": max(m, min(model.height, cap) // m * m),
         "guidance_scale": model.guidance_scale,
         "output_type": "pil",
     }
     if model.family.max_sequence_length:
         limit = loaded.pipe.tokenizer_2.model_max_length
         kwargs["max_sequence_length"] = min(model.family.max_sequence_length, limit)
-    calls: list[tuple[int, tuple[tuple[str, float], ...]]] = [(1, ())]
-    if compiled:
-        buckets = [b for b in model.spec.buckets if b <= model.spec.max_batch]
-        if buckets:
-            calls = [(b, ()) for b in buckets]
-        elif model.spec.max_batch > 1:
-            calls += [(2, ())]
-        all_loras = tuple((lo.name, lo.default_weight) for lo in model.spec.loras)
-        calls += [(1, all_loras)] if all_loras else []
+    calls = compiling.warm_calls(model, size) if compiled else [(*size, 1, ())]
     before = loaded.active_loras
     with torch.inference_mode():
-        for n, loras in calls:
+        for w, h, n, loras in calls:
             loaded.set_loras(loras)
             gens = [torch.Generator(loaded.device).manual_seed(i) for i in range(n)]
-            loaded.pipe(prompt=["warm up"] * n, generator=gens, **kwargs)
+            loaded.pipe(prompt=["warm up"] * n, generator=gens, width=w, height=h, **kwargs)
+            if compiled:
+                cfg = compiling.cfg(model, model.guidance_scale)
+                loaded.compiled_keys.add((w, h, cfg, compiling.lora_key(loras)))
     loaded.set_loras(before)
     took = time.perf_counter() - t0
-    log.info("warmed up %s in %.2fs (compile: %s)", model.name, took, compiled)
+    log.info("warmed up %s in %.2fs (compiled: %s)", model.name, took, loaded.compiled or "no")
     return took

@@ -68,6 +68,7 @@ LONGEST_FIRST = (
     "test_families",
     "test_security",
     "test_reliability",
+    "test_compile",
     "test_gpu_proof",
     "test_web_page",
     "test_batching",

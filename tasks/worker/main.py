@@ -62,6 +62,9 @@ def run_worker(
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)  # before torch is imported
     settings = get_settings()
+    # inductor's FX graph and autotuning caches, kept where the worker's data is kept (a
+    # volume in compose and Kubernetes, /var/lib/kiln under systemd) unless set.
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(settings.data_dir / "inductor"))
     settings = replace(settings, device=check_device(settings, model, gpu))
     name = worker_name(model, gpu)
     runtime = rt.build(settings, model, hostname=name)

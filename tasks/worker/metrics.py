@@ -55,6 +55,12 @@ RECOMPILES = Counter(
     "Graphs compiled while serving, after warm-up (a shape or batch size it did not cover)",
     ["model"],
 )
+EAGER_CALLS = Counter(
+    "kiln_compile_eager_calls_total",
+    "Calls of a compiled model at a shape warm-up did not compile (size, guidance branch "
+    "or LoRA set), run eager rather than compiled on the engine thread",
+    ["model"],
+)
 GPU_ALLOCATED = Gauge("kiln_gpu_memory_allocated_bytes", "torch.cuda.memory_allocated", ["model"])
 GPU_PEAK = Gauge("kiln_gpu_memory_peak_bytes", "torch.cuda.max_memory_allocated", ["model"])
 
@@ -75,10 +81,11 @@ def observe_batch(model: str, *, seconds: float, size: int, fill: float, oom_spl
         OOM_SPLITS.labels(model).inc(oom_splits)
 
 
-def observe_compiles(model: str, *, graphs: int, new: int) -> None:
-    """``graphs`` made so far; ``new`` of them since the last look, while serving."""
+def observe_compiles(model: str, *, graphs: int, new: int, eager: int = 0) -> None:
+    """``graphs`` made so far; ``new`` of them, and ``eager`` calls, since the last look."""
     COMPILED_GRAPHS.labels(model).set(graphs)
     RECOMPILES.labels(model).inc(max(0, new))
+    EAGER_CALLS.labels(model).inc(max(0, eager))
 
 
 def observe_gpu(model: str) -> None:

@@ -54,9 +54,10 @@ class Runtime:
     _beat_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def start_engine(self, *, timeout: float | None = None) -> None:
+        from pipelines.compiling import compiled_graphs
         from pipelines.devices import dtype_name
         from pipelines.engine import Engine  # torch is imported only here, in workers
-        from pipelines.loader import compiled_graphs, load_model, set_torch_threads, warm_up
+        from pipelines.loader import load_model, set_torch_threads, warm_up
 
         self.progress = ProgressWriter(
             self.store, model=self.model.name, worker=self.hostname
@@ -66,6 +67,7 @@ class Runtime:
         model = self.model.name
         seen_ooms = [0]
         seen_graphs = [0]
+        seen_eager = [0]
         settings = self.settings
 
         def load() -> Any:  # in the engine thread: threads, load and warm-up all there
@@ -91,8 +93,11 @@ class Runtime:
             )
             seen_ooms[0] = ooms
             graphs = compiled_graphs()
-            metrics.observe_compiles(model, graphs=graphs, new=graphs - seen_graphs[0])
-            seen_graphs[0] = graphs
+            eager = getattr(self.engine.loaded, "eager_calls", 0) if self.engine else 0
+            metrics.observe_compiles(
+                model, graphs=graphs, new=graphs - seen_graphs[0], eager=eager - seen_eager[0]
+            )
+            seen_graphs[0], seen_eager[0] = graphs, eager
             metrics.observe_gpu(model)
             log.info(
                 "batch %s: %d image(s) in %.3fs",

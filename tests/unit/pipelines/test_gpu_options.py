@@ -13,14 +13,9 @@ import torch
 from config.models import ModelConfigError, parse_model
 from harness.pipelines import REGISTRY
 from pipelines.batch import Item, Params, bucket_for, pad_to_bucket, run_batch
-from pipelines.loader import (
-    LoadedModel,
-    compile_options,
-    compiled_graphs,
-    load_model,
-    set_torch_threads,
-    warm_up,
-)
+from pipelines.compiling import compiled_graphs
+from pipelines.compiling import options as compile_options
+from pipelines.loader import LoadedModel, load_model, set_torch_threads, warm_up
 from pipelines.registry import resolve
 
 BASE = {"name": "m", "family": "sdxl", "source": "x"}
@@ -29,7 +24,8 @@ BASE = {"name": "m", "family": "sdxl", "source": "x"}
 def test_options_parse_with_their_defaults() -> None:
     spec = parse_model(BASE)
     assert spec.attention == "sdpa" and spec.tf32 and not spec.fuse_qkv
-    assert (spec.compile_mode, spec.compile_backend) == ("max-autotune-no-cudagraphs", "inductor")
+    assert (spec.compile_mode, spec.compile_backend) == ("default", "inductor")
+    assert spec.compile_regional and spec.compile_sizes == ()
     assert spec.buckets == ()  # no padding unless compiled or asked
     spec = parse_model({**BASE, "compile": True, "compile_mode": "reduce-overhead"})
     assert spec.buckets == (1, 2, 4) and spec.compile_mode == "reduce-overhead"  # max_batch 4
@@ -48,6 +44,8 @@ def test_options_parse_with_their_defaults() -> None:
         ({"batch_buckets": [1, 2], "max_batch": 4}, "batch_buckets"),
         ({"batch_buckets": [0, 4]}, "batch_buckets"),
         ({"batch_buckets": "1,2,4"}, "batch_buckets"),
+        ({"compile_sizes": [512, 512]}, "compile_sizes"),
+        ({"compile_sizes": [[512, 0]]}, "compile_sizes"),
         ({"fuse_qkv": True, "loras": [{"name": "s", "source": "/x"}]}, "fuse_qkv"),
     ],
 )

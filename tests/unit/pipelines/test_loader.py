@@ -10,6 +10,7 @@ import torch
 
 from config.errors import InvalidInput
 from harness.pipelines import REGISTRY, generate
+from pipelines.batch import Params
 from pipelines.families import SCHEDULERS
 from pipelines.loader import load_model, resolve_source, warm_up
 from pipelines.registry import resolve
@@ -75,8 +76,20 @@ def test_options_are_applied(tiny_models_dir: Path) -> None:
     assert unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
     assert vae.use_slicing and vae.use_tiling
     assert vae.config.force_upcast is False
-    assert unet._compiled_call_impl is not None  # compiled in place: still a UNet
-    assert type(unet).__name__ == "UNet2DConditionModel"
+    # Regional by default: the UNet's repeated transformer blocks, compiled in place.
+    blocks = [m for m in unet.modules() if type(m).__name__ == "BasicTransformerBlock"]
+    assert blocks and all(b._compiled_call_impl is not None for b in blocks)
+    assert unet._compiled_call_impl is None and type(unet).__name__ == "UNet2DConditionModel"
+    assert loaded.compiled == "UNet2DConditionModel blocks BasicTransformerBlock"
+
+
+def test_compile_regional_off_compiles_the_whole_denoiser_and_the_vae_decoder(
+    tiny_models_dir: Path,
+) -> None:
+    model = from_folder("sdxl", tiny_models_dir, compile=True, compile_regional=False)
+    loaded = load_model(model, models_dir=tiny_models_dir, device="cpu")
+    assert loaded.pipe.unet._compiled_call_impl is not None  # compiled in place: still a UNet
+    assert loaded.compiled == "UNet2DConditionModel and vae.decode"
 
 
 @pytest.mark.parametrize("name", ["dpmpp_2m_karras", "euler_a", "ddim", "unipc", "euler"])
@@ -183,6 +196,32 @@ def test_warm_up_compiles_every_shape_before_the_first_request(compiled: bool) -
     else:
         assert pipe.calls == [(1, None, 256)]
     assert pipe.adapters is None and loaded.active_loras == ()
+
+
+def test_warm_up_compiles_each_listed_size_and_notes_the_shapes_it_made() -> None:
+    from pipelines.compiling import key
+    from pipelines.loader import LoadedModel
+
+    spec = replace(REGISTRY["sdxl"].spec, compile=True, max_batch=2, compile_sizes=((768, 512),))
+    model = resolve(spec)
+    pipe = RecordingPipe()
+    loaded = LoadedModel(model=model, pipe=pipe, device="cpu", dtype=torch.float32, load_time_s=0)
+    warm_up(loaded)
+    style = [("style", 1.0)]
+    assert pipe.calls == [
+        *[(1, None, 1024), (2, None, 1024), (1, style, 1024)],  # the default size
+        *[(1, None, 768), (2, None, 768), (1, style, 768)],  # compile_sizes
+    ]
+    cfg = model.guidance_scale > 1
+    assert loaded.compiled_keys == {
+        (w, h, cfg, loras) for w, h in ((1024, 1024), (768, 512)) for loras in ((), tuple(style))
+    }
+    at = lambda w, h, g=model.guidance_scale, loras=(): Params(  # noqa: E731
+        width=w, height=h, steps=2, guidance_scale=g, scheduler="", loras=loras
+    )
+    assert key(model, at(768, 512, loras=(("style", 1),))) in loaded.compiled_keys
+    assert key(model, at(512, 512)) not in loaded.compiled_keys  # another size: eager
+    assert key(model, at(1024, 1024, g=1.0)) not in loaded.compiled_keys  # no CFG branch
 
 
 @pytest.mark.parametrize("name", list(FOLDERS))
