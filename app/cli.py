@@ -98,6 +98,40 @@ def worker(
     )
 
 
+@main.command()
+@click.option("--model", "-m", "models_", multiple=True, help="Models this host serves (all).")
+def doctor(models_: tuple[str, ...]) -> None:
+    """What this machine has (torch, CUDA, driver, devices) and whether each model can be
+    served here; exits 1 when one of them cannot."""
+    from pipelines.doctor import check, host, report
+    from pipelines.registry import Registry, UnknownModel
+
+    settings = get_settings()
+    registry = Registry.from_file(settings.models_file)
+    try:
+        chosen = [registry[m] for m in models_] or [registry[m] for m in registry]
+    except UnknownModel as exc:
+        raise click.ClickException(f"unknown model {exc}; see `kiln models list`") from None
+    facts = host()
+    verdicts = [
+        check(
+            m,
+            facts,
+            device=settings.device,
+            profile=settings.profile,
+            models_dir=settings.models_dir,
+        )
+        for m in chosen
+        if m.spec.enabled
+    ]
+    for line in report(facts, verdicts):
+        click.echo(line)
+    bad = [v.model for v in verdicts if not v.ok]
+    if bad:
+        click.echo(f"cannot serve here: {', '.join(bad)}", err=True)
+        sys.exit(1)
+
+
 @main.group()
 def models() -> None:
     """List models; build the tiny offline stand-ins."""
