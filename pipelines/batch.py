@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from config.errors import InvalidInput
-from pipelines.compiling import serving
+from pipelines import compiling
 from pipelines.registry import Model
 
 MAX_SEED = 2**64 - 1
@@ -181,7 +181,15 @@ def run_batch(
 
         # 6. Denoise and decode (a compiled model: only with the graphs warm-up made);
         #    the padding's images are dropped.
-        with serving(loaded, params):
+        compiled = loaded.compiled if model.spec.compile else compiling.Compiled()
+        shape = compiling.key(
+            model,
+            width=params.width,
+            height=params.height,
+            guidance_scale=params.guidance_scale,
+            loras=params.loras,
+        )
+        with compiling.serving(model, compiled, shape):
             out = pipe(**kwargs)
     images = list(out.images)[:wanted]
 

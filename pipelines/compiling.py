@@ -27,12 +27,11 @@ import contextlib
 import logging
 import sys
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import Any
 
-if TYPE_CHECKING:
-    from pipelines.batch import Params
-    from pipelines.loader import LoadedModel
-    from pipelines.registry import Model
+from pipelines.devices import is_cuda
+from pipelines.registry import Model
 
 log = logging.getLogger("kiln.pipelines")
 
@@ -42,30 +41,38 @@ LoraSet = tuple[tuple[str, float], ...]
 Key = tuple[int, int, bool, LoraSet]
 
 
-def options(loaded: LoadedModel) -> dict[str, Any]:
+@dataclass
+class Compiled:
+    """What a loaded model's compile covers, and the calls it served eager."""
+
+    what: str = ""  # "": not compiled
+    keys: set[Key] = field(default_factory=set)  # the shapes warm-up made
+    eager_keys: set[Key] = field(default_factory=set)  # others seen (each logged once)
+    eager_calls: int = 0
+
+
+def options(model: Model, device: str) -> dict[str, Any]:
     """``torch.compile`` keywords for the entry: its mode on CUDA (the CPU compiles with
     the default mode), its backend, and static shapes (one graph per shape, made at
     warm-up)."""
-    from pipelines.devices import is_cuda
-
-    spec = loaded.model.spec
-    mode = spec.compile_mode if is_cuda(loaded.device) else "default"
+    spec = model.spec
+    mode = spec.compile_mode if is_cuda(device) else "default"
     out: dict[str, Any] = {"fullgraph": False, "backend": spec.compile_backend, "dynamic": False}
     if spec.compile_backend == "inductor":
         out["mode"] = mode
     return out
 
 
-def compile_model(loaded: LoadedModel) -> str:
+def compile_model(model: Model, pipe: Any, denoiser: Any, device: str) -> str:
     """Lazy ``torch.compile`` (warm-up compiles); returns what was compiled."""
     import torch
 
-    opts, denoiser = options(loaded), loaded.denoiser
-    if loaded.model.spec.compile_regional and getattr(denoiser, "_repeated_blocks", None):
+    opts = options(model, device)
+    if model.spec.compile_regional and getattr(denoiser, "_repeated_blocks", None):
         denoiser.compile_repeated_blocks(**opts)
         return f"{type(denoiser).__name__} blocks {', '.join(denoiser._repeated_blocks)}"
     denoiser.compile(**opts)
-    vae = loaded.pipe.vae
+    vae = pipe.vae
     vae.decode = torch.compile(vae.decode, **opts)
     return f"{type(denoiser).__name__} and vae.decode"
 
@@ -80,13 +87,8 @@ def lora_key(loras: LoraSet) -> LoraSet:
     return tuple(sorted((str(n), float(w)) for n, w in loras))
 
 
-def key(model: Model, params: Params) -> Key:
-    return (
-        params.width,
-        params.height,
-        cfg(model, params.guidance_scale),
-        lora_key(params.loras),
-    )
+def key(model: Model, *, width: int, height: int, guidance_scale: float, loras: LoraSet) -> Key:
+    return (width, height, cfg(model, guidance_scale), lora_key(loras))
 
 
 def sizes(model: Model, default: tuple[int, int]) -> list[tuple[int, int]]:
@@ -109,23 +111,22 @@ def warm_calls(model: Model, default: tuple[int, int]) -> list[tuple[int, int, i
 
 
 @contextlib.contextmanager
-def serving(loaded: LoadedModel, params: Params) -> Iterator[None]:
+def serving(model: Model, compiled: Compiled, k: Key) -> Iterator[None]:
     """Around each pipeline call: a compiled model never compiles here (shapes warm-up
     did not make run eager, counted and logged once each)."""
-    if not loaded.model.spec.compile or not loaded.compiled_keys:
+    if not compiled.keys:
         yield
         return
     import torch
 
-    k = key(loaded.model, params)
-    if k not in loaded.compiled_keys:
-        loaded.eager_calls += 1
-        if k not in loaded.eager_keys:
-            loaded.eager_keys.add(k)
+    if k not in compiled.keys:
+        compiled.eager_calls += 1
+        if k not in compiled.eager_keys:
+            compiled.eager_keys.add(k)
             log.info(
                 "%s: %dx%d (guidance branch %s, LoRAs %s) was not compiled at warm-up: it "
                 "runs eager (compile_sizes lists the sizes to compile)",
-                loaded.model.name,
+                model.name,
                 k[0],
                 k[1],
                 "on" if k[2] else "off",

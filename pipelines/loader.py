@@ -46,10 +46,7 @@ class LoadedModel:
     _schedulers: dict[str, Any] = field(default_factory=dict, repr=False)
     _base_scheduler_config: Any = field(default=None, repr=False)
     _derived: dict[str, Any] = field(default_factory=dict, repr=False)
-    compiled: str = ""  # what torch.compile covers ("": not compiled)
-    compiled_keys: set[compiling.Key] = field(default_factory=set)  # shapes warm-up made
-    eager_keys: set[compiling.Key] = field(default_factory=set)  # others seen, run eager
-    eager_calls: int = 0  # calls of a compiled model that ran eager (compiling.serving)
+    compiled: compiling.Compiled = field(default_factory=compiling.Compiled)
     dtypes: dict[str, Any] = field(default_factory=dict)  # each component's, as loaded
 
     def remember_dtypes(self) -> None:
@@ -265,7 +262,7 @@ def load_model(
     if spec.loras:
         pipe.disable_lora()  # loading made the last adapter active
     if spec.compile:  # after the LoRAs: adapters go into the compiled graph
-        loaded.compiled = compiling.compile_model(loaded)
+        loaded.compiled.what = compiling.compile_model(model, pipe, loaded.denoiser, device)
     loaded.remember_dtypes()
     if is_cuda(device):
         torch.cuda.synchronize(device)
@@ -368,7 +365,7 @@ def warm_up(loaded: LoadedModel, *, steps: int = 2) -> float:
     Without ``compile``: one small call (≤ 256² on the CPU; the default size on CUDA,
     where kernels are picked per shape). With ``compile``: the shapes of
     :func:`~pipelines.compiling.warm_calls` (every compiled size at every batch bucket,
-    LoRAs off and on), noted in ``compiled_keys``; any other shape runs eager later
+    LoRAs off and on), noted in ``compiled.keys``; any other shape runs eager later
     (:func:`~pipelines.compiling.serving`).
     """
     import torch
@@ -395,8 +392,8 @@ def warm_up(loaded: LoadedModel, *, steps: int = 2) -> float:
             loaded.pipe(prompt=["warm up"] * n, generator=gens, width=w, height=h, **kwargs)
             if compiled:
                 cfg = compiling.cfg(model, model.guidance_scale)
-                loaded.compiled_keys.add((w, h, cfg, compiling.lora_key(loras)))
+                loaded.compiled.keys.add((w, h, cfg, compiling.lora_key(loras)))
     loaded.set_loras(before)
     took = time.perf_counter() - t0
-    log.info("warmed up %s in %.2fs (compiled: %s)", model.name, took, loaded.compiled or "no")
+    log.info("warmed up %s in %.2fs (compiled: %s)", model.name, took, loaded.compiled.what or "no")
     return took

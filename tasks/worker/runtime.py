@@ -93,7 +93,8 @@ class Runtime:
             )
             seen_ooms[0] = ooms
             graphs = compiled_graphs()
-            eager = getattr(self.engine.loaded, "eager_calls", 0) if self.engine else 0
+            compiled = getattr(self.engine.loaded, "compiled", None) if self.engine else None
+            eager = compiled.eager_calls if compiled is not None else 0
             metrics.observe_compiles(
                 model, graphs=graphs, new=graphs - seen_graphs[0], eager=eager - seen_eager[0]
             )

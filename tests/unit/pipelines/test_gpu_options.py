@@ -15,7 +15,7 @@ from harness.pipelines import REGISTRY
 from pipelines.batch import Item, Params, bucket_for, pad_to_bucket, run_batch
 from pipelines.compiling import compiled_graphs
 from pipelines.compiling import options as compile_options
-from pipelines.loader import LoadedModel, load_model, set_torch_threads, warm_up
+from pipelines.loader import load_model, set_torch_threads, warm_up
 from pipelines.registry import resolve
 
 BASE = {"name": "m", "family": "sdxl", "source": "x"}
@@ -68,18 +68,15 @@ def test_buckets_pad_with_copies_of_the_last_item() -> None:
 
 def test_compile_options_follow_the_entry() -> None:
     model = resolve(replace(REGISTRY["sdxl"].spec, compile=True, compile_mode="max-autotune"))
-    on = lambda device: LoadedModel(  # noqa: E731
-        model=model, pipe=None, device=device, dtype=torch.float32, load_time_s=0
-    )
-    assert compile_options(on("cuda:0")) == {
+    assert compile_options(model, "cuda:0") == {
         "fullgraph": False,
         "backend": "inductor",
         "mode": "max-autotune",
         "dynamic": False,  # one static graph per bucket
     }
-    assert compile_options(on("cpu"))["mode"] == "default"
+    assert compile_options(model, "cpu")["mode"] == "default"
     eager = resolve(replace(model.spec, compile_backend="eager"))
-    assert "mode" not in compile_options(replace(on("cpu"), model=eager))
+    assert "mode" not in compile_options(eager, "cpu")
 
 
 def images_of(loaded, seeds: list[int]) -> list[np.ndarray]:

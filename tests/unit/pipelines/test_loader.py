@@ -10,7 +10,6 @@ import torch
 
 from config.errors import InvalidInput
 from harness.pipelines import REGISTRY, generate
-from pipelines.batch import Params
 from pipelines.families import SCHEDULERS
 from pipelines.loader import load_model, resolve_source, warm_up
 from pipelines.registry import resolve
@@ -80,7 +79,7 @@ def test_options_are_applied(tiny_models_dir: Path) -> None:
     blocks = [m for m in unet.modules() if type(m).__name__ == "BasicTransformerBlock"]
     assert blocks and all(b._compiled_call_impl is not None for b in blocks)
     assert unet._compiled_call_impl is None and type(unet).__name__ == "UNet2DConditionModel"
-    assert loaded.compiled == "UNet2DConditionModel blocks BasicTransformerBlock"
+    assert loaded.compiled.what == "UNet2DConditionModel blocks BasicTransformerBlock"
 
 
 def test_compile_regional_off_compiles_the_whole_denoiser_and_the_vae_decoder(
@@ -89,7 +88,7 @@ def test_compile_regional_off_compiles_the_whole_denoiser_and_the_vae_decoder(
     model = from_folder("sdxl", tiny_models_dir, compile=True, compile_regional=False)
     loaded = load_model(model, models_dir=tiny_models_dir, device="cpu")
     assert loaded.pipe.unet._compiled_call_impl is not None  # compiled in place: still a UNet
-    assert loaded.compiled == "UNet2DConditionModel and vae.decode"
+    assert loaded.compiled.what == "UNet2DConditionModel and vae.decode"
 
 
 @pytest.mark.parametrize("name", ["dpmpp_2m_karras", "euler_a", "ddim", "unipc", "euler"])
@@ -213,15 +212,15 @@ def test_warm_up_compiles_each_listed_size_and_notes_the_shapes_it_made() -> Non
         *[(1, None, 768), (2, None, 768), (1, style, 768)],  # compile_sizes
     ]
     cfg = model.guidance_scale > 1
-    assert loaded.compiled_keys == {
+    assert loaded.compiled.keys == {
         (w, h, cfg, loras) for w, h in ((1024, 1024), (768, 512)) for loras in ((), tuple(style))
     }
-    at = lambda w, h, g=model.guidance_scale, loras=(): Params(  # noqa: E731
-        width=w, height=h, steps=2, guidance_scale=g, scheduler="", loras=loras
+    at = lambda w, h, g=model.guidance_scale, loras=(): dict(  # noqa: E731
+        width=w, height=h, guidance_scale=g, loras=loras
     )
-    assert key(model, at(768, 512, loras=(("style", 1),))) in loaded.compiled_keys
-    assert key(model, at(512, 512)) not in loaded.compiled_keys  # another size: eager
-    assert key(model, at(1024, 1024, g=1.0)) not in loaded.compiled_keys  # no CFG branch
+    assert key(model, **at(768, 512, loras=(("style", 1),))) in loaded.compiled.keys
+    assert key(model, **at(512, 512)) not in loaded.compiled.keys  # another size: eager
+    assert key(model, **at(1024, 1024, g=1.0)) not in loaded.compiled.keys  # no CFG branch
 
 
 @pytest.mark.parametrize("name", list(FOLDERS))
