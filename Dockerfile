@@ -7,6 +7,11 @@
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 ARG CUDA_IMAGE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
+# The worker's torch build (it brings its own CUDA libraries, whatever the base image
+# has): cu128 matches the base image and runs on driver R570+; cu126 on R525+; cu130 (and
+# "pypi", PyPI's default wheel, a CUDA 13 build) needs R580+. deploy/README.md has the table.
+#   docker build --target worker --build-arg TORCH_CUDA=cu126 -t kiln-worker .
+ARG TORCH_CUDA=cu128
 
 # -- the package, built once as a wheel ------------------------------------------------
 FROM ${PYTHON_IMAGE} AS wheel
@@ -37,19 +42,26 @@ CMD ["gunicorn", "-c", "python:config.gunicorn", "--workers", "4", "-b", "0.0.0.
 
 # -- GPU workers: one process per GPU, `kiln worker --model NAME --gpu I` -------------------
 FROM ${CUDA_IMAGE} AS worker
+ARG TORCH_CUDA
+# gcc and the Python headers: torch.compile (inductor, Triton) builds its launchers with
+# them at run time. Its caches live under /var/lib/kiln/inductor (mount a volume there).
 ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
     DEBIAN_FRONTEND=noninteractive \
     HF_HOME=/var/cache/kiln/hf KILN_DATA_DIR=/var/lib/kiln \
+    TORCHINDUCTOR_CACHE_DIR=/var/lib/kiln/inductor \
     PATH=/opt/kiln/bin:$PATH
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3 python3-venv \
+    && apt-get install -y --no-install-recommends python3 python3-venv python3-dev gcc libc6-dev \
     && rm -rf /var/lib/apt/lists/* \
     && python3 -m venv /opt/kiln
 COPY --from=wheel /wheels /wheels
-RUN pip install /wheels/kiln-*.whl \
+RUN if [ "$TORCH_CUDA" = pypi ]; then index=""; \
+    else index="--extra-index-url https://download.pytorch.org/whl/$TORCH_CUDA"; fi \
+    && pip install $index /wheels/kiln-*.whl \
+    && python3 -c "import torch; print('torch', torch.__version__, 'CUDA', torch.version.cuda)" \
     && rm -rf /wheels \
     && useradd --system --uid 10001 --create-home --home-dir /home/kiln kiln \
-    && mkdir -p /var/cache/kiln/hf /var/lib/kiln \
+    && mkdir -p /var/cache/kiln/hf /var/lib/kiln/inductor \
     && chown -R kiln:kiln /var/cache/kiln /var/lib/kiln
 USER kiln
 WORKDIR /home/kiln

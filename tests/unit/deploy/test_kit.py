@@ -304,3 +304,30 @@ def test_every_program_the_recipes_run_is_installed_by_this_package() -> None:
         for line in cfg["options"]["install_requires"].strip().splitlines()
     }
     assert {"gunicorn", "celery", "flower"} <= requires
+
+
+def test_the_worker_image_can_compile_and_takes_its_torch_build_as_an_argument() -> None:
+    worker = stages()["worker"]
+    runs = " ".join(rest for word, rest in worker if word == "RUN")
+    for package in ("gcc", "python3-dev"):  # inductor and Triton build launchers at run time
+        assert re.search(rf"apt-get install [^&]*\b{package}\b", runs), package
+    assert ("ARG", "TORCH_CUDA") in worker
+    assert "download.pytorch.org/whl/$TORCH_CUDA" in runs
+    env = " ".join(rest for word, rest in worker if word == "ENV")
+    assert "TORCHINDUCTOR_CACHE_DIR=/var/lib/kiln/inductor" in env
+
+
+def test_every_recipe_keeps_the_inductor_cache_across_restarts() -> None:
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    assert "inductor-cache:/var/lib/kiln/inductor" in compose["x-worker"]["volumes"]
+    assert "inductor-cache" in compose["volumes"]
+    docs = list(yaml.safe_load_all((ROOT / "deploy/kubernetes/kiln.yaml").read_text()))
+    workers = [d for d in docs if d and d["metadata"]["name"].startswith("kiln-worker-")]
+    workers = [d for d in workers if d["kind"] == "Deployment"]
+    assert workers
+    for d in workers:
+        (container,) = d["spec"]["template"]["spec"]["containers"]
+        mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+        assert mounts["/var/lib/kiln/inductor"]["name"] == "hf-cache", d["metadata"]["name"]
+    unit = (ROOT / "deploy/systemd/kiln-worker@.service").read_text()
+    assert "StateDirectory=kiln" in unit  # /var/lib/kiln: KILN_DATA_DIR, inductor/ inside
