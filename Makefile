@@ -54,7 +54,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.gpu
 	$(BIN)/python -m bench.plots
 
-# The GPU proof: full-size SDXL and FLUX.1-schnell on a CUDA GPU (≤ 8 min on one H200);
+# The GPU proof: full-size SDXL and FLUX.1-schnell on a CUDA GPU (≤ 8 min on one H100);
 # without CUDA, its smoke mode (tiny configs, same code) on the CPU, and it says so.
 gpu-proof: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m bench.gpu $(ARGS)

@@ -2,20 +2,27 @@
 
     make gpu-proof        # = python -m bench.gpu
     python -m bench.gpu [--smoke] [--models sdxl,flux-schnell] [--batches 1,4,8]
-                        [--no-kiln] [--no-options] [--no-compile] [--compile-mode default]
-                        [--usd-per-gpu-hour 3.5] [--budget-s 450] [--out docs/bench/gpu.json]
+                        [--no-kiln] [--no-oom] [--no-options] [--no-compile]
+                        [--compile-mode default] [--weights-dir DIR] [--usd-per-gpu-hour 3.5]
+                        [--budget-s 450] [--out docs/bench/gpu.json]
 
 With a CUDA GPU: SDXL (1024², 30 steps, fp16, guidance 5: two UNet passes a step) and
 FLUX.1-schnell (1024², 4 steps, bf16) built from their published configs with random
-weights made on the GPU (``random_init``, pipelines/fullsize.py; no files, no hub).
-Without one, or with ``--smoke``: **smoke mode**, the same stages and code on the CPU
-with tiny configs of the same architectures (64², 2 steps, batches 1 and 2, compiled
-with dynamo's ``eager`` backend), so a typo is found in CI, not in a GPU window.
+weights (pipelines/fullsize.py; no hub), saved to local disk once and then loaded from
+there as a worker loads a model. Without one, or with ``--smoke``: **smoke mode**, the
+same stages and code on the CPU with tiny configs of the same architectures (64², 2
+steps, batches 1 and 2, compiled with dynamo's ``eager`` backend), so a typo is found in
+CI, not in a GPU window.
 
 Stages, each figure printed and saved (``--out`` JSON and a Markdown table beside it)
-the moment it lands, so a run cut short keeps what it measured:
+the moment it lands, so a run cut short keeps what it measured; a stage that fails is
+reported (``failed`` in the JSON) and the later ones still run:
 
-1. bare: the model loaded as a worker loads it (``load_model``), one ``run_batch`` per
+0. save and load (bench/gpu_disk.py): the weights written once with ``save_pretrained``
+   (SDXL as the fp16 variant files), then ``load_model`` of an entry whose ``source`` is
+   that folder (SDXL with ``variant: fp16`` and a ``vae:`` override): disk-to-device
+   seconds and the process's peak host memory;
+1. bare: that loaded model, one ``run_batch`` per
    batch size after a 2-step call of the same shape: s/image, images/s, peak GPU
    memory, MFU (the denoiser's FLOPs from torch's FlopCounterMode, a 2-step minus a
    1-step call, over 989 TFLOP/s dense fp16/bf16: VAE and text encoders left out, so a
@@ -23,40 +30,50 @@ the moment it lands, so a run cut short keeps what it measured:
 2. kiln: the same images as bursts through a real worker (Valkey, S3 server, API and
    ``kiln worker`` on this machine, harness/stack.py), one worker per batch size with
    ``max_batch`` = that size: a warm burst, then 2 × batch jobs; kiln/bare throughput;
-3. options: one model option at a time against the base entry (batch 1): fused QKV,
-   channels_last, the fp16-safe SDXL VAE (no fp32 upcast), TF32 off, classic attention
-   instead of SDPA;
-4. compile: ``compile: true`` with ``--compile-mode`` (one static graph per batch
-   bucket), compile time apart (the first 2-step call of each shape).
+   (the workers load the saved weights too);
+3. oom: a batch through the engine with the device nearly full (bench/gpu_disk.py): the
+   split, every image back, and the next batch in the model's dtypes;
+4. options: one model option at a time against the base entry (batch 1): fused QKV,
+   channels_last, the fp16-safe SDXL VAE (no fp32 upcast), TF32 off (set off for real:
+   the loader sets TF32 as each entry says), classic attention instead of SDPA;
+5. compile: ``compile: true`` (regional, as the entries default) with
+   ``--compile-mode``, one static graph per batch bucket, compile time apart (the first
+   2-step call of each shape).
 
 ``--budget-s`` (GPU default 450 s) skips a stage whose estimate no longer fits, and says
-so. Prints the table and a line per model against the published anchors last.
+so. Prints the table last, then per model the batch-1 latency against the published
+latency anchors and the best throughput against the project's goal (like for like).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import gc
-import json
 import os
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from bench.common import RESULTS, table
+from bench import gpu_disk
+from bench.common import RESULTS
+from bench.gpu_parts import (
+    PEAK_FLOPS,
+    Proof,
+    Setup,
+    allocated_gib,
+    entry,
+    free,
+    items,
+    load,
+    params_for,
+    setups,
+    timed_call,
+)
 
-PEAK_FLOPS = 989e12  # H100/H200 SXM, dense fp16/bf16
-# Published per-image seconds at 1024² on an H100, and this project's goals.
-ANCHORS = {
-    "sdxl": {"H100 diffusers (30 steps)": 2.50, "goal": 0.9},
-    "flux-schnell": {"H100 bf16 (4 steps)": 1.5, "goal": 0.6},
-}
-# Options measured one at a time against the base entry: (label, entry changes).
 OPTIONS: dict[str, list[tuple[str, dict[str, Any]]]] = {
     "sdxl": [
         ("fuse_qkv", {"fuse_qkv": True}),
@@ -67,238 +84,6 @@ OPTIONS: dict[str, list[tuple[str, dict[str, Any]]]] = {
     ],
     "flux-schnell": [("fuse_qkv", {"fuse_qkv": True})],
 }
-
-
-@dataclass(frozen=True)
-class Setup:
-    model: str  # also the family
-    arch: str  # pipelines.fullsize architecture
-    dtype: str
-    steps: int
-    size: int
-    guidance: float
-
-
-def setups(smoke: bool) -> dict[str, Setup]:
-    tail, size = ("-smoke", 64) if smoke else ("", 1024)
-    return {
-        "sdxl": Setup("sdxl", "sdxl" + tail, "fp16", 2 if smoke else 30, size, 5.0),
-        "flux-schnell": Setup(
-            "flux-schnell", "flux-schnell" + tail, "bf16", 2 if smoke else 4, size, 0.0
-        ),
-    }
-
-
-def entry(setup: Setup, name: str, *, max_batch: int, **options: Any) -> dict[str, Any]:
-    """The models.yaml entry both the bare pipeline and the worker are loaded from."""
-    return {
-        "name": name,
-        "family": setup.model,
-        "random_init": setup.arch,
-        "dtype": setup.dtype,
-        "max_batch": max_batch,
-        "max_wait_ms": 2000,  # a burst fills each batch
-        "defaults": {"width": setup.size, "height": setup.size, "steps": setup.steps},
-        "limits": {"min_size": min(64, setup.size), "max_size": max(2048, setup.size)},
-        "soft_time_limit_s": 1800,
-        "time_limit_s": 1900,
-        **options,
-    }
-
-
-def model_of(raw: dict[str, Any]) -> Any:
-    from config.models import parse_model
-    from pipelines.registry import resolve
-
-    return resolve(parse_model(raw))
-
-
-# -- the clock, the budget and the record -----------------------------------------------
-@dataclass
-class Proof:
-    mode: str
-    device: str  # torch's name: cuda or cpu
-    device_name: str
-    out: Path
-    budget_s: float | None
-    usd_per_gpu_hour: float
-    t0: float = field(default_factory=time.perf_counter)
-    rows: list[dict[str, Any]] = field(default_factory=list)
-    skipped: list[dict[str, Any]] = field(default_factory=list)
-    notes: dict[str, Any] = field(default_factory=dict)
-
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.t0
-
-    def say(self, text: str) -> None:
-        print(f"[{self.elapsed():6.1f}s] {text}", flush=True)
-
-    def fits(self, what: str, estimate_s: float) -> bool:
-        """Whether a stage of about ``estimate_s`` still fits the budget (else noted)."""
-        if self.budget_s is None or self.elapsed() + estimate_s <= self.budget_s:
-            return True
-        left = self.budget_s - self.elapsed()
-        self.skipped.append({"stage": what, "estimate_s": round(estimate_s), "left_s": left})
-        self.say(f"skip {what}: needs ~{estimate_s:.0f}s, {max(0.0, left):.0f}s of budget left")
-        self.save()
-        return False
-
-    def add(self, **row: Any) -> None:
-        spi = row.get("s_per_image")
-        if spi:
-            row.setdefault("images_per_s", 1 / spi)
-            row.setdefault("usd_per_1k_images", self.usd_per_gpu_hour * spi / 3.6)
-        self.rows.append(row)
-        shown = ", ".join(f"{k} {fmt_value(v)}" for k, v in row.items() if v is not None)
-        self.say(f"  => {shown}")
-        self.save()
-
-    def save(self) -> None:
-        data = {
-            "mode": self.mode,
-            "device": self.device_name,
-            "elapsed_s": round(self.elapsed(), 1),
-            "usd_per_gpu_hour": self.usd_per_gpu_hour,
-            "peak_flops": PEAK_FLOPS,
-            "rows": self.rows,
-            "skipped": self.skipped,
-            "notes": self.notes,
-        }
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=2, default=str))
-        tmp.replace(self.out)
-        self.out.with_suffix(".md").write_text(self.markdown())
-
-    def markdown(self) -> str:
-        head = f"GPU proof, {self.mode} mode, {self.device_name}, {self.elapsed():.0f} s\n\n```\n"
-        return head + self.table() + "\n```\n" + "".join(f"\n{x}" for x in self.anchor_lines())
-
-    def table(self) -> str:
-        cols = [
-            ("model", "model"),
-            ("stage", "stage"),
-            ("variant", "variant"),
-            ("batch", "batch"),
-            ("s_per_image", "s/image"),
-            ("images_per_s", "images/s"),
-            ("ratio", "ratio"),
-            ("compile_s", "compile s"),
-            ("mfu", "MFU"),
-            ("peak_gib", "peak GiB"),
-            ("usd_per_1k_images", "$/1k images"),
-        ]
-        rows = [
-            [r.get(k, "-") if r.get(k) is not None else "-" for k, _ in cols] for r in self.rows
-        ]
-        return table(rows, [h for _, h in cols])
-
-    def anchor_lines(self) -> list[str]:
-        lines = []
-        for model, anchors in ANCHORS.items():
-            rows = [r for r in self.rows if r["model"] == model and r.get("s_per_image")]
-            rows = [r for r in rows if r["stage"] in ("bare", "kiln", "compile")]
-            if not rows:
-                continue
-            best = min(rows, key=lambda r: r["s_per_image"])
-            spi = best["s_per_image"]
-            how = f"{best['stage']}, {best.get('variant') or 'base'}, batch {best['batch']}"
-            parts = [f"{model}: best {spi:.3f} s/image ({how})"]
-            kiln = [r["s_per_image"] for r in rows if r["stage"] == "kiln"]
-            if kiln:
-                parts.append(f"through Kiln best {min(kiln):.3f} s/image")
-            for name, value in anchors.items():
-                verdict = "met" if spi <= value else f"not met ({spi / value:.2f}× over)"
-                parts.append(f"{name} {value} s: {value / spi:.2f}× → {verdict}")
-            if self.mode == "smoke":
-                parts.append("(smoke figures: tiny models on a CPU, not comparable)")
-            lines.append("; ".join(parts))
-        return lines
-
-
-def fmt_value(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.3g}" if abs(v) < 0.01 else f"{v:.3f}"
-    return str(v)
-
-
-# -- the device ----------------------------------------------------------------------------
-def sync(device: str) -> None:
-    import torch
-
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def reset_peak(device: str) -> None:
-    import torch
-
-    if device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
-
-
-def peak_gib(device: str) -> float | None:
-    import torch
-
-    return torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None
-
-
-def allocated_gib(device: str) -> float:
-    import torch
-
-    return torch.cuda.memory_allocated() / 2**30 if device.startswith("cuda") else 0.0
-
-
-def free(device: str) -> None:
-    gc.collect()
-    if device.startswith("cuda"):
-        import torch
-
-        torch.cuda.empty_cache()
-
-
-# -- bare -------------------------------------------------------------------------------
-def params_for(setup: Setup, loaded: Any, *, steps: int | None = None) -> Any:
-    from pipelines.batch import Params
-
-    return Params(
-        width=setup.size,
-        height=setup.size,
-        steps=steps or setup.steps,
-        guidance_scale=setup.guidance,
-        scheduler=loaded.model.scheduler,
-    )
-
-
-def items(n: int) -> list[Any]:
-    from pipelines.batch import Item
-
-    return [Item(f"a red fox in the snow, take {i}", None, i) for i in range(n)]
-
-
-def load(raw: dict[str, Any], device: str, models_dir: Path) -> tuple[Any, float]:
-    from pipelines.loader import load_model
-
-    t0 = time.perf_counter()
-    loaded = load_model(model_of(raw), device=device, models_dir=models_dir)
-    sync(device)
-    return loaded, time.perf_counter() - t0
-
-
-def timed_call(setup: Setup, loaded: Any, batch: int) -> tuple[float, float, float | None]:
-    """(first 2-step call s, s/image of a full call, peak GiB) at ``batch``."""
-    from pipelines.batch import run_batch
-
-    device = loaded.device
-    t0 = time.perf_counter()
-    run_batch(loaded, params_for(setup, loaded, steps=min(2, setup.steps)), items(batch))
-    sync(device)
-    first = time.perf_counter() - t0
-    reset_peak(device)
-    t0 = time.perf_counter()
-    run_batch(loaded, params_for(setup, loaded), items(batch))
-    sync(device)
-    return first, (time.perf_counter() - t0) / batch, peak_gib(device)
 
 
 def flops_per_image(setup: Setup, loaded: Any) -> float:
@@ -317,14 +102,10 @@ def flops_per_image(setup: Setup, loaded: Any) -> float:
     return (count(2) - count(1)) * setup.steps
 
 
-def bare_stage(proof: Proof, setup: Setup, batches: list[int], models_dir: Path) -> dict:
-    proof.say(f"{setup.model}: building {setup.arch} on {proof.device_name} ({setup.dtype})")
-    loaded, build_s = load(
-        entry(setup, setup.model, max_batch=max(batches)), proof.device, models_dir
-    )
+def bare_stage(proof: Proof, setup: Setup, batches: list[int], loaded: Any, build_s: float) -> dict:
     params = sum(p.numel() for p in loaded.denoiser.parameters())
-    model_gib = allocated_gib(proof.device)  # what building left allocated: the weights
-    proof.say(f"{setup.model}: built in {build_s:.1f}s; denoiser {params / 1e9:.3f} B parameters")
+    model_gib = allocated_gib(proof.device)  # what loading left allocated: the weights
+    proof.say(f"{setup.model}: ready in {build_s:.1f}s; denoiser {params / 1e9:.3f} B parameters")
     flops = flops_per_image(setup, loaded)
     proof.notes.setdefault(setup.model, {}).update(
         build_s=round(build_s, 2), denoiser_params=params, denoiser_flops_per_image=flops
@@ -344,8 +125,6 @@ def bare_stage(proof: Proof, setup: Setup, batches: list[int], models_dir: Path)
             mfu=flops / spi[b] / PEAK_FLOPS,
             peak_gib=peak,
         )
-    del loaded
-    free(proof.device)
     return {"build_s": build_s, "spi": spi, "flops": flops, "model_gib": model_gib, "peak": peaks}
 
 
@@ -501,7 +280,8 @@ def compile_stage(
             proof.add(
                 model=setup.model,
                 stage="compile",
-                variant=f"{backend}/{mode}" if backend == "inductor" else backend,
+                variant=("regional " if raw.get("compile_regional", True) else "")
+                + (f"{backend}/{mode}" if backend == "inductor" else backend),
                 batch=b,
                 s_per_image=spi,
                 ratio=bare["spi"][b] / spi,
@@ -523,12 +303,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--kiln-batches", default="", help="default: --batches (smoke: the largest)")
     ap.add_argument("--compile-batches", default="", help="default: --batches (smoke: the largest)")
     ap.add_argument("--no-kiln", action="store_true", help="skip the through-Kiln bursts")
+    ap.add_argument("--no-oom", action="store_true", help="skip the out-of-memory stage")
     ap.add_argument("--no-options", action="store_true", help="skip the one-option runs")
     ap.add_argument("--no-compile", action="store_true", help="skip torch.compile")
     ap.add_argument("--compile-mode", default="default", help="torch.compile mode on CUDA")
     ap.add_argument("--usd-per-gpu-hour", type=float, default=3.5)
     ap.add_argument("--budget-s", type=float, default=None, help="GPU default 450; smoke none")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--weights-dir", type=Path, default=None, help="saved weights (kept)")
     args = ap.parse_args(argv)
 
     import torch
@@ -568,8 +350,34 @@ def main(argv: list[str] | None = None) -> int:
     models_dir = workdir / "models"
     proof.save()
 
-    # 1. Bare pipeline, every model.
-    bare = {s.model: bare_stage(proof, s, batches, models_dir) for s in models}
+    # 0-1, 3. Per model: its weights saved once and loaded as a worker loads them; the
+    #    bare pipeline; out-of-memory recovery. One model on the device at a time.
+    weights_root = args.weights_dir or workdir / "weights"
+    bare: dict[str, dict] = {}
+    for i, s in enumerate(models):
+        save_est = 20.0 if smoke else 150.0
+        if proof.fits(f"{s.model} save", save_est):
+            with proof.stage(f"{s.model} save"):
+                models[i] = s = replace(s, weights=gpu_disk.save_stage(proof, s, weights_root))
+        if s.weights is None:
+            proof.say(f"{s.model}: no saved weights; random weights built on the device")
+        loaded = None
+        with proof.stage(f"{s.model} load"):
+            raw = entry(s, s.model, max_batch=max(batches))
+            loaded, load_s = gpu_disk.load_stage(proof, s, raw, models_dir)
+        if loaded is None:
+            continue
+        with proof.stage(f"{s.model} bare"):
+            bare[s.model] = bare_stage(proof, s, batches, loaded, load_s)
+        if not args.no_oom and s.model in bare:
+            spi = bare[s.model]["spi"]
+            est = 2 * max(batches) * spi[max(batches)] + 10
+            if proof.fits(f"{s.model} oom", est):
+                with proof.stage(f"{s.model} oom"):
+                    gpu_disk.oom_stage(proof, s, loaded, max(batches), bare[s.model])
+        del loaded
+        free(proof.device)
+    models = [s for s in models if s.model in bare]  # the later stages compare with bare
 
     # 2. Through Kiln: a real stack, one worker per batch size.
     if not args.no_kiln:
@@ -580,12 +388,13 @@ def main(argv: list[str] | None = None) -> int:
         models_file.write_text(yaml.safe_dump({"models": raws}))
         start_est = 20.0 if smoke else 60.0
         proof.say("kiln: starting Valkey, the S3 server and the API")
-        with kiln_stack(workdir, models_file, stack_env) as (stack, api):
+        with proof.stage("kiln"), kiln_stack(workdir, models_file, stack_env) as (stack, api):
             for group in kiln_groups(proof, models, kiln_batches, bare):
                 est = start_est + sum(4 * b * bare[s.model]["spi"][b] for s, b in group)
                 what = "kiln " + ", ".join(f"{s.model} batch {b}" for s, b in group)
                 if proof.fits(what, est):
-                    start_est = kiln_group(proof, group, bare, stack, api)
+                    with proof.stage(what):
+                        start_est = kiln_group(proof, group, bare, stack, api)
 
     # 3. One option at a time, batch 1.
     if not args.no_options:
@@ -593,17 +402,20 @@ def main(argv: list[str] | None = None) -> int:
             spis = bare[s.model]["spi"]
             base_spi = spis.get(1) or spis[min(spis)] * min(spis)  # one image's call
             for label, changes in OPTIONS[s.model]:
-                if proof.fits(f"{s.model} option {label}", bare[s.model]["build_s"] + 3 * base_spi):
+                what = f"{s.model} option {label}"
+                if proof.fits(what, bare[s.model]["build_s"] + 3 * base_spi):
                     proof.say(f"{s.model}: option {label}")
-                    option_stage(proof, s, label, changes, base_spi, models_dir)
+                    with proof.stage(what):
+                        option_stage(proof, s, label, changes, base_spi, models_dir)
 
     # 4. torch.compile, one static graph per batch size.
     if not args.no_compile:
         for s in models:
             proof.say(f"{s.model}: torch.compile ({backend}, mode {args.compile_mode})")
-            compile_stage(
-                proof, s, compile_batches, bare[s.model], args.compile_mode, backend, models_dir
-            )
+            with proof.stage(f"{s.model} compile"):
+                compile_stage(
+                    proof, s, compile_batches, bare[s.model], args.compile_mode, backend, models_dir
+                )
 
     proof.save()
     print(f"\n{name}, {mode} mode, ${args.usd_per_gpu_hour}/GPU-hour, {proof.elapsed():.0f}s\n")
@@ -613,6 +425,8 @@ def main(argv: list[str] | None = None) -> int:
         print(line)
     if proof.skipped:
         print(f"\nskipped for the budget: {', '.join(s['stage'] for s in proof.skipped)}")
+    for f in proof.failed:
+        print(f"FAILED {f['stage']}: {f['error']}")
     if smoke:
         print("\nRan in SMOKE MODE: tiny models on the CPU; run `make gpu-proof` on a CUDA GPU.")
     print(f"\nsaved {out} and {out.with_suffix('.md')}")

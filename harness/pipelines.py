@@ -3,6 +3,7 @@ LoRA on each, and one image straight through a loaded pipeline (no batcher)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -54,3 +55,22 @@ def generate(
         kwargs["max_sequence_length"] = 16
     with torch.inference_mode():
         return loaded.pipe(**kwargs).images[0]
+
+
+def raise_oom_above(module: Any, attr: str, *, rows: int) -> tuple[list[int], Callable[[], None]]:
+    """Make ``module.attr`` raise ``torch.OutOfMemoryError`` for inputs of more than
+    ``rows`` rows, where a full GPU raises it; returns the row counts it refused and a
+    function that undoes it."""
+    import torch
+
+    real = getattr(module, attr)
+    refused: list[int] = []
+
+    def call(x: Any, *args: Any, **kwargs: Any) -> Any:
+        if x.shape[0] > rows:
+            refused.append(x.shape[0])
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(x, *args, **kwargs)
+
+    setattr(module, attr, call)
+    return refused, lambda: setattr(module, attr, real)

@@ -246,7 +246,7 @@ def load_model(
         source = resolve_source(model, models_dir)
         kwargs = pretrained_kwargs(model, source, dtype)
         if spec.vae:
-            kwargs["vae"] = _load_vae(spec.vae, dtype, models_dir)
+            kwargs["vae"] = _load_vae(spec.vae, dtype, models_dir, spec.variant)
         cls = getattr(diffusers, model.family.pipeline_class)
         pipe = cls.from_pretrained(source, **kwargs)
     pipe.set_progress_bar_config(disable=True)
@@ -294,16 +294,23 @@ def _build_random(model: Model, dtype: torch.dtype, device: str) -> Any:
     return fullsize.build(arch, dtype, device)
 
 
-def _load_vae(source: str, dtype: torch.dtype, models_dir: Path) -> Any:
-    """An fp16-safe VAE override: a VAE folder, a pipeline folder (its ``vae/``), or a hub id."""
+def _load_vae(source: str, dtype: torch.dtype, models_dir: Path, variant: str | None) -> Any:
+    """An fp16-safe VAE override: a VAE folder, a pipeline folder (its ``vae/``), or a hub
+    id; the entry's weight ``variant`` where the folder has that variant's files."""
     from diffusers import AutoencoderKL
 
     source = source.replace("{models_dir}", str(models_dir))
     path = Path(source).expanduser()
     if path.exists():
         sub = "vae" if (path / "vae" / "config.json").exists() else None  # a pipeline folder
+        folder = path / sub if sub else path
+        has = variant is not None and any(folder.glob(f"*.{variant}.safetensors"))
         return AutoencoderKL.from_pretrained(
-            str(path), subfolder=sub, dtype=dtype, local_files_only=True
+            str(path),
+            subfolder=sub,
+            dtype=dtype,
+            local_files_only=True,
+            variant=variant if has else None,
         )
     return AutoencoderKL.from_pretrained(source, dtype=dtype)
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from harness.pipelines import REGISTRY
+from harness.pipelines import REGISTRY, raise_oom_above
 from pipelines.batch import Item, Params, run_batch
 from pipelines.engine import Engine, Request
 from pipelines.loader import load_model
@@ -46,22 +46,6 @@ def params_of(loaded: Any) -> Params:
     )
 
 
-def fail_above(module: Any, attr: str, batch: int) -> tuple[list[int], Any]:
-    """Make ``module.attr`` raise OOM for inputs of more than ``batch`` rows; returns the
-    sizes it refused and a function that undoes it."""
-    real = getattr(module, attr)
-    refused: list[int] = []
-
-    def call(x: Any, *args: Any, **kwargs: Any) -> Any:
-        if x.shape[0] > batch:
-            refused.append(x.shape[0])
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real(x, *args, **kwargs)
-
-    setattr(module, attr, call)
-    return refused, lambda: setattr(module, attr, real)
-
-
 def through_engine(loaded: Any, seeds: list[int]) -> tuple[list[np.ndarray], Engine]:
     engine = Engine(loaded.model, models_dir=Path("."), load=lambda: loaded)
     engine.start()
@@ -91,7 +75,7 @@ def test_an_oom_splits_the_batch_and_the_next_batch_runs_in_the_models_dtype(
     items = [Item(f"a red fox {s}", None, s) for s in seeds]
     unsplit = [np.asarray(im, dtype=np.int16) for im in run_batch(loaded, params_of(loaded), items)]
 
-    refused, undo = fail_above(getattr(loaded.pipe, where), attr, limit)
+    refused, undo = raise_oom_above(getattr(loaded.pipe, where), attr, rows=limit)
     try:
         split, engine = through_engine(loaded, seeds)
     finally:
