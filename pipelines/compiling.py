@@ -16,6 +16,9 @@ and the one policy for every other shape.
   size, guidance branch or LoRA set warm-up did not cover is counted
   (``LoadedModel.eager_calls``, ``kiln_compile_eager_calls_total``) and logged once per
   shape; graphs made after warm-up (there should be none) are ``kiln_recompiles_total``.
+- **LoRAs**: every listed adapter is loaded once, before compiling, and requests only
+  switch them (``set_adapters``), so diffusers' LoRA hot-swap (loading a new adapter
+  into a compiled model) has nothing to do here.
 - **Caches**: inductor keeps its FX graph and autotuning caches under
   ``TORCHINDUCTOR_CACHE_DIR``; ``kiln worker`` sets it to ``<KILN_DATA_DIR>/inductor``
   unless set, so a restart on the same volume compiles from the cache.
