@@ -17,12 +17,14 @@ from flask_smorest import Blueprint
 from marshmallow import Schema, fields, validate
 
 from app.auth import owner
-from app.metrics import job_submitted
+from app.jsonbody import BoundedJsonParser
 from app.schemas import ApiErrorSchema
-from app.service import get_job_or_404, service
-from tasks.jobs.schema import JobSchema, validate_job
+from app.service import get_job_or_404, readable_job, service
+from tasks.jobs.request import JobRequest
+from tasks.jobs.schema import JobSchema
 
 blp = Blueprint("classic", __name__, description="Classic /generate API")
+blp.ARGUMENTS_PARSER = BoundedJsonParser()
 
 STATES = {
     "queued": "queued",
@@ -76,13 +78,11 @@ class Generate(MethodView):
     @blp.alt_response(422, schema=ApiErrorSchema)
     def post(self, data: dict[str, Any]) -> Any:
         """Queue a generation; poll GET /job/<job_id>."""
-        d = service()
-        params = validate_job(data, d.registry)
-        d.check_webhook(params)
-        record, _ = d.submit(params, owner=owner(), source="classic")
-        job_submitted(params["model"], "classic")
-        view = d.get(record["id"]) or record
-        return {"job_id": record["id"], "status": "queued", "estimated_time": view.get("eta_s")}
+        done = service().accept(
+            JobRequest(fields=data, door="classic", owner=owner(), read_job=readable_job)
+        )
+        record = done.record
+        return {"job_id": record["id"], "status": "queued", "estimated_time": record.get("eta_s")}
 
 
 @blp.route("/job/<string:job_id>")

@@ -9,7 +9,7 @@ and end).
 
 from __future__ import annotations
 
-from flask import Flask, Response, request
+from flask import Flask, Response, g, request
 from flask_limiter import Limiter
 
 from app.auth import SUBMIT_ENDPOINTS, owner
@@ -29,6 +29,8 @@ def retry_after_only_when_asked(response: Response) -> Response:
     (Flask-Limiter would put it on every limited answer, a 202 included)."""
     if response.status_code not in (429, 503):
         response.headers.pop("Retry-After", None)
+    elif "kiln_retry_after" in g:  # the error's own value, not the limiter's window
+        response.headers["Retry-After"] = g.kiln_retry_after
     return response
 
 

@@ -31,9 +31,7 @@ from app.openai_api import (
     OpenAIErrorSchema,
     answer,
     blp,
-    job_params,
 )
-from app.service import readable_job, service
 from config.errors import InvalidInput
 from tasks.jobs.inputs import ImageInput
 
@@ -143,5 +141,4 @@ def edit(schema: EditsRequestSchema) -> Any:
         )
     data = schema.load(form_payload(schema, request))
     data.setdefault("prompt", "")
-    params = service().check_inputs(job_params(data), read_job=readable_job)
-    return answer(params, data, source="openai")
+    return answer(data)

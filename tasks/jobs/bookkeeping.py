@@ -7,6 +7,8 @@
   in it or running) → that worker, which the reaper walks to find jobs whose worker
   died.
 - ``kiln:active:<owner>``: the queued and running jobs of one API key (its quota).
+- ``kiln:idem:<owner>:<sha256 of the key>``: an ``Idempotency-Key`` claimed, with
+  the job it made and a digest of the body; claimed with the record, in one step.
 - ``kiln:owned:<owner>`` (``kiln:owned`` for jobs made without a key): a sorted set by
   submit time of every job of one API key, what ``GET /v1/jobs`` lists. Each submit
   trims it to the jobs the store may still hold, and it expires with its newest job.
@@ -31,6 +33,7 @@ Functions take a Redis client or a pipeline, so callers can add them to one roun
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from typing import Any
@@ -69,6 +72,11 @@ def running_key(model: str) -> str:
 
 def active_key(owner: str) -> str:
     return f"kiln:active:{owner}"
+
+
+def idempotency_key(owner: str | None, key: str) -> str:
+    """Where an API key's Idempotency-Key is claimed (the header's value hashed)."""
+    return f"kiln:idem:{owner or '-'}:{hashlib.sha256(key.encode()).hexdigest()}"
 
 
 # -- the queued set ------------------------------------------------------------

@@ -1,11 +1,15 @@
-"""The job service: submit, read, follow and cancel jobs (what the API calls).
+"""The job service: accept, read, follow and cancel jobs (what the API calls).
 
+    from tasks.jobs.request import JobRequest
     from tasks.jobs.service import JobService
     jobs = JobService(settings)
-    record, created = jobs.submit(jobs.validate({"prompt": "a red fox", "model": "tiny-sd"}))
+    done = jobs.accept(JobRequest(fields={"prompt": "a red fox", "model": "tiny-sd"}, door="rest"))
 
-The job record is written before the task is sent, so a job is never lost
-between the two: if the broker refuses the message, the record says so.
+``accept`` is every door's one way in. The record is written (with the quota's count
+and the Idempotency-Key's claim, in one script) before the task is sent, so a job is
+never lost between the two. A message the broker refuses takes the record back (a 503,
+nothing left, the key free for the retry); where the job store cannot take it back,
+the record stays queued, the lost-message sweep sends it, and the caller gets its job.
 """
 
 from __future__ import annotations
@@ -17,11 +21,13 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import redis
 from celery import Celery
 
 from config.errors import (
     BrokerUnavailable,
     Conflict,
+    JobStoreUnavailable,
     NotFound,
     RateLimited,
 )
@@ -32,7 +38,8 @@ from tasks.jobs.ends import end_job
 from tasks.jobs.fleet import Fleet
 from tasks.jobs.inputs import Inputs
 from tasks.jobs.records import kwargs_repr, new_job_id, new_record, task_kwargs
-from tasks.jobs.schema import check_image_size, load_job
+from tasks.jobs.request import Accepted, JobRequest
+from tasks.jobs.schema import check_image_size, load_job, validate_job
 from tasks.jobs.storage import Storage
 from tasks.jobs.store import TERMINAL, JobStore
 from tasks.jobs.urlsafety import check_job_webhook
@@ -44,6 +51,13 @@ log = logging.getLogger("kiln.jobs")
 
 def body_hash(payload: Any) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def quota_reached(quota: int) -> RateLimited:
+    return RateLimited(
+        f"{quota} jobs of this API key are already queued or running",
+        fields={"quota": [quota]},
+    )
 
 
 class JobService:
@@ -63,6 +77,8 @@ class JobService:
         self.store = JobStore(settings.redis_url, ttl_s=settings.job_ttl_s)
         self.storage = Storage(settings)
         self.fleet = Fleet(self.store.redis, self.celery)
+        # Counts each job made (the API's metric): called by ``accept`` with model, door.
+        self.on_accept: Callable[[str, str], None] | None = None
 
     # -- submit ---------------------------------------------------------------
     def validate(self, payload: Any) -> dict[str, Any]:
@@ -72,7 +88,7 @@ class JobService:
         return params
 
     def check_inputs(
-        self, params: dict[str, Any], *, read_job: Callable[[str], dict[str, Any] | None]
+        self, params: dict[str, Any], *, read_job: Callable[[str], dict[str, Any] | None] | None
     ) -> dict[str, Any]:
         """Read, decode and check the image inputs (``read_job(id)``: a job this caller
         may read, or None); sizes the job from the image. Raises ``InvalidInput``."""
@@ -89,6 +105,32 @@ class JobService:
             allow_private=self.settings.webhook_allow_private,
         )
 
+    def accept(self, request: JobRequest) -> Accepted:
+        """The one way a job comes in, whatever the door: the request's fields under the
+        model's rules, its webhook and image inputs checked, then (``submit``) the
+        Idempotency-Key, the quota, the record and the message. Raises ``InvalidInput``
+        (naming the fields), ``Conflict``, ``RateLimited`` or a ``TransientError``."""
+        params = validate_job(dict(request.fields), self.registry)
+        self.check_webhook(params)
+        if request.idempotency_key:  # a retry is answered before anything is read or counted
+            replay = self._replay(request.owner, request.idempotency_key, request.body)
+            if replay is not None:
+                return Accepted(record=replay, created=False, params=params)
+        params = self.check_inputs(params, read_job=request.read_job)
+        record, created = self.submit(
+            params,
+            owner=request.owner,
+            job_id=request.job_id,
+            source=request.door,
+            idempotency_key=request.idempotency_key,
+            request_body=request.body,
+        )
+        if created and self.on_accept is not None:
+            self.on_accept(params["model"], request.door)
+        return Accepted(
+            record=self._shown(record) if created else record, created=created, params=params
+        )
+
     def submit(
         self,
         params: dict[str, Any],
@@ -102,29 +144,42 @@ class JobService:
         """Record and send validated params; returns ``(record, created)``.
 
         With an ``idempotency_key`` the same key and body return the first job
-        (``created`` False); the same key with another body is a ``Conflict``.
+        (``created`` False); the same key with another body is a ``Conflict``. The key
+        is claimed with the record, in one step, and set free again if the message
+        cannot be sent: a retry then makes the job afresh.
         """
         job_id = job_id or new_job_id()
-        quota = self.settings.max_concurrent_jobs
-        if owner and quota and bk.active_jobs(self.store.redis, owner) >= quota:
-            raise RateLimited(
-                f"{quota} jobs of this API key are already queued or running",
-                fields={"quota": [quota]},
+        quota = self.settings.max_concurrent_jobs if owner else 0
+        claim = None
+        if idempotency_key:
+            replay = self._replay(owner, idempotency_key, request_body)
+            if replay is not None:
+                return replay, False
+            value = json.dumps({"job_id": job_id, "body": body_hash(request_body)})
+            claim = (
+                bk.idempotency_key(owner, idempotency_key),
+                value,
+                self.settings.idempotency_ttl_s,
             )
+        if quota and self.store.live_jobs(owner) >= quota:  # spares storing inputs in vain
+            raise quota_reached(quota)
         # Inputs first: a storage outage then costs no idempotency key (a retry works).
         params = Inputs(self.storage).store(job_id, params)
-        if idempotency_key:
-            existing = self._claim_key(idempotency_key, owner, job_id, request_body)
-            if existing is not None:
-                return existing, False
         record = new_record(job_id, params, owner=owner, source=source)
-
-        def bookkeeping(pipe: Any) -> None:
-            bk.mark_queued(pipe, params["model"], job_id, record["created_at"])
-            bk.mark_active(pipe, owner, job_id, ttl_s=self.settings.job_ttl_s)
-            bk.mark_owned(pipe, owner, job_id, record["created_at"], ttl_s=self.settings.job_ttl_s)
-
-        self.store.create(record, also=bookkeeping)
+        outcome, held = self.store.submit(record, quota=quota, idempotency=claim)
+        if outcome == "idem":  # the same key, claimed a moment ago by a request like this one
+            first = json.loads(held)
+            replay = self._replay(owner, str(idempotency_key), request_body, first=first)
+            if replay is None:
+                raise Conflict(
+                    "Idempotency-Key is being used by a request in progress",
+                    fields={"Idempotency-Key": ["in use"]},
+                )
+            return replay, False
+        if outcome == "quota":  # the check and the count are one step: this is the truth
+            raise quota_reached(quota)
+        if outcome == "exists":
+            raise Conflict(f"job id {job_id!r} is taken", fields={"job_id": ["taken"]})
         try:
             kwargs = task_kwargs(job_id, params, owner)
             self.celery.send_task(
@@ -136,16 +191,21 @@ class JobService:
             )
         except Exception as exc:  # kombu raises many types for a broker that is down
             log.error("could not enqueue job %s: %s", job_id, type(exc).__name__)
-            end_job(
-                self.store,
-                None,  # the broker just refused a message: the reaper sends the webhook
-                job_id,
-                "failed",
-                allowed_from=("queued",),
-                error={"code": "broker_unavailable", "message": "the job could not be queued"},
-                webhook_lease_s=self.settings.webhook_lease_s,
-            )
-            raise BrokerUnavailable("the job could not be queued; try again") from exc
+            try:
+                taken_back = self.store.discard(
+                    job_id,
+                    model=params["model"],
+                    owner=owner,
+                    idempotency_key=claim[0] if claim else None,
+                )
+            except JobStoreUnavailable:
+                # The record stays, queued, and the lost-message sweep sends it (once):
+                # the caller gets its job, never a 503 for a job that later runs.
+                log.warning("job %s kept queued: the sweep will send its message", job_id)
+                return record, True
+            if taken_back:
+                raise BrokerUnavailable("the job could not be queued; try again") from exc
+            return record, True  # a worker received it: the message went out after all
         queue = queue_for(params["model"])
         log.info(
             "job %s queued on %s",
@@ -155,27 +215,31 @@ class JobService:
         )
         return record, True
 
-    def _claim_key(
-        self, key: str, owner: str | None, job_id: str, body: Any
+    def _replay(
+        self, owner: str | None, key: str, body: Any, *, first: Any = None
     ) -> dict[str, Any] | None:
-        rkey = f"kiln:idem:{owner or '-'}:{hashlib.sha256(key.encode()).hexdigest()}"
-        value = json.dumps({"job_id": job_id, "body": body_hash(body)})
-        if self.store.redis.set(rkey, value, nx=True, ex=self.settings.idempotency_ttl_s):
+        """The job an Idempotency-Key made, for the same body (None: the key is free)."""
+        rkey = bk.idempotency_key(owner, key)
+        first = first if first is not None else self.store.idempotent(rkey)
+        if not first:
             return None
-        raw = self.store.redis.get(rkey)
-        first = json.loads(raw) if raw else {}
         if first.get("body") != body_hash(body):
             raise Conflict(
                 "Idempotency-Key was used with a different request body",
                 fields={"Idempotency-Key": ["reused with another body"]},
             )
         record = self.get(first["job_id"])
-        if record is None:
-            raise Conflict(
-                "Idempotency-Key is being used by a request in progress",
-                fields={"Idempotency-Key": ["in use"]},
-            )
+        if record is None:  # its job's record expired: the key is free again
+            self.store.release(rkey, first["job_id"])
         return record
+
+    def _shown(self, record: dict[str, Any]) -> dict[str, Any]:
+        """A new job as its door shows it: with its queue place, unless the job store
+        cannot say (the job is made all the same)."""
+        try:
+            return self.view(dict(record))
+        except (JobStoreUnavailable, redis.RedisError):
+            return {**record, "queue_position": None, "eta_s": None}
 
     # -- read -----------------------------------------------------------------
     def get(self, job_id: str) -> dict[str, Any] | None:

@@ -15,10 +15,10 @@ from typing import Any
 
 import redis
 
-from config.errors import BrokerUnavailable
+from config.errors import JobStoreUnavailable
 from tasks.jobs import bookkeeping as bk
 from tasks.jobs import holding
-from tasks.jobs.scripts import END, REQUEUE, TRANSITION
+from tasks.jobs.scripts import CREATE, DISCARD, END, REQUEUE, TRANSITION
 
 TERMINAL = frozenset({"succeeded", "failed", "canceled"})
 LIVE = ("queued", "running")
@@ -69,6 +69,8 @@ class JobStore:
         self._transition = self.redis.register_script(TRANSITION)
         self._end = self.redis.register_script(END)
         self._requeue = self.redis.register_script(REQUEUE)
+        self._create = self.redis.register_script(CREATE)
+        self._discard = self.redis.register_script(DISCARD)
         self._receive = self.redis.register_script(holding.RECEIVE)
         self._start = self.redis.register_script(holding.START)
         # redis-py reads with a 5 s socket timeout by default: blocking reads (live
@@ -86,7 +88,7 @@ class JobStore:
         try:
             raw = self.redis.hgetall(job_key(job_id))
         except redis.RedisError as exc:
-            raise BrokerUnavailable(f"job store unreachable: {type(exc).__name__}") from exc
+            raise JobStoreUnavailable(f"job store unreachable: {type(exc).__name__}") from exc
         if not raw:
             return None
         return {k: json.loads(v) for k, v in raw.items()}
@@ -96,7 +98,7 @@ class JobStore:
         try:
             raw = self.redis.hget(job_key(job_id), name)
         except redis.RedisError as exc:
-            raise BrokerUnavailable(f"job store unreachable: {type(exc).__name__}") from exc
+            raise JobStoreUnavailable(f"job store unreachable: {type(exc).__name__}") from exc
         return None if raw is None else json.loads(raw)
 
     def events(
@@ -152,8 +154,97 @@ class JobStore:
                     also(pipe)
                 pipe.execute()
         except redis.RedisError as exc:
-            raise BrokerUnavailable(f"job store unreachable: {type(exc).__name__}") from exc
+            raise JobStoreUnavailable(f"job store unreachable: {type(exc).__name__}") from exc
         return True
+
+    def submit(
+        self,
+        record: Mapping[str, Any],
+        *,
+        quota: int = 0,
+        idempotency: tuple[str, str, int] | None = None,
+    ) -> tuple[str, Any]:
+        """Write a new job's record with its first event, its queue place, its owner's
+        quota slot and index entry, and claim its Idempotency-Key, in one step.
+
+        ``quota``: at most that many live jobs for the record's owner; ``idempotency``:
+        ``(key, value, ttl_s)``. Returns ``("created", None)``, ``("idem", the claimed
+        key's value)``, ``("quota", live jobs)`` or ``("exists", None)``; nothing is
+        written but on ``created``.
+        """
+        job_id, owner = record["id"], record.get("owner")
+        created = float(record["created_at"])
+        idem_key, idem_value, idem_ttl = idempotency or (bk.idempotency_key(owner, ""), "", 0)
+        keys = self._submit_keys(job_id, record["model"], owner, idem_key)
+        event = json.dumps({"status": record.get("status"), "at": record.get("created_at")})
+        argv: list[Any] = [
+            self.ttl_s,
+            job_id,
+            created,
+            quota,
+            int(bool(owner)),
+            int(idempotency is not None),
+            idem_value,
+            idem_ttl,
+            created - self.ttl_s - bk.OWNED_KEEP_S,
+            self.ttl_s + bk.OWNED_KEEP_S,
+            event,
+        ]
+        for k, v in record.items():
+            argv += [k, json.dumps(v)]
+        try:
+            res = self._create(keys=keys, args=argv)
+        except redis.RedisError as exc:
+            raise JobStoreUnavailable(f"job store unreachable: {type(exc).__name__}") from exc
+        outcome = str(res[0])
+        return outcome, (res[1] if len(res) > 1 else None)
+
+    def discard(
+        self, job_id: str, *, model: str, owner: str | None, idempotency_key: str | None
+    ) -> bool:
+        """Take back a submit whose message was never sent: its record and all that
+        counts it, and its Idempotency-Key. False when a worker has received it since
+        (its message went out after all) or it is gone."""
+        idem_key = idempotency_key or bk.idempotency_key(owner, "")
+        keys = self._submit_keys(job_id, model, owner, idem_key)
+        try:
+            return bool(self._discard(keys=keys, args=[job_id]))
+        except redis.RedisError as exc:
+            raise JobStoreUnavailable(f"job store unreachable: {type(exc).__name__}") from exc
+
+    def idempotent(self, key: str) -> Any:
+        """The value an Idempotency-Key's claim holds (None: not claimed)."""
+        try:
+            raw = self.redis.get(key)
+        except redis.RedisError as exc:
+            raise JobStoreUnavailable(f"job store unreachable: {type(exc).__name__}") from exc
+        return None if raw is None else json.loads(raw)
+
+    def release(self, key: str, job_id: str) -> None:
+        """Free an Idempotency-Key whose job has gone (its record expired)."""
+        try:
+            if (self.idempotent(key) or {}).get("job_id") == job_id:
+                self.redis.delete(key)
+        except redis.RedisError as exc:
+            raise JobStoreUnavailable(f"job store unreachable: {type(exc).__name__}") from exc
+
+    def live_jobs(self, owner: str | None) -> int:
+        """The owner's queued and running jobs (what its quota counts)."""
+        try:
+            return bk.active_jobs(self.redis, owner)
+        except redis.RedisError as exc:
+            raise JobStoreUnavailable(f"job store unreachable: {type(exc).__name__}") from exc
+
+    @staticmethod
+    def _submit_keys(job_id: str, model: str, owner: str | None, idem_key: str) -> list[str]:
+        return [
+            job_key(job_id),
+            events_key(job_id),
+            bk.queued_key(model),
+            bk.active_key(owner or "-"),
+            bk.owned_key(owner),
+            idem_key,
+        ]
 
     def transition(
         self,
@@ -177,7 +268,7 @@ class JobStore:
         try:
             res = self._run_transition(job_id, argv)
         except redis.RedisError as exc:
-            raise BrokerUnavailable(f"job store unreachable: {type(exc).__name__}") from exc
+            raise JobStoreUnavailable(f"job store unreachable: {type(exc).__name__}") from exc
         if not res:
             return None, False
         return res[0], bool(res[1])
@@ -192,7 +283,7 @@ class JobStore:
         try:
             res = self._receive(keys=keys, args=args)
         except redis.RedisError as exc:
-            raise BrokerUnavailable(f"job store unreachable: {type(exc).__name__}") from exc
+            raise JobStoreUnavailable(f"job store unreachable: {type(exc).__name__}") from exc
         return bool(res and res[1])
 
     def start(self, job_id: str, *, model: str, worker: str, at: float | None = None) -> bool:
@@ -204,7 +295,7 @@ class JobStore:
         try:
             res = self._start(keys=keys, args=[self.ttl_s, worker, job_id, started, data])
         except redis.RedisError as exc:
-            raise BrokerUnavailable(f"job store unreachable: {type(exc).__name__}") from exc
+            raise JobStoreUnavailable(f"job store unreachable: {type(exc).__name__}") from exc
         return bool(res and res[1])
 
     def requeue(self, job_id: str, *, model: str, dead_worker: str, score: float) -> bool:
@@ -221,7 +312,7 @@ class JobStore:
         try:
             return bool(self._requeue(keys=keys, args=argv))
         except redis.RedisError as exc:
-            raise BrokerUnavailable(f"job store unreachable: {type(exc).__name__}") from exc
+            raise JobStoreUnavailable(f"job store unreachable: {type(exc).__name__}") from exc
 
     def end(
         self,
@@ -252,7 +343,7 @@ class JobStore:
         try:
             res = self._end(keys=[job_key(job_id), events_key(job_id), bk.JOB_COUNTERS], args=argv)
         except redis.RedisError as exc:
-            raise BrokerUnavailable(f"job store unreachable: {type(exc).__name__}") from exc
+            raise JobStoreUnavailable(f"job store unreachable: {type(exc).__name__}") from exc
         if not res:
             return None, None
         if not res[1]:
@@ -264,7 +355,7 @@ class JobStore:
         try:
             self._run_transition(job_id, self._progress_argv(step, steps))
         except redis.RedisError as exc:
-            raise BrokerUnavailable(f"job store unreachable: {type(exc).__name__}") from exc
+            raise JobStoreUnavailable(f"job store unreachable: {type(exc).__name__}") from exc
 
     def progress_many(
         self, steps_by_job: Mapping[str, tuple[int, int] | tuple[int, int, float | None]]
@@ -303,7 +394,7 @@ class JobStore:
             try:
                 results = pipe.execute(raise_on_error=False) if len(pipe) else []
             except redis.RedisError as exc:
-                raise BrokerUnavailable(f"job store unreachable: {type(exc).__name__}") from exc
+                raise JobStoreUnavailable(f"job store unreachable: {type(exc).__name__}") from exc
         started: dict[str, bool | None] = {
             j: None if isinstance(r, Exception) else bool(r and r[1])
             for j, r in zip(starts, results, strict=False)

@@ -17,7 +17,7 @@ import threading
 import time
 from typing import Any
 
-from config.errors import BrokerUnavailable
+from config.errors import JobStoreUnavailable
 from tasks.jobs import bookkeeping as bk
 from tasks.jobs.inputs import Inputs, image_mode
 from tasks.worker import runtime as rt
@@ -139,7 +139,7 @@ def mark_running(runtime: rt.Runtime, job_id: str, at: float, start: Start | Non
             )
         )
     if not start.written.wait(runtime.settings.outage_budget_s):
-        raise BrokerUnavailable("job store unreachable: the job's start was not written")
+        raise JobStoreUnavailable("job store unreachable: the job's start was not written")
     return start.applied
 
 
