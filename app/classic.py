@@ -16,11 +16,9 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 from marshmallow import Schema, fields, validate
 
-from app.auth import owner
 from app.jsonbody import BoundedJsonParser
 from app.schemas import ApiErrorSchema
-from app.service import get_job_or_404, readable_job, service
-from tasks.jobs.request import JobRequest
+from app.service import get_job_or_404, job_request, service
 from tasks.jobs.schema import JobSchema
 
 blp = Blueprint("classic", __name__, description="Classic /generate API")
@@ -78,9 +76,7 @@ class Generate(MethodView):
     @blp.alt_response(422, schema=ApiErrorSchema)
     def post(self, data: dict[str, Any]) -> Any:
         """Queue a generation; poll GET /job/<job_id>."""
-        done = service().accept(
-            JobRequest(fields=data, door="classic", owner=owner(), read_job=readable_job)
-        )
+        done = service().accept(job_request(data, "classic"))
         record = done.record
         return {"job_id": record["id"], "status": "queued", "estimated_time": record.get("eta_s")}
 

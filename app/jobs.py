@@ -23,12 +23,11 @@ from app.schemas import (
     JobSchema,
     JobViewSchema,
 )
-from app.service import get_job_or_404, idempotency_key, readable_job, service, settings
+from app.service import get_job_or_404, idempotency_key, job_request, service, settings
 from app.streams import stream_slots
 from config.errors import InvalidInput
 from tasks.jobs.listing import list_jobs
 from tasks.jobs.records import public_view
-from tasks.jobs.request import JobRequest
 
 blp = Blueprint("jobs", __name__, url_prefix="/v1/jobs", description="Image jobs")
 blp.ARGUMENTS_PARSER = JsonOrFormParser()  # a job with image files may come as a form
@@ -109,13 +108,8 @@ class Jobs(MethodView):
         fields name each bad field; the limits are the model's own (GET /v1/models).
         """
         done = service().accept(
-            JobRequest(
-                fields=data,
-                door="rest",
-                owner=owner(),
-                idempotency_key=idempotency_key(),
-                body=body_for_idempotency(),
-                read_job=readable_job,
+            job_request(
+                data, "rest", idempotency_key=idempotency_key(), body=body_for_idempotency()
             )
         )
         view = job_view(done.record)

@@ -32,14 +32,12 @@ from marshmallow import Schema, ValidationError, fields, validate, validates_sch
 from redis.exceptions import RedisError
 from werkzeug.exceptions import HTTPException
 
-from app.auth import owner
 from app.errors import from_http, retry_after, store_unavailable
 from app.jsonbody import BoundedJsonParser
 from app.limits import limit_key
-from app.service import readable_job, service, settings
+from app.service import job_request, service, settings
 from app.streams import wait_slots
 from config.errors import InvalidInput, KilnError, invalid_input
-from tasks.jobs.request import JobRequest
 from tasks.jobs.schema import JobSchema
 
 blp = Blueprint(
@@ -223,9 +221,7 @@ def answer(data: dict[str, Any]) -> Any:
     s = settings()
     with wait_slots(current_app, s.sync_max_waits, s.key_slot_share).held(limit_key()):
         try:
-            accepted = d.accept(
-                JobRequest(fields=to_job(data), door="openai", owner=owner(), read_job=readable_job)
-            )
+            accepted = d.accept(job_request(to_job(data), "openai"))
         except InvalidInput as exc:
             raise sized_as_asked(exc, data) from None
         record, params = accepted.record, accepted.params

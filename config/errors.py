@@ -148,6 +148,12 @@ class TooManyWaits(TooManyStreams):
     code = "too_many_waits"
 
 
+class TooManyFetches(TooManyStreams):
+    """Every image-URL fetch slot of this API process is taken; retry shortly."""
+
+    code = "too_many_fetches"
+
+
 class KeySlotShareExceeded(RateLimited):
     """This API key holds its whole share of a process's stream or wait slots."""
 

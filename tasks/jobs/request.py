@@ -22,7 +22,9 @@ class JobRequest:
     ``fields``: the loaded job fields (the job schema's names); ``door``: which door
     (``DOORS``, also the record's ``source``); ``owner``: the API key's name;
     ``idempotency_key`` and ``body`` (what the key compares); ``read_job(id)``: a job
-    this caller may read, or None (for image inputs given as a job's output).
+    this caller may read, or None (for image inputs given as a job's output);
+    ``holder``: the API key (or client address) whose share of the image-URL fetch
+    slots its fetches take.
     """
 
     fields: Mapping[str, Any]
@@ -32,6 +34,7 @@ class JobRequest:
     body: Any = None
     read_job: Callable[[str], dict[str, Any] | None] | None = None
     job_id: str | None = None
+    holder: str = ""  # whose share of per-process caps it takes (the API key, or address)
 
     def __post_init__(self) -> None:
         if self.door not in DOORS:

@@ -36,7 +36,7 @@ from pipelines.registry import Registry
 from tasks.jobs import bookkeeping as bk
 from tasks.jobs.ends import end_job
 from tasks.jobs.fleet import Fleet
-from tasks.jobs.inputs import Inputs
+from tasks.jobs.inputs import FetchSlots, Inputs
 from tasks.jobs.records import kwargs_repr, new_job_id, new_record, task_kwargs
 from tasks.jobs.request import Accepted, JobRequest
 from tasks.jobs.schema import check_image_size, load_job, validate_job
@@ -79,6 +79,7 @@ class JobService:
         self.fleet = Fleet(self.store.redis, self.celery)
         # Counts each job made (the API's metric): called by ``accept`` with model, door.
         self.on_accept: Callable[[str, str], None] | None = None
+        self.fetch_slots = FetchSlots(settings.input_fetch_max, share=settings.key_slot_share)
 
     # -- submit ---------------------------------------------------------------
     def validate(self, payload: Any) -> dict[str, Any]:
@@ -88,13 +89,24 @@ class JobService:
         return params
 
     def check_inputs(
-        self, params: dict[str, Any], *, read_job: Callable[[str], dict[str, Any] | None] | None
+        self,
+        params: dict[str, Any],
+        *,
+        read_job: Callable[[str], dict[str, Any] | None] | None,
+        holder: str = "",
     ) -> dict[str, Any]:
         """Read, decode and check the image inputs (``read_job(id)``: a job this caller
-        may read, or None); sizes the job from the image. Raises ``InvalidInput``."""
+        may read, or None; ``holder``: whose share of the fetch slots a URL takes);
+        sizes the job from the image. Raises ``InvalidInput``."""
         if params.get("image") is None and params.get("mask") is None:
             return params
-        inputs = Inputs.for_settings(self.storage, self.settings, read_job=read_job)
+        inputs = Inputs.for_settings(
+            self.storage,
+            self.settings,
+            read_job=read_job,
+            slots=self.fetch_slots,
+            holder=holder,
+        )
         checked = inputs.check(params, self.registry[params["model"]])
         return check_image_size(params, checked, self.registry)
 
@@ -116,7 +128,7 @@ class JobService:
             replay = self._replay(request.owner, request.idempotency_key, request.body)
             if replay is not None:
                 return Accepted(record=replay, created=False, params=params)
-        params = self.check_inputs(params, read_job=request.read_job)
+        params = self.check_inputs(params, read_job=request.read_job, holder=request.holder)
         record, created = self.submit(
             params,
             owner=request.owner,

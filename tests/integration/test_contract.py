@@ -14,9 +14,11 @@ import base64
 import io
 import json
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -26,11 +28,11 @@ from PIL import Image
 
 from app.auth import hash_key
 from harness.http import KilnHTTP
-from harness.stack import SECRETS, Stack, free_port
+from harness.stack import SECRETS, Stack, free_port, wait_for
 from tasks.jobs import bookkeeping as bk
 from tasks.messaging.names import queue_for
 
-KEYS = {"alice": "kiln_contract-alice-key", "bob": "kiln_contract-bob-key"}
+KEYS = {name: f"kiln_contract-{name}-key" for name in ("alice", "bob", "carol")}
 SECRETS.extend(KEYS.values())
 QUOTA = 2
 QUEUED = {"prompt": "waits", "model": "tiny-sd", "steps": 2}  # no worker here: stays queued
@@ -84,10 +86,14 @@ def cancel_live(api: KilnHTTP, r: redis.Redis, owner: str) -> None:
     assert bk.active_jobs(r, owner) == 0
 
 
-def png_data_url() -> str:
+def png_bytes() -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", (64, 64), (30, 120, 200)).save(buf, "PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    return buf.getvalue()
+
+
+def png_data_url() -> str:
+    return "data:image/png;base64," + base64.b64encode(png_bytes()).decode()
 
 
 def everything_stored(r: redis.Redis) -> str:
@@ -156,6 +162,66 @@ def test_the_edit_doors_answer_429_past_the_rate_limit(cstack: Stack) -> None:
         assert codes[2].status_code == 429 and int(codes[2].headers["Retry-After"]) > 0
         assert codes[2].json()["error"]["code"] == "rate_limited"  # OpenAI's shape
         bob = as_(cstack, "alice", url)  # the other door, on a fresh key's budget
+
+
+# -- image-URL fetches hold API threads: capped ----------------------------------------
+class SlowImages:
+    """An image server on 127.0.0.1 that holds every GET until ``release``."""
+
+    def __init__(self) -> None:
+        self.arrivals = 0
+        self.release = threading.Event()
+        outer, body = self, png_bytes()
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                outer.arrivals += 1
+                outer.release.wait(60)
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.release.set()
+        self.server.shutdown()
+
+
+def test_image_url_fetches_are_capped_per_api_process_and_per_key(
+    cstack: Stack, alice: KilnHTTP, r: redis.Redis
+) -> None:
+    env = {
+        "KILN_WEBHOOK_ALLOW_PRIVATE": "true",  # the slow server is on loopback
+        "KILN_INPUT_FETCH_MAX": "2",
+        "KILN_KEY_SLOT_SHARE": "0.5",
+    }
+    url, images = cstack.start_api(env=env), SlowImages()
+    body = {**QUEUED, "image": f"{images.url}/in.png"}
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            held = [
+                pool.submit(as_(cstack, n, url).post, "/v1/jobs", body) for n in ("alice", "bob")
+            ]
+            wait_for(lambda: images.arrivals == 2, timeout=30, what="two fetches held")
+            own_share = as_(cstack, "alice", url).post("/v1/jobs", json=body)
+            assert own_share.status_code == 429, own_share.text
+            assert own_share.json()["error"]["code"] == "key_slot_share_exceeded"
+            full = as_(cstack, "carol", url).post("/v1/jobs", json=body)
+            assert full.status_code == 503 and full.headers["Retry-After"], full.text
+            assert full.json()["error"]["code"] == "too_many_fetches"
+            assert images.arrivals == 2  # neither of them fetched anything
+            images.release.set()
+            assert [f.result().status_code for f in held] == [202, 202]
+    finally:
+        images.close()
+        cancel_live(as_(cstack, "bob"), r, "bob")
 
 
 # -- Idempotency-Key ---------------------------------------------------------------------
