@@ -14,6 +14,7 @@ from flask_limiter import Limiter
 
 from app.auth import SUBMIT_ENDPOINTS, owner
 from config.settings import Settings
+from tasks.jobs.bookkeeping import RATE_LIMIT_PREFIX
 
 
 def limit_key() -> str:
@@ -45,7 +46,7 @@ def init_limits(app: Flask, settings: Settings) -> Limiter:
         # request: 100 000 entries at the default limit, searched on every submit).
         strategy="sliding-window-counter",
         headers_enabled=True,
-        key_prefix="kiln:ratelimit",
+        key_prefix=RATE_LIMIT_PREFIX,
         application_limits=[settings.rate_limit],
         application_limits_exempt_when=not_a_submit,
         swallow_errors=True,  # Redis down: the submit itself answers 503, not the limiter 500

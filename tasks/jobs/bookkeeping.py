@@ -1,4 +1,9 @@
-"""Redis bookkeeping around jobs: the one module that spells these keys.
+"""Redis bookkeeping around jobs, and every Redis key Kiln spells (Celery's own broker
+and result keys are Celery's).
+
+- ``kiln:job:<id>`` and ``kiln:job:<id>:events``: a job's record and its events, which
+  only the job store (``tasks.jobs.store``) reads and writes.
+- ``kiln:ratelimit``: the prefix of Flask-Limiter's counters (``app.limits``).
 
 - ``kiln:queued:<model>``: a sorted set by submit time of the jobs waiting for that
   model, in the broker or inside a worker that took them but has not put them on the
@@ -41,6 +46,17 @@ from typing import Any
 log = logging.getLogger("kiln.bookkeeping")
 
 EMA_ALPHA = 0.3
+RATE_LIMIT_PREFIX = "kiln:ratelimit"
+
+
+def job_key(job_id: str) -> str:
+    return f"kiln:job:{job_id}"
+
+
+def events_key(job_id: str) -> str:
+    return f"kiln:job:{job_id}:events"
+
+
 CANCEL_CHANNEL = "kiln:cancel"
 JOB_COUNTERS = "kiln:counters:jobs"
 WEBHOOK_COUNTERS = "kiln:counters:webhooks"

@@ -19,7 +19,7 @@ from typing import Any
 
 from config.errors import InvalidInput
 from tasks.jobs import bookkeeping as bk
-from tasks.jobs.store import JobStore, job_key
+from tasks.jobs.store import JobStore
 
 CHUNK = 100
 MAX_ROWS = 500  # index rows one page reads at most
@@ -69,7 +69,7 @@ def list_jobs(
             ids, more = ids[: MAX_ROWS - read], True
         with r.pipeline(transaction=False) as pipe:
             for job_id in ids:
-                pipe.hgetall(job_key(job_id))
+                pipe.hgetall(bk.job_key(job_id))
             raws = pipe.execute() if ids else []
         for job_id, raw in zip(ids, raws, strict=True):
             if len(found) == limit:  # a row beyond a full page: there is more

@@ -268,7 +268,7 @@ class JobService:
         model = record.get("model")
         images = len(record.get("seeds") or [1])
         if record.get("status") == "queued" and isinstance(model, str):
-            pos, rate, workers = bk.waiting(self.store.redis, model, record["id"])
+            pos, rate, workers = self.fleet.waiting(model, record["id"])
             if pos is None:  # its batch began between the two reads: show it as it is now
                 fresh = self.store.get(record["id"])
                 if fresh is not None and fresh.get("status") != "queued":
@@ -286,7 +286,7 @@ class JobService:
             step, steps = int(progress.get("step") or 0), int(progress.get("steps") or 0)
             fallback = 0.0
             if step <= 0:  # no step timing yet: the model's own rate
-                rate = bk.s_per_image(self.store.redis, model)
+                rate = self.fleet.s_per_image(model)
                 fallback = images * (rate or self.settings.default_s_per_image)
             record["eta_s"] = bk.running_eta_s(
                 step=step,
@@ -346,7 +346,7 @@ class JobService:
         if ended is not None:
             try:  # best effort: the worker also skips jobs whose record says canceled
                 if record.get("worker"):  # a worker holds it, waiting: it drops it now
-                    self.store.redis.publish(bk.CANCEL_CHANNEL, job_id)
+                    self.store.ask_cancel(job_id)
                 self.celery.control.revoke(job_id)
             except Exception as exc:
                 log.warning("revoke of %s not sent: %s", job_id, type(exc).__name__)
@@ -356,6 +356,6 @@ class JobService:
             self.store.transition(
                 job_id, allowed_from=("running",), event="cancel_requested", cancel_requested=True
             )
-            self.store.redis.publish(bk.CANCEL_CHANNEL, job_id)
+            self.store.ask_cancel(job_id)
             return {"id": job_id, "status": "canceling", "was": "running"}
         raise Conflict(f"job already {prev}", fields={"status": [prev]})

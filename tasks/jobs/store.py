@@ -1,9 +1,13 @@
-"""The job store: one Redis hash per job plus a stream of its events.
+"""The job store: one Redis hash per job plus a stream of its events, and the job's
+state machine.
 
 ``kiln:job:<id>`` holds the record (each field JSON-encoded), ``kiln:job:<id>:events``
 the ordered events (``queued``, ``received``, ``started``, ``progress``, terminal) that
-feed the live event stream. Both expire after ``job_ttl_s``. Status changes are atomic and
-only move forward: a canceled job never turns ``running`` again.
+feed the live event stream; both are spelled in ``tasks.jobs.bookkeeping``, as every
+key is, and both expire after ``job_ttl_s``. Each state change is one atomic script
+(``submit``, ``discard``, ``receive``, ``start``, ``progress``, ``requeue``, ``end``)
+and only moves forward: a canceled job never turns ``running`` again. Every Redis
+failure here is a ``JobStoreUnavailable``.
 """
 
 from __future__ import annotations
@@ -18,11 +22,11 @@ import redis
 from config.errors import JobStoreUnavailable
 from tasks.jobs import bookkeeping as bk
 from tasks.jobs import holding
+from tasks.jobs.bookkeeping import events_key, job_key
 from tasks.jobs.scripts import CREATE, DISCARD, END, REQUEUE, TRANSITION
 
 TERMINAL = frozenset({"succeeded", "failed", "canceled"})
 LIVE = ("queued", "running")
-PREFIX = "kiln:job:"
 MAX_BLOCK_MS = 20_000  # longest XREAD BLOCK; its client's read timeout sits above it
 
 
@@ -50,14 +54,6 @@ def _transition_argv(
 
 def now() -> float:
     return round(time.time(), 3)
-
-
-def job_key(job_id: str) -> str:
-    return f"{PREFIX}{job_id}"
-
-
-def events_key(job_id: str) -> str:
-    return f"{PREFIX}{job_id}:events"
 
 
 class JobStore:
@@ -415,6 +411,13 @@ class JobStore:
         return self._transition(
             keys=[job_key(job_id), events_key(job_id)], args=argv, client=client
         )
+
+    def ask_cancel(self, job_id: str) -> None:
+        """Ask the worker that holds the job to stop it (``bookkeeping.CANCEL_CHANNEL``)."""
+        try:
+            self.redis.publish(bk.CANCEL_CHANNEL, job_id)
+        except redis.RedisError as exc:
+            raise JobStoreUnavailable(f"job store unreachable: {type(exc).__name__}") from exc
 
     def ping(self) -> bool:
         try:
