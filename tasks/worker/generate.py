@@ -283,16 +283,12 @@ def claim(runtime: rt.Runtime, job_id: str, record: dict[str, Any]) -> None:
         and bk.worker_alive(runtime.store.redis, runtime.model.name, owner)
     ):
         raise RunningElsewhere(owner)
-    with runtime.lock:  # several copies may land on this worker at once: one runs
-        if job_id in runtime.active:
-            raise RunningElsewhere(runtime.hostname)
-        runtime.active.add(job_id)
+    if runtime.take(job_id) is None:  # several copies may land on this worker: one runs
+        raise RunningElsewhere(runtime.hostname)
 
 
 def release(runtime: rt.Runtime, job_id: str) -> None:
-    runtime.active.discard(job_id)
-    runtime.steps.pop(job_id, None)
-    runtime.cancel_seen.pop(job_id, None)
+    runtime.let_go(job_id)
 
 
 def count_delivery(runtime: rt.Runtime, job_id: str, record: dict[str, Any]) -> int | None:
@@ -315,10 +311,11 @@ def fail(runtime: rt.Runtime, job_id: str, exc: KilnError) -> dict[str, Any] | N
     """End a job as failed (or canceled); None if it had already ended."""
     status = "canceled" if isinstance(exc, Canceled) else "failed"
     data: dict[str, Any] = {}
-    if job_id in runtime.steps:  # how far it ran, and where the cancel found it
-        data["steps_done"] = runtime.steps[job_id]
-        if job_id in runtime.cancel_seen:
-            data["cancel_seen_at_step"] = runtime.cancel_seen[job_id]
+    state = runtime.job(job_id)
+    if state is not None and state.step is not None:  # how far it ran, where a cancel found it
+        data["steps_done"] = state.step
+        if state.cancel_seen is not None:
+            data["cancel_seen_at_step"] = state.cancel_seen
     record = end_job(
         runtime.store,
         runtime.celery,
