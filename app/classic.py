@@ -34,10 +34,26 @@ STATES = {
 
 
 class GenerateSchema(JobSchema):
-    """The job schema without the fields the classic API never had (n, scheduler, loras)."""
+    """The fields the classic door takes, each the job schema's own (it never had n,
+    scheduler or loras); a field added to the job schema is not taken here unless listed."""
 
     class Meta(JobSchema.Meta):
-        exclude = ("n", "scheduler", "loras")
+        fields = (
+            "prompt",
+            "negative_prompt",
+            "model",
+            "width",
+            "height",
+            "steps",
+            "guidance_scale",
+            "seed",
+            "webhook_url",
+            "output_format",
+            "output_compression",
+            "image",
+            "mask",
+            "strength",
+        )
 
     model = fields.String(
         load_default="sdxl", validate=validate.Length(min=1, max=200), metadata={"example": "sdxl"}

@@ -75,7 +75,7 @@ class ImagesRequestSchema(JobSchema):
     """
 
     class Meta(JobSchema.Meta):
-        exclude: tuple[str, ...] = ("webhook_url", "image", "mask", "strength")
+        fields: tuple[str, ...] = (*OPENAI_FIELDS, "user", *EXTRAS)
 
     error_messages = {
         "unknown": "unknown parameter; this endpoint takes "
