@@ -1,9 +1,10 @@
 """What every door hands the job domain: one typed request in, one answer out.
 
 Each door (``/v1/jobs`` as JSON or a form, classic ``/generate``, the OpenAI
-generations, edits and variations) turns its own shape into a :class:`JobRequest`, in
-the job schema's field names, and calls ``JobService.accept``; no door validates,
-counts, records or sends a job itself.
+generations, edits and variations, and the ``kiln.generate`` task for a message no
+record names yet) turns its own shape into a :class:`JobRequest`, in the job schema's
+field names, and calls ``JobService.accept``; no door validates, counts, records or
+sends a job itself.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class JobRequest:
     read_job: Callable[[str], dict[str, Any] | None] | None = None
     job_id: str | None = None
     holder: str = ""  # whose share of per-process caps it takes (the API key, or address)
+    sent: bool = False  # the Celery door: its message is on the broker already
 
     def __post_init__(self) -> None:
         if self.door not in DOORS:

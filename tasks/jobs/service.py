@@ -37,7 +37,7 @@ from tasks.jobs import bookkeeping as bk
 from tasks.jobs.ends import end_job
 from tasks.jobs.fleet import Fleet
 from tasks.jobs.inputs import FetchSlots, Inputs
-from tasks.jobs.records import kwargs_repr, new_job_id, new_record, task_kwargs
+from tasks.jobs.records import JobRecord, kwargs_repr, new_job_id
 from tasks.jobs.request import Accepted, JobRequest
 from tasks.jobs.schema import check_image_size, load_job, validate_job
 from tasks.jobs.storage import Storage
@@ -69,13 +69,15 @@ class JobService:
         *,
         registry: Registry | None = None,
         celery: Celery | None = None,
+        store: JobStore | None = None,
+        storage: Storage | None = None,
     ) -> None:
         self.settings = settings
         self.registry = registry or Registry.from_file(settings.models_file)
         longest = max((m.spec.time_limit_s for m in self.registry.values()), default=360)
         self.celery = celery or make_celery(settings, longest_time_limit_s=longest)
-        self.store = JobStore(settings.redis_url, ttl_s=settings.job_ttl_s)
-        self.storage = Storage(settings)
+        self.store = store or JobStore(settings.redis_url, ttl_s=settings.job_ttl_s)
+        self.storage = storage or Storage(settings)
         self.fleet = Fleet(self.store.redis, self.celery)
         # Counts each job made (the API's metric): called by ``accept`` with model, door.
         self.on_accept: Callable[[str, str], None] | None = None
@@ -129,19 +131,20 @@ class JobService:
             if replay is not None:
                 return Accepted(record=replay, created=False, params=params)
         params = self.check_inputs(params, read_job=request.read_job, holder=request.holder)
-        record, created = self.submit(
+        record, created, params = self._submit(
             params,
             owner=request.owner,
             job_id=request.job_id,
             source=request.door,
             idempotency_key=request.idempotency_key,
             request_body=request.body,
+            sent=request.sent,
         )
         if created and self.on_accept is not None:
             self.on_accept(params["model"], request.door)
-        return Accepted(
-            record=self._shown(record) if created else record, created=created, params=params
-        )
+        if request.sent or not created:
+            return Accepted(record=record, created=created, params=params)
+        return Accepted(record=self._shown(record), created=created, params=params)
 
     def submit(
         self,
@@ -160,13 +163,44 @@ class JobService:
         is claimed with the record, in one step, and set free again if the message
         cannot be sent: a retry then makes the job afresh.
         """
+        record, created, _ = self._submit(
+            params,
+            owner=owner,
+            job_id=job_id,
+            source=source,
+            idempotency_key=idempotency_key,
+            request_body=request_body,
+        )
+        return record, created
+
+    def _submit(
+        self,
+        params: dict[str, Any],
+        *,
+        owner: str | None,
+        job_id: str | None,
+        source: str,
+        idempotency_key: str | None,
+        request_body: Any,
+        sent: bool = False,
+    ) -> tuple[dict[str, Any], bool, dict[str, Any]]:
+        """``submit``, and the params as recorded (inputs as stored descriptors). With
+        ``sent`` (the Celery door: the message is on the broker already) the job is only
+        recorded, inputs with the digest of what the message named; a record already
+        there (the same message delivered twice) is returned as it is."""
         job_id = job_id or new_job_id()
+        if sent:
+            params = Inputs(self.storage).store(job_id, params, refs=True)
+            job = JobRecord.new(job_id, params, source=source)
+            if self.store.create(job.to_dict()):
+                return job.to_dict(), True, params
+            return self.store.get(job_id) or job.to_dict(), False, params
         quota = self.settings.max_concurrent_jobs if owner else 0
         claim = None
         if idempotency_key:
             replay = self._replay(owner, idempotency_key, request_body)
             if replay is not None:
-                return replay, False
+                return replay, False, params
             value = json.dumps({"job_id": job_id, "body": body_hash(request_body)})
             claim = (
                 bk.idempotency_key(owner, idempotency_key),
@@ -177,7 +211,8 @@ class JobService:
             raise quota_reached(quota)
         # Inputs first: a storage outage then costs no idempotency key (a retry works).
         params = Inputs(self.storage).store(job_id, params)
-        record = new_record(job_id, params, owner=owner, source=source)
+        job = JobRecord.new(job_id, params, owner=owner, source=source)
+        record = job.to_dict()
         outcome, held = self.store.submit(record, quota=quota, idempotency=claim)
         if outcome == "idem":  # the same key, claimed a moment ago by a request like this one
             first = json.loads(held)
@@ -187,13 +222,13 @@ class JobService:
                     "Idempotency-Key is being used by a request in progress",
                     fields={"Idempotency-Key": ["in use"]},
                 )
-            return replay, False
+            return replay, False, params
         if outcome == "quota":  # the check and the count are one step: this is the truth
             raise quota_reached(quota)
         if outcome == "exists":
             raise Conflict(f"job id {job_id!r} is taken", fields={"job_id": ["taken"]})
         try:
-            kwargs = task_kwargs(job_id, params, owner)
+            kwargs = job.to_task_kwargs()
             self.celery.send_task(
                 GENERATE,
                 kwargs=kwargs,
@@ -214,10 +249,10 @@ class JobService:
                 # The record stays, queued, and the lost-message sweep sends it (once):
                 # the caller gets its job, never a 503 for a job that later runs.
                 log.warning("job %s kept queued: the sweep will send its message", job_id)
-                return record, True
+                return record, True, params
             if taken_back:
                 raise BrokerUnavailable("the job could not be queued; try again") from exc
-            return record, True  # a worker received it: the message went out after all
+            return record, True, params  # a worker received it: the message went out after all
         queue = queue_for(params["model"])
         log.info(
             "job %s queued on %s",
@@ -225,7 +260,7 @@ class JobService:
             queue,
             extra={"job_id": job_id, "model": params["model"], "queue": queue},
         )
-        return record, True
+        return record, True, params
 
     def _replay(
         self, owner: str | None, key: str, body: Any, *, first: Any = None

@@ -62,10 +62,27 @@ class Runtime:
     dtype: str = ""  # what the engine really runs (fp32 on a CPU for an fp16 entry)
     jobs: dict[str, JobState] = field(default_factory=dict)  # the jobs this process runs
     lock: threading.Lock = field(default_factory=threading.Lock)  # guards ``jobs``
+    _service: Any = None
     _stop: threading.Event = field(default_factory=threading.Event)
     _draining: threading.Event = field(default_factory=threading.Event)
     _beat_stop: threading.Event = field(default_factory=threading.Event)
     _beat_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def service(self) -> Any:
+        """The job service this worker's Celery door accepts jobs through (made once)."""
+        with self.lock:
+            if self._service is None:
+                from tasks.jobs.service import JobService
+                from tasks.messaging.app import get_celery
+
+                self._service = JobService(
+                    self.settings,
+                    registry=self.registry,
+                    celery=self.celery or get_celery(),
+                    store=self.store,
+                    storage=self.storage,
+                )
+            return self._service
 
     def take(self, job_id: str) -> JobState | None:
         """Hold the job in this process; None when it holds it already (a second copy
