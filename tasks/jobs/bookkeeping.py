@@ -82,7 +82,9 @@ REAPER_LOCK = "kiln:reaper"
 WEBHOOKS_DUE = "kiln:webhooks:due"
 
 
-def running_key(model: str) -> str:
+def held_key(model: str) -> str:
+    """The jobs workers of ``model`` hold, waiting in them or running (the key keeps its
+    first name, ``running``, so that a fleet being upgraded reads the same hash)."""
     return f"kiln:running:{model}"
 
 
@@ -266,9 +268,9 @@ def worker_alive(r: Any, model: str, worker: str) -> bool:
     return bool(r.exists(alive_key(model, worker)))
 
 
-def running_jobs(r: Any, model: str) -> dict[str, str]:
+def held_jobs(r: Any, model: str) -> dict[str, str]:
     """``{job_id: worker}`` of the jobs workers of ``model`` hold (waiting or running)."""
-    return dict(r.hgetall(running_key(model)) or {})
+    return dict(r.hgetall(held_key(model)) or {})
 
 
 def take_reaper_lock(r: Any, holder: str, ttl_ms: int) -> bool:

@@ -25,8 +25,8 @@ return {prev, 1}
 
 # The one script that ends a job. KEYS[1] record, KEYS[2] events, KEYS[3] fleet counters;
 # ARGV: ttl, allowed-from, status, event data, queued-set prefix, active-set prefix,
-# running-set prefix, then field/value pairs. Moves the record, appends the terminal
-# event, takes the job out of its model's queued and running sets and its owner's
+# held-set prefix, then field/value pairs. Moves the record, appends the terminal
+# event, takes the job out of its model's queued and held sets and its owner's
 # active set, and counts it: one step.
 # Returns the previous status, whether it applied and (if so) the record as it now is,
 # or false for no such job.

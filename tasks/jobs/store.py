@@ -274,7 +274,7 @@ class JobStore:
         and keeps its queue place, now held by ``worker`` (the reaper's to send again
         should that worker die). False when it had ended (or is gone)."""
         data = json.dumps({"attempt": attempt, "worker": worker})
-        keys = [job_key(job_id), events_key(job_id), bk.queued_key(model), bk.running_key(model)]
+        keys = [job_key(job_id), events_key(job_id), bk.queued_key(model), bk.held_key(model)]
         args: list[Any] = [self.ttl_s, worker, job_id, json.dumps(attempt), json.dumps(now()), data]
         try:
             res = self._receive(keys=keys, args=args)
@@ -304,7 +304,7 @@ class JobStore:
             score,
             json.dumps({"worker": dead_worker}),
         ]
-        keys = [job_key(job_id), events_key(job_id), bk.queued_key(model), bk.running_key(model)]
+        keys = [job_key(job_id), events_key(job_id), bk.queued_key(model), bk.held_key(model)]
         try:
             return bool(self._requeue(keys=keys, args=argv))
         except redis.RedisError as exc:
@@ -332,7 +332,7 @@ class JobStore:
             json.dumps(data if data is not None else {}),
             bk.queued_key(""),
             bk.active_key(""),
-            bk.running_key(""),
+            bk.held_key(""),
         ]
         for k, v in fields.items():
             argv += [k, json.dumps(v)]
@@ -411,6 +411,20 @@ class JobStore:
         return self._transition(
             keys=[job_key(job_id), events_key(job_id)], args=argv, client=client
         )
+
+    def dequeue(self, job_id: str, *, model: str) -> None:
+        """Take a job that had ended out of its model's queued set (a late delivery)."""
+        try:
+            bk.mark_dequeued(self.redis, model, job_id)
+        except redis.RedisError as exc:
+            raise JobStoreUnavailable(f"job store unreachable: {type(exc).__name__}") from exc
+
+    def worker_alive(self, *, model: str, worker: str) -> bool:
+        """Whether that worker's heartbeat is live."""
+        try:
+            return bk.worker_alive(self.redis, model, worker)
+        except redis.RedisError as exc:
+            raise JobStoreUnavailable(f"job store unreachable: {type(exc).__name__}") from exc
 
     def ask_cancel(self, job_id: str) -> None:
         """Ask the worker that holds the job to stop it (``bookkeeping.CANCEL_CHANNEL``)."""

@@ -47,7 +47,6 @@ from config.errors import (
     TransientError,
     Wedged,
 )
-from tasks.jobs import bookkeeping as bk
 from tasks.jobs.ends import end_job
 from tasks.jobs.records import JOB_ID_RULE, JobRecord, task_result, valid_job_id
 from tasks.jobs.request import Accepted, JobRequest
@@ -159,7 +158,12 @@ def run_job(
         if JobRecord.from_dict(record).differences(params, params.get("owner")):
             return refused(job_id, TAKEN)
     if record.get("status") in TERMINAL:  # canceled while queued, or re-delivered after it ended
-        bk.mark_dequeued(store.redis, runtime.model.name, job_id)
+        patiently(
+            runtime,
+            job_id,
+            "dequeue the job",
+            lambda: store.dequeue(job_id, model=runtime.model.name),
+        )
         return record
 
     # 3. Claim it.
@@ -279,7 +283,12 @@ def claim(runtime: rt.Runtime, job_id: str, record: dict[str, Any]) -> None:
         record.get("status") in LIVE
         and owner
         and owner != runtime.hostname
-        and bk.worker_alive(runtime.store.redis, runtime.model.name, owner)
+        and patiently(
+            runtime,
+            job_id,
+            "check the job's worker",
+            lambda: runtime.store.worker_alive(model=runtime.model.name, worker=owner),
+        )
     ):
         raise RunningElsewhere(owner)
     if runtime.take(job_id) is None:  # several copies may land on this worker: one runs

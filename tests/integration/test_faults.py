@@ -110,7 +110,7 @@ def wait_all(fstack: Stack, fapi: KilnHTTP, store: JobStore, jobs: list[dict]) -
             story.append(
                 f"{j['id']}: {rec.get('status')} worker={rec.get('worker')} "
                 f"attempts={rec.get('attempts')} events={kinds} "
-                f"held={bk.running_jobs(r, 'tiny-sd').get(j['id'])} "
+                f"held={bk.held_jobs(r, 'tiny-sd').get(j['id'])} "
                 f"in_queue={len(queued)} unacked={len(unacked)}"
             )
         logs = "\n".join(
