@@ -25,7 +25,7 @@ from app.schemas import (
 )
 from app.service import get_job_or_404, idempotency_key, job_request, service, settings
 from app.streams import stream_slots
-from config.errors import InvalidInput
+from config.errors import InvalidInput, JobStoreUnavailable
 from tasks.jobs.listing import list_jobs
 from tasks.jobs.records import public_view
 
@@ -190,8 +190,12 @@ def events(job_id: str) -> Any:
 
     def stream() -> Iterator[str]:
         yield "retry: 1000\n\n"
-        for item in d.follow(job_id, after=after, timeout=max_s):
-            yield ": keep-alive\n\n" if item is None else sse(*item)
+        try:
+            for item in d.follow(job_id, after=after, timeout=max_s):
+                yield ": keep-alive\n\n" if item is None else sse(*item)
+        except JobStoreUnavailable as exc:  # the stream ends with why; a client resumes
+            data = {**exc.to_dict(), "retry_after_s": exc.retry_after_s}
+            yield f"event: error\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
 
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     response = Response(

@@ -107,7 +107,10 @@ class JobStore:
         client = self.redis
         if block_ms is not None:
             client, block_ms = self._blocking, min(block_ms, MAX_BLOCK_MS)
-        res = client.xread({events_key(job_id): after}, block=block_ms, count=500)
+        try:
+            res = client.xread({events_key(job_id): after}, block=block_ms, count=500)
+        except redis.RedisError as exc:
+            raise JobStoreUnavailable(f"job store unreachable: {type(exc).__name__}") from exc
         out: list[tuple[str, str, Any]] = []
         for _stream, entries in res or []:
             for eid, fields in entries:

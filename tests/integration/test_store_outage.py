@@ -139,3 +139,30 @@ def test_a_store_outage_is_one_error_and_one_retry_after_on_every_door(ostack: S
     for door, resp in openai.items():
         assert resp.json()["error"]["type"] == "server_error", (door, resp.text)
     assert api.delete(f"/v1/jobs/{job['id']}").status_code == 200
+
+
+def test_a_store_outage_ends_an_event_stream_with_an_error_event(ostack: Stack) -> None:
+    api = KilnHTTP(ostack.api_url)
+    job = api.submit(**JOB)
+    with requests.get(f"{api.base_url}/v1/jobs/{job['id']}/events", stream=True, timeout=60) as r:
+        lines = r.iter_lines(decode_unicode=True)
+        assert read_until(lines, "event: queued")[-1] == "event: queued"
+        ostack.proc("valkey").kill()
+        try:
+            rest = read_until(lines, "event: error")
+            data = next(lines)
+        finally:
+            restart(ostack, "valkey")
+    assert rest[-1] == "event: error", rest
+    assert f'"code":"{CODE}"' in data, data
+    assert api.delete(f"/v1/jobs/{job['id']}").status_code == 200
+
+
+def read_until(lines: Iterator[str], wanted: str) -> list[str]:
+    """The stream's lines up to the first one that is ``wanted`` (all of them if none)."""
+    seen: list[str] = []
+    for line in lines:
+        seen.append(line)
+        if line == wanted:
+            break
+    return seen
