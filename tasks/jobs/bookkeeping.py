@@ -30,7 +30,8 @@ and result keys are Celery's).
   worker died.
 - ``kiln:counters:jobs`` and ``kiln:counters:webhooks``: fleet-wide counts of jobs
   ended (counted by the job store's end script) and of webhook deliveries, which the
-  API's ``/metrics`` shows for every host.
+  API's ``/metrics`` shows for every host; ``kiln:counters:reaper``: the reapers'
+  lost-message sweeps, done and with messages found missing.
 - ``kiln:cancel``: the channel on which the API asks workers to stop a running job.
 
 Functions take a Redis client or a pipeline, so callers can add them to one round trip.
@@ -60,6 +61,7 @@ def events_key(job_id: str) -> str:
 CANCEL_CHANNEL = "kiln:cancel"
 JOB_COUNTERS = "kiln:counters:jobs"
 WEBHOOK_COUNTERS = "kiln:counters:webhooks"
+REAPER_COUNTERS = "kiln:counters:reaper"
 
 
 def queued_key(model: str) -> str:
@@ -322,6 +324,19 @@ def count_webhook(r: Any, outcome: str) -> None:
         r.hincrby(WEBHOOK_COUNTERS, outcome, 1)
     except Exception as exc:
         log.warning("webhook counter not written: %s", type(exc).__name__)
+
+
+def count_sweep(r: Any, *, missing: int) -> None:
+    """One lost-message sweep done (and how many messages it found missing)."""
+    with r.pipeline(transaction=False) as pipe:
+        pipe.hincrby(REAPER_COUNTERS, "sweeps", 1)
+        pipe.hincrby(REAPER_COUNTERS, "missing", missing)
+        pipe.execute()
+
+
+def sweeps(r: Any) -> int:
+    """Lost-message sweeps done, fleet-wide."""
+    return int(r.hget(REAPER_COUNTERS, "sweeps") or 0)
 
 
 def job_counts(r: Any) -> dict[tuple[str, str], int]:

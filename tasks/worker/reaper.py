@@ -103,6 +103,7 @@ class Reaper:
             waiting = bk.queued_before(r, model, time.time() - QUEUED_FOR_S)
             candidates = [job_id for job_id in waiting if job_id not in held]
             missing |= unheard(rt.celery, queue_for(model), candidates, stale_s=STALE_UNACKED_S)
+        bk.count_sweep(r, missing=len(missing))
         again, self._unheard = missing & self._unheard, missing - self._unheard
         # Look again soon while something is missing; otherwise every lost_message_sweep_s.
         every = self.period_s if self._unheard else rt.settings.lost_message_sweep_s
