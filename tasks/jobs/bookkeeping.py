@@ -1,8 +1,9 @@
 """Redis bookkeeping around jobs, and every Redis key Kiln spells (Celery's own broker
 and result keys are Celery's).
 
-- ``kiln:job:<id>`` and ``kiln:job:<id>:events``: a job's record and its events, which
-  only the job store (``tasks.jobs.store``) reads and writes.
+- ``kiln:job:{<id>}`` and ``kiln:job:{<id>}:events``: a job's record and its events
+  (one hash tag per job), which only the job store (``tasks.jobs.store``) reads and
+  writes; its scripts take every key they touch as ``KEYS``.
 - ``kiln:ratelimit``: the prefix of Flask-Limiter's counters (``app.limits``).
 
 - ``kiln:queued:<model>``: a sorted set by submit time of the jobs waiting for that
@@ -50,12 +51,14 @@ EMA_ALPHA = 0.3
 RATE_LIMIT_PREFIX = "kiln:ratelimit"
 
 
+# A job's own keys share one hash tag (``{<id>}``), so that a Redis Cluster keeps them
+# in one slot: a script that touches only them may run there.
 def job_key(job_id: str) -> str:
-    return f"kiln:job:{job_id}"
+    return f"kiln:job:{{{job_id}}}"
 
 
 def events_key(job_id: str) -> str:
-    return f"kiln:job:{job_id}:events"
+    return f"kiln:job:{{{job_id}}}:events"
 
 
 CANCEL_CHANNEL = "kiln:cancel"

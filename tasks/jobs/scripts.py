@@ -23,11 +23,11 @@ return {prev, 1}
 """
 
 
-# The one script that ends a job. KEYS[1] record, KEYS[2] events, KEYS[3] fleet counters;
-# ARGV: ttl, allowed-from, status, event data, queued-set prefix, active-set prefix,
-# held-set prefix, then field/value pairs. Moves the record, appends the terminal
-# event, takes the job out of its model's queued and held sets and its owner's
-# active set, and counts it: one step.
+# The one script that ends a job. KEYS[1] record, KEYS[2] events, KEYS[3] fleet counters,
+# KEYS[4] its model's queued set, KEYS[5] its owner's active set, KEYS[6] its model's
+# held set; ARGV: ttl, allowed-from, status, event data, then field/value pairs. Moves
+# the record, appends the terminal event, takes the job out of its model's queued and
+# held sets and its owner's active set, and counts it: one step.
 # Returns the previous status, whether it applied and (if so) the record as it now is,
 # or false for no such job.
 END = """
@@ -38,18 +38,15 @@ local ok = false
 for s in string.gmatch(ARGV[2], '[^,]+') do if s == prev then ok = true end end
 if not ok then return {prev, 0} end
 redis.call('HSET', KEYS[1], 'status', cjson.encode(ARGV[3]))
-for i = 8, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', 2000, '*', 'type', ARGV[3], 'data', ARGV[4])
 redis.call('EXPIRE', KEYS[2], ARGV[1])
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 local id = cjson.decode(redis.call('HGET', KEYS[1], 'id') or '""')
 local model = cjson.decode(redis.call('HGET', KEYS[1], 'model') or 'null')
-local owner = cjson.decode(redis.call('HGET', KEYS[1], 'owner') or 'null')
-if type(model) == 'string' then
-  redis.call('ZREM', ARGV[5] .. model, id)
-  redis.call('HDEL', ARGV[7] .. model, id)
-end
-if type(owner) == 'string' then redis.call('SREM', ARGV[6] .. owner, id) end
+redis.call('ZREM', KEYS[4], id)
+redis.call('HDEL', KEYS[6], id)
+redis.call('SREM', KEYS[5], id)
 redis.call('HINCRBY', KEYS[3], tostring(model) .. '|' .. ARGV[3], 1)
 return {prev, 1, redis.call('HGETALL', KEYS[1])}
 """

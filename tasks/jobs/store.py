@@ -1,7 +1,7 @@
 """The job store: one Redis hash per job plus a stream of its events, and the job's
 state machine.
 
-``kiln:job:<id>`` holds the record (each field JSON-encoded), ``kiln:job:<id>:events``
+``kiln:job:{<id>}`` holds the record (each field JSON-encoded), ``kiln:job:{<id>}:events``
 the ordered events (``queued``, ``received``, ``started``, ``progress``, terminal) that
 feed the live event stream; both are spelled in ``tasks.jobs.bookkeeping``, as every
 key is, and both expire after ``job_ttl_s``. Each state change is one atomic script
@@ -333,14 +333,24 @@ class JobStore:
             ",".join(allowed_from),
             status,
             json.dumps(data if data is not None else {}),
-            bk.queued_key(""),
-            bk.active_key(""),
-            bk.held_key(""),
         ]
         for k, v in fields.items():
             argv += [k, json.dumps(v)]
         try:
-            res = self._end(keys=[job_key(job_id), events_key(job_id), bk.JOB_COUNTERS], args=argv)
+            # Its model and owner never change once written: read first, so that every
+            # key the script touches is one of its KEYS.
+            raw_model, raw_owner = self.redis.hmget(job_key(job_id), ["model", "owner"])
+            model = json.loads(raw_model) if raw_model else None
+            owner = json.loads(raw_owner) if raw_owner else None
+            keys = [
+                job_key(job_id),
+                events_key(job_id),
+                bk.JOB_COUNTERS,
+                bk.queued_key(model if isinstance(model, str) else ""),
+                bk.active_key(owner if isinstance(owner, str) else "-"),
+                bk.held_key(model if isinstance(model, str) else ""),
+            ]
+            res = self._end(keys=keys, args=argv)
         except redis.RedisError as exc:
             raise JobStoreUnavailable(f"job store unreachable: {type(exc).__name__}") from exc
         if not res:

@@ -79,7 +79,7 @@ def test_a_store_outage_between_the_record_and_the_message_never_answers_503_for
     try:
         wait_for(lambda: len(records(r) - before) == 1, timeout=30, what="the record")
         (key,) = records(r) - before
-        job_id = key.removeprefix("kiln:job:")
+        job_id = key.removeprefix("kiln:job:{").removesuffix("}")
         ostack.proc("valkey").kill()  # the job store goes down ...
         broker.kill()  # ... and the broker refuses the message
         submit.join(90)
@@ -89,7 +89,7 @@ def test_a_store_outage_between_the_record_and_the_message_never_answers_503_for
         restart(ostack, "broker")
     (resp,) = answer
     r = store_client(ostack)
-    record = r.hgetall(f"kiln:job:{job_id}")
+    record = r.hgetall(bk.job_key(job_id))
     assert record, "the record survives the store's restart"
     assert resp.status_code == 202, resp.text  # never a 503 for a job that stays
     assert resp.json()["id"] == job_id and record["status"] == '"queued"'
