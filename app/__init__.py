@@ -36,7 +36,10 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         MAX_CONTENT_LENGTH=settings.max_body_bytes,
     )
     app.config.update(test_config)
-    app.json.sort_keys = False  # type: ignore[attr-defined]
+    from app.jsonbody import BoundedJSONProvider
+
+    app.json = BoundedJSONProvider(app)  # every JSON body read with a depth bound
+    app.json.sort_keys = False
 
     from app.auth import document_auth, init_auth
     from app.errors import register_error_handlers

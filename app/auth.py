@@ -237,7 +237,14 @@ def init_auth(app: Flask, settings: Settings) -> None:
 
 
 SECURITY: list[dict[str, list[str]]] = [{"bearerAuth": []}, {"apiKey": []}]
-SUBMIT_ENDPOINTS = {"jobs.Jobs", "openai.Generations", "classic.Generate"}
+# Every door that makes a job: one rate limit, one per-key share, one body check.
+SUBMIT_ENDPOINTS = {
+    "jobs.Jobs",
+    "openai.Generations",
+    "openai.Edits",
+    "openai.Variations",
+    "classic.Generate",
+}
 
 
 class AuthDocPlugin(BasePlugin):

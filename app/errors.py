@@ -10,22 +10,23 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Flask, current_app, jsonify, request
+from flask import Flask, Response, current_app, g, jsonify, request
 from marshmallow import ValidationError
 from redis.exceptions import RedisError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge, TooManyRequests
 
 from app.auth import SUBMIT_ENDPOINTS
 from config.errors import (
+    JobStoreUnavailable,
     KilnError,
     PayloadTooLarge,
     RateLimited,
+    TransientError,
     UnsupportedMediaType,
     invalid_input,
 )
 
 log = logging.getLogger("kiln.api")
-RETRY_AFTER_S = 2  # what a 503 asks a client to wait before trying again
 
 CODES = {
     400: "bad_request",
@@ -90,8 +91,9 @@ def require_json() -> None:
 
 # Requests that may carry image inputs get their own, larger body limit.
 IMAGE_ENDPOINTS = {"jobs.Jobs", "openai.Edits", "openai.Variations"}
-# Submits that take a multipart form as well as JSON (image files as file parts).
-FORM_ENDPOINTS = {"jobs.Jobs"}
+# Submits that take a multipart form (image files as file parts): as well as JSON on
+# /v1/jobs, only a form on the edit doors (which say so themselves).
+FORM_ENDPOINTS = {"jobs.Jobs", "openai.Edits", "openai.Variations"}
 
 
 def image_body_limit() -> None:
@@ -116,6 +118,19 @@ def image_body_limit() -> None:
             )
 
 
+def store_unavailable(exc: RedisError) -> JobStoreUnavailable:
+    """A Redis error that reached a door: the one error of a job store outage."""
+    log.error("job store unavailable: %s", type(exc).__name__)
+    return JobStoreUnavailable("the job store is unavailable; try again")
+
+
+def retry_after(resp: Response, exc: KilnError) -> None:
+    """A 429's or 503's ``Retry-After`` is its error's own (kept as ``g.kiln_retry_after``,
+    so that no later hook, Flask-Limiter's included, puts another value there)."""
+    if isinstance(exc, TransientError):
+        resp.headers["Retry-After"] = g.kiln_retry_after = str(exc.retry_after_s)
+
+
 def register_error_handlers(app: Flask) -> None:
     app.before_request(image_body_limit)
     app.before_request(require_json)
@@ -123,10 +138,7 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(KilnError)
     def _kiln(exc: KilnError) -> Any:
         resp = jsonify(error_body(exc.code, exc.message, exc.fields))
-        if isinstance(exc, RateLimited):
-            resp.headers["Retry-After"] = str(exc.retry_after_s)
-        elif exc.status == 503:  # a part is down: a delay, never the end of a job
-            resp.headers["Retry-After"] = str(RETRY_AFTER_S)
+        retry_after(resp, exc)
         return resp, exc.status
 
     @app.errorhandler(ValidationError)
@@ -135,10 +147,7 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(RedisError)
     def _redis(exc: RedisError) -> Any:
-        log.error("job store unavailable: %s", type(exc).__name__)
-        resp = jsonify(error_body("unavailable", "the job store is unavailable; try again"))
-        resp.headers["Retry-After"] = str(RETRY_AFTER_S)
-        return resp, 503
+        return _kiln(store_unavailable(exc))
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException) -> Any:

@@ -8,13 +8,12 @@ value that cannot be typed is passed on as text, for the schema to name.
 from __future__ import annotations
 
 import hashlib
-import json
 from typing import Any
 
 from flask import Request, g
 from marshmallow import Schema, fields
-from webargs.flaskparser import FlaskParser
 
+from app.jsonbody import BoundedJsonParser, loads
 from tasks.jobs.inputs import ImageInput, Upload
 
 
@@ -32,7 +31,7 @@ def form_payload(schema: Schema, req: Request) -> dict[str, Any]:
             elif isinstance(field, fields.List) or (
                 isinstance(field, ImageInput) and value.lstrip().startswith("{")
             ):
-                payload[name] = json.loads(value)
+                payload[name] = loads(value, where=name)
             else:
                 payload[name] = value
         except ValueError:
@@ -50,7 +49,7 @@ def comparable(payload: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-class JsonOrFormParser(FlaskParser):
+class JsonOrFormParser(BoundedJsonParser):
     """Reads a body as JSON or, for ``multipart/form-data``, as a form with file parts
     (kept as ``g.form_payload``: the file parts are read once)."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,7 +15,6 @@ from marshmallow import RAISE
 from app.auth import owner
 from app.forms import JsonOrFormParser, comparable
 from app.limits import limit_key
-from app.metrics import job_submitted
 from app.schemas import (
     ApiErrorSchema,
     CancelSchema,
@@ -23,11 +23,11 @@ from app.schemas import (
     JobSchema,
     JobViewSchema,
 )
-from app.service import get_job_or_404, readable_job, service, settings
+from app.service import get_job_or_404, idempotency_key, job_request, service, settings
 from app.streams import stream_slots
+from config.errors import InvalidInput, JobStoreUnavailable
 from tasks.jobs.listing import list_jobs
 from tasks.jobs.records import public_view
-from tasks.jobs.schema import validate_job
 
 blp = Blueprint("jobs", __name__, url_prefix="/v1/jobs", description="Image jobs")
 blp.ARGUMENTS_PARSER = JsonOrFormParser()  # a job with image files may come as a form
@@ -70,14 +70,20 @@ class Jobs(MethodView):
     def get(self, **query: Any) -> Any:
         """The jobs made with this API key, newest first, a page at a time.
 
-        Filter with status and model; pass the last id of a page as after to get the
-        next one (while has_more is true). Jobs are listed until their records expire.
+        Filter with status and model; pass next_after as after to get the next page
+        (while has_more is true). A page reads a bounded part of the key's jobs, so a
+        filter that matches few may give short or empty pages that still have more.
+        Jobs are listed until their records expire.
         """
         d = service()
         page = list_jobs(d.store, owner(), **query)
         data = [job_view(d.view(record)) for record in page.jobs]
-        next_after = data[-1]["id"] if page.has_more and data else None
-        return {"object": "list", "data": data, "has_more": page.has_more, "next_after": next_after}
+        return {
+            "object": "list",
+            "data": data,
+            "has_more": page.has_more,
+            "next_after": page.cursor,
+        }
 
     @blp.arguments(JobSchema, example={"prompt": "a red fox", "model": "tiny-sd", "seed": 0})
     @blp.response(202, JobViewSchema)
@@ -101,20 +107,13 @@ class Jobs(MethodView):
         return the same job (200) instead of a new one. Invalid input is a 422 whose
         fields name each bad field; the limits are the model's own (GET /v1/models).
         """
-        d = service()
-        params = validate_job(data, d.registry)
-        d.check_webhook(params)
-        params = d.check_inputs(params, read_job=readable_job)
-        record, created = d.submit(
-            params,
-            owner=owner(),
-            idempotency_key=request.headers.get("Idempotency-Key") or None,
-            request_body=body_for_idempotency(),
+        done = service().accept(
+            job_request(
+                data, "rest", idempotency_key=idempotency_key(), body=body_for_idempotency()
+            )
         )
-        if created:
-            job_submitted(params["model"], "rest")
-        view = job_view(d.view(record) if created else record)
-        return view, 202 if created else 200, {"Location": view["urls"]["self"]}
+        view = job_view(done.record)
+        return view, 202 if done.created else 200, {"Location": view["urls"]["self"]}
 
 
 def body_for_idempotency() -> Any:
@@ -145,6 +144,24 @@ class Job(MethodView):
         return out, 200 if out["status"] == "canceled" else 202
 
 
+EVENT_ID = re.compile(r"\d{1,20}-\d{1,20}\Z")
+
+
+def event_cursor() -> str:
+    """Where a resumed stream goes on: the ``Last-Event-ID`` header (or ``last_event_id``
+    in the query), an event id as the stream gave it; ``0-0`` for the whole stream."""
+    for name, value in (
+        ("Last-Event-ID", request.headers.get("Last-Event-ID")),
+        ("last_event_id", request.args.get("last_event_id")),
+    ):
+        if value:
+            if not EVENT_ID.match(value):
+                reason = "must be an event id this stream sent (like 1700000000000-0)"
+                raise InvalidInput(f"invalid {name}: {reason}", fields={name: [reason]})
+            return value
+    return "0-0"
+
+
 def sse(event_id: str, event: str, data: Any) -> str:
     return f"id: {event_id}\nevent: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
 
@@ -168,13 +185,17 @@ def events(job_id: str) -> Any:
     """
     d = service()
     get_job_or_404(job_id)
-    after = request.headers.get("Last-Event-ID") or request.args.get("last_event_id") or "0-0"
+    after = event_cursor()
     max_s = settings().sse_max_s
 
     def stream() -> Iterator[str]:
         yield "retry: 1000\n\n"
-        for item in d.follow(job_id, after=after, timeout=max_s):
-            yield ": keep-alive\n\n" if item is None else sse(*item)
+        try:
+            for item in d.follow(job_id, after=after, timeout=max_s):
+                yield ": keep-alive\n\n" if item is None else sse(*item)
+        except JobStoreUnavailable as exc:  # the stream ends with why; a client resumes
+            data = {**exc.to_dict(), "retry_after_s": exc.retry_after_s}
+            yield f"event: error\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
 
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     response = Response(

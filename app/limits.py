@@ -9,11 +9,12 @@ and end).
 
 from __future__ import annotations
 
-from flask import Flask, Response, request
+from flask import Flask, Response, g, request
 from flask_limiter import Limiter
 
 from app.auth import SUBMIT_ENDPOINTS, owner
 from config.settings import Settings
+from tasks.jobs.bookkeeping import RATE_LIMIT_PREFIX
 
 
 def limit_key() -> str:
@@ -29,6 +30,8 @@ def retry_after_only_when_asked(response: Response) -> Response:
     (Flask-Limiter would put it on every limited answer, a 202 included)."""
     if response.status_code not in (429, 503):
         response.headers.pop("Retry-After", None)
+    elif "kiln_retry_after" in g:  # the error's own value, not the limiter's window
+        response.headers["Retry-After"] = g.kiln_retry_after
     return response
 
 
@@ -43,7 +46,7 @@ def init_limits(app: Flask, settings: Settings) -> Limiter:
         # request: 100 000 entries at the default limit, searched on every submit).
         strategy="sliding-window-counter",
         headers_enabled=True,
-        key_prefix="kiln:ratelimit",
+        key_prefix=RATE_LIMIT_PREFIX,
         application_limits=[settings.rate_limit],
         application_limits_exempt_when=not_a_submit,
         swallow_errors=True,  # Redis down: the submit itself answers 503, not the limiter 500

@@ -99,9 +99,18 @@ class FleetCollector:
         yield from (depth, messages, ready, per_image, finished, hooks)
 
 
+# Label values come from known sets only: a client cannot add series by inventing methods.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def method_label() -> str:
+    return request.method if request.method in METHODS else "other"
+
+
 def init_metrics(app: Flask, jobs: Any) -> None:
     fleet = CollectorRegistry(auto_describe=False)
     fleet.register(FleetCollector(jobs.fleet, list(jobs.registry)))
+    jobs.on_accept = job_submitted  # every door's jobs, counted where they are made
 
     @app.before_request
     def _start_timer() -> None:
@@ -112,7 +121,7 @@ def init_metrics(app: Flask, jobs: Any) -> None:
         endpoint = request.endpoint or "unknown"
         if endpoint != "metrics":
             LATENCY.labels(endpoint).observe(time.perf_counter() - g.get("kiln_t0", 0.0))
-            REQUESTS.labels(request.method, endpoint, str(resp.status_code)).inc()
+            REQUESTS.labels(method_label(), endpoint, str(resp.status_code)).inc()
         return resp
 
     def metrics() -> Response:

@@ -29,20 +29,21 @@ from flask import current_app, jsonify
 from flask.views import MethodView
 from flask_smorest import Blueprint
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
+from redis.exceptions import RedisError
 from werkzeug.exceptions import HTTPException
 
-from app.auth import owner
-from app.errors import RETRY_AFTER_S, from_http
+from app.errors import from_http, retry_after, store_unavailable
+from app.jsonbody import BoundedJsonParser
 from app.limits import limit_key
-from app.metrics import job_submitted
-from app.service import service, settings
+from app.service import job_request, service, settings
 from app.streams import wait_slots
-from config.errors import InvalidInput, KilnError, RateLimited, invalid_input
-from tasks.jobs.schema import JobSchema, validate_job
+from config.errors import InvalidInput, KilnError, invalid_input
+from tasks.jobs.schema import JobSchema
 
 blp = Blueprint(
     "openai", __name__, url_prefix="/v1/images", description="OpenAI-compatible image generation"
 )
+blp.ARGUMENTS_PARSER = BoundedJsonParser()
 
 
 OPENAI_FIELDS = (
@@ -74,7 +75,7 @@ class ImagesRequestSchema(JobSchema):
     """
 
     class Meta(JobSchema.Meta):
-        exclude: tuple[str, ...] = ("webhook_url", "image", "mask", "strength")
+        fields: tuple[str, ...] = (*OPENAI_FIELDS, "user", *EXTRAS)
 
     error_messages = {
         "unknown": "unknown parameter; this endpoint takes "
@@ -141,11 +142,13 @@ def _kiln(exc: KilnError) -> Any:
     body, status = openai_error(
         exc.message, exc.status if exc.status != 422 else 400, param=param, kind=kind, code=exc.code
     )
-    if isinstance(exc, RateLimited):
-        body.headers["Retry-After"] = str(exc.retry_after_s)
-    elif status == 503:
-        body.headers["Retry-After"] = str(RETRY_AFTER_S)
+    retry_after(body, exc)
     return body, status
+
+
+@blp.errorhandler(RedisError)
+def _redis(exc: RedisError) -> Any:
+    return _kiln(store_unavailable(exc))
 
 
 @blp.errorhandler(ValidationError)
@@ -172,21 +175,15 @@ def to_job(data: dict[str, Any]) -> dict[str, Any]:
     return job
 
 
-def job_params(data: dict[str, Any]) -> dict[str, Any]:
-    """Job params under the model's rules; a size error is named ``size`` when the
-    request gave a size (this door's own name for width and height)."""
-    d = service()
-    try:
-        params = validate_job(to_job(data), d.registry)
-    except InvalidInput as exc:
-        sized = {"width", "height"} & set(exc.fields)
-        if not (data.get("size") and sized):
-            raise
-        fields_ = {k: v for k, v in exc.fields.items() if k not in sized}
-        fields_["size"] = [m for k in sorted(sized) for m in exc.fields[k]]
-        raise invalid_input(fields_) from None
-    d.check_webhook(params)
-    return params
+def sized_as_asked(exc: InvalidInput, data: dict[str, Any]) -> InvalidInput:
+    """A size error is named ``size`` when the request gave a size (this door's own
+    name for width and height)."""
+    sized = {"width", "height"} & set(exc.fields)
+    if not (data.get("size") and sized):
+        return exc
+    fields_ = {k: v for k, v in exc.fields.items() if k not in sized}
+    fields_["size"] = [m for k in sorted(sized) for m in exc.fields[k]]
+    return invalid_input(fields_)
 
 
 @blp.route("/generations")
@@ -215,16 +212,19 @@ class Generations(MethodView):
         negative_prompt, steps, guidance_scale, scheduler, seed, loras, width, height.
         Any other field is a 400 naming it.
         """
-        return answer(job_params(data), data, source="openai")
+        return answer(data)
 
 
-def answer(params: dict[str, Any], data: dict[str, Any], *, source: str) -> Any:
+def answer(data: dict[str, Any]) -> Any:
     """Submit the job, wait for it, and answer in OpenAI's shape (images or an error)."""
     d = service()
     s = settings()
     with wait_slots(current_app, s.sync_max_waits, s.key_slot_share).held(limit_key()):
-        record, _ = d.submit(params, owner=owner(), source=source)
-        job_submitted(params["model"], source)
+        try:
+            accepted = d.accept(job_request(to_job(data), "openai"))
+        except InvalidInput as exc:
+            raise sized_as_asked(exc, data) from None
+        record, params = accepted.record, accepted.params
         done = d.wait(record["id"], timeout=s.sync_timeout_s) or record
     if done.get("status") != "succeeded":
         if done.get("status") in {"queued", "running"}:

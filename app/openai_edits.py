@@ -31,9 +31,7 @@ from app.openai_api import (
     OpenAIErrorSchema,
     answer,
     blp,
-    job_params,
 )
-from app.service import readable_job, service
 from config.errors import InvalidInput
 from tasks.jobs.inputs import ImageInput
 
@@ -44,7 +42,7 @@ class EditsRequestSchema(ImagesRequestSchema):
     """The edit form: the generation request plus the image, its mask and strength."""
 
     class Meta(ImagesRequestSchema.Meta):
-        exclude: tuple[str, ...] = ("webhook_url",)
+        fields: tuple[str, ...] = (*OPENAI_FIELDS, "user", *FILES, "strength", *EXTRAS)
 
     error_messages = {
         "unknown": "unknown parameter; this endpoint takes "
@@ -106,12 +104,9 @@ class VariationsRequestSchema(EditsRequestSchema):
     """A variation: the image redrawn at the family's strength, with no prompt or mask."""
 
     class Meta(EditsRequestSchema.Meta):
-        exclude = ("webhook_url", "prompt", "mask")
+        fields = tuple(f for f in EditsRequestSchema.Meta.fields if f not in ("prompt", "mask"))
 
-    error_messages = {
-        "unknown": "unknown parameter; this endpoint takes image, model, n, size, "
-        "response_format, output_format, user, strength, steps, seed, guidance_scale, scheduler"
-    }
+    error_messages = {"unknown": "unknown parameter; this endpoint takes " + ", ".join(Meta.fields)}
 
 
 @blp.route("/variations")
@@ -143,5 +138,4 @@ def edit(schema: EditsRequestSchema) -> Any:
         )
     data = schema.load(form_payload(schema, request))
     data.setdefault("prompt", "")
-    params = service().check_inputs(job_params(data), read_job=readable_job)
-    return answer(params, data, source="openai")
+    return answer(data)

@@ -162,7 +162,7 @@ def inject_faults(
 def _running(store: JobStore) -> list[str]:
     from tasks.jobs import bookkeeping as bk
 
-    return list(bk.running_jobs(store.redis, "tiny-sd"))
+    return list(bk.held_jobs(store.redis, "tiny-sd"))
 
 
 def _proc_of(stack: Stack, worker: str) -> Any:

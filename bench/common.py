@@ -19,6 +19,7 @@ import yaml
 from config.settings import DEFAULT_MODELS_FILE
 from harness.http import KilnHTTP
 from harness.stack import Stack
+from tasks.jobs import bookkeeping as bk
 
 
 def make_models_file(directory: Path, **overrides: Any) -> Path:
@@ -78,7 +79,7 @@ def burst(
         [j["id"] for j in submitted],
         t0=t0,
         timeout=timeout,
-        read=lambda pipe, job_id: pipe.hget(f"kiln:job:{job_id}", "status"),
+        read=lambda pipe, job_id: pipe.hget(bk.job_key(job_id), "status"),
         finished=lambda status: json.loads(status) in {"succeeded", "failed", "canceled"},
     )
     records = {j: api.get(f"/v1/jobs/{j}").json() for j in done}

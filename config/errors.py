@@ -46,10 +46,19 @@ class PermanentError(KilnError):
 
 
 class TransientError(KilnError):
-    """Retrying later may help."""
+    """Retrying later may help (``retry_after_s``: when, as a 503's ``Retry-After``)."""
 
     code = "unavailable"
     status = 503
+    retry_after_s = 2
+
+
+class MalformedBody(PermanentError):
+    """The body (or a form field that carries JSON) cannot be read: not JSON, or nested
+    deeper than Kiln reads."""
+
+    code = "malformed_body"
+    status = 400
 
 
 class InvalidInput(PermanentError):
@@ -139,6 +148,12 @@ class TooManyWaits(TooManyStreams):
     code = "too_many_waits"
 
 
+class TooManyFetches(TooManyStreams):
+    """Every image-URL fetch slot of this API process is taken; retry shortly."""
+
+    code = "too_many_fetches"
+
+
 class KeySlotShareExceeded(RateLimited):
     """This API key holds its whole share of a process's stream or wait slots."""
 
@@ -151,7 +166,15 @@ class StorageUnavailable(TransientError):
 
 
 class BrokerUnavailable(TransientError):
+    """The broker refused a message."""
+
     code = "broker_unavailable"
+
+
+class JobStoreUnavailable(TransientError):
+    """The job store (Redis) did not answer: every door says so the same way."""
+
+    code = "job_store_unavailable"
 
 
 class EngineNotReady(TransientError):

@@ -109,6 +109,7 @@ class Settings:
     max_body_bytes: int = 64 * 1024
     max_image_body_bytes: int = 20 * 1024 * 1024  # requests carrying image inputs
     input_fetch_timeout_s: float = 10.0  # one deadline for fetching an image input URL
+    input_fetch_max: int = 8  # image-URL fetches at once per API process (each holds a thread)
     log_format: str = ""  # "json" or "text"; empty: text in dev, json elsewhere
     log_level: str = "INFO"
 

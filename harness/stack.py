@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -118,6 +119,22 @@ def stop_all(procs: list[Proc], sig: int = signal.SIGTERM, *, timeout: float = 1
             p.popen.wait(5)
 
 
+def end_on_signals() -> None:
+    """Turn SIGTERM and SIGHUP (``timeout``, a closed terminal) into ``SystemExit`` in
+    this process, so that the ``finally`` that closes a stack runs and ends every
+    process it started. Only where nobody handles them yet, and only from the main
+    thread (where Python delivers signals)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(sig) is signal.SIG_DFL:
+            signal.signal(sig, _exit_on)
+
+
+def _exit_on(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 @dataclass
 class Stack:
     workdir: Path
@@ -135,6 +152,7 @@ class Stack:
         self, *, broker_url: str | None = None, redis_password: str | None = None
     ) -> None:
         """Valkey (asking for ``redis_password`` when given) and an S3 server."""
+        end_on_signals()  # a stack's owner killed by timeout still closes it
         self.workdir.mkdir(parents=True, exist_ok=True)
         redis_port, s3_port = free_port(), free_port()
         access, secret = "kiln-test", "kiln-test-secret-" + os.urandom(6).hex()

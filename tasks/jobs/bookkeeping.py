@@ -1,4 +1,10 @@
-"""Redis bookkeeping around jobs: the one module that spells these keys.
+"""Redis bookkeeping around jobs, and every Redis key Kiln spells (Celery's own broker
+and result keys are Celery's).
+
+- ``kiln:job:{<id>}`` and ``kiln:job:{<id>}:events``: a job's record and its events
+  (one hash tag per job), which only the job store (``tasks.jobs.store``) reads and
+  writes; its scripts take every key they touch as ``KEYS``.
+- ``kiln:ratelimit``: the prefix of Flask-Limiter's counters (``app.limits``).
 
 - ``kiln:queued:<model>``: a sorted set by submit time of the jobs waiting for that
   model, in the broker or inside a worker that took them but has not put them on the
@@ -7,6 +13,8 @@
   in it or running) → that worker, which the reaper walks to find jobs whose worker
   died.
 - ``kiln:active:<owner>``: the queued and running jobs of one API key (its quota).
+- ``kiln:idem:<owner>:<sha256 of the key>``: an ``Idempotency-Key`` claimed, with
+  the job it made and a digest of the body; claimed with the record, in one step.
 - ``kiln:owned:<owner>`` (``kiln:owned`` for jobs made without a key): a sorted set by
   submit time of every job of one API key, what ``GET /v1/jobs`` lists. Each submit
   trims it to the jobs the store may still hold, and it expires with its newest job.
@@ -23,7 +31,8 @@
   worker died.
 - ``kiln:counters:jobs`` and ``kiln:counters:webhooks``: fleet-wide counts of jobs
   ended (counted by the job store's end script) and of webhook deliveries, which the
-  API's ``/metrics`` shows for every host.
+  API's ``/metrics`` shows for every host; ``kiln:counters:reaper``: the reapers'
+  lost-message sweeps, done and with messages found missing.
 - ``kiln:cancel``: the channel on which the API asks workers to stop a running job.
 
 Functions take a Redis client or a pipeline, so callers can add them to one round trip.
@@ -31,6 +40,7 @@ Functions take a Redis client or a pipeline, so callers can add them to one roun
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from typing import Any
@@ -38,9 +48,23 @@ from typing import Any
 log = logging.getLogger("kiln.bookkeeping")
 
 EMA_ALPHA = 0.3
+RATE_LIMIT_PREFIX = "kiln:ratelimit"
+
+
+# A job's own keys share one hash tag (``{<id>}``), so that a Redis Cluster keeps them
+# in one slot: a script that touches only them may run there.
+def job_key(job_id: str) -> str:
+    return f"kiln:job:{{{job_id}}}"
+
+
+def events_key(job_id: str) -> str:
+    return f"kiln:job:{{{job_id}}}:events"
+
+
 CANCEL_CHANNEL = "kiln:cancel"
 JOB_COUNTERS = "kiln:counters:jobs"
 WEBHOOK_COUNTERS = "kiln:counters:webhooks"
+REAPER_COUNTERS = "kiln:counters:reaper"
 
 
 def queued_key(model: str) -> str:
@@ -63,12 +87,19 @@ REAPER_LOCK = "kiln:reaper"
 WEBHOOKS_DUE = "kiln:webhooks:due"
 
 
-def running_key(model: str) -> str:
+def held_key(model: str) -> str:
+    """The jobs workers of ``model`` hold, waiting in them or running (the key keeps its
+    first name, ``running``, so that a fleet being upgraded reads the same hash)."""
     return f"kiln:running:{model}"
 
 
 def active_key(owner: str) -> str:
     return f"kiln:active:{owner}"
+
+
+def idempotency_key(owner: str | None, key: str) -> str:
+    """Where an API key's Idempotency-Key is claimed (the header's value hashed)."""
+    return f"kiln:idem:{owner or '-'}:{hashlib.sha256(key.encode()).hexdigest()}"
 
 
 # -- the queued set ------------------------------------------------------------
@@ -242,9 +273,9 @@ def worker_alive(r: Any, model: str, worker: str) -> bool:
     return bool(r.exists(alive_key(model, worker)))
 
 
-def running_jobs(r: Any, model: str) -> dict[str, str]:
+def held_jobs(r: Any, model: str) -> dict[str, str]:
     """``{job_id: worker}`` of the jobs workers of ``model`` hold (waiting or running)."""
-    return dict(r.hgetall(running_key(model)) or {})
+    return dict(r.hgetall(held_key(model)) or {})
 
 
 def take_reaper_lock(r: Any, holder: str, ttl_ms: int) -> bool:
@@ -296,6 +327,19 @@ def count_webhook(r: Any, outcome: str) -> None:
         r.hincrby(WEBHOOK_COUNTERS, outcome, 1)
     except Exception as exc:
         log.warning("webhook counter not written: %s", type(exc).__name__)
+
+
+def count_sweep(r: Any, *, missing: int) -> None:
+    """One lost-message sweep done (and how many messages it found missing)."""
+    with r.pipeline(transaction=False) as pipe:
+        pipe.hincrby(REAPER_COUNTERS, "sweeps", 1)
+        pipe.hincrby(REAPER_COUNTERS, "missing", missing)
+        pipe.execute()
+
+
+def sweeps(r: Any) -> int:
+    """Lost-message sweeps done, fleet-wide."""
+    return int(r.hget(REAPER_COUNTERS, "sweeps") or 0)
 
 
 def job_counts(r: Any) -> dict[tuple[str, str], int]:

@@ -1,7 +1,8 @@
 """Fleet figures for the API: the one reader of queue depths, workers and rates.
 
-``/metrics``, ``/readyz``, the classic ``/health`` and ``kiln capacity`` all read
-here, so a figure means the same wherever it shows. Queue depth is the jobs waiting
+``/metrics``, ``/readyz``, the classic ``/health``, ``kiln capacity`` and a waiting
+job's queue position and ETA (``JobService.view``) all read here, so a figure means
+the same wherever it shows. Queue depth is the jobs waiting
 for a model (submitted, not started), counted in the job store, which is right for
 every broker; ``broker_messages`` is what the broker itself holds for the model's
 queue (a started job's unacked message is not counted there).
@@ -35,6 +36,11 @@ class Fleet:
 
     def s_per_image(self, model: str) -> float | None:
         return bk.s_per_image(self.redis, model)
+
+    def waiting(self, model: str, job_id: str) -> tuple[int | None, float | None, int]:
+        """A waiting job's queue position, the model's seconds per image and its ready
+        workers, in one round trip (``bookkeeping.waiting``)."""
+        return bk.waiting(self.redis, model, job_id)
 
     def job_counts(self) -> dict[tuple[str, str], int]:
         return bk.job_counts(self.redis)

@@ -22,14 +22,29 @@ from __future__ import annotations
 
 import base64
 import binascii
+import collections
+import contextlib
 import json
+import math
 import re
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any
 
 from marshmallow import ValidationError, fields
 
-from config.errors import InvalidInput, NotFound, Unreachable
+from config.errors import (
+    InvalidInput,
+    KeySlotShareExceeded,
+    NotFound,
+    TooManyFetches,
+    Unreachable,
+)
 from config.settings import Settings
 from pipelines.inputs import digest, fit, mask_of, open_image, round_size
 from pipelines.registry import Model
@@ -104,18 +119,28 @@ class Inputs:
         self.fetch = fetch  # (url, field, max_bytes) -> bytes
 
     @classmethod
-    def for_settings(cls, storage: Storage, settings: Settings, *, read_job: Any = None) -> Inputs:
-        """Inputs that fetch URLs with the settings' egress rules (those of webhooks)."""
+    def for_settings(
+        cls,
+        storage: Storage,
+        settings: Settings,
+        *,
+        read_job: Any = None,
+        slots: FetchSlots | None = None,
+        holder: str = "",
+    ) -> Inputs:
+        """Inputs that fetch URLs with the settings' egress rules (those of webhooks);
+        with ``slots``, each fetch holds one of them for ``holder`` (an API key)."""
 
         def fetch(url: str, name: str, cap: int) -> bytes:
-            return fetch_url(
-                url,
-                name,
-                cap,
-                allow_private=settings.webhook_allow_private,
-                deadline_s=settings.input_fetch_timeout_s,
-                proxy=settings.webhook_proxy,
-            )
+            with slots.held(holder) if slots is not None else contextlib.nullcontext():
+                return fetch_url(
+                    url,
+                    name,
+                    cap,
+                    allow_private=settings.webhook_allow_private,
+                    deadline_s=settings.input_fetch_timeout_s,
+                    proxy=settings.webhook_proxy,
+                )
 
         return cls(storage, read_job=read_job, fetch=fetch)
 
@@ -265,18 +290,89 @@ def _bad(name: str, reason: str) -> InvalidInput:
     return InvalidInput(f"`{name}` {reason}", fields={name: [reason]})
 
 
+class FetchSlots:
+    """At most ``limit`` image-URL fetches at once in this process (each holds an API
+    thread for up to its deadline), and ``share`` of them for any one key: past that a
+    submit is a 503 (``TooManyFetches``) or a 429 (``KeySlotShareExceeded``), at once."""
+
+    def __init__(self, limit: int, *, share: float) -> None:
+        self.limit = limit
+        self.per_key = max(1, math.floor(limit * min(1.0, max(0.0, share))))
+        self._lock = threading.Lock()
+        self._used = 0
+        self._by_key: collections.Counter[str] = collections.Counter()
+
+    @contextlib.contextmanager
+    def held(self, key: str) -> Iterator[None]:
+        if self.limit <= 0:
+            yield
+            return
+        with self._lock:
+            if self._by_key[key] >= self.per_key:
+                raise KeySlotShareExceeded(
+                    f"this API key already fetches {self.per_key} of this server's "
+                    f"{self.limit} image URLs at once; retry shortly"
+                )
+            if self._used >= self.limit:
+                raise TooManyFetches(
+                    f"{self.limit} image URLs are being fetched on this server; retry shortly"
+                )
+            self._used += 1
+            self._by_key[key] += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._used -= 1
+                self._by_key[key] -= 1
+                if self._by_key[key] <= 0:
+                    del self._by_key[key]
+
+
+# Name lookups run here, so that one that hangs costs its caller no more than the
+# fetch's deadline (getaddrinfo itself cannot be interrupted); a few at once.
+_LOOKUPS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="kiln-lookup")
+
+
+def lookup_within(seconds: float, resolver: Any = socket.getaddrinfo) -> Any:
+    """A resolver (``socket.getaddrinfo``'s signature) that gives up after ``seconds``."""
+
+    def resolve(host: str, port: Any, *args: Any, **kwargs: Any) -> Any:
+        future = _LOOKUPS.submit(resolver, host, port, *args, **kwargs)
+        try:
+            return future.result(timeout=max(0.0, seconds))
+        except FutureTimeout:
+            raise Unreachable(f"looking up {host} took longer than {seconds:g} s") from None
+
+    return resolve
+
+
 def fetch_url(
-    url: str, name: str, cap: int, *, allow_private: bool, deadline_s: float, proxy: str = ""
+    url: str,
+    name: str,
+    cap: int,
+    *,
+    allow_private: bool,
+    deadline_s: float,
+    proxy: str = "",
+    resolver: Any = socket.getaddrinfo,
 ) -> bytes:
     """GET an image input through the egress client: the same checks as a webhook
-    (public addresses only unless allowed, no redirects, one deadline), at most ``cap``
-    bytes, and plain ``http`` only where private addresses are allowed (development)."""
+    (public addresses only unless allowed, no redirects), one deadline for the name
+    lookup and the whole exchange, at most ``cap`` bytes, and plain ``http`` only where
+    private addresses are allowed (development)."""
+    deadline = time.monotonic() + deadline_s
     try:
         target = parse_webhook_url(url)
         if target.scheme != "https" and not allow_private:
             raise _bad(name, "must be an https URL")
-        addresses = resolve_target(target, allow_private=allow_private)
-        status, body = egress.get(target, addresses, deadline_s=deadline_s, max_bytes=cap)
+        addresses = resolve_target(
+            target, allow_private=allow_private, resolver=lookup_within(deadline_s, resolver)
+        )
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise Unreachable("the deadline passed during the name lookup")
+        status, body = egress.get(target, addresses, deadline_s=left, max_bytes=cap)
     except InvalidInput as exc:
         if name in exc.fields:
             raise

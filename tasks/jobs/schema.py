@@ -156,51 +156,62 @@ class JobTaskSchema(JobSchema):
     mask = ImageInput(keys=True)
 
 
-def _check_size(errors: dict[str, list[str]], name: str, value: int, model: Any) -> None:
+def size_errors(
+    model: Any, width: int | None, height: int | None, n: int = 1
+) -> dict[str, list[str]]:
+    """The model's rules for a size (each side given: its multiple and bounds; both: the
+    pixel budget of a batch of ``n``), by field name; empty when it meets them."""
+    errors: dict[str, list[str]] = {}
     mult = model.family.size_multiple
-    if value % mult:
-        errors.setdefault(name, []).append(f"must be a multiple of {mult}, got {value}")
-    if not model.min_size <= value <= model.max_size:
-        errors.setdefault(name, []).append(
-            f"must be between {model.min_size} and {model.max_size} for {model.name}, got {value}"
-        )
+    for name, value in (("width", width), ("height", height)):
+        if value is None:
+            continue
+        if value % mult:
+            errors.setdefault(name, []).append(f"must be a multiple of {mult}, got {value}")
+        if not model.min_size <= value <= model.max_size:
+            errors.setdefault(name, []).append(
+                f"must be between {model.min_size} and {model.max_size} for {model.name}, "
+                f"got {value}"
+            )
+    budget = model.spec.limits.max_pixels_per_batch
+    if width and height and width * height * min(n, model.spec.max_batch) > budget:
+        errors.setdefault("n", []).append(f"{n} images of {width}x{height} exceed {budget} pixels")
+    return errors
 
 
-def validate_job(data: dict[str, Any], registry: Registry) -> dict[str, Any]:
-    """Apply the model's rules and defaults to loaded job data; returns the job params."""
-    name = data.get("model") or next(iter(registry))
-    if name not in registry:
-        raise invalid_input(
-            {"model": [f"unknown model {name!r}; available: {', '.join(registry)}"]}
-        )
-    model = registry[name]
-    fam, lim = model.family, model.spec.limits
+def the_size(model: Any, data: dict[str, Any]) -> tuple[int | None, int | None]:
+    """The size a job asks: the one it names or the model's default; with an image and
+    no size, none yet (it comes from the image, ``Inputs.check``)."""
+    width, height = data.get("width"), data.get("height")
+    if image_mode(data) == "text" or (width is None) != (height is None):
+        width = model.width if width is None else width
+        height = model.height if height is None else height
+    return width, height
+
+
+def rule_errors(data: dict[str, Any], model: Any) -> dict[str, list[str]]:
+    """Every rule of ``model`` that the fields present in ``data`` break, by field name:
+    each rule applies to what was given (a field the schema refused is absent)."""
+    fam, lim, name = model.family, model.spec.limits, model.name
     errors: dict[str, list[str]] = {}
 
     def err(field: str, msg: str) -> None:
         errors.setdefault(field, []).append(msg)
 
     mode = image_mode(data)
+    prompt = data.get("prompt")
     if data.get("mask") is not None and data.get("image") is None:
         err("mask", "needs an image to go with it")
     if mode != "text" and mode not in fam.modes:
         err("image", f"{fam.name} models take no image ({mode}); {name} runs text only")
-    if not data["prompt"] and mode == "text":
+    if prompt is not None and not prompt and mode == "text":
         err("prompt", "must not be empty (only an image's variation may have no prompt)")
     if data.get("strength") is not None and mode == "text":
         err("strength", "applies only with an image")
-    # With an image and no size, the size comes from the image (Inputs.check).
-    width, height = data.get("width"), data.get("height")
-    if mode == "text" or (width is None) != (height is None):
-        width = model.width if width is None else width
-        height = model.height if height is None else height
-    for field_name, value in (("width", width), ("height", height)):
-        if value is not None:
-            _check_size(errors, field_name, value, model)
     steps = model.steps if data.get("steps") is None else data["steps"]
     if not 1 <= steps <= model.max_steps:
         err("steps", f"must be between 1 and {model.max_steps} for {name}, got {steps}")
-    if len(data["prompt"]) > lim.max_prompt_chars:
+    if prompt is not None and len(prompt) > lim.max_prompt_chars:
         err("prompt", f"must be at most {lim.max_prompt_chars} characters for {name}")
     if data.get("negative_prompt") is not None and not fam.negative_prompt:
         err("negative_prompt", f"{fam.name} models take no negative prompt")
@@ -213,18 +224,16 @@ def validate_job(data: dict[str, Any], registry: Registry) -> dict[str, Any]:
             "guidance_scale",
             f"must be between {lim.min_guidance} and {lim.max_guidance} for {name}, got {guidance}",
         )
-    scheduler = data.get("scheduler") or model.scheduler
-    if data.get("scheduler") and scheduler not in model.schedulers:
+    scheduler = data.get("scheduler")
+    if scheduler and scheduler not in model.schedulers:
         err("scheduler", f"unknown scheduler {scheduler!r}; choose from {list(model.schedulers)}")
     n = 1 if data.get("n") is None else data["n"]
+    sized = size_errors(model, *the_size(model, data), n)
     if not 1 <= n <= lim.max_n:
         err("n", f"must be between 1 and {lim.max_n} for {name}, got {n}")
-    elif (
-        width
-        and height
-        and width * height * min(n, model.spec.max_batch) > lim.max_pixels_per_batch
-    ):
-        err("n", f"{n} images of {width}x{height} exceed {lim.max_pixels_per_batch} pixels")
+        sized.pop("n", None)  # one reason for n at a time
+    for field_name, reasons in sized.items():
+        errors.setdefault(field_name, []).extend(reasons)
     loras = data.get("loras") or []
     if len(loras) > lim.max_loras:
         err("loras", f"at most {lim.max_loras} LoRAs, got {len(loras)}")
@@ -235,34 +244,55 @@ def validate_job(data: dict[str, Any], registry: Registry) -> dict[str, Any]:
     if len({lo["name"] for lo in loras}) != len(loras):
         err("loras", "each LoRA may appear once")
     output_format = data.get("output_format") or "png"
-    compression = data.get("output_compression")
-    if compression is not None and output_format == "png":
+    if data.get("output_compression") is not None and output_format == "png":
         err("output_compression", "applies to jpeg and webp only (png is lossless)")
+    return errors
+
+
+def model_for(data: dict[str, Any], registry: Registry) -> Any:
+    """The model a job names (the registry's first when it names none)."""
+    name = data.get("model") or next(iter(registry))
+    if name not in registry:
+        raise invalid_input(
+            {"model": [f"unknown model {name!r}; available: {', '.join(registry)}"]}
+        )
+    return registry[name]
+
+
+def validate_job(data: dict[str, Any], registry: Registry) -> dict[str, Any]:
+    """Apply the model's rules and defaults to loaded job data; returns the job params."""
+    model = model_for(data, registry)
+    errors = rule_errors(data, model)
     if errors:
         raise invalid_input(errors)
-
+    name, fam = model.name, model.family
+    width, height = the_size(model, data)
+    n = 1 if data.get("n") is None else data["n"]
+    guidance = data.get("guidance_scale")
+    mode = image_mode(data)
     seeds = data.get("seeds")
     if not seeds or len(seeds) != n:
         seed = data.get("seed")
         if seed is None:
             seed = secrets.randbelow(2**32 - n)
         seeds = [seed + i for i in range(n)]
+    loras = data.get("loras") or []
     return {
         "prompt": data["prompt"],
         "negative_prompt": data.get("negative_prompt"),
         "model": name,
         "width": width,
         "height": height,
-        "steps": steps,
+        "steps": model.steps if data.get("steps") is None else data["steps"],
         "guidance_scale": model.guidance_scale if guidance is None else float(guidance),
-        "scheduler": scheduler,
+        "scheduler": data.get("scheduler") or model.scheduler,
         "n": n,
         "seed": seeds[0],
         "seeds": seeds,
         "loras": [{"name": lo["name"], "weight": float(lo["weight"])} for lo in loras],
         "webhook_url": data.get("webhook_url"),
-        "output_format": output_format,
-        "output_compression": compression,
+        "output_format": data.get("output_format") or "png",
+        "output_compression": data.get("output_compression"),
         "mode": mode,
         "strength": None if mode == "text" else data.get("strength") or fam.strength,
         "image": data.get("image"),
@@ -275,14 +305,14 @@ def _with_model_rules(exc: ValidationError, registry: Registry) -> dict[str, Any
     so one answer names every bad field (``n: 10**30`` beside a missing prompt)."""
     messages = dict(exc.messages) if isinstance(exc.messages, dict) else {"_schema": exc.messages}
     valid = dict(exc.valid_data or {}) if isinstance(exc.valid_data, dict) else {}
-    valid.setdefault("prompt", "-")
     try:
-        validate_job(valid, registry)
-    except InvalidInput as more:
-        for name, reasons in more.fields.items():
-            messages.setdefault(name, reasons)
+        more = rule_errors(valid, model_for(valid, registry))
+    except InvalidInput as unknown:  # the model itself
+        more = dict(unknown.fields)
     except Exception:  # a partial payload the rules cannot read: the schema's errors stand
-        pass
+        more = {}
+    for name, reasons in more.items():
+        messages.setdefault(name, reasons)
     return messages
 
 
@@ -290,19 +320,17 @@ def check_image_size(
     params: dict[str, Any], checked: dict[str, Any], registry: Registry
 ) -> dict[str, Any]:
     """The size an image set (``checked``, from ``Inputs.check`` of ``params``) meets the
-    model's rules as a size the caller named does: checked as a text job of that size,
-    everything else having been checked already. A size the image set and the rules
-    refuse names ``image``."""
+    model's size rules as a size the caller named does. A size the image set and the
+    rules refuse names ``image``."""
     given = {k for k in ("width", "height") if params.get(k) is not None}
-    as_text = {**checked, "image": None, "mask": None, "strength": None, "prompt": "-"}
-    try:
-        again = validate_job(as_text, registry)
-    except InvalidInput as exc:
-        moved = {
-            ("image" if k in {"width", "height"} - given else k): v for k, v in exc.fields.items()
-        }
-        raise invalid_input(moved) from None
-    return {**checked, "width": again["width"], "height": again["height"]}
+    errors = size_errors(
+        registry[checked["model"]], checked["width"], checked["height"], checked.get("n") or 1
+    )
+    if errors:
+        raise invalid_input(
+            {("image" if k in {"width", "height"} - given else k): v for k, v in errors.items()}
+        )
+    return checked
 
 
 def load_job(payload: Any, registry: Registry, *, task: bool = False) -> dict[str, Any]:

@@ -1,11 +1,15 @@
-"""The job service: submit, read, follow and cancel jobs (what the API calls).
+"""The job service: accept, read, follow and cancel jobs (what the API calls).
 
+    from tasks.jobs.request import JobRequest
     from tasks.jobs.service import JobService
     jobs = JobService(settings)
-    record, created = jobs.submit(jobs.validate({"prompt": "a red fox", "model": "tiny-sd"}))
+    done = jobs.accept(JobRequest(fields={"prompt": "a red fox", "model": "tiny-sd"}, door="rest"))
 
-The job record is written before the task is sent, so a job is never lost
-between the two: if the broker refuses the message, the record says so.
+``accept`` is every door's one way in. The record is written (with the quota's count
+and the Idempotency-Key's claim, in one script) before the task is sent, so a job is
+never lost between the two. A message the broker refuses takes the record back (a 503,
+nothing left, the key free for the retry); where the job store cannot take it back,
+the record stays queued, the lost-message sweep sends it, and the caller gets its job.
 """
 
 from __future__ import annotations
@@ -17,11 +21,13 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import redis
 from celery import Celery
 
 from config.errors import (
     BrokerUnavailable,
     Conflict,
+    JobStoreUnavailable,
     NotFound,
     RateLimited,
 )
@@ -30,9 +36,10 @@ from pipelines.registry import Registry
 from tasks.jobs import bookkeeping as bk
 from tasks.jobs.ends import end_job
 from tasks.jobs.fleet import Fleet
-from tasks.jobs.inputs import Inputs
-from tasks.jobs.records import kwargs_repr, new_job_id, new_record, task_kwargs
-from tasks.jobs.schema import check_image_size, load_job
+from tasks.jobs.inputs import FetchSlots, Inputs
+from tasks.jobs.records import JobRecord, kwargs_repr, new_job_id
+from tasks.jobs.request import Accepted, JobRequest
+from tasks.jobs.schema import check_image_size, load_job, validate_job
 from tasks.jobs.storage import Storage
 from tasks.jobs.store import TERMINAL, JobStore
 from tasks.jobs.urlsafety import check_job_webhook
@@ -46,6 +53,13 @@ def body_hash(payload: Any) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
+def quota_reached(quota: int) -> RateLimited:
+    return RateLimited(
+        f"{quota} jobs of this API key are already queued or running",
+        fields={"quota": [quota]},
+    )
+
+
 class JobService:
     """Validates, records and sends jobs; reads, follows and cancels them."""
 
@@ -55,14 +69,19 @@ class JobService:
         *,
         registry: Registry | None = None,
         celery: Celery | None = None,
+        store: JobStore | None = None,
+        storage: Storage | None = None,
     ) -> None:
         self.settings = settings
         self.registry = registry or Registry.from_file(settings.models_file)
         longest = max((m.spec.time_limit_s for m in self.registry.values()), default=360)
         self.celery = celery or make_celery(settings, longest_time_limit_s=longest)
-        self.store = JobStore(settings.redis_url, ttl_s=settings.job_ttl_s)
-        self.storage = Storage(settings)
+        self.store = store or JobStore(settings.redis_url, ttl_s=settings.job_ttl_s)
+        self.storage = storage or Storage(settings)
         self.fleet = Fleet(self.store.redis, self.celery)
+        # Counts each job made (the API's metric): called by ``accept`` with model, door.
+        self.on_accept: Callable[[str, str], None] | None = None
+        self.fetch_slots = FetchSlots(settings.input_fetch_max, share=settings.key_slot_share)
 
     # -- submit ---------------------------------------------------------------
     def validate(self, payload: Any) -> dict[str, Any]:
@@ -72,13 +91,24 @@ class JobService:
         return params
 
     def check_inputs(
-        self, params: dict[str, Any], *, read_job: Callable[[str], dict[str, Any] | None]
+        self,
+        params: dict[str, Any],
+        *,
+        read_job: Callable[[str], dict[str, Any] | None] | None,
+        holder: str = "",
     ) -> dict[str, Any]:
         """Read, decode and check the image inputs (``read_job(id)``: a job this caller
-        may read, or None); sizes the job from the image. Raises ``InvalidInput``."""
+        may read, or None; ``holder``: whose share of the fetch slots a URL takes);
+        sizes the job from the image. Raises ``InvalidInput``."""
         if params.get("image") is None and params.get("mask") is None:
             return params
-        inputs = Inputs.for_settings(self.storage, self.settings, read_job=read_job)
+        inputs = Inputs.for_settings(
+            self.storage,
+            self.settings,
+            read_job=read_job,
+            slots=self.fetch_slots,
+            holder=holder,
+        )
         checked = inputs.check(params, self.registry[params["model"]])
         return check_image_size(params, checked, self.registry)
 
@@ -88,6 +118,33 @@ class JobService:
             secret=self.settings.webhook_secret,
             allow_private=self.settings.webhook_allow_private,
         )
+
+    def accept(self, request: JobRequest) -> Accepted:
+        """The one way a job comes in, whatever the door: the request's fields under the
+        model's rules, its webhook and image inputs checked, then (``submit``) the
+        Idempotency-Key, the quota, the record and the message. Raises ``InvalidInput``
+        (naming the fields), ``Conflict``, ``RateLimited`` or a ``TransientError``."""
+        params = validate_job(dict(request.fields), self.registry)
+        self.check_webhook(params)
+        if request.idempotency_key:  # a retry is answered before anything is read or counted
+            replay = self._replay(request.owner, request.idempotency_key, request.body)
+            if replay is not None:
+                return Accepted(record=replay, created=False, params=params)
+        params = self.check_inputs(params, read_job=request.read_job, holder=request.holder)
+        record, created, params = self._submit(
+            params,
+            owner=request.owner,
+            job_id=request.job_id,
+            source=request.door,
+            idempotency_key=request.idempotency_key,
+            request_body=request.body,
+            sent=request.sent,
+        )
+        if created and self.on_accept is not None:
+            self.on_accept(params["model"], request.door)
+        if request.sent or not created:
+            return Accepted(record=record, created=created, params=params)
+        return Accepted(record=self._shown(record), created=created, params=params)
 
     def submit(
         self,
@@ -102,31 +159,76 @@ class JobService:
         """Record and send validated params; returns ``(record, created)``.
 
         With an ``idempotency_key`` the same key and body return the first job
-        (``created`` False); the same key with another body is a ``Conflict``.
+        (``created`` False); the same key with another body is a ``Conflict``. The key
+        is claimed with the record, in one step, and set free again if the message
+        cannot be sent: a retry then makes the job afresh.
         """
+        record, created, _ = self._submit(
+            params,
+            owner=owner,
+            job_id=job_id,
+            source=source,
+            idempotency_key=idempotency_key,
+            request_body=request_body,
+        )
+        return record, created
+
+    def _submit(
+        self,
+        params: dict[str, Any],
+        *,
+        owner: str | None,
+        job_id: str | None,
+        source: str,
+        idempotency_key: str | None,
+        request_body: Any,
+        sent: bool = False,
+    ) -> tuple[dict[str, Any], bool, dict[str, Any]]:
+        """``submit``, and the params as recorded (inputs as stored descriptors). With
+        ``sent`` (the Celery door: the message is on the broker already) the job is only
+        recorded, inputs with the digest of what the message named; a record already
+        there (the same message delivered twice) is returned as it is."""
         job_id = job_id or new_job_id()
-        quota = self.settings.max_concurrent_jobs
-        if owner and quota and bk.active_jobs(self.store.redis, owner) >= quota:
-            raise RateLimited(
-                f"{quota} jobs of this API key are already queued or running",
-                fields={"quota": [quota]},
+        if sent:
+            params = Inputs(self.storage).store(job_id, params, refs=True)
+            job = JobRecord.new(job_id, params, source=source)
+            if self.store.create(job.to_dict()):
+                return job.to_dict(), True, params
+            return self.store.get(job_id) or job.to_dict(), False, params
+        quota = self.settings.max_concurrent_jobs if owner else 0
+        claim = None
+        if idempotency_key:
+            replay = self._replay(owner, idempotency_key, request_body)
+            if replay is not None:
+                return replay, False, params
+            value = json.dumps({"job_id": job_id, "body": body_hash(request_body)})
+            claim = (
+                bk.idempotency_key(owner, idempotency_key),
+                value,
+                self.settings.idempotency_ttl_s,
             )
+        if quota and self.store.live_jobs(owner) >= quota:  # spares storing inputs in vain
+            raise quota_reached(quota)
         # Inputs first: a storage outage then costs no idempotency key (a retry works).
         params = Inputs(self.storage).store(job_id, params)
-        if idempotency_key:
-            existing = self._claim_key(idempotency_key, owner, job_id, request_body)
-            if existing is not None:
-                return existing, False
-        record = new_record(job_id, params, owner=owner, source=source)
-
-        def bookkeeping(pipe: Any) -> None:
-            bk.mark_queued(pipe, params["model"], job_id, record["created_at"])
-            bk.mark_active(pipe, owner, job_id, ttl_s=self.settings.job_ttl_s)
-            bk.mark_owned(pipe, owner, job_id, record["created_at"], ttl_s=self.settings.job_ttl_s)
-
-        self.store.create(record, also=bookkeeping)
+        job = JobRecord.new(job_id, params, owner=owner, source=source)
+        record = job.to_dict()
+        outcome, held = self.store.submit(record, quota=quota, idempotency=claim)
+        if outcome == "idem":  # the same key, claimed a moment ago by a request like this one
+            first = json.loads(held)
+            replay = self._replay(owner, str(idempotency_key), request_body, first=first)
+            if replay is None:
+                raise Conflict(
+                    "Idempotency-Key is being used by a request in progress",
+                    fields={"Idempotency-Key": ["in use"]},
+                )
+            return replay, False, params
+        if outcome == "quota":  # the check and the count are one step: this is the truth
+            raise quota_reached(quota)
+        if outcome == "exists":
+            raise Conflict(f"job id {job_id!r} is taken", fields={"job_id": ["taken"]})
         try:
-            kwargs = task_kwargs(job_id, params, owner)
+            kwargs = job.to_task_kwargs()
             self.celery.send_task(
                 GENERATE,
                 kwargs=kwargs,
@@ -136,16 +238,21 @@ class JobService:
             )
         except Exception as exc:  # kombu raises many types for a broker that is down
             log.error("could not enqueue job %s: %s", job_id, type(exc).__name__)
-            end_job(
-                self.store,
-                None,  # the broker just refused a message: the reaper sends the webhook
-                job_id,
-                "failed",
-                allowed_from=("queued",),
-                error={"code": "broker_unavailable", "message": "the job could not be queued"},
-                webhook_lease_s=self.settings.webhook_lease_s,
-            )
-            raise BrokerUnavailable("the job could not be queued; try again") from exc
+            try:
+                taken_back = self.store.discard(
+                    job_id,
+                    model=params["model"],
+                    owner=owner,
+                    idempotency_key=claim[0] if claim else None,
+                )
+            except JobStoreUnavailable:
+                # The record stays, queued, and the lost-message sweep sends it (once):
+                # the caller gets its job, never a 503 for a job that later runs.
+                log.warning("job %s kept queued: the sweep will send its message", job_id)
+                return record, True, params
+            if taken_back:
+                raise BrokerUnavailable("the job could not be queued; try again") from exc
+            return record, True, params  # a worker received it: the message went out after all
         queue = queue_for(params["model"])
         log.info(
             "job %s queued on %s",
@@ -153,29 +260,33 @@ class JobService:
             queue,
             extra={"job_id": job_id, "model": params["model"], "queue": queue},
         )
-        return record, True
+        return record, True, params
 
-    def _claim_key(
-        self, key: str, owner: str | None, job_id: str, body: Any
+    def _replay(
+        self, owner: str | None, key: str, body: Any, *, first: Any = None
     ) -> dict[str, Any] | None:
-        rkey = f"kiln:idem:{owner or '-'}:{hashlib.sha256(key.encode()).hexdigest()}"
-        value = json.dumps({"job_id": job_id, "body": body_hash(body)})
-        if self.store.redis.set(rkey, value, nx=True, ex=self.settings.idempotency_ttl_s):
+        """The job an Idempotency-Key made, for the same body (None: the key is free)."""
+        rkey = bk.idempotency_key(owner, key)
+        first = first if first is not None else self.store.idempotent(rkey)
+        if not first:
             return None
-        raw = self.store.redis.get(rkey)
-        first = json.loads(raw) if raw else {}
         if first.get("body") != body_hash(body):
             raise Conflict(
                 "Idempotency-Key was used with a different request body",
                 fields={"Idempotency-Key": ["reused with another body"]},
             )
         record = self.get(first["job_id"])
-        if record is None:
-            raise Conflict(
-                "Idempotency-Key is being used by a request in progress",
-                fields={"Idempotency-Key": ["in use"]},
-            )
+        if record is None:  # its job's record expired: the key is free again
+            self.store.release(rkey, first["job_id"])
         return record
+
+    def _shown(self, record: dict[str, Any]) -> dict[str, Any]:
+        """A new job as its door shows it: with its queue place, unless the job store
+        cannot say (the job is made all the same)."""
+        try:
+            return self.view(dict(record))
+        except (JobStoreUnavailable, redis.RedisError):
+            return {**record, "queue_position": None, "eta_s": None}
 
     # -- read -----------------------------------------------------------------
     def get(self, job_id: str) -> dict[str, Any] | None:
@@ -192,7 +303,7 @@ class JobService:
         model = record.get("model")
         images = len(record.get("seeds") or [1])
         if record.get("status") == "queued" and isinstance(model, str):
-            pos, rate, workers = bk.waiting(self.store.redis, model, record["id"])
+            pos, rate, workers = self.fleet.waiting(model, record["id"])
             if pos is None:  # its batch began between the two reads: show it as it is now
                 fresh = self.store.get(record["id"])
                 if fresh is not None and fresh.get("status") != "queued":
@@ -210,7 +321,7 @@ class JobService:
             step, steps = int(progress.get("step") or 0), int(progress.get("steps") or 0)
             fallback = 0.0
             if step <= 0:  # no step timing yet: the model's own rate
-                rate = bk.s_per_image(self.store.redis, model)
+                rate = self.fleet.s_per_image(model)
                 fallback = images * (rate or self.settings.default_s_per_image)
             record["eta_s"] = bk.running_eta_s(
                 step=step,
@@ -270,7 +381,7 @@ class JobService:
         if ended is not None:
             try:  # best effort: the worker also skips jobs whose record says canceled
                 if record.get("worker"):  # a worker holds it, waiting: it drops it now
-                    self.store.redis.publish(bk.CANCEL_CHANNEL, job_id)
+                    self.store.ask_cancel(job_id)
                 self.celery.control.revoke(job_id)
             except Exception as exc:
                 log.warning("revoke of %s not sent: %s", job_id, type(exc).__name__)
@@ -280,6 +391,6 @@ class JobService:
             self.store.transition(
                 job_id, allowed_from=("running",), event="cancel_requested", cancel_requested=True
             )
-            self.store.redis.publish(bk.CANCEL_CHANNEL, job_id)
+            self.store.ask_cancel(job_id)
             return {"id": job_id, "status": "canceling", "was": "running"}
         raise Conflict(f"job already {prev}", fields={"status": [prev]})

@@ -1,9 +1,13 @@
-"""The job store: one Redis hash per job plus a stream of its events.
+"""The job store: one Redis hash per job plus a stream of its events, and the job's
+state machine.
 
-``kiln:job:<id>`` holds the record (each field JSON-encoded), ``kiln:job:<id>:events``
+``kiln:job:{<id>}`` holds the record (each field JSON-encoded), ``kiln:job:{<id>}:events``
 the ordered events (``queued``, ``received``, ``started``, ``progress``, terminal) that
-feed the live event stream. Both expire after ``job_ttl_s``. Status changes are atomic and
-only move forward: a canceled job never turns ``running`` again.
+feed the live event stream; both are spelled in ``tasks.jobs.bookkeeping``, as every
+key is, and both expire after ``job_ttl_s``. Each state change is one atomic script
+(``submit``, ``discard``, ``receive``, ``start``, ``progress``, ``requeue``, ``end``)
+and only moves forward: a canceled job never turns ``running`` again. Every Redis
+failure here is a ``JobStoreUnavailable``.
 """
 
 from __future__ import annotations
@@ -15,14 +19,14 @@ from typing import Any
 
 import redis
 
-from config.errors import BrokerUnavailable
+from config.errors import JobStoreUnavailable
 from tasks.jobs import bookkeeping as bk
 from tasks.jobs import holding
-from tasks.jobs.scripts import END, REQUEUE, TRANSITION
+from tasks.jobs.bookkeeping import events_key, job_key
+from tasks.jobs.scripts import CREATE, DISCARD, END, REQUEUE, TRANSITION
 
 TERMINAL = frozenset({"succeeded", "failed", "canceled"})
 LIVE = ("queued", "running")
-PREFIX = "kiln:job:"
 MAX_BLOCK_MS = 20_000  # longest XREAD BLOCK; its client's read timeout sits above it
 
 
@@ -52,14 +56,6 @@ def now() -> float:
     return round(time.time(), 3)
 
 
-def job_key(job_id: str) -> str:
-    return f"{PREFIX}{job_id}"
-
-
-def events_key(job_id: str) -> str:
-    return f"{PREFIX}{job_id}:events"
-
-
 class JobStore:
     def __init__(self, redis_url: str, *, ttl_s: int = 7 * 24 * 3600) -> None:
         self.redis: Any = redis.Redis.from_url(
@@ -69,6 +65,8 @@ class JobStore:
         self._transition = self.redis.register_script(TRANSITION)
         self._end = self.redis.register_script(END)
         self._requeue = self.redis.register_script(REQUEUE)
+        self._create = self.redis.register_script(CREATE)
+        self._discard = self.redis.register_script(DISCARD)
         self._receive = self.redis.register_script(holding.RECEIVE)
         self._start = self.redis.register_script(holding.START)
         # redis-py reads with a 5 s socket timeout by default: blocking reads (live
@@ -86,7 +84,7 @@ class JobStore:
         try:
             raw = self.redis.hgetall(job_key(job_id))
         except redis.RedisError as exc:
-            raise BrokerUnavailable(f"job store unreachable: {type(exc).__name__}") from exc
+            raise JobStoreUnavailable(f"job store unreachable: {type(exc).__name__}") from exc
         if not raw:
             return None
         return {k: json.loads(v) for k, v in raw.items()}
@@ -96,7 +94,7 @@ class JobStore:
         try:
             raw = self.redis.hget(job_key(job_id), name)
         except redis.RedisError as exc:
-            raise BrokerUnavailable(f"job store unreachable: {type(exc).__name__}") from exc
+            raise JobStoreUnavailable(f"job store unreachable: {type(exc).__name__}") from exc
         return None if raw is None else json.loads(raw)
 
     def events(
@@ -109,7 +107,10 @@ class JobStore:
         client = self.redis
         if block_ms is not None:
             client, block_ms = self._blocking, min(block_ms, MAX_BLOCK_MS)
-        res = client.xread({events_key(job_id): after}, block=block_ms, count=500)
+        try:
+            res = client.xread({events_key(job_id): after}, block=block_ms, count=500)
+        except redis.RedisError as exc:
+            raise JobStoreUnavailable(f"job store unreachable: {type(exc).__name__}") from exc
         out: list[tuple[str, str, Any]] = []
         for _stream, entries in res or []:
             for eid, fields in entries:
@@ -152,8 +153,97 @@ class JobStore:
                     also(pipe)
                 pipe.execute()
         except redis.RedisError as exc:
-            raise BrokerUnavailable(f"job store unreachable: {type(exc).__name__}") from exc
+            raise JobStoreUnavailable(f"job store unreachable: {type(exc).__name__}") from exc
         return True
+
+    def submit(
+        self,
+        record: Mapping[str, Any],
+        *,
+        quota: int = 0,
+        idempotency: tuple[str, str, int] | None = None,
+    ) -> tuple[str, Any]:
+        """Write a new job's record with its first event, its queue place, its owner's
+        quota slot and index entry, and claim its Idempotency-Key, in one step.
+
+        ``quota``: at most that many live jobs for the record's owner; ``idempotency``:
+        ``(key, value, ttl_s)``. Returns ``("created", None)``, ``("idem", the claimed
+        key's value)``, ``("quota", live jobs)`` or ``("exists", None)``; nothing is
+        written but on ``created``.
+        """
+        job_id, owner = record["id"], record.get("owner")
+        created = float(record["created_at"])
+        idem_key, idem_value, idem_ttl = idempotency or (bk.idempotency_key(owner, ""), "", 0)
+        keys = self._submit_keys(job_id, record["model"], owner, idem_key)
+        event = json.dumps({"status": record.get("status"), "at": record.get("created_at")})
+        argv: list[Any] = [
+            self.ttl_s,
+            job_id,
+            created,
+            quota,
+            int(bool(owner)),
+            int(idempotency is not None),
+            idem_value,
+            idem_ttl,
+            created - self.ttl_s - bk.OWNED_KEEP_S,
+            self.ttl_s + bk.OWNED_KEEP_S,
+            event,
+        ]
+        for k, v in record.items():
+            argv += [k, json.dumps(v)]
+        try:
+            res = self._create(keys=keys, args=argv)
+        except redis.RedisError as exc:
+            raise JobStoreUnavailable(f"job store unreachable: {type(exc).__name__}") from exc
+        outcome = str(res[0])
+        return outcome, (res[1] if len(res) > 1 else None)
+
+    def discard(
+        self, job_id: str, *, model: str, owner: str | None, idempotency_key: str | None
+    ) -> bool:
+        """Take back a submit whose message was never sent: its record and all that
+        counts it, and its Idempotency-Key. False when a worker has received it since
+        (its message went out after all) or it is gone."""
+        idem_key = idempotency_key or bk.idempotency_key(owner, "")
+        keys = self._submit_keys(job_id, model, owner, idem_key)
+        try:
+            return bool(self._discard(keys=keys, args=[job_id]))
+        except redis.RedisError as exc:
+            raise JobStoreUnavailable(f"job store unreachable: {type(exc).__name__}") from exc
+
+    def idempotent(self, key: str) -> Any:
+        """The value an Idempotency-Key's claim holds (None: not claimed)."""
+        try:
+            raw = self.redis.get(key)
+        except redis.RedisError as exc:
+            raise JobStoreUnavailable(f"job store unreachable: {type(exc).__name__}") from exc
+        return None if raw is None else json.loads(raw)
+
+    def release(self, key: str, job_id: str) -> None:
+        """Free an Idempotency-Key whose job has gone (its record expired)."""
+        try:
+            if (self.idempotent(key) or {}).get("job_id") == job_id:
+                self.redis.delete(key)
+        except redis.RedisError as exc:
+            raise JobStoreUnavailable(f"job store unreachable: {type(exc).__name__}") from exc
+
+    def live_jobs(self, owner: str | None) -> int:
+        """The owner's queued and running jobs (what its quota counts)."""
+        try:
+            return bk.active_jobs(self.redis, owner)
+        except redis.RedisError as exc:
+            raise JobStoreUnavailable(f"job store unreachable: {type(exc).__name__}") from exc
+
+    @staticmethod
+    def _submit_keys(job_id: str, model: str, owner: str | None, idem_key: str) -> list[str]:
+        return [
+            job_key(job_id),
+            events_key(job_id),
+            bk.queued_key(model),
+            bk.active_key(owner or "-"),
+            bk.owned_key(owner),
+            idem_key,
+        ]
 
     def transition(
         self,
@@ -177,7 +267,7 @@ class JobStore:
         try:
             res = self._run_transition(job_id, argv)
         except redis.RedisError as exc:
-            raise BrokerUnavailable(f"job store unreachable: {type(exc).__name__}") from exc
+            raise JobStoreUnavailable(f"job store unreachable: {type(exc).__name__}") from exc
         if not res:
             return None, False
         return res[0], bool(res[1])
@@ -187,12 +277,12 @@ class JobStore:
         and keeps its queue place, now held by ``worker`` (the reaper's to send again
         should that worker die). False when it had ended (or is gone)."""
         data = json.dumps({"attempt": attempt, "worker": worker})
-        keys = [job_key(job_id), events_key(job_id), bk.queued_key(model), bk.running_key(model)]
+        keys = [job_key(job_id), events_key(job_id), bk.queued_key(model), bk.held_key(model)]
         args: list[Any] = [self.ttl_s, worker, job_id, json.dumps(attempt), json.dumps(now()), data]
         try:
             res = self._receive(keys=keys, args=args)
         except redis.RedisError as exc:
-            raise BrokerUnavailable(f"job store unreachable: {type(exc).__name__}") from exc
+            raise JobStoreUnavailable(f"job store unreachable: {type(exc).__name__}") from exc
         return bool(res and res[1])
 
     def start(self, job_id: str, *, model: str, worker: str, at: float | None = None) -> bool:
@@ -204,7 +294,7 @@ class JobStore:
         try:
             res = self._start(keys=keys, args=[self.ttl_s, worker, job_id, started, data])
         except redis.RedisError as exc:
-            raise BrokerUnavailable(f"job store unreachable: {type(exc).__name__}") from exc
+            raise JobStoreUnavailable(f"job store unreachable: {type(exc).__name__}") from exc
         return bool(res and res[1])
 
     def requeue(self, job_id: str, *, model: str, dead_worker: str, score: float) -> bool:
@@ -217,11 +307,11 @@ class JobStore:
             score,
             json.dumps({"worker": dead_worker}),
         ]
-        keys = [job_key(job_id), events_key(job_id), bk.queued_key(model), bk.running_key(model)]
+        keys = [job_key(job_id), events_key(job_id), bk.queued_key(model), bk.held_key(model)]
         try:
             return bool(self._requeue(keys=keys, args=argv))
         except redis.RedisError as exc:
-            raise BrokerUnavailable(f"job store unreachable: {type(exc).__name__}") from exc
+            raise JobStoreUnavailable(f"job store unreachable: {type(exc).__name__}") from exc
 
     def end(
         self,
@@ -243,16 +333,26 @@ class JobStore:
             ",".join(allowed_from),
             status,
             json.dumps(data if data is not None else {}),
-            bk.queued_key(""),
-            bk.active_key(""),
-            bk.running_key(""),
         ]
         for k, v in fields.items():
             argv += [k, json.dumps(v)]
         try:
-            res = self._end(keys=[job_key(job_id), events_key(job_id), bk.JOB_COUNTERS], args=argv)
+            # Its model and owner never change once written: read first, so that every
+            # key the script touches is one of its KEYS.
+            raw_model, raw_owner = self.redis.hmget(job_key(job_id), ["model", "owner"])
+            model = json.loads(raw_model) if raw_model else None
+            owner = json.loads(raw_owner) if raw_owner else None
+            keys = [
+                job_key(job_id),
+                events_key(job_id),
+                bk.JOB_COUNTERS,
+                bk.queued_key(model if isinstance(model, str) else ""),
+                bk.active_key(owner if isinstance(owner, str) else "-"),
+                bk.held_key(model if isinstance(model, str) else ""),
+            ]
+            res = self._end(keys=keys, args=argv)
         except redis.RedisError as exc:
-            raise BrokerUnavailable(f"job store unreachable: {type(exc).__name__}") from exc
+            raise JobStoreUnavailable(f"job store unreachable: {type(exc).__name__}") from exc
         if not res:
             return None, None
         if not res[1]:
@@ -264,7 +364,7 @@ class JobStore:
         try:
             self._run_transition(job_id, self._progress_argv(step, steps))
         except redis.RedisError as exc:
-            raise BrokerUnavailable(f"job store unreachable: {type(exc).__name__}") from exc
+            raise JobStoreUnavailable(f"job store unreachable: {type(exc).__name__}") from exc
 
     def progress_many(
         self, steps_by_job: Mapping[str, tuple[int, int] | tuple[int, int, float | None]]
@@ -303,7 +403,7 @@ class JobStore:
             try:
                 results = pipe.execute(raise_on_error=False) if len(pipe) else []
             except redis.RedisError as exc:
-                raise BrokerUnavailable(f"job store unreachable: {type(exc).__name__}") from exc
+                raise JobStoreUnavailable(f"job store unreachable: {type(exc).__name__}") from exc
         started: dict[str, bool | None] = {
             j: None if isinstance(r, Exception) else bool(r and r[1])
             for j, r in zip(starts, results, strict=False)
@@ -324,6 +424,27 @@ class JobStore:
         return self._transition(
             keys=[job_key(job_id), events_key(job_id)], args=argv, client=client
         )
+
+    def dequeue(self, job_id: str, *, model: str) -> None:
+        """Take a job that had ended out of its model's queued set (a late delivery)."""
+        try:
+            bk.mark_dequeued(self.redis, model, job_id)
+        except redis.RedisError as exc:
+            raise JobStoreUnavailable(f"job store unreachable: {type(exc).__name__}") from exc
+
+    def worker_alive(self, *, model: str, worker: str) -> bool:
+        """Whether that worker's heartbeat is live."""
+        try:
+            return bk.worker_alive(self.redis, model, worker)
+        except redis.RedisError as exc:
+            raise JobStoreUnavailable(f"job store unreachable: {type(exc).__name__}") from exc
+
+    def ask_cancel(self, job_id: str) -> None:
+        """Ask the worker that holds the job to stop it (``bookkeeping.CANCEL_CHANNEL``)."""
+        try:
+            self.redis.publish(bk.CANCEL_CHANNEL, job_id)
+        except redis.RedisError as exc:
+            raise JobStoreUnavailable(f"job store unreachable: {type(exc).__name__}") from exc
 
     def ping(self) -> bool:
         try:

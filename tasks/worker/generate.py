@@ -4,10 +4,11 @@ The task reads top to bottom as the job's steps:
 
 1. Check the message: keyword arguments only, a valid job and job id, for this
    worker's model.
-2. Find the job's record (a job sent straight to the Celery task gets its record
-   here, once its webhook passed the API's check and its image inputs were read once
-   and stored as the API stores them); a message that reuses another job's id fails
-   without touching it, and a job that already ended is not run again.
+2. Find the job's record (a job sent straight to the Celery task comes in here
+   through the job service's one ``accept``, as the API's jobs do: its webhook and
+   image inputs checked, the inputs read once and stored); a message that reuses
+   another job's id fails without touching it, and a job that already ended is not
+   run again.
 3. Claim it: not while a live worker still holds it, nor twice in this process;
    count the delivery (a job that keeps killing workers is given up); receive it (it
    stays queued, held by this worker: ``tasks.jobs.holding``).
@@ -40,21 +41,21 @@ from config.errors import (
     GenerationFailed,
     InvalidInput,
     KilnError,
+    NotFound,
     RunningElsewhere,
     TooManyDeliveries,
     TransientError,
     Wedged,
 )
-from tasks.jobs import bookkeeping as bk
 from tasks.jobs.ends import end_job
-from tasks.jobs.records import JOB_ID_RULE, differences, new_record, task_result, valid_job_id
+from tasks.jobs.records import JOB_ID_RULE, JobRecord, task_result, valid_job_id
+from tasks.jobs.request import Accepted, JobRequest
 from tasks.jobs.schema import load_job
-from tasks.jobs.store import LIVE, TERMINAL, now
-from tasks.jobs.urlsafety import check_job_webhook
+from tasks.jobs.store import LIVE, TERMINAL
 from tasks.messaging.names import GENERATE
 from tasks.worker import metrics
 from tasks.worker import runtime as rt
-from tasks.worker.direct import as_first_delivered, take_inputs
+from tasks.worker.direct import as_first_delivered
 from tasks.worker.images import upload
 from tasks.worker.on_engine import generate_images
 from tasks.worker.outages import patiently
@@ -131,20 +132,16 @@ def run_job(
             runtime, job_id, "record the rejection", lambda: reject(runtime, payload, job_id, bad)
         )
 
-    # 2. Find the record; jobs sent straight to the Celery task get theirs here (their
-    #    webhook and image inputs checked as the API checks them, the inputs stored as
-    #    it stores them). A message that reuses another job's id fails alone: that job
-    #    is not touched.
+    # 2. Find the record; jobs sent straight to the Celery task come in here, through
+    #    the one ``accept``. A message that reuses another job's id fails alone: that
+    #    job is not touched.
     record = patiently(runtime, job_id, "read the job", lambda: store.get(job_id))
     created = False
     if record is None:
         try:
-            check_job_webhook(
-                params.get("webhook_url"),
-                secret=runtime.settings.webhook_secret,
-                allow_private=runtime.settings.webhook_allow_private,
+            done = patiently(
+                runtime, job_id, "record the job", lambda: accept(runtime, job_id, params)
             )
-            params = take_inputs(runtime, job_id, params)
         except InvalidInput as exc:
             bad = exc
             return patiently(
@@ -153,15 +150,20 @@ def run_job(
                 "record the rejection",
                 lambda: reject(runtime, payload, job_id, bad),
             )
-        fresh = new_record(job_id, params, source="celery")
-        created = patiently(runtime, job_id, "record the job", lambda: store.create(fresh))
-        record = fresh if created else (store.get(job_id) or {})
+        record, created = done.record, done.created
+        if created:
+            params = {**params, **done.params}
     if not created:
         params = as_first_delivered(params, record, payload)
-        if differences(record, params, params.get("owner")):
+        if JobRecord.from_dict(record).differences(params, params.get("owner")):
             return refused(job_id, TAKEN)
     if record.get("status") in TERMINAL:  # canceled while queued, or re-delivered after it ended
-        bk.mark_dequeued(store.redis, runtime.model.name, job_id)
+        patiently(
+            runtime,
+            job_id,
+            "dequeue the job",
+            lambda: store.dequeue(job_id, model=runtime.model.name),
+        )
         return record
 
     # 3. Claim it.
@@ -225,6 +227,20 @@ def run_job(
         release(runtime, job_id)
 
 
+def accept(runtime: rt.Runtime, job_id: str, params: dict[str, Any]) -> Accepted:
+    """The Celery door: a message no record names yet comes in as every door's jobs do
+    (``JobService.accept``: its webhook and image inputs checked as the API checks them,
+    the inputs read once and stored); its message is already here, so it is only
+    recorded. A job named as an input that this worker cannot find is a bad input."""
+    request = JobRequest(
+        fields=params, door="celery", job_id=job_id, sent=True, read_job=runtime.store.get
+    )
+    try:
+        return runtime.service().accept(request)
+    except NotFound as exc:
+        raise InvalidInput(exc.message, fields=exc.fields) from None
+
+
 def reject(
     runtime: rt.Runtime, payload: dict[str, Any], job_id: str, exc: InvalidInput
 ) -> dict[str, Any]:
@@ -235,20 +251,7 @@ def reject(
     at all, and another owner's job is left as it was."""
     if not valid_job_id(job_id):
         return refused(job_id, exc)
-    model = payload.get("model")
-    created = runtime.store.create(
-        {
-            "id": job_id,
-            "status": "queued",
-            "created_at": now(),
-            "model": model if isinstance(model, str) else None,
-            "source": "celery",
-            "attempts": 0,
-            "images": [],
-            "error": None,
-            "webhook": None,
-        }
-    )
+    created = runtime.store.create(JobRecord.refused(job_id, payload.get("model")).to_dict())
     if not created:
         record = runtime.store.get(job_id) or {}
         owner = payload.get("owner") or None
@@ -280,19 +283,20 @@ def claim(runtime: rt.Runtime, job_id: str, record: dict[str, Any]) -> None:
         record.get("status") in LIVE
         and owner
         and owner != runtime.hostname
-        and bk.worker_alive(runtime.store.redis, runtime.model.name, owner)
+        and patiently(
+            runtime,
+            job_id,
+            "check the job's worker",
+            lambda: runtime.store.worker_alive(model=runtime.model.name, worker=owner),
+        )
     ):
         raise RunningElsewhere(owner)
-    with runtime.lock:  # several copies may land on this worker at once: one runs
-        if job_id in runtime.active:
-            raise RunningElsewhere(runtime.hostname)
-        runtime.active.add(job_id)
+    if runtime.take(job_id) is None:  # several copies may land on this worker: one runs
+        raise RunningElsewhere(runtime.hostname)
 
 
 def release(runtime: rt.Runtime, job_id: str) -> None:
-    runtime.active.discard(job_id)
-    runtime.steps.pop(job_id, None)
-    runtime.cancel_seen.pop(job_id, None)
+    runtime.let_go(job_id)
 
 
 def count_delivery(runtime: rt.Runtime, job_id: str, record: dict[str, Any]) -> int | None:
@@ -315,10 +319,11 @@ def fail(runtime: rt.Runtime, job_id: str, exc: KilnError) -> dict[str, Any] | N
     """End a job as failed (or canceled); None if it had already ended."""
     status = "canceled" if isinstance(exc, Canceled) else "failed"
     data: dict[str, Any] = {}
-    if job_id in runtime.steps:  # how far it ran, and where the cancel found it
-        data["steps_done"] = runtime.steps[job_id]
-        if job_id in runtime.cancel_seen:
-            data["cancel_seen_at_step"] = runtime.cancel_seen[job_id]
+    state = runtime.job(job_id)
+    if state is not None and state.step is not None:  # how far it ran, where a cancel found it
+        data["steps_done"] = state.step
+        if state.cancel_seen is not None:
+            data["cancel_seen_at_step"] = state.cancel_seen
     record = end_job(
         runtime.store,
         runtime.celery,

@@ -17,7 +17,7 @@ import threading
 import time
 from typing import Any
 
-from config.errors import BrokerUnavailable
+from config.errors import JobStoreUnavailable
 from tasks.jobs import bookkeeping as bk
 from tasks.jobs.inputs import Inputs, image_mode
 from tasks.worker import runtime as rt
@@ -35,17 +35,17 @@ def generate_images(
     from pipelines.engine import Request
 
     store = runtime.store
-    cancel = runtime.cancel_events.setdefault(job_id, threading.Event())
+    state = runtime.job(job_id) or rt.JobState()  # held since the task claimed it
+    cancel = state.cancel
     writer = runtime.progress
-    # A cancel asked before this thread listened: the record read in step 2 says so, and
-    # one field read covers a cancel that came between that read and the listener.
+    # A cancel asked before this process held the job: the record read in step 2 says
+    # so, and one field read covers a cancel that came between that read and the claim.
     asked = record.get("cancel_requested") or patiently(
         runtime, job_id, "read the job", lambda: store.field(job_id, "cancel_requested")
     )
+    state.step = 0
     if asked:
-        runtime.cancel_seen.setdefault(job_id, 0)
-        cancel.set()
-    runtime.steps[job_id] = 0
+        state.stop()
     woken, finished = threading.Event(), threading.Event()
     began: list[float] = []  # the wall time its first pipeline call began
     starts: list[Start] = []
@@ -59,7 +59,7 @@ def generate_images(
         woken.set()
 
     def on_progress(step: int, steps: int) -> None:
-        runtime.steps[job_id] = step  # unthrottled, in memory: where a cancel finds it
+        state.step = step  # unthrottled, in memory: where a cancel finds it
         clock["steps"] += 1
         if writer is not None and not finished.is_set():
             per_step = (time.monotonic() - clock["t0"]) / clock["steps"]
@@ -118,7 +118,6 @@ def generate_images(
         )
     finally:
         finished.set()  # a step after this (a job let go) is not written
-        runtime.cancel_events.pop(job_id, None)
         if writer is not None:
             writer.discard(job_id)
 
@@ -139,7 +138,7 @@ def mark_running(runtime: rt.Runtime, job_id: str, at: float, start: Start | Non
             )
         )
     if not start.written.wait(runtime.settings.outage_budget_s):
-        raise BrokerUnavailable("job store unreachable: the job's start was not written")
+        raise JobStoreUnavailable("job store unreachable: the job's start was not written")
     return start.applied
 
 

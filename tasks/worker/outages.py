@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from config.errors import BrokerUnavailable, TransientError
+from config.errors import JobStoreUnavailable, TransientError
 
 log = logging.getLogger("kiln.outages")
 T = TypeVar("T")
@@ -65,7 +65,7 @@ def patient(
                 wait,
                 extra={"job_id": job_id},
             )
-            if store is not None and not isinstance(exc, BrokerUnavailable):
+            if store is not None and not isinstance(exc, JobStoreUnavailable):
                 with contextlib.suppress(TransientError):
                     store.transition(
                         job_id,

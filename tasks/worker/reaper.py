@@ -80,7 +80,7 @@ class Reaper:
             return []
         sent: list[str] = []
         for model in rt.registry if self.resend_jobs else ():
-            for job_id, worker in bk.running_jobs(r, model).items():
+            for job_id, worker in bk.held_jobs(r, model).items():
                 if bk.worker_alive(r, model, worker):
                     continue
                 if self.resend(model, job_id, worker):
@@ -99,10 +99,11 @@ class Reaper:
         rt, r = self.runtime, self.runtime.store.redis
         missing: set[str] = set()
         for model in rt.registry:
-            held = bk.running_jobs(r, model)
+            held = bk.held_jobs(r, model)
             waiting = bk.queued_before(r, model, time.time() - QUEUED_FOR_S)
             candidates = [job_id for job_id in waiting if job_id not in held]
             missing |= unheard(rt.celery, queue_for(model), candidates, stale_s=STALE_UNACKED_S)
+        bk.count_sweep(r, missing=len(missing))
         again, self._unheard = missing & self._unheard, missing - self._unheard
         # Look again soon while something is missing; otherwise every lost_message_sweep_s.
         every = self.period_s if self._unheard else rt.settings.lost_message_sweep_s

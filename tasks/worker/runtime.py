@@ -32,6 +32,23 @@ RECHECK_S = HEARTBEAT_TTL_S + 1  # a dead worker's heartbeat is gone by then
 
 
 @dataclass
+class JobState:
+    """What this process holds for one job it runs, from its claim to its release: the
+    event that stops it, the last step it finished (None before the engine has it) and
+    the step at which its cancel arrived."""
+
+    cancel: threading.Event = field(default_factory=threading.Event)
+    step: int | None = None
+    cancel_seen: int | None = None
+
+    def stop(self) -> None:
+        """Its cancel arrived now: remember where it was, and stop it at its next step."""
+        if self.cancel_seen is None:
+            self.cancel_seen = self.step or 0
+        self.cancel.set()
+
+
+@dataclass
 class Runtime:
     settings: Settings
     registry: Registry
@@ -43,15 +60,55 @@ class Runtime:
     celery: Any = None
     progress: ProgressWriter | None = None
     dtype: str = ""  # what the engine really runs (fp32 on a CPU for an fp16 entry)
-    cancel_events: dict[str, threading.Event] = field(default_factory=dict)
-    active: set[str] = field(default_factory=set)  # jobs this process is running now
-    lock: threading.Lock = field(default_factory=threading.Lock)  # guards ``active``
-    steps: dict[str, int] = field(default_factory=dict)  # last step each running job finished
-    cancel_seen: dict[str, int] = field(default_factory=dict)  # step when its cancel arrived
+    jobs: dict[str, JobState] = field(default_factory=dict)  # the jobs this process runs
+    lock: threading.Lock = field(default_factory=threading.Lock)  # guards ``jobs``
+    _service: Any = None
     _stop: threading.Event = field(default_factory=threading.Event)
     _draining: threading.Event = field(default_factory=threading.Event)
     _beat_stop: threading.Event = field(default_factory=threading.Event)
     _beat_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def service(self) -> Any:
+        """The job service this worker's Celery door accepts jobs through (made once)."""
+        with self.lock:
+            if self._service is None:
+                from tasks.jobs.service import JobService
+                from tasks.messaging.app import get_celery
+
+                self._service = JobService(
+                    self.settings,
+                    registry=self.registry,
+                    celery=self.celery or get_celery(),
+                    store=self.store,
+                    storage=self.storage,
+                )
+            return self._service
+
+    def take(self, job_id: str) -> JobState | None:
+        """Hold the job in this process; None when it holds it already (a second copy
+        of its message landed here)."""
+        with self.lock:
+            if job_id in self.jobs:
+                return None
+            state = self.jobs[job_id] = JobState()
+            return state
+
+    def job(self, job_id: str) -> JobState | None:
+        with self.lock:
+            return self.jobs.get(job_id)
+
+    def let_go(self, job_id: str) -> None:
+        """The job's task has ended here: forget all this process held for it."""
+        with self.lock:
+            self.jobs.pop(job_id, None)
+
+    def stop_job(self, job_id: str) -> bool:
+        """Stop a job this process runs (its cancel arrived); False when it runs none."""
+        with self.lock:
+            state = self.jobs.get(job_id)
+            if state is not None:
+                state.stop()
+            return state is not None
 
     def start_engine(self, *, timeout: float | None = None) -> None:
         from pipelines.compiling import compiled_graphs
@@ -163,13 +220,9 @@ class Runtime:
                 pubsub.subscribe(bk.CANCEL_CHANNEL)
                 while not self._stop.is_set():
                     msg = pubsub.get_message(timeout=1.0)
-                    if msg and msg.get("type") == "message":
-                        job_id = str(msg["data"])
-                        event = self.cancel_events.get(job_id)
-                        if event is not None:
-                            self.cancel_seen.setdefault(job_id, self.steps.get(job_id, 0))
-                            event.set()
-                            log.info("job %s: cancel requested", msg["data"])
+                    is_message = bool(msg) and msg.get("type") == "message"
+                    if is_message and self.stop_job(str(msg["data"])):
+                        log.info("job %s: cancel requested", msg["data"])
             except Exception as exc:  # reconnect after a broker blip
                 log.warning("cancel listener: %s; reconnecting", type(exc).__name__)
                 self._stop.wait(1.0)

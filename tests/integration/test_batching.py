@@ -128,7 +128,7 @@ def test_status_is_the_truth_under_a_burst_larger_than_one_batch(
         assert [v["queue_position"] for v in views] == list(range(1, burst + 1))
         etas = [v["eta_s"] for v in views]
         assert etas == sorted(etas) and etas[0] > 0
-        held = bk.running_jobs(store.redis, "tiny-status")
+        held = bk.held_jobs(store.redis, "tiny-status")
         assert len([i for i in ids if i in held]) == in_worker  # the reaper's to send again
 
         # 3. Free the device and watch the burst run (read newest first, so that positions

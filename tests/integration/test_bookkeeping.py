@@ -145,7 +145,7 @@ def test_a_received_job_waits_in_its_place_until_its_batch_starts(
     assert store.receive("b", model="m", worker="w1", attempt=1)
     assert (store.get("b") or {})["status"] == "queued"
     assert [bk.waiting(r, "m", j)[0] for j in "abc"] == [1, 2, 3]
-    assert bk.running_jobs(r, "m") == {"b": "w1"}
+    assert bk.held_jobs(r, "m") == {"b": "w1"}
     assert not store.start("b", model="m", worker="w2", at=20.0)  # not the holder
     assert store.start("b", model="m", worker="w1", at=20.0)
     b = store.get("b") or {}
@@ -165,12 +165,12 @@ def test_a_dead_worker_s_waiting_job_is_requeued_and_a_stale_entry_spares_the_ne
     )
     assert store.receive("q1", model="m", worker="dead", attempt=1)
     assert store.requeue("q1", model="m", dead_worker="dead", score=5.0)
-    assert bk.running_jobs(r, "m") == {} and bk.waiting(r, "m", "q1")[0] == 1
+    assert bk.held_jobs(r, "m") == {} and bk.waiting(r, "m", "q1")[0] == 1
     assert [e[1] for e in store.events("q1")][-1] == "requeued"
     assert store.receive("q1", model="m", worker="alive", attempt=2)
     # a reaper that read the held set before: the job is not the dead worker's any more
     assert not store.requeue("q1", model="m", dead_worker="dead", score=5.0)
-    assert bk.running_jobs(r, "m") == {"q1": "alive"}
+    assert bk.held_jobs(r, "m") == {"q1": "alive"}
     q1 = store.get("q1") or {}
     assert (q1["status"], q1["worker"], q1["attempts"]) == ("queued", "alive", 2)
     # a job that was running on a dead worker, re-delivered before the reaper saw it,
@@ -182,7 +182,7 @@ def test_a_dead_worker_s_waiting_job_is_requeued_and_a_stale_entry_spares_the_ne
     assert bk.waiting(r, "m", "q1")[0] == 1
     end_job(store, None, "q1", "canceled", allowed_from=("queued",))
     assert not store.receive("q1", model="m", worker="next", attempt=4)  # ended: stays so
-    assert bk.running_jobs(r, "m") == {} and bk.depth(r, "m") == 0
+    assert bk.held_jobs(r, "m") == {} and bk.depth(r, "m") == 0
 
 
 def test_the_end_script_moves_the_record_and_clears_all_bookkeeping(

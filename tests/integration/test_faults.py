@@ -110,7 +110,7 @@ def wait_all(fstack: Stack, fapi: KilnHTTP, store: JobStore, jobs: list[dict]) -
             story.append(
                 f"{j['id']}: {rec.get('status')} worker={rec.get('worker')} "
                 f"attempts={rec.get('attempts')} events={kinds} "
-                f"held={bk.running_jobs(r, 'tiny-sd').get(j['id'])} "
+                f"held={bk.held_jobs(r, 'tiny-sd').get(j['id'])} "
                 f"in_queue={len(queued)} unacked={len(unacked)}"
             )
         logs = "\n".join(
@@ -218,7 +218,9 @@ def test_a_job_whose_message_the_broker_lost_is_sent_again(
         (raw,) = broker.lrange(queue, 0, -1)
         assert json.loads(raw)["headers"]["id"] == job["id"]
         assert fapi.get(f"/v1/jobs/{job['id']}").json()["status"] == "queued"
-        time.sleep(3)  # found again: the message is there now, so it is not sent twice
+        # Two more sweeps find its message there: it is not sent twice.
+        swept = bk.sweeps(store.redis)
+        wait_for(lambda: bk.sweeps(store.redis) >= swept + 2, timeout=30, what="two sweeps")
         assert broker.llen(queue) == 1
     finally:
         assert fapi.delete(f"/v1/jobs/{job['id']}").status_code in (200, 202)

@@ -56,3 +56,51 @@ def test_another_environment_or_program_is_left_to_a_plain_exec(tmp_path: Path) 
     kiln = [str(BIN / "kiln"), "config"]
     assert launcher.launch(kiln, env=other, cwd=ROOT, log=tmp_path / "log") is None
     assert launcher.launch(["/bin/true"], env=process_env(), cwd=ROOT, log=tmp_path / "log") is None
+
+
+OWNER = """
+import json, sys, threading
+from pathlib import Path
+from harness.stack import Stack
+
+stack = Stack(Path(sys.argv[1]))
+try:
+    stack.start_servers()
+    print(json.dumps([p.popen.pid for p in stack.procs]), flush=True)
+    threading.Event().wait(120)
+finally:
+    stack.close()
+"""
+
+
+def test_a_stack_whose_owner_is_ended_by_sigterm_ends_every_process_it_started(
+    tmp_path: Path,
+) -> None:
+    """As ``timeout`` ends a benchmark: the stack's servers go with it, not on for good."""
+    import json
+    import subprocess
+    import sys
+
+    owner = subprocess.Popen(
+        [sys.executable, "-c", OWNER, str(tmp_path / "stack")],
+        cwd=ROOT,
+        env=process_env(),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert owner.stdout is not None
+        pids = json.loads(owner.stdout.readline())
+        assert len(pids) == 2  # Valkey and the S3 server
+        owner.send_signal(signal.SIGTERM)
+        assert owner.wait(60) == 128 + signal.SIGTERM
+        for pid in pids:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                continue
+            raise AssertionError(f"process {pid} outlived the stack's owner")
+    finally:
+        if owner.poll() is None:
+            owner.kill()
+            owner.wait(10)

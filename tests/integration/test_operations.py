@@ -38,7 +38,7 @@ def test_metrics_after_a_few_jobs(stack: Stack, api: KilnHTTP) -> None:
     # that what moves now is this test's own three jobs.
     r = redis.Redis.from_url(stack.env["KILN_REDIS_URL"])
     wait_for(
-        lambda: bk.depth(r, "tiny-sd") == 0 and not bk.running_jobs(r, "tiny-sd"),
+        lambda: bk.depth(r, "tiny-sd") == 0 and not bk.held_jobs(r, "tiny-sd"),
         timeout=200,
         what="the session worker idle",
     )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from dataclasses import replace
 from types import SimpleNamespace
 from typing import Any
@@ -44,9 +43,11 @@ class FakePipe:
         self.fail_prompt = fail_prompt
         self.gate = threading.Event()
         self.gate.set()
+        self.in_call = threading.Event()  # a call has begun (and waits on the gate if shut)
 
     def __call__(self, **kw: Any) -> Any:
         prompts = kw["prompt"]
+        self.in_call.set()
         self.gate.wait(10)
         if self.oom_above is not None and len(prompts) > self.oom_above:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (fake)")
@@ -91,7 +92,7 @@ def test_compatible_requests_share_pipeline_calls() -> None:
     pipe.gate.clear()  # hold the first call so the rest queue up behind it
     eng = engine_with(pipe, max_batch=8)
     futures = [eng.submit(req(i)) for i in range(9)]
-    time.sleep(0.05)
+    assert pipe.in_call.wait(10)  # the engine holds one call; the rest wait behind it
     pipe.gate.set()
     results = [f.result(10) for f in futures]
     eng.stop()
@@ -165,9 +166,9 @@ def test_a_request_starts_when_its_batch_begins_not_when_it_arrives() -> None:
         return lambda at: started.setdefault(rid, []).append((at, threading.current_thread().name))
 
     first = eng.submit(req(0, on_start=starts("r0")))
-    time.sleep(0.1)  # r0's call has begun and waits on the gate
+    assert pipe.in_call.wait(10)  # r0's call has begun and waits on the gate
     later = [eng.submit(req(i, n=3 if i == 1 else 1, on_start=starts(f"r{i}"))) for i in (1, 2)]
-    time.sleep(0.1)
+    # The engine thread is inside r0's call until the gate opens: nothing else can begin.
     assert list(started) == ["r0"]  # r1 and r2 wait behind r0's batch
     pipe.gate.set()
     results = [f.result(10) for f in (first, *later)]
@@ -184,7 +185,7 @@ def test_cancel_before_and_during_a_batch() -> None:
     pipe.gate.clear()
     eng = engine_with(pipe, max_batch=4, max_wait_ms=0)
     blocker = eng.submit(req(0))
-    time.sleep(0.05)
+    assert pipe.in_call.wait(10)
     queued_cancel = threading.Event()
     queued = eng.submit(req(1, cancel_event=queued_cancel))
     queued_cancel.set()
@@ -202,8 +203,9 @@ def test_cancel_before_and_during_a_batch() -> None:
             stop.set()
 
     pipe.gate.clear()
+    pipe.in_call.clear()
     eng.submit(req(9))  # occupy the thread so the next two share a batch
-    time.sleep(0.05)
+    assert pipe.in_call.wait(10)
     victim = eng.submit(req(2, cancel_event=stop, on_progress=cancel_at_2))
     mate = eng.submit(req(3, on_progress=lambda s, n: mate_steps.append(s)))
     pipe.gate.set()
@@ -233,7 +235,7 @@ def test_jobs_of_many_callers_never_share_a_call_beyond_the_pixel_budget() -> No
     pipe.gate.clear()
     eng = engine_with(pipe, max_batch=8, max_pixels=64 * 64 * 2)
     eng.submit(req(0))  # holds the thread
-    time.sleep(0.05)
+    assert pipe.in_call.wait(10)
     futures = [eng.submit(req(i, n=2)) for i in range(1, 5)]
     pipe.gate.set()
     assert all(len(f.result(10).images) == 2 for f in futures)
@@ -248,7 +250,7 @@ def test_a_light_job_behind_a_heavy_batch_is_not_failed_by_its_soft_limit() -> N
     pipe.gate.clear()
     eng = engine_with(pipe, max_batch=8, max_wait_ms=0)
     heavy = eng.submit(req(0, params=replace(PARAMS, width=128, height=128)))
-    time.sleep(0.05)
+    assert pipe.in_call.wait(10)
     light = req(1)
     future = eng.submit(light)
     threading.Timer(1.2, pipe.gate.set).start()
@@ -264,7 +266,7 @@ def test_a_job_that_waits_too_long_in_its_worker_fails_clearly() -> None:
     pipe.gate.clear()
     eng = engine_with(pipe, max_batch=8, max_wait_ms=0)
     eng.submit(req(0, params=replace(PARAMS, width=128, height=128)))
-    time.sleep(0.05)
+    assert pipe.in_call.wait(10)
     waiting = req(1, cancel_event=threading.Event())
     future = eng.submit(waiting)
     assert waiting.cancel_event is not None

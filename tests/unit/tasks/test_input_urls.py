@@ -74,3 +74,41 @@ def test_an_unreachable_url_is_named(server: str) -> None:
     with pytest.raises(InvalidInput, match="could not be fetched") as info:
         fetch("http://127.0.0.1:9/x.png")
     assert "image" in info.value.fields
+
+
+def test_a_name_lookup_that_hangs_ends_within_the_fetch_deadline() -> None:
+    """The lookup is inside the fetch's one deadline: a resolver that never answers (it
+    waits on an event no one sets before the fetch has given up) costs the deadline."""
+    gave_up = threading.Event()
+
+    def hanging(*args: object, **kwargs: object) -> list:
+        gave_up.wait(30)
+        return []
+
+    try:
+        with pytest.raises(InvalidInput) as exc:
+            fetch_url(
+                "https://images.example.com/in.png",
+                "image",
+                1000,
+                allow_private=False,
+                deadline_s=0.2,
+                resolver=hanging,
+            )
+        assert "took longer than 0.2 s" in str(exc.value.fields["image"])
+    finally:
+        gave_up.set()
+
+
+def test_fetch_slots_cap_the_process_and_each_key() -> None:
+    from config.errors import KeySlotShareExceeded, TooManyFetches
+    from tasks.jobs.inputs import FetchSlots
+
+    slots = FetchSlots(3, share=0.5)  # one key: one of the three
+    with slots.held("alice"), slots.held("bob"):
+        with pytest.raises(KeySlotShareExceeded), slots.held("alice"):
+            pass
+        with slots.held("carol"), pytest.raises(TooManyFetches), slots.held("dave"):
+            pass
+    with slots.held("alice"), slots.held("dave"):  # all given back
+        pass
