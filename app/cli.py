@@ -75,12 +75,14 @@ def worker(
     """Serve one model on one GPU: load, warm, then consume gen.<model>."""
     from config.logging import setup_logging
     from config.production import refuse_dev_defaults
+    from config.tls import check_tls
     from pipelines.registry import Registry, UnknownModel
     from tasks.worker.main import run_worker
 
     settings = get_settings()
     try:
         refuse_dev_defaults(settings)
+        check_tls(settings)  # a wrong CA or client certificate: one line, now
     except SettingsError as exc:
         raise click.ClickException(str(exc)) from None
     setup_logging(settings)
@@ -134,7 +136,7 @@ def capacity(
 
     settings = get_settings()
     names = list(models_) or list(Registry.from_file(settings.models_file))
-    fleet = None if s_per_image else Fleet(JobStore(settings.redis_url).redis)
+    fleet = None if s_per_image else Fleet(JobStore.for_settings(settings).redis)
     click.echo(
         f"{'model':<16}{'s/image':>10}{'images/h/GPU':>14}{'images/h':>12}{'$/1k images':>13}"
         "  measured on"
@@ -195,10 +197,12 @@ def flower(flower_args: tuple[str, ...]) -> None:
     from app.devfleet import flower_argv, run_flower
     from config.logging import setup_logging
     from config.production import refuse_dev_defaults
+    from config.tls import check_tls
 
     settings = get_settings()
     try:
         refuse_dev_defaults(settings)
+        check_tls(settings)  # a wrong CA or client certificate: one line, now
     except SettingsError as exc:
         raise click.ClickException(str(exc)) from None
     argv = flower_argv(settings, flower_args)
