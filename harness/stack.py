@@ -226,10 +226,19 @@ class Stack:
             self.wait_worker_ready(model, proc, timeout=timeout)
         return proc
 
+    def redis(self) -> redis.Redis:
+        """A client of this stack's job store (over TLS where its URL says rediss://)."""
+        from config.tls import redis_client_options
+
+        settings = self.settings
+        return redis.Redis.from_url(
+            settings.redis_url, **redis_client_options(settings, settings.redis_url)
+        )
+
     def ready_workers(self, model: str) -> int:
         from tasks.jobs.bookkeeping import ready_workers
 
-        return ready_workers(redis.Redis.from_url(self.env["KILN_REDIS_URL"]), model)
+        return ready_workers(self.redis(), model)
 
     def wait_worker_ready(
         self, model: str, proc: Proc, *, timeout: float = 120, count: int = 1

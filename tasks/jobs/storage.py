@@ -129,6 +129,11 @@ def _client(settings: Settings, endpoint_url: str) -> Any:
             retries={"max_attempts": 3, "mode": "standard"},
             connect_timeout=5,
             read_timeout=30,
+            # Over https:// boto3 otherwise streams uploads aws-chunked with a trailing
+            # checksum, which S3 servers other than AWS's refuse (rclone's:
+            # MissingContentLength); a Content-Length and MD5-checked ETags suffice.
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
         ),
     )
 
