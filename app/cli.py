@@ -32,19 +32,36 @@ def main() -> None:
 
 @main.command("config")
 @click.argument("key", required=False)
-def config_cmd(key: str | None) -> None:
+@click.option(
+    "--env",
+    "as_env",
+    is_flag=True,
+    help="As KILN_NAME=value lines (an env file), only what differs from the defaults.",
+)
+@click.option(
+    "--secrets",
+    is_flag=True,
+    help="With --env: secrets as they are, for another host of this fleet (keep it secret).",
+)
+def config_cmd(key: str | None, as_env: bool, secrets: bool) -> None:
     """Print the effective settings (secrets redacted) and warn on what they leave open,
     or print one KEY's value."""
     from app.exposure import open_doors
     from config.production import SERVING_WITHOUT_CHECK, dev_default_problems
+    from config.settings import env_lines
 
     try:
         settings = get_settings()
     except SettingsError as exc:
         raise click.ClickException(str(exc)) from None
     values = settings.redacted()
+    if secrets and not as_env:
+        raise click.UsageError("--secrets goes with --env")
     if key is None:
-        click.echo(json.dumps(values, indent=2, default=str))
+        if as_env:
+            click.echo("\n".join(env_lines(settings, secrets=secrets)))
+        else:
+            click.echo(json.dumps(values, indent=2, default=str))
         for line in open_doors(settings):  # what this configuration leaves open
             click.echo(f"warning: {line}", err=True)
         if settings.profile not in SERVING_WITHOUT_CHECK:

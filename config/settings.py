@@ -186,6 +186,26 @@ class Settings:
         return out
 
 
+def env_lines(settings: Settings, *, secrets: bool = False) -> list[str]:
+    """``KILN_NAME=value`` for the profile and each setting that differs from its default
+    (that profile's): an env file
+    another host of the same fleet starts from. Secrets are redacted as in
+    :meth:`Settings.redacted` unless ``secrets``."""
+    defaults = Settings(profile=settings.profile)
+    shown = settings.redacted()
+    out = []
+    for f in dataclasses.fields(Settings):
+        value = getattr(settings, f.name)
+        if f.name == "extra" or (f.name != "profile" and value == getattr(defaults, f.name)):
+            continue
+        if not secrets:
+            value = shown[f.name]
+        if isinstance(value, bool):
+            value = "true" if value else "false"
+        out.append(f"KILN_{f.name.upper()}={value}")
+    return out
+
+
 REDIS_SCHEMES = ("redis://", "rediss://")  # what kombu and redis-py both accept
 
 
