@@ -87,6 +87,7 @@ class Proc:
     log: Path
     argv: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
+    netns: str = ""  # the network namespace (host) it runs in; empty: this one
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> None:
         stop_all([self], sig, timeout=timeout)
@@ -183,11 +184,17 @@ class Stack:
         """``kiln ARGS`` on this stack's settings (and ``env``), run to its end."""
         return run_kiln(*args, env={**self.env, **(env or {})}, timeout=timeout)
 
-    def spawn(self, name: str, argv: list[str], *, env: Mapping[str, str] | None = None) -> Proc:
+    def spawn(
+        self, name: str, argv: list[str], *, env: Mapping[str, str] | None = None, netns: str = ""
+    ) -> Proc:
+        """``argv`` started in its own session (in network namespace ``netns`` if given)."""
         log = self.workdir / f"{name}.log"
         full_env = dict(env or self.env or os.environ)
-        popen = launcher.launch(argv, env=full_env, cwd=ROOT, log=log) or subprocess.Popen(
-            argv,
+        wrap = ["ip", "netns", "exec", netns] if netns else []
+        popen = launcher.launch(
+            argv, env=full_env, cwd=ROOT, log=log, netns=netns
+        ) or subprocess.Popen(
+            [*wrap, *argv],
             cwd=ROOT,
             env=full_env,
             stdout=log.open("ab"),
@@ -195,7 +202,7 @@ class Stack:
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
-        proc = Proc(name, popen, log, list(argv), full_env)
+        proc = Proc(name, popen, log, list(argv), full_env, netns)
         self.procs.append(proc)
         return proc
 
@@ -204,7 +211,7 @@ class Stack:
 
     def restart(self, proc: Proc) -> Proc:
         """Start a stopped process again with the same command line and environment."""
-        return self.spawn(proc.name, proc.argv, env=proc.env)
+        return self.spawn(proc.name, proc.argv, env=proc.env, netns=proc.netns)
 
     # -- kiln processes -------------------------------------------------------
     def start_worker(
@@ -216,11 +223,13 @@ class Stack:
         env: Mapping[str, str] | None = None,
         wait: bool = True,
         timeout: float = 120,
+        netns: str = "",
     ) -> Proc:
         proc = self.spawn(
             name or f"worker-{model}",
             [str(BIN / "kiln"), "worker", "--model", model, *args],
             env={**self.env, **(env or {})},
+            netns=netns,
         )
         if wait:
             self.wait_worker_ready(model, proc, timeout=timeout)
@@ -290,7 +299,9 @@ class Stack:
         self.wait_worker_ready(model, procs[0], count=workers)
         self.start_webhooks_worker()
 
-    def start_webhooks_worker(self, *, env: Mapping[str, str] | None = None) -> Proc:
+    def start_webhooks_worker(
+        self, *, env: Mapping[str, str] | None = None, netns: str = ""
+    ) -> Proc:
         proc = self.spawn(
             "webhooks",
             [
@@ -307,6 +318,7 @@ class Stack:
                 "--without-gossip",
             ],
             env={**self.env, **(env or {})},
+            netns=netns,
         )
         return proc
 
