@@ -7,8 +7,10 @@ and loopback. Nothing is made in the root namespace: no bridge, no veth, no rout
 traffic can leave these namespaces, and none has a route to anything outside them.
 
 Names carry this process's id (``kh<pid>x<n>-<host>``), so parallel test runs never meet;
-:meth:`Network.close` removes every namespace (also at exit, as a backstop), after ending
-the processes still inside them, which only this network's users can have started.
+:meth:`Network.close` removes every namespace (also at exit, as a backstop, and a SIGTERM
+reads as an interrupt while a network is up, so that it too ends in the clean-ups),
+after ending the processes still inside them, which only this network's users can have
+started. Names left by a run killed outright are deleted by the next run.
 ``cut`` / ``mend`` set a host's port on a bridge down and up: its packets are dropped,
 its connections see timeouts, not resets, as when a cable or a switch port fails.
 
@@ -73,6 +75,18 @@ def run_in(name: str, call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     return value
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def interrupt_on_sigterm() -> None:
+    """A SIGTERM raises KeyboardInterrupt (as Ctrl-C does) where nothing else handles it,
+    so ``finally`` blocks, fixtures' teardowns and atexit all run."""
+    main = threading.current_thread() is threading.main_thread()
+    if main and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _interrupt)
+
+
 def ip(*args: str) -> str:
     done = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30)
     if done.returncode != 0:
@@ -133,6 +147,7 @@ class Network:
         self.switch = f"{self.tag}-switch"
         self._made: list[str] = []
         atexit.register(self.close)
+        interrupt_on_sigterm()
         self._add_namespace(self.switch)
         for net in self.subnets:
             ip("-n", self.switch, "link", "add", self._bridge(net), "type", "bridge")
