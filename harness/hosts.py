@@ -34,7 +34,7 @@ from app.auth import hash_key, new_key
 from app.devfleet import s3_argv, valkey_argv
 from harness.http import KilnHTTP
 from harness.netns import Host, Network, run_in
-from harness.stack import BIN, ROOT, SECRETS, Proc, Stack, process_env, wait_for
+from harness.stack import BIN, ROOT, SECRETS, Proc, Stack, process_env, stop_all, wait_for
 
 T = TypeVar("T")
 SUBNETS = {"internal": "10.203.0", "public": "10.203.1"}
@@ -238,8 +238,11 @@ class HostFleet(Stack):
         return self.on("store", super().objects, prefix)
 
     def close(self) -> None:
+        """Every process at once, a short while for a clean stop (nothing here tests
+        one), then the namespaces (and anything still in them)."""
         try:
-            super().close()
+            stop_all(self.procs, timeout=3)
+            self.procs.clear()
         finally:
             if self.net is not None:
                 self.net.close()
