@@ -47,11 +47,19 @@ def s3_verify(settings: Settings) -> str | None:
     return settings.s3_ca_bundle or None
 
 
-def _context(cafile: str | None, certfile: str | None, keyfile: str | None) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(cafile=cafile)
-    if certfile:
-        ctx.load_cert_chain(certfile, keyfile)
+def _redis_context(settings: Settings) -> ssl.SSLContext:
+    """As redis-py builds it: the system's CAs and the CA file, hostnames checked."""
+    ctx = ssl.create_default_context()
+    if settings.redis_ca_file:
+        ctx.load_verify_locations(settings.redis_ca_file)
+    if settings.redis_cert_file:
+        ctx.load_cert_chain(settings.redis_cert_file, settings.redis_key_file or None)
     return ctx
+
+
+def _s3_context(settings: Settings) -> ssl.SSLContext:
+    """As botocore verifies: the CA bundle alone when one is set, else the system's."""
+    return ssl.create_default_context(cafile=settings.s3_ca_bundle or None)
 
 
 def tls_endpoints(settings: Settings) -> list[tuple[str, str, int, str]]:
@@ -88,14 +96,7 @@ def check_tls(settings: Settings, *, timeout: float = CHECK_TIMEOUT_S) -> None:
             else "KILN_S3_CA_BUNDLE"
         )
         try:
-            if kind == "redis":
-                ctx = _context(
-                    settings.redis_ca_file or None,
-                    settings.redis_cert_file or None,
-                    settings.redis_key_file or None,
-                )
-            else:
-                ctx = _context(settings.s3_ca_bundle or None, None, None)
+            ctx = _redis_context(settings) if kind == "redis" else _s3_context(settings)
         except (OSError, ssl.SSLError) as exc:
             raise SettingsError(f"{setting}: cannot load TLS files ({hint}): {exc}") from None
         try:

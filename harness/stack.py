@@ -1,7 +1,8 @@
 """Start the real stack on free ports: Valkey, an S3 server, workers, the API.
 
 Used by the integration fixtures and by the benchmarks. Every process is a real
-subprocess; everything listens on 127.0.0.1 only and is stopped on close.
+subprocess; everything listens on 127.0.0.1 only and is stopped on close. (The fleet
+across hosts, ``harness.hosts``, starts the same processes in network namespaces.)
 """
 
 from __future__ import annotations
