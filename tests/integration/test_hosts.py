@@ -25,7 +25,7 @@ from tasks.worker.runtime import HEARTBEAT_TTL_S
 
 WAIT_S = 90
 CUT_S = 20  # past the heartbeat TTL: the reaper hands the cut host's jobs to another
-SLOW = {"model": MODEL, "steps": 40}  # a batch of four lasts a second or two
+SLOW = {"model": MODEL, "steps": 30}  # a batch of four lasts a second or more
 
 
 @pytest.fixture(scope="module")
@@ -126,44 +126,55 @@ def test_a_job_from_the_client_host_runs_on_a_gpu_host_its_url_and_webhook_work_
     assert sent["data"]["images"][0]["url"].startswith(f"http://{store_public}:")
 
 
+def busy_host(fleet: HostFleet, jobs: list[dict[str, Any]], *, running: bool) -> str:
+    """The GPU host that holds one of ``jobs`` (``running``: mid-batch, its start
+    recorded), whichever of the two the broker gave it to."""
+    workers = {worker_of(fleet, h): h for h in ("gpu1", "gpu2")}
+    found: list[str] = []
+
+    def look() -> bool:
+        for j in jobs:
+            rec = record(fleet, j["id"])
+            step = (rec.get("progress") or {}).get("step", 0)
+            if rec.get("worker") in workers and (
+                not running or (rec.get("status") == "running" and step >= 1)
+            ):
+                found.append(workers[rec["worker"]])
+                return True
+        return False
+
+    wait_for(look, timeout=WAIT_S, what="a GPU host holding a job")
+    return found[0]
+
+
 def test_a_gpu_host_cut_from_the_store_mid_batch_loses_no_job_and_ends_each_once(
     fleet: HostFleet,
 ) -> None:
     ensure_gpus(fleet)
-    cut_worker = worker_of(fleet, "gpu1")
     jobs = [submit(fleet, prompt=f"partition {i}", seed=i, **SLOW) for i in range(4)]
-
-    def running_on_gpu1() -> bool:  # its start recorded: it will come back to record its end
-        for j in jobs:
-            rec = record(fleet, j["id"])
-            step = (rec.get("progress") or {}).get("step", 0)
-            if rec.get("worker") == cut_worker and rec.get("status") == "running" and step >= 1:
-                return True
-        return False
-
-    wait_for(running_on_gpu1, timeout=WAIT_S, what="a batch running on gpu1")
+    # Its start recorded: the cut host will come back to record an end of its own.
+    host = busy_host(fleet, jobs, running=True)
+    cut_worker = worker_of(fleet, host)
     try:
-        fleet.net.cut("gpu1", "internal")
+        fleet.net.cut(host, "internal")
         cut_at = time.time()
         on_cut = {j for j, w in held_by(fleet).items() if w == cut_worker}
         time.sleep(CUT_S)  # the partition lasts this long, whatever happens inside it
     finally:
-        fleet.net.mend("gpu1", "internal")
+        fleet.net.mend(host, "internal")
     mended_at = time.time()
     done = wait_ended(fleet, jobs)
     ended_at = {d["id"]: event_times(fleet, d["id"], "succeeded")[0] for d in done}
     # The cut host comes back, finds its jobs ended elsewhere and lets go of them.
-    wait_for(lambda: fleet.ready_workers(MODEL) >= 2, timeout=WAIT_S, what="gpu1 back")
-    wait_for(
-        lambda: cut_worker not in held_by(fleet).values(), timeout=WAIT_S, what="gpu1 letting go"
-    )
+    wait_for(lambda: fleet.ready_workers(MODEL) >= 2, timeout=WAIT_S, what=f"{host} back")
+    wait_for(lambda: cut_worker not in held_by(fleet).values(), timeout=WAIT_S, what="letting go")
     let_go_at = time.time()
     assert_each_succeeded_once(fleet, done)
     finished_by = {d["id"]: record(fleet, d["id"])["worker"] for d in done}
     print(
-        f"\ncut gpu1 for {CUT_S}s holding {len(on_cut)} job(s); all {len(done)} succeeded "
+        f"\ncut {host} for {CUT_S}s holding {len(on_cut)} job(s); all {len(done)} succeeded "
         f"{max(ended_at.values()) - mended_at:+.1f}s after the link was restored "
-        f"({max(ended_at.values()) - cut_at:.1f}s after the cut); gpu1 let go "
+        f"({max(ended_at.values()) - cut_at:.1f}s after the cut); {host} let go "
         f"{let_go_at - mended_at:.1f}s after; finished on the cut host: "
         f"{sum(finished_by[j] == cut_worker for j in on_cut)} of {len(on_cut)}; "
         f"ends counted: {sum(kinds(fleet, d['id']).count('succeeded') for d in done)}"
@@ -177,10 +188,11 @@ def test_a_gpu_host_killed_holding_jobs_has_them_finished_by_the_other_host(
     fleet: HostFleet,
 ) -> None:
     ensure_gpus(fleet)
-    dead, alive = worker_of(fleet, "gpu2"), worker_of(fleet, "gpu1")
     jobs = [submit(fleet, prompt=f"killed {i}", seed=10 + i, **SLOW) for i in range(4)]
-    wait_for(lambda: dead in held_by(fleet).values(), timeout=WAIT_S, what="gpu2 holding jobs")
-    fleet.proc("gpu2").kill()  # started again by the next test that needs it
+    host = busy_host(fleet, jobs, running=False)
+    other = "gpu2" if host == "gpu1" else "gpu1"
+    dead, alive = worker_of(fleet, host), worker_of(fleet, other)
+    fleet.proc(host).kill()  # started again by the next test that needs it
     killed_at = time.time()
     on_dead = {j for j, w in held_by(fleet).items() if w == dead}
     done = wait_ended(fleet, jobs)
@@ -192,7 +204,7 @@ def test_a_gpu_host_killed_holding_jobs_has_them_finished_by_the_other_host(
         assert len(requeued) == 1, kinds(fleet, job_id)
         resent_after.append(requeued[0] - killed_at)
     bound = HEARTBEAT_TTL_S + REAP_S
-    print(f"\nkilled gpu2 holding {len(on_dead)} job(s): re-sent {max(resent_after):.1f}s after")
+    print(f"\nkilled {host} holding {len(on_dead)} job(s): re-sent {max(resent_after):.1f}s after")
     assert max(resent_after) <= bound + 5  # the dead-worker bound, with a loaded box's slack
 
 
