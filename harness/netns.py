@@ -79,12 +79,24 @@ def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def interrupt_on_sigterm() -> None:
-    """A SIGTERM raises KeyboardInterrupt (as Ctrl-C does) where nothing else handles it,
-    so ``finally`` blocks, fixtures' teardowns and atexit all run."""
+_open: set[int] = set()  # the networks up in this process (ids)
+
+
+def interrupt_on_sigterm(network: object) -> None:
+    """While ``network`` is up, a SIGTERM raises KeyboardInterrupt (as Ctrl-C does) where
+    nothing else handles it, so ``finally`` blocks, fixtures' teardowns and atexit run."""
+    _open.add(id(network))
     main = threading.current_thread() is threading.main_thread()
     if main and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _interrupt)
+
+
+def sigterm_as_before(network: object) -> None:
+    """The default SIGTERM again once the last network of this process is down."""
+    _open.discard(id(network))
+    main = threading.current_thread() is threading.main_thread()
+    if main and not _open and signal.getsignal(signal.SIGTERM) is _interrupt:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def ip(*args: str) -> str:
@@ -147,7 +159,7 @@ class Network:
         self.switch = f"{self.tag}-switch"
         self._made: list[str] = []
         atexit.register(self.close)
-        interrupt_on_sigterm()
+        interrupt_on_sigterm(self)
         self._add_namespace(self.switch)
         for net in self.subnets:
             ip("-n", self.switch, "link", "add", self._bridge(net), "type", "bridge")
@@ -205,6 +217,7 @@ class Network:
     def close(self) -> None:
         """End what still runs inside these namespaces, then remove them."""
         made, self._made = self._made, []
+        sigterm_as_before(self)
         for name in made:
             for pid in self.pids(name):
                 with contextlib.suppress(ProcessLookupError):
