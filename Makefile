@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint typecheck check bench gpu-proof clean install tiny chromium
+.PHONY: run test lint typecheck check bench gpu-proof clean install tiny chromium stunnel
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,11 +28,19 @@ chromium:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
 	  else echo "install Debian's chromium for the browser tests" >&2; fi; }
 
+# The TLS tests put Debian's stunnel4 in front of Valkey and S3 (the embedded Valkey has
+# no TLS built in).
+stunnel:
+	@command -v stunnel4 >/dev/null || { \
+	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq stunnel4; \
+	  else echo "install Debian's stunnel4 for the TLS tests" >&2; fi; }
+
 # One pytest process per core and one more (the fault tests spend much of their time
 # waiting out real timeouts, which leaves a core idle), a test module each at a time, in
 # the order tests/conftest.py gives (longest first; xdist's own order is by test count).
 TEST_PROCS ?= $(shell echo $$(( $$(nproc) + 1 )))
-test: $(STAMP) chromium
+test: $(STAMP) chromium stunnel
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports

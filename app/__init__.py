@@ -13,6 +13,7 @@ from flask import Flask
 
 from config.production import refuse_dev_defaults
 from config.settings import Settings, dev_webhook_secret_path, get_settings
+from config.tls import check_tls
 
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
@@ -22,6 +23,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     given: Settings | None = test_config.pop("KILN_SETTINGS", None)
     settings = given or get_settings()  # dev: get_settings makes a webhook secret
     refuse_dev_defaults(settings)  # prod: never on the dev fleet's broker, S3 or secrets
+    check_tls(settings)  # a wrong CA or client certificate stops it here, in one line
     if given is None and settings.is_dev:
         secret_file = dev_webhook_secret_path(settings.data_dir)
         if secret_file.exists() and secret_file.read_text().strip() == settings.webhook_secret:

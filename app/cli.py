@@ -32,19 +32,36 @@ def main() -> None:
 
 @main.command("config")
 @click.argument("key", required=False)
-def config_cmd(key: str | None) -> None:
+@click.option(
+    "--env",
+    "as_env",
+    is_flag=True,
+    help="As KILN_NAME=value lines (an env file), only what differs from the defaults.",
+)
+@click.option(
+    "--secrets",
+    is_flag=True,
+    help="With --env: secrets as they are, for another host of this fleet (keep it secret).",
+)
+def config_cmd(key: str | None, as_env: bool, secrets: bool) -> None:
     """Print the effective settings (secrets redacted) and warn on what they leave open,
     or print one KEY's value."""
     from app.exposure import open_doors
     from config.production import SERVING_WITHOUT_CHECK, dev_default_problems
+    from config.settings import env_lines
 
     try:
         settings = get_settings()
     except SettingsError as exc:
         raise click.ClickException(str(exc)) from None
     values = settings.redacted()
+    if secrets and not as_env:
+        raise click.UsageError("--secrets goes with --env")
     if key is None:
-        click.echo(json.dumps(values, indent=2, default=str))
+        if as_env:
+            click.echo("\n".join(env_lines(settings, secrets=secrets)))
+        else:
+            click.echo(json.dumps(values, indent=2, default=str))
         for line in open_doors(settings):  # what this configuration leaves open
             click.echo(f"warning: {line}", err=True)
         if settings.profile not in SERVING_WITHOUT_CHECK:
@@ -75,12 +92,14 @@ def worker(
     """Serve one model on one GPU: load, warm, then consume gen.<model>."""
     from config.logging import setup_logging
     from config.production import refuse_dev_defaults
+    from config.tls import check_tls
     from pipelines.registry import Registry, UnknownModel
     from tasks.worker.main import run_worker
 
     settings = get_settings()
     try:
         refuse_dev_defaults(settings)
+        check_tls(settings)  # a wrong CA or client certificate: one line, now
     except SettingsError as exc:
         raise click.ClickException(str(exc)) from None
     setup_logging(settings)
@@ -168,7 +187,7 @@ def capacity(
 
     settings = get_settings()
     names = list(models_) or list(Registry.from_file(settings.models_file))
-    fleet = None if s_per_image else Fleet(JobStore(settings.redis_url).redis)
+    fleet = None if s_per_image else Fleet(JobStore.for_settings(settings).redis)
     click.echo(
         f"{'model':<16}{'s/image':>10}{'images/h/GPU':>14}{'images/h':>12}{'$/1k images':>13}"
         "  measured on"
@@ -229,10 +248,12 @@ def flower(flower_args: tuple[str, ...]) -> None:
     from app.devfleet import flower_argv, run_flower
     from config.logging import setup_logging
     from config.production import refuse_dev_defaults
+    from config.tls import check_tls
 
     settings = get_settings()
     try:
         refuse_dev_defaults(settings)
+        check_tls(settings)  # a wrong CA or client certificate: one line, now
     except SettingsError as exc:
         raise click.ClickException(str(exc)) from None
     argv = flower_argv(settings, flower_args)

@@ -29,9 +29,12 @@ def rclone_binary() -> str:
     return found
 
 
-def valkey_argv(port: int, *, persist_dir: Path | None = None) -> list[str]:
-    """Valkey on 127.0.0.1:``port``; with ``persist_dir``, an append-only file there
-    (fsync every second), as production runs it, so a restart keeps jobs and queues."""
+def valkey_argv(
+    port: int, *, persist_dir: Path | None = None, bind: str = "127.0.0.1"
+) -> list[str]:
+    """Valkey on ``bind``:``port`` (loopback by default); with ``persist_dir``, an
+    append-only file there (fsync every second), as production runs it, so a restart
+    keeps jobs and queues."""
     persist = ["--appendonly", "no"]
     if persist_dir is not None:
         persist = ["--appendonly", "yes", "--appendfsync", "everysec", "--dir", str(persist_dir)]
@@ -40,7 +43,7 @@ def valkey_argv(port: int, *, persist_dir: Path | None = None) -> list[str]:
         "--port",
         str(port),
         "--bind",
-        "127.0.0.1",
+        bind,
         "--save",
         "",
         *persist,
@@ -49,13 +52,20 @@ def valkey_argv(port: int, *, persist_dir: Path | None = None) -> list[str]:
     ]
 
 
-def s3_argv(port: int, directory: Path, access_key: str, secret_key: str) -> list[str]:
+def s3_argv(
+    port: int,
+    directory: Path,
+    access_key: str,
+    secret_key: str,
+    *,
+    binds: tuple[str, ...] = ("127.0.0.1",),
+) -> list[str]:
+    """rclone's S3 server on ``port`` of each address in ``binds`` (loopback by default)."""
     return [
         rclone_binary(),
         "serve",
         "s3",
-        "--addr",
-        f"127.0.0.1:{port}",
+        *(arg for host in binds for arg in ("--addr", f"{host}:{port}")),
         "--auth-key",
         f"{access_key},{secret_key}",
         "--etag-hash",

@@ -22,6 +22,37 @@ def _loopback(host: str) -> bool:
         return False
 
 
+def _inside(host: str) -> str:
+    """``loopback`` or ``private`` for an address clients elsewhere cannot reach, else ''."""
+    if _loopback(host):
+        return "loopback"
+    try:
+        return "private" if ipaddress.ip_address(host).is_private else ""
+    except ValueError:
+        return ""
+
+
+def image_url_warning(settings: Settings) -> str:
+    """A warning when the API listens beyond this machine but the image URLs it gives
+    name a loopback or private address (empty: none)."""
+    if _loopback(settings.api_host):
+        return ""
+    if settings.public_base_url:
+        name, url = "KILN_PUBLIC_BASE_URL", settings.public_base_url
+    elif settings.s3_public_endpoint_url:
+        name, url = "KILN_S3_PUBLIC_ENDPOINT_URL", settings.s3_public_endpoint_url
+    else:
+        name, url = "KILN_S3_ENDPOINT_URL", settings.s3_endpoint_url
+    kind = _inside(_host(url))
+    if not kind:
+        return ""
+    fix = "" if name != "KILN_S3_ENDPOINT_URL" else "; set KILN_S3_PUBLIC_ENDPOINT_URL"
+    return (
+        f"image URLs name {_host(url)} ({kind}, from {name}) while the API listens on "
+        f"{settings.api_host}: clients beyond that network cannot fetch them{fix}"
+    )
+
+
 def _host(url: str) -> str:
     try:
         return urlsplit(url).hostname or ""
@@ -88,4 +119,6 @@ def open_doors(settings: Settings) -> list[str]:
         out.append(f"KILN_S3_ENDPOINT_URL: {_host(s3)} is reached without TLS (http://)")
     if settings.public_base_url:
         out.append("KILN_PUBLIC_BASE_URL is set: image URLs are public and never expire")
+    if warning := image_url_warning(settings):
+        out.append(warning)
     return out

@@ -14,6 +14,7 @@ from flask_limiter import Limiter
 
 from app.auth import SUBMIT_ENDPOINTS, owner
 from config.settings import Settings
+from config.tls import redis_client_options
 from tasks.jobs.bookkeeping import RATE_LIMIT_PREFIX
 
 
@@ -42,6 +43,7 @@ def init_limits(app: Flask, settings: Settings) -> Limiter:
         key_func=limit_key,
         app=app,
         storage_uri=settings.redis_url,
+        storage_options=redis_client_options(settings, settings.redis_url),
         # Two counters per key and window (a moving window keeps one list entry per
         # request: 100 000 entries at the default limit, searched on every submit).
         strategy="sliding-window-counter",

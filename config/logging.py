@@ -69,12 +69,22 @@ class RedactingFilter(logging.Filter):
         return True
 
 
+URL_FIELDS = (
+    "broker_url",
+    "redis_url",
+    "s3_endpoint_url",
+    "s3_public_endpoint_url",
+    "public_base_url",
+    "webhook_proxy",
+)
+
+
 def secrets_of(settings: Settings) -> tuple[str, ...]:
     """Every secret value the settings hold, as a log might print it."""
     found = [settings.s3_secret_key, settings.webhook_secret, settings.flower_basic_auth]
     if ":" in settings.flower_basic_auth:
         found.append(settings.flower_basic_auth.split(":", 1)[1])
-    for name in ("broker_url", "redis_url", "s3_endpoint_url", "public_base_url", "webhook_proxy"):
+    for name in URL_FIELDS:
         found += url_secrets(getattr(settings, name))
     return tuple(s for s in found if s)
 

@@ -47,11 +47,21 @@ class Settings:
     # Broker and job store. The dev ports stay clear of a system Redis on 6379.
     broker_url: str = ""  # empty: the dev fleet's Valkey, redis://127.0.0.1:<broker_port>/0
     redis_url: str = ""  # job store; defaults to broker_url when it is redis://
+    # TLS for rediss:// broker and job store URLs: the CA that signed the server's
+    # certificate (PEM; empty: the system's), and a client certificate and key when the
+    # server asks for one (the key may sit in the certificate's file).
+    redis_ca_file: str = ""
+    redis_cert_file: str = ""
+    redis_key_file: str = ""
     job_ttl_s: int = 7 * 24 * 3600
     visibility_timeout_s: int = 0  # 0: derived from the longest model time limit
 
     # Object storage (any S3 API: AWS, MinIO, R2, SeaweedFS, rclone).
     s3_endpoint_url: str = ""  # empty: the dev fleet's S3 server, http://127.0.0.1:<s3_port>
+    # The same S3 as clients reach it (across a proxy, NAT or another network): image
+    # URLs are presigned for it, while the fleet reads and writes through s3_endpoint_url.
+    s3_public_endpoint_url: str = ""  # empty: URLs name s3_endpoint_url
+    s3_ca_bundle: str = ""  # CA bundle (PEM) for an https:// endpoint; empty: the system's
     s3_bucket: str = "kiln"
     s3_access_key: str = ""  # empty in the dev profile: the dev S3 server's credentials
     s3_secret_key: str = ""
@@ -133,6 +143,12 @@ class Settings:
         if self.is_dev and not (self.s3_access_key or self.s3_secret_key):
             object.__setattr__(self, "s3_access_key", DEV_S3_ACCESS_KEY)
             object.__setattr__(self, "s3_secret_key", DEV_S3_SECRET_KEY)
+        for name in ("s3_endpoint_url", "s3_public_endpoint_url", "public_base_url"):
+            value = getattr(self, name)
+            if value and not value.startswith(("http://", "https://")):
+                raise SettingsError(f"KILN_{name.upper()} must be an http:// or https:// URL")
+        if self.redis_key_file and not self.redis_cert_file:
+            raise SettingsError("KILN_REDIS_KEY_FILE needs KILN_REDIS_CERT_FILE (its certificate)")
         if self.webhook_proxy and not self.webhook_proxy.startswith("http://"):
             raise SettingsError("KILN_WEBHOOK_PROXY must be an http:// URL (host:port)")
         if not self.redis_url:
@@ -169,6 +185,26 @@ class Settings:
                 value = "***"
             out[f.name] = str(value) if isinstance(value, Path) else value
         return out
+
+
+def env_lines(settings: Settings, *, secrets: bool = False) -> list[str]:
+    """``KILN_NAME=value`` for the profile and each setting that differs from its default
+    (that profile's): an env file
+    another host of the same fleet starts from. Secrets are redacted as in
+    :meth:`Settings.redacted` unless ``secrets``."""
+    defaults = Settings(profile=settings.profile)
+    shown = settings.redacted()
+    out = []
+    for f in dataclasses.fields(Settings):
+        value = getattr(settings, f.name)
+        if f.name == "extra" or (f.name != "profile" and value == getattr(defaults, f.name)):
+            continue
+        if not secrets:
+            value = shown[f.name]
+        if isinstance(value, bool):
+            value = "true" if value else "false"
+        out.append(f"KILN_{f.name.upper()}={value}")
+    return out
 
 
 REDIS_SCHEMES = ("redis://", "rediss://")  # what kombu and redis-py both accept

@@ -8,7 +8,8 @@ libraries once, then forks on request. The child becomes the program:
 
 - the same console-script entry point (``kiln``, ``gunicorn``, ``celery``) with the same
   argv, environment, working directory and log, in a session of its own, so it is
-  signalled, killed and waited for like any subprocess (``LaunchedProcess``);
+  signalled, killed and waited for like any subprocess (``LaunchedProcess``), and in
+  the network namespace asked for (a host of ``harness.hosts``);
 - Kiln's own modules are not preloaded: the child imports and runs all of Kiln itself.
 
 Only libraries that read nothing from the environment at import time are preloaded
@@ -119,7 +120,7 @@ def base_env(env: Mapping[str, str]) -> dict[str, str]:
 
 
 def launch(
-    argv: list[str], *, env: Mapping[str, str], cwd: Path, log: Path
+    argv: list[str], *, env: Mapping[str, str], cwd: Path, log: Path, netns: str = ""
 ) -> LaunchedProcess | None:
     """A ``LaunchedProcess`` running ``argv``, or None where a plain exec must start it."""
     script = Path(argv[0])
@@ -132,7 +133,7 @@ def launch(
             launcher = _launchers[flavor] = Launcher(flavor, base_env(env), cwd=cwd)
     if launcher.env != base_env(env):
         return None
-    return launcher.start(argv, env=env, cwd=cwd, log=log)
+    return launcher.start(argv, env=env, cwd=cwd, log=log, netns=netns)
 
 
 class Launcher:
@@ -159,9 +160,9 @@ class Launcher:
         return self.popen.poll() is None
 
     def start(
-        self, argv: list[str], *, env: Mapping[str, str], cwd: Path, log: Path
+        self, argv: list[str], *, env: Mapping[str, str], cwd: Path, log: Path, netns: str = ""
     ) -> LaunchedProcess:
-        spec = {"argv": argv, "env": dict(env), "cwd": str(cwd), "log": str(log)}
+        spec = {"argv": argv, "env": dict(env), "cwd": str(cwd), "log": str(log), "netns": netns}
         deadline = time.monotonic() + 120  # the first request waits for the imports
         while True:
             try:
@@ -272,9 +273,13 @@ def reap(directory: Path) -> None:
 
 
 def become(spec: dict[str, Any], conn: socket.socket) -> None:
-    """In the child: the session, directory, environment, log and argv of the program;
-    then the answer (its pid); then its console-script entry point, as its own script
-    would run it."""
+    """In the child: the network namespace (``netns``, as ``ip netns exec`` enters it),
+    session, directory, environment, log and argv of the program; then the answer (its
+    pid); then its console-script entry point, as its own script would run it."""
+    if spec.get("netns"):
+        from harness.netns import enter
+
+        enter(spec["netns"])
     os.setsid()
     os.chdir(spec["cwd"])
     os.environ.clear()

@@ -1,7 +1,8 @@
 """Start the real stack on free ports: Valkey, an S3 server, workers, the API.
 
 Used by the integration fixtures and by the benchmarks. Every process is a real
-subprocess; everything listens on 127.0.0.1 only and is stopped on close.
+subprocess; everything listens on 127.0.0.1 only and is stopped on close. (The fleet
+across hosts, ``harness.hosts``, starts the same processes in network namespaces.)
 """
 
 from __future__ import annotations
@@ -88,6 +89,7 @@ class Proc:
     log: Path
     argv: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
+    netns: str = ""  # the network namespace (host) it runs in; empty: this one
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> None:
         stop_all([self], sig, timeout=timeout)
@@ -204,11 +206,17 @@ class Stack:
         """``kiln ARGS`` on this stack's settings (and ``env``), run to its end."""
         return run_kiln(*args, env={**self.env, **(env or {})}, timeout=timeout)
 
-    def spawn(self, name: str, argv: list[str], *, env: Mapping[str, str] | None = None) -> Proc:
+    def spawn(
+        self, name: str, argv: list[str], *, env: Mapping[str, str] | None = None, netns: str = ""
+    ) -> Proc:
+        """``argv`` started in its own session (in network namespace ``netns`` if given)."""
         log = self.workdir / f"{name}.log"
         full_env = dict(env or self.env or os.environ)
-        popen = launcher.launch(argv, env=full_env, cwd=ROOT, log=log) or subprocess.Popen(
-            argv,
+        wrap = ["ip", "netns", "exec", netns] if netns else []
+        popen = launcher.launch(
+            argv, env=full_env, cwd=ROOT, log=log, netns=netns
+        ) or subprocess.Popen(
+            [*wrap, *argv],
             cwd=ROOT,
             env=full_env,
             stdout=log.open("ab"),
@@ -216,7 +224,7 @@ class Stack:
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
-        proc = Proc(name, popen, log, list(argv), full_env)
+        proc = Proc(name, popen, log, list(argv), full_env, netns)
         self.procs.append(proc)
         return proc
 
@@ -225,7 +233,7 @@ class Stack:
 
     def restart(self, proc: Proc) -> Proc:
         """Start a stopped process again with the same command line and environment."""
-        return self.spawn(proc.name, proc.argv, env=proc.env)
+        return self.spawn(proc.name, proc.argv, env=proc.env, netns=proc.netns)
 
     # -- kiln processes -------------------------------------------------------
     def start_worker(
@@ -237,20 +245,31 @@ class Stack:
         env: Mapping[str, str] | None = None,
         wait: bool = True,
         timeout: float = 120,
+        netns: str = "",
     ) -> Proc:
         proc = self.spawn(
             name or f"worker-{model}",
             [str(BIN / "kiln"), "worker", "--model", model, *args],
             env={**self.env, **(env or {})},
+            netns=netns,
         )
         if wait:
             self.wait_worker_ready(model, proc, timeout=timeout)
         return proc
 
+    def redis(self) -> redis.Redis:
+        """A client of this stack's job store (over TLS where its URL says rediss://)."""
+        from config.tls import redis_client_options
+
+        settings = self.settings
+        return redis.Redis.from_url(
+            settings.redis_url, **redis_client_options(settings, settings.redis_url)
+        )
+
     def ready_workers(self, model: str) -> int:
         from tasks.jobs.bookkeeping import ready_workers
 
-        return ready_workers(redis.Redis.from_url(self.env["KILN_REDIS_URL"]), model)
+        return ready_workers(self.redis(), model)
 
     def wait_worker_ready(
         self, model: str, proc: Proc, *, timeout: float = 120, count: int = 1
@@ -302,7 +321,9 @@ class Stack:
         self.wait_worker_ready(model, procs[0], count=workers)
         self.start_webhooks_worker()
 
-    def start_webhooks_worker(self, *, env: Mapping[str, str] | None = None) -> Proc:
+    def start_webhooks_worker(
+        self, *, env: Mapping[str, str] | None = None, netns: str = ""
+    ) -> Proc:
         proc = self.spawn(
             "webhooks",
             [
@@ -319,6 +340,7 @@ class Stack:
                 "--without-gossip",
             ],
             env={**self.env, **(env or {})},
+            netns=netns,
         )
         return proc
 

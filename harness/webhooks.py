@@ -1,4 +1,4 @@
-"""A real webhook receiver on 127.0.0.1, for the tests.
+"""A real webhook receiver on 127.0.0.1 (or the address given), for the tests.
 
 Paths: ``/ok`` (200), ``/flaky`` (500 twice, then 200), ``/dead`` (always 500),
 ``/gone`` (410), ``/hold`` (the first request is held open until ``release()``, later
@@ -14,7 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class Receiver:
-    def __init__(self) -> None:
+    def __init__(self, *, host: str = "127.0.0.1") -> None:
         self.hits: dict[str, list[tuple[float, dict, bytes]]] = {}
         self.files: dict[str, bytes] = {}  # path -> body, for GET
         self.held = threading.Event()  # the first /hold request has arrived
@@ -44,8 +44,8 @@ class Receiver:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.server = ThreadingHTTPServer((host, 0), Handler)
+        self.url = f"http://{host}:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def release(self) -> None:

@@ -65,6 +65,7 @@ SERVER_FIXTURES = {"servers", "stack", "api", "redis_url"}
 # together rather than one on a long one. A run in one process keeps the order it is given.
 LONGEST_FIRST = (
     "test_faults",
+    "test_hosts",
     "test_families",
     "test_security",
     "test_reliability",

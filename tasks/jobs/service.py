@@ -76,7 +76,7 @@ class JobService:
         self.registry = registry or Registry.from_file(settings.models_file)
         longest = max((m.spec.time_limit_s for m in self.registry.values()), default=360)
         self.celery = celery or make_celery(settings, longest_time_limit_s=longest)
-        self.store = store or JobStore(settings.redis_url, ttl_s=settings.job_ttl_s)
+        self.store = store or JobStore.for_settings(settings)
         self.storage = storage or Storage(settings)
         self.fleet = Fleet(self.store.redis, self.celery)
         # Counts each job made (the API's metric): called by ``accept`` with model, door.

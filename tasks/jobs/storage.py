@@ -4,6 +4,11 @@ Keys derive from the job id (``generated/<job_id>/<i>.<format>``), so a re-run
 overwrites, never duplicates; the extension and the stored Content-Type both follow
 the job's ``output_format``. URLs are presigned GETs with an expiry, or
 ``<public_base_url>/<key>`` when the operator serves the bucket publicly.
+
+The fleet reads and writes through ``s3_endpoint_url`` (an internal address); URLs
+given to clients are presigned for ``s3_public_endpoint_url`` when set, the address at
+which the same S3 answers them. Presigning makes no request, and a SigV4 signature
+covers the host, so a URL signed for one address is good only at that address.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from config.errors import InvalidInput, NotFound, StorageUnavailable
 from config.settings import Settings
+from config.tls import s3_verify
 from tasks.jobs.records import JOB_ID_RULE, valid_job_id
 
 log = logging.getLogger("kiln.storage")
@@ -47,20 +53,9 @@ class Storage:
         self.bucket = settings.s3_bucket
         self.public_base_url = settings.public_base_url.rstrip("/")
         self.expiry_s = settings.url_expiry_s
-        self.client: Any = boto3.client(
-            "s3",
-            endpoint_url=settings.s3_endpoint_url or None,
-            aws_access_key_id=settings.s3_access_key or None,
-            aws_secret_access_key=settings.s3_secret_key or None,
-            region_name=settings.s3_region,
-            config=Config(
-                signature_version="s3v4",
-                s3={"addressing_style": "path"},
-                retries={"max_attempts": 3, "mode": "standard"},
-                connect_timeout=5,
-                read_timeout=30,
-            ),
-        )
+        self.client: Any = _client(settings, settings.s3_endpoint_url)
+        public = settings.s3_public_endpoint_url
+        self.signer: Any = _client(settings, public) if public else self.client
 
     def ensure_bucket(self) -> None:
         try:
@@ -107,7 +102,7 @@ class Storage:
         if self.public_base_url:
             return f"{self.public_base_url}/{key}"
         return str(
-            self.client.generate_presigned_url(
+            self.signer.generate_presigned_url(
                 "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=self.expiry_s
             )
         )
@@ -118,6 +113,29 @@ class Storage:
             return True
         except (BotoCoreError, ClientError):
             return False
+
+
+def _client(settings: Settings, endpoint_url: str) -> Any:
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint_url or None,
+        aws_access_key_id=settings.s3_access_key or None,
+        aws_secret_access_key=settings.s3_secret_key or None,
+        region_name=settings.s3_region,
+        verify=s3_verify(settings),
+        config=Config(
+            signature_version="s3v4",
+            s3={"addressing_style": "path"},
+            retries={"max_attempts": 3, "mode": "standard"},
+            connect_timeout=5,
+            read_timeout=30,
+            # Over https:// boto3 otherwise streams uploads aws-chunked with a trailing
+            # checksum, which S3 servers other than AWS's refuse (rclone's:
+            # MissingContentLength); a Content-Length and MD5-checked ETags suffice.
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+        ),
+    )
 
 
 def _transient(what: str, exc: Exception) -> StorageUnavailable:

@@ -20,6 +20,7 @@ from typing import Any
 import redis
 
 from config.errors import JobStoreUnavailable
+from config.settings import Settings
 from tasks.jobs import bookkeeping as bk
 from tasks.jobs import holding
 from tasks.jobs.bookkeeping import events_key, job_key
@@ -57,9 +58,21 @@ def now() -> float:
 
 
 class JobStore:
-    def __init__(self, redis_url: str, *, ttl_s: int = 7 * 24 * 3600) -> None:
+    def __init__(
+        self,
+        redis_url: str,
+        *,
+        ttl_s: int = 7 * 24 * 3600,
+        connection: Mapping[str, Any] | None = None,
+    ) -> None:
+        """``connection``: more redis-py keywords (TLS: ``config.tls.redis_client_options``)."""
+        extra = dict(connection or {})
         self.redis: Any = redis.Redis.from_url(
-            redis_url, decode_responses=True, socket_connect_timeout=5, health_check_interval=30
+            redis_url,
+            decode_responses=True,
+            socket_connect_timeout=5,
+            health_check_interval=30,
+            **extra,
         )
         self.ttl_s = ttl_s
         self._transition = self.redis.register_script(TRANSITION)
@@ -77,6 +90,18 @@ class JobStore:
             socket_connect_timeout=5,
             socket_timeout=MAX_BLOCK_MS / 1000 + 10,
             health_check_interval=30,
+            **extra,
+        )
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> JobStore:
+        """The store at ``KILN_REDIS_URL``, over TLS as the settings say."""
+        from config.tls import redis_client_options
+
+        return cls(
+            settings.redis_url,
+            ttl_s=settings.job_ttl_s,
+            connection=redis_client_options(settings, settings.redis_url),
         )
 
     # -- reads --------------------------------------------------------------

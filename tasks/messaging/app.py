@@ -16,6 +16,7 @@ from celery.signals import setup_logging as celery_setup_logging
 from kombu import Queue
 
 from config.settings import Settings, get_settings
+from config.tls import redis_ssl_options
 from tasks.messaging.kombu_fix import keep_workers_alive_on_redis_loss
 from tasks.messaging.names import WEBHOOKS_QUEUE, queue_for, route_task
 
@@ -71,6 +72,11 @@ def make_celery(settings: Settings | None = None, *, longest_time_limit_s: int =
         worker_hijack_root_logger=False,
         worker_redirect_stdouts=False,
     )
+    # rediss:// broker or result backend: verified against the configured CA.
+    if settings.broker_url.startswith("rediss://"):
+        app.conf.broker_use_ssl = redis_ssl_options(settings)
+    if settings.redis_url.startswith("rediss://"):
+        app.conf.redis_backend_use_ssl = redis_ssl_options(settings)
     return app
 
 
@@ -91,8 +97,10 @@ def get_celery() -> Celery:
     """The process-wide app for ``celery -A tasks`` (refused on the dev defaults in prod)."""
     from config.models import load_models
     from config.production import refuse_dev_defaults
+    from config.tls import check_tls
 
     settings = get_settings()
     refuse_dev_defaults(settings)
+    check_tls(settings)
     longest = max((m.time_limit_s for m in load_models(settings.models_file).values()), default=360)
     return make_celery(settings, longest_time_limit_s=longest)

@@ -222,7 +222,16 @@ def run_job(
             "record the end",
             lambda: succeed(runtime, job_id, params, result, images, upload_s),
         )
-        return ended or store.get(job_id) or record
+        if ended is None:  # ended meanwhile (canceled, or finished by another worker)
+            ended = store.get(job_id) or record
+            log.warning(
+                "job %s had already ended %s (worker %s); this run's end is dropped",
+                job_id,
+                ended.get("status"),
+                ended.get("worker"),
+                extra={"job_id": job_id},
+            )
+        return ended
     finally:
         release(runtime, job_id)
 

@@ -263,7 +263,7 @@ def build(settings: Settings, model_name: str, *, hostname: str | None = None) -
         registry=registry,
         model=registry[model_name],
         hostname=hostname or socket.gethostname(),
-        store=JobStore(settings.redis_url, ttl_s=settings.job_ttl_s),
+        store=JobStore.for_settings(settings),
         storage=Storage(settings),
     )
     return _RUNTIME

@@ -69,7 +69,7 @@ def payload(record: dict[str, Any], storage: Storage) -> dict[str, Any]:
 @shared_task(name=DELIVER_WEBHOOK, base=RedactedTask, bind=True, acks_late=True, max_retries=None)
 def deliver_webhook(self: Any, job_id: str, **_ignored: Any) -> dict[str, Any]:
     settings = get_settings()
-    store = JobStore(settings.redis_url, ttl_s=settings.job_ttl_s)
+    store = JobStore.for_settings(settings)
     record = store.get(job_id)
     if not record or not record.get("webhook"):
         bk.webhook_settled(store.redis, job_id)

@@ -62,3 +62,22 @@ def test_kiln_config_prints_the_warnings_on_stderr(tmp_path: Path) -> None:
     assert out.stdout.startswith("{")
     assert "warning: no API keys" in out.stderr
     assert "warning: the webhook secret is this host's own" in out.stderr
+
+
+def test_image_urls_on_an_inside_address_are_named_when_the_api_listens_beyond_it(
+    tmp_path: Path,
+) -> None:
+    base = {**CLOSED, "KILN_DATA_DIR": str(tmp_path), "KILN_API_HOST": "0.0.0.0"}
+    inside = {**base, "KILN_S3_ENDPOINT_URL": "https://10.0.0.5:9000"}
+    text = "\n".join(open_doors(from_env(inside)))
+    assert "image URLs name 10.0.0.5 (private, from KILN_S3_ENDPOINT_URL)" in text
+    assert "set KILN_S3_PUBLIC_ENDPOINT_URL" in text
+    loop = {**inside, "KILN_S3_PUBLIC_ENDPOINT_URL": "http://127.0.0.1:9000"}
+    assert "127.0.0.1 (loopback, from KILN_S3_PUBLIC_ENDPOINT_URL)" in "\n".join(
+        open_doors(from_env(loop))
+    )
+    public = {**inside, "KILN_S3_PUBLIC_ENDPOINT_URL": "https://images.example.com"}
+    assert not any("image URLs" in line for line in open_doors(from_env(public)))
+    # An API on loopback serves this machine only: its URLs may name it too.
+    local = {**inside, "KILN_API_HOST": "127.0.0.1"}
+    assert not any("image URLs" in line for line in open_doors(from_env(local)))

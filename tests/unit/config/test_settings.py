@@ -93,3 +93,21 @@ def test_redacted_hides_secrets() -> None:
 def test_redact_url() -> None:
     assert redact_url("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
     assert redact_url("amqp://guest:guest@h//") == "amqp://guest:***@h//"
+
+
+def test_env_lines_are_what_differs_from_the_defaults_with_secrets_only_when_asked() -> None:
+    from config.settings import env_lines
+
+    env = {
+        "KILN_PROFILE": "prod",
+        "KILN_BROKER_URL": "redis://:store-pw-9@10.0.0.2:6379/0",
+        "KILN_S3_SECRET_KEY": "s3-secret-9",
+        "KILN_WEBHOOK_ALLOW_PRIVATE": "true",
+    }
+    shown = env_lines(from_env(env))
+    assert "KILN_PROFILE=prod" in shown and "KILN_WEBHOOK_ALLOW_PRIVATE=true" in shown
+    assert "KILN_BROKER_URL=redis://:***@10.0.0.2:6379/0" in shown
+    assert "KILN_S3_SECRET_KEY=***" in shown
+    assert not any(line.startswith("KILN_API_PORT=") for line in shown)  # a default
+    full = dict(line.split("=", 1) for line in env_lines(from_env(env), secrets=True))
+    assert from_env(full) == from_env(env)  # another host starts from exactly this
