@@ -69,7 +69,7 @@ def event_times(fleet: HostFleet, job_id: str, kind: str) -> list[float]:
 
 def held_by(fleet: HostFleet, model: str = MODEL) -> dict[str, str]:
     """job id → the worker holding it (received or running)."""
-    return fleet.store_call(lambda r: bk.running_jobs(r, model))
+    return fleet.store_call(lambda r: bk.held_jobs(r, model))
 
 
 def worker_of(fleet: HostFleet, host: str, model: str = MODEL) -> str:
