@@ -165,7 +165,7 @@ def check_checkpoint(path: Path | str, family: str | None = None) -> Checkpoint:
         )
     if found != family:
         raise CheckpointError(
-            f"{ckpt.path}: the entry says family {family} but the file's keys are {found} "
+            f"{ckpt.path}: family {family} was given, but the file's keys are {found} "
             f"({_mark(found)})"
         )
     if KINDS[family] not in PARTS or not ckpt.parts():
