@@ -195,6 +195,11 @@ def parse_model(raw: Mapping[str, Any], *, base_dir: Path | None = None) -> Mode
         raise ModelConfigError(f"{where}: time_limit_s must exceed soft_time_limit_s")
     if spec.config and not is_checkpoint_path(spec.source):
         raise ModelConfigError(f"{where}: config names the configs of a single-file source only")
+    if is_checkpoint_path(spec.source) and (spec.variant or spec.revision):
+        raise ModelConfigError(
+            f"{where}: variant and revision pick files of a folder or hub repository; "
+            "a single-file source is one file"
+        )
     # Relative local paths are relative to the models file.
     if base_dir is not None and spec.source.startswith(("./", "../")):
         spec = replace(spec, source=str((base_dir / spec.source).resolve()))

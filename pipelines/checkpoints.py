@@ -133,6 +133,11 @@ def read_checkpoint(path: Path | str) -> Checkpoint:
     from safetensors import SafetensorError, safe_open
 
     path = Path(path).expanduser()
+    if path.is_dir():
+        raise CheckpointError(
+            f"{path}: a folder, not a checkpoint file; a diffusers folder is a models.yaml "
+            "entry's source as it is"
+        )
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     refuse_pickle(path)

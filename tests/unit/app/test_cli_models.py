@@ -67,3 +67,13 @@ def test_packaged_names_are_neither_taken_nor_removed(env: Path, tiny_models_dir
     assert kept.exit_code != 0 and "only models added with `kiln models add`" in kept.output
     wrong = run("add", "mine", str(file), "--config", str(tiny_models_dir / "flux"))
     assert wrong.exit_code != 0 and "FluxPipeline folder" in wrong.output
+
+
+def test_make_tiny_single_file_names_each_file_and_its_config(
+    env: Path, tiny_models_dir: Path
+) -> None:
+    out = run("make-tiny", str(tiny_models_dir), "--single-file")  # all there: nothing rebuilt
+    assert out.exit_code == 0, out.output
+    for recipe in ("sd15", "sdxl", "flux"):
+        file = tiny_models_dir / "checkpoints" / f"{recipe}.safetensors"
+        assert f"{file}  (config: {tiny_models_dir / recipe})" in out.output

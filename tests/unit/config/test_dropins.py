@@ -41,6 +41,8 @@ def test_a_dropin_may_not_take_a_packaged_name_nor_break_the_rules(tmp_path: Pat
         write_dropin(tmp_path, {**ENTRY, "source": "/models/folder", "config": "/models/sd15"})
     with pytest.raises(ModelConfigError, match="dtype"):
         write_dropin(tmp_path, {**ENTRY, "dtype": "fp8"})
+    with pytest.raises(ModelConfigError, match="a single-file source is one file"):
+        write_dropin(tmp_path, {**ENTRY, "variant": "fp16"})
 
 
 def test_settings_name_the_dropin_folder_under_the_data_dir(tmp_path: Path) -> None:

@@ -115,6 +115,8 @@ def test_not_safetensors_and_no_family_are_clear_errors(tmp_path: Path) -> None:
     junk.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}")
     with pytest.raises(CheckpointError, match="not a readable safetensors file"):
         read_checkpoint(junk)
+    with pytest.raises(CheckpointError, match="a folder, not a checkpoint file"):
+        read_checkpoint(tmp_path)
     from safetensors.torch import save_file
 
     other = tmp_path / "other.safetensors"
