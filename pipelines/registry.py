@@ -114,7 +114,7 @@ class Registry(Mapping[str, Model]):
 
     @classmethod
     def from_file(cls, path: Path, *, dropin_dir: Path | None = None) -> Registry:
-        return cls(load_models(path, dropin_dir=dropin_dir))
+        return Registry(load_models(path, dropin_dir=dropin_dir))
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Registry:

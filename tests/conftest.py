@@ -77,6 +77,7 @@ LONGEST_FIRST = (
     "test_web_page",
     "test_batching",
     "test_readme",
+    "test_single_file",
     "test_cli",
     "test_crash",
     "test_fuzz",
