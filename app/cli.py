@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from app.cli_models import models_add, models_remove
 from app.cli_people import generate, jobs, models_list
 from config.settings import SettingsError, get_settings
 
@@ -104,7 +105,7 @@ def worker(
         raise click.ClickException(str(exc)) from None
     setup_logging(settings)
     try:
-        Registry.from_file(settings.models_file)[model]
+        Registry.from_settings(settings)[model]
     except UnknownModel:
         raise click.ClickException(f"unknown model {model!r}; see `kiln models list`") from None
     run_worker(
@@ -126,7 +127,7 @@ def doctor(models_: tuple[str, ...]) -> None:
     from pipelines.registry import Registry, UnknownModel
 
     settings = get_settings()
-    registry = Registry.from_file(settings.models_file)
+    registry = Registry.from_settings(settings)
     try:
         chosen = [registry[m] for m in models_] or [registry[m] for m in registry]
     except UnknownModel as exc:
@@ -153,18 +154,28 @@ def doctor(models_: tuple[str, ...]) -> None:
 
 @main.group()
 def models() -> None:
-    """List models; build the tiny offline stand-ins."""
+    """List, add and remove models; build the tiny offline stand-ins."""
 
 
 @models.command("make-tiny")
 @click.argument("directory", required=False, type=click.Path(path_type=Path))
-def make_tiny(directory: Path | None) -> None:
+@click.option(
+    "--single-file",
+    is_flag=True,
+    help="Also write the sd15, sdxl and flux stand-ins as one original-layout "
+    ".safetensors file each, in DIRECTORY/checkpoints.",
+)
+def make_tiny(directory: Path | None, single_file: bool) -> None:
     """Write tiny random-weight SD, SDXL and Flux pipelines (and LoRAs) to DIRECTORY."""
-    from pipelines.tiny import make_all
+    from pipelines.tiny import CHECKPOINTS, make_all, make_checkpoint
 
     out = directory or get_settings().models_dir
     for name, path in make_all(out).items():
         click.echo(f"{name:<10} {path}")
+    for recipe in CHECKPOINTS if single_file else ():
+        click.echo(
+            f"{'file:' + recipe:<10} {make_checkpoint(recipe, out)}  (config: {out / recipe})"
+        )
 
 
 @main.command()
@@ -186,7 +197,7 @@ def capacity(
     from tasks.jobs.store import JobStore
 
     settings = get_settings()
-    names = list(models_) or list(Registry.from_file(settings.models_file))
+    names = list(models_) or list(Registry.from_settings(settings))
     fleet = None if s_per_image else Fleet(JobStore.for_settings(settings).redis)
     click.echo(
         f"{'model':<16}{'s/image':>10}{'images/h/GPU':>14}{'images/h':>12}{'$/1k images':>13}"
@@ -285,6 +296,8 @@ def s3() -> None:
 main.add_command(generate)
 main.add_command(jobs)
 models.add_command(models_list)
+models.add_command(models_add)
+models.add_command(models_remove)
 
 
 def run() -> None:

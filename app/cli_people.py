@@ -268,19 +268,22 @@ def jobs_cancel(job_id: str, url: str | None, api_key: str | None) -> None:
 
 
 @click.command("list")
-@click.option("--local", is_flag=True, help="Read models.yaml here instead of the API.")
-@click.option("--json", "as_json", is_flag=True, help="Print the API's answer as JSON.")
+@click.option(
+    "--local",
+    is_flag=True,
+    help="Read models.yaml and the added models here instead of the API: source, family, "
+    "dtype and bytes on disk.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the answer as JSON.")
 @api_options
 def models_list(local: bool, as_json: bool, url: str | None, api_key: str | None) -> None:
-    """The models the API serves (or, with --local, the ones models.yaml here names)."""
+    """The models the API serves (or, with --local, the ones this machine's files name)."""
     from app.client import KilnError
 
     if local:
-        from pipelines.registry import Registry
+        from app.cli_models import echo_local
 
-        for m in Registry.from_file(get_settings().models_file).values():
-            tag = " (stand-in)" if m.spec.stand_in else ""
-            click.echo(f"{m.name:<16} {m.family.name:<13} {m.spec.source or m.spec.tiny}{tag}")
+        echo_local(get_settings(), as_json=as_json)
         return
     try:
         data = client(url, api_key).models()

@@ -210,6 +210,11 @@ class ModelConfigError(ValueError):
     """models.yaml has an entry Kiln cannot use; the message names it."""
 
 
+class CheckpointError(ModelConfigError):
+    """A single-file checkpoint Kiln will not load (a pickle, not safetensors, another
+    family's keys); the message names the file and the reason."""
+
+
 class UnknownModel(KeyError):
     """No model of that name in the registry."""
 

@@ -65,7 +65,10 @@ class LoraSpec:
 class ModelSpec:
     name: str
     family: str  # sd15 | sdxl | flux-schnell | flux-dev | generic
-    source: str = ""  # local folder or hub id
+    source: str = ""  # local folder, hub id, or one .safetensors checkpoint (original layout)
+    # A single-file source's component configs and tokenizers: a diffusers folder or hub
+    # id (none: the family's reference repository on the hub, from its cache when offline).
+    config: str | None = None
     tiny: str | None = None  # stand-in recipe built by `kiln models make-tiny`
     # An architecture of pipelines.fullsize (sdxl, flux-schnell, or their -smoke sizes)
     # built with random weights straight on the device: no files (the GPU proof).
@@ -190,10 +193,27 @@ def parse_model(raw: Mapping[str, Any], *, base_dir: Path | None = None) -> Mode
         raise ModelConfigError(f"{where}: safety_checker is an sd15 option (diffusers has none)")
     if spec.time_limit_s <= spec.soft_time_limit_s:
         raise ModelConfigError(f"{where}: time_limit_s must exceed soft_time_limit_s")
+    if spec.config and not is_checkpoint_path(spec.source):
+        raise ModelConfigError(f"{where}: config names the configs of a single-file source only")
+    if is_checkpoint_path(spec.source) and (spec.variant or spec.revision):
+        raise ModelConfigError(
+            f"{where}: variant and revision pick files of a folder or hub repository; "
+            "a single-file source is one file"
+        )
     # Relative local paths are relative to the models file.
     if base_dir is not None and spec.source.startswith(("./", "../")):
         spec = replace(spec, source=str((base_dir / spec.source).resolve()))
+    if base_dir is not None and spec.config and spec.config.startswith(("./", "../")):
+        spec = replace(spec, config=str((base_dir / spec.config).resolve()))
     return spec
+
+
+CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".pkl")
+
+
+def is_checkpoint_path(source: str) -> bool:
+    """Whether a source names one weights file (a single-file checkpoint)."""
+    return source.lower().endswith(CHECKPOINT_SUFFIXES)
 
 
 def _sizes(raw: Any, where: str) -> tuple[tuple[int, int], ...]:
@@ -223,22 +243,65 @@ def _buckets(raw: Any, where: str) -> tuple[int, ...]:
     return tuple(raw)
 
 
-def load_models(path: Path) -> dict[str, ModelSpec]:
-    """Read ``models.yaml``; returns the enabled models by name, in file order."""
+def _read_entries(path: Path, *, one: bool = False) -> list[Any]:
     try:
         doc = yaml.safe_load(Path(path).read_text())
     except FileNotFoundError:
         raise ModelConfigError(f"models file not found: {path}") from None
     except yaml.YAMLError as exc:
         raise ModelConfigError(f"{path}: not valid YAML: {exc}") from None
+    if one and isinstance(doc, Mapping) and "models" not in doc:
+        return [doc]  # a drop-in: one entry, as a mapping
     items = doc.get("models") if isinstance(doc, Mapping) else doc
     if not isinstance(items, list) or not items:
         raise ModelConfigError(f"{path}: expected a non-empty list under 'models:'")
+    return items
+
+
+def dropin_files(dropin_dir: Path | None) -> list[Path]:
+    """The drop-in entry files (``*.yaml``), by name; none when the folder is absent."""
+    if dropin_dir is None or not Path(dropin_dir).is_dir():
+        return []
+    return sorted(p for p in Path(dropin_dir).glob("*.yaml") if not p.name.startswith("."))
+
+
+def load_models(path: Path, *, dropin_dir: Path | None = None) -> dict[str, ModelSpec]:
+    """Read ``models.yaml`` and then each drop-in file of ``dropin_dir`` (one entry each,
+    written by ``kiln models add``); returns the enabled models by name, in that order.
+    A name given twice, in the file or across the two, is an error naming both places."""
     out: dict[str, ModelSpec] = {}
-    for raw in items:
-        spec = parse_model(raw, base_dir=Path(path).parent)
-        if spec.name in out:
-            raise ModelConfigError(f"{path}: model {spec.name!r} is listed twice")
-        if spec.enabled:
-            out[spec.name] = spec
+    where: dict[str, Path] = {}
+    sources = [(Path(path), _read_entries(path))]
+    sources += [(p, _read_entries(p, one=True)) for p in dropin_files(dropin_dir)]
+    for file, items in sources:
+        for raw in items:
+            spec = parse_model(raw, base_dir=file.parent)
+            if spec.name in where:
+                raise ModelConfigError(
+                    f"{file}: model {spec.name!r} is already listed in {where[spec.name]}"
+                )
+            where[spec.name] = file
+            if spec.enabled:
+                out[spec.name] = spec
     return out
+
+
+def dropin_path(dropin_dir: Path, name: str) -> Path:
+    return Path(dropin_dir) / f"{name}.yaml"
+
+
+def write_dropin(dropin_dir: Path, entry: Mapping[str, Any]) -> Path:
+    """Write one entry as ``<dropin_dir>/<name>.yaml`` (checked first; atomic rename)."""
+    spec = parse_model(entry)
+    folder = Path(dropin_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    target = dropin_path(folder, spec.name)
+    tmp = folder / f".{spec.name}.yaml.tmp"
+    tmp.write_text(
+        "# Added by `kiln models add`; `kiln models remove "
+        + spec.name
+        + "` removes it.\n"
+        + yaml.safe_dump(dict(entry), sort_keys=False)
+    )
+    tmp.replace(target)
+    return target

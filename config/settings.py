@@ -73,6 +73,8 @@ class Settings:
     # Models.
     models_file: Path = DEFAULT_MODELS_FILE
     models_dir: Path = DEFAULT_DATA_DIR / "models"  # where tiny stand-ins live
+    # Entries added by `kiln models add`, one YAML file each, read after models_file.
+    models_dropin_dir: Path = DEFAULT_DATA_DIR / "models.d"
     device: str = ""  # "", "cpu", "cuda", "cuda:0": empty picks cuda when present
     cpu_dtype: str = "fp32"  # half-precision models on the CPU: fp32 | bf16 | auto (bf16 if native)
     torch_threads: int = 0  # a worker's torch intra-op threads; 0: torch's default (one per core)
@@ -291,6 +293,8 @@ def from_env(env: Mapping[str, str] | None = None, **overrides: Any) -> Settings
     data_dir = values.get("data_dir", defaults.data_dir)
     if "models_dir" not in values:
         values["models_dir"] = Path(data_dir) / "models"
+    if "models_dropin_dir" not in values:
+        values["models_dropin_dir"] = Path(data_dir) / "models.d"
     values.update(overrides)
     return Settings(**values)
 

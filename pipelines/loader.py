@@ -6,7 +6,9 @@ channels_last, VAE slicing/tiling, CPU offload, an fp16-safe VAE and its upcast,
 ``torch.compile`` with the entry's mode and backend (``pipelines.compiling``: compiled
 by ``warm_up`` at worker start for every listed size and batch bucket, never on a
 request). A ``random_init`` entry is built from its architecture's config
-straight on the device (``pipelines.fullsize``). Every listed LoRA is loaded from disk
+straight on the device (``pipelines.fullsize``); a single ``.safetensors`` source goes
+through diffusers' single-file loader (``pipelines.single_file``), and every option
+after that applies the same way. Every listed LoRA is loaded from disk
 once, here; requests only switch adapters and weights.
 """
 
@@ -20,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from config.errors import InvalidInput
+from config.models import is_checkpoint_path
 from pipelines import compiling
 from pipelines.devices import is_cuda, pick_device, pick_dtype
 from pipelines.families import SCHEDULERS
@@ -190,8 +193,9 @@ def resolve_source(model: Model, models_dir: Path) -> str:
     path = Path(source).expanduser()
     if path.exists():
         return str(path)
-    if source.startswith(PATH_PREFIXES):
-        raise FileNotFoundError(f"model {spec.name}: source folder {source} not found")
+    if source.startswith(PATH_PREFIXES) or is_checkpoint_path(source):
+        what = "checkpoint file" if is_checkpoint_path(source) else "source folder"
+        raise FileNotFoundError(f"model {spec.name}: {what} {source} not found")
     return source  # a hub id: the only case that may touch the network
 
 
@@ -247,8 +251,15 @@ def load_model(
         kwargs = pretrained_kwargs(model, source, dtype)
         if spec.vae:
             kwargs["vae"] = _load_vae(spec.vae, dtype, models_dir, spec.variant)
-        cls = getattr(diffusers, model.family.pipeline_class)
-        pipe = cls.from_pretrained(source, **kwargs)
+        if is_checkpoint_path(source):
+            from pipelines.single_file import load_single_file
+
+            for name in ("dtype", "local_files_only", "variant", "revision"):
+                kwargs.pop(name, None)  # the file is local; its configs say their own
+            pipe = load_single_file(model, source, models_dir=models_dir, dtype=dtype, extra=kwargs)
+        else:
+            cls = getattr(diffusers, model.family.pipeline_class)
+            pipe = cls.from_pretrained(source, **kwargs)
     pipe.set_progress_bar_config(disable=True)
 
     loaded = LoadedModel(
@@ -337,6 +348,8 @@ def _apply_options(loaded: LoadedModel) -> None:
         pipe.enable_model_cpu_offload(device=loaded.device)
     else:
         pipe.to(loaded.device)
+    if loaded.device == "cpu":
+        own_aligned_memory(pipe)
     if spec.channels_last:
         for module in (denoiser, vae):
             if module is not None:
@@ -345,6 +358,28 @@ def _apply_options(loaded: LoadedModel) -> None:
         vae.enable_slicing()
     if vae is not None and spec.vae_tiling:
         vae.enable_tiling()
+
+
+CPU_ALIGN = 64  # bytes: the alignment the CPU allocator gives, and SIMD kernels prefer
+
+
+def own_aligned_memory(pipe: Any) -> int:
+    """Copy every CPU weight that still lies unaligned in a loaded file's buffer into
+    memory of its own; returns how many. The CPU kernels picked depend on alignment
+    (an unaligned weight gave ~1e-6 other floats), so the same weights give the same
+    pixels whichever file or layout they were read from."""
+    import torch
+
+    moved = 0
+    with torch.no_grad():
+        for module in pipe.components.values():
+            if not isinstance(module, torch.nn.Module):
+                continue
+            for t in [*module.parameters(), *module.buffers()]:
+                if t.device.type == "cpu" and t.data_ptr() % CPU_ALIGN:
+                    t.data = t.data.clone()
+                    moved += 1
+    return moved
 
 
 def set_tf32(on: bool) -> None:

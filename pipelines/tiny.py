@@ -46,6 +46,9 @@ SD_SCHEDULER: dict[str, Any] = dict(
 )
 _SEEDED = threading.Lock()  # the seed is process-global: one seeded build at a time
 FLUX_LATENT_CHANNELS = 16  # as the real Flux VAE; packed 2×2 → transformer in_channels 64
+# SDXL's second text encoder is wider than its first (as OpenCLIP-G is than CLIP-L):
+# single-file loaders tell the two apart in a checkpoint by that width.
+CLIP_2: dict[str, Any] = {**CLIP, "hidden_size": 48}
 
 
 def clip_tokenizer() -> Any:
@@ -109,7 +112,7 @@ def _sdxl_unet() -> Any:
         addition_time_embed_dim=8,
         transformer_layers_per_block=(1, 1, 2),
         projection_class_embeddings_input_dim=6 * 8 + CLIP["projection_dim"],
-        cross_attention_dim=2 * CLIP["hidden_size"],  # both text encoders, concatenated
+        cross_attention_dim=CLIP["hidden_size"] + CLIP_2["hidden_size"],  # both, concatenated
     )
 
 
@@ -170,7 +173,7 @@ def build(recipe: str) -> Any:
             unet=denoiser,
             vae=_vae(factor8=True, scaling_factor=0.13025),
             text_encoder=text,
-            text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**CLIP)),
+            text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**CLIP_2)),
             tokenizer=clip_tokenizer(),
             tokenizer_2=clip_tokenizer(),
             scheduler=diffusers.EulerDiscreteScheduler(**SD_SCHEDULER),
@@ -282,6 +285,29 @@ def make_tiny_lora(recipe: str, out_dir: Path, *, name: str = "style") -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+# The stand-ins written as single-file checkpoints too (``make-tiny --single-file``):
+# recipe → file name. sd15, not sd-mini: the stand-in with the real VAE scale factor.
+CHECKPOINTS = {"sd15": "sd15", "sdxl": "sdxl", "flux": "flux"}
+
+
+def make_checkpoint(recipe: str, models_dir: Path) -> Path:
+    """``<models_dir>/checkpoints/<recipe>.safetensors``: the stand-in of ``recipe`` in
+    its family's original layout (LDM, or BFL + ComfyUI for Flux), its folder as the
+    ``config``. Skipped when the file exists."""
+    from pipelines.original_layout import write_checkpoint
+
+    if recipe not in CHECKPOINTS:
+        raise ValueError(
+            f"no single-file stand-in for {recipe!r}; choose from {', '.join(CHECKPOINTS)}"
+        )
+    models_dir = Path(models_dir)
+    out = models_dir / "checkpoints" / f"{CHECKPOINTS[recipe]}.safetensors"
+    if out.exists():
+        return out
+    folder = make_tiny(recipe, models_dir / recipe)
+    return write_checkpoint(folder, recipe, out)
 
 
 def make_all(models_dir: Path) -> dict[str, Path]:

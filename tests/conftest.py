@@ -29,17 +29,19 @@ launcher.enable()
 
 @pytest.fixture(scope="session")
 def tiny_models_dir() -> Path:
-    """Every tiny stand-in (``pipelines.tiny.make_all``), built once for this code and these
-    library versions and kept in ~/.cache/kiln-tests (a lock lets parallel runs share it)."""
+    """Every tiny stand-in (``pipelines.tiny.make_all``) and its single-file checkpoint
+    (``checkpoints/<recipe>.safetensors``), built once for this code and these library
+    versions and kept in ~/.cache/kiln-tests (a lock lets parallel runs share it)."""
     import fcntl
     import hashlib
     import shutil
     from importlib.metadata import version
 
-    from pipelines import tiny
+    from pipelines import original_layout, tiny
 
     recipe = (
         Path(tiny.__file__).read_bytes()
+        + Path(original_layout.__file__).read_bytes()
         + " ".join(version(p) for p in ("torch", "diffusers", "transformers", "peft")).encode()
     )
     cache = Path.home() / ".cache" / "kiln-tests"
@@ -51,6 +53,8 @@ def tiny_models_dir() -> Path:
             building = out.with_suffix(".building")
             shutil.rmtree(building, ignore_errors=True)
             tiny.make_all(building)
+            for name in tiny.CHECKPOINTS:
+                tiny.make_checkpoint(name, building)
             (building / "ready").touch()
             shutil.rmtree(out, ignore_errors=True)
             building.rename(out)
@@ -74,6 +78,7 @@ LONGEST_FIRST = (
     "test_web_page",
     "test_batching",
     "test_readme",
+    "test_single_file",
     "test_cli",
     "test_crash",
     "test_fuzz",

@@ -37,7 +37,7 @@ def send_generate(*, app: Any = None, **job: Any) -> AsyncResult:
     from tasks.jobs.schema import load_job
 
     app = app or get_celery()
-    params = load_job(job, Registry.from_file(get_settings().models_file))
+    params = load_job(job, Registry.from_settings(get_settings()))
     kwargs = {k: v for k, v in params.items() if v is not None}
     # ``app`` may be the caller's own Celery app, without Kiln's routes: route explicitly.
     route = route_task(GENERATE, (), kwargs, {})

@@ -32,7 +32,7 @@ from config.errors import (
     RateLimited,
 )
 from config.settings import Settings
-from pipelines.registry import Registry
+from pipelines.registry import LiveRegistry, Registry
 from tasks.jobs import bookkeeping as bk
 from tasks.jobs.ends import end_job
 from tasks.jobs.fleet import Fleet
@@ -73,7 +73,8 @@ class JobService:
         storage: Storage | None = None,
     ) -> None:
         self.settings = settings
-        self.registry = registry or Registry.from_file(settings.models_file)
+        # Re-read when models.yaml or a drop-in changes: `kiln models add` needs no restart.
+        self.registry: Registry = registry or LiveRegistry(settings)
         longest = max((m.spec.time_limit_s for m in self.registry.values()), default=360)
         self.celery = celery or make_celery(settings, longest_time_limit_s=longest)
         self.store = store or JobStore.for_settings(settings)

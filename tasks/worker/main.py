@@ -41,7 +41,7 @@ def check_device(settings: Settings, model: str, gpu: int | None) -> str:
     from pipelines.devices import require_cuda, serving_device
     from pipelines.registry import Registry
 
-    dtype = Registry.from_file(settings.models_file)[model].spec.dtype
+    dtype = Registry.from_settings(settings)[model].spec.dtype
     device, asked_by = serving_device(
         device=settings.device, gpu=gpu, profile=settings.profile, dtype=dtype
     )

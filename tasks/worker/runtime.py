@@ -257,7 +257,7 @@ _RUNTIME: Runtime | None = None
 
 def build(settings: Settings, model_name: str, *, hostname: str | None = None) -> Runtime:
     global _RUNTIME
-    registry = Registry.from_file(settings.models_file)
+    registry = Registry.from_settings(settings)
     _RUNTIME = Runtime(
         settings=settings,
         registry=registry,
