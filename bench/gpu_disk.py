@@ -98,13 +98,13 @@ def load_stage(
     loaded = load_model(model_of(raw), device=proof.device, models_dir=models_dir)
     sync(proof.device)
     load_s = time.perf_counter() - t0
+    how = ["from_pretrained"] if raw.get("source") else [f"random weights ({raw['random_init']})"]
+    how += [f"{raw['variant']} variant"] if raw.get("variant") else []
+    how += ["vae override"] if raw.get("vae") else []
     proof.add(
         model=setup.model,
         stage="load",
-        variant=" + ".join(
-            ["from_pretrained", *([f"{raw['variant']} variant"] if raw.get("variant") else [])]
-            + (["vae override"] if raw.get("vae") else [])
-        ),
+        variant=" + ".join(how),
         disk_s=load_s,
         host_peak_gib=host_peak_gib(),
         peak_gib=allocated_gib(proof.device) or None,
