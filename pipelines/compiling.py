@@ -4,9 +4,10 @@ and the one policy for every other shape.
 - **Regional** (``compile_regional: true``, the default): diffusers' regional
   compilation (``compile_repeated_blocks``) compiles the denoiser's repeated blocks, one
   graph that every block of that class reuses, and leaves the rest, the VAE included,
-  eager: a fraction of the compile time (tiny-sd's UNet on a CPU: 17 s, against 94 s for
-  the whole UNet and VAE decoder) for most of the speed-up. ``false`` compiles the whole
-  denoiser and ``vae.decode``.
+  eager: a fraction of the compile time (tiny-sd on a CPU, cold cache: 15 s for its
+  first size and 4 s for the next, against 50 s and 38 s for the whole UNet and VAE
+  decoder) for most of the speed-up. ``false`` compiles the whole denoiser and
+  ``vae.decode``.
 - **Static shapes, made at warm-up**: the default size and each of ``compile_sizes``, at
   every batch bucket, with the default guidance's classifier-free branch, LoRAs off and
   all on (:func:`warm_calls`).
