@@ -181,15 +181,8 @@ def run_batch(
 
         # 6. Denoise and decode (a compiled model: only with the graphs warm-up made);
         #    the padding's images are dropped.
-        compiled = loaded.compiled if model.spec.compile else compiling.Compiled()
-        shape = compiling.key(
-            model,
-            width=params.width,
-            height=params.height,
-            guidance_scale=params.guidance_scale,
-            loras=params.loras,
-        )
-        with compiling.serving(model, compiled, shape):
+        compiled = loaded.compiled if model.spec.compile else None
+        with compiling.serving(model, compiled, params):
             out = pipe(**kwargs)
     images = list(out.images)[:wanted]
 

@@ -15,7 +15,7 @@ and the one policy for every other shape.
   ``eager_on_recompile`` stance, so a shape with a graph uses it and any other runs
   eager; nothing compiles on the engine thread in the middle of a request. A call whose
   size, guidance branch or LoRA set warm-up did not cover is counted
-  (``LoadedModel.eager_calls``, ``kiln_compile_eager_calls_total``) and logged once per
+  (``LoadedModel.compiled.eager_calls``, ``kiln_compile_eager_calls_total``) and logged once per
   shape; graphs made after warm-up (there should be none) are ``kiln_recompiles_total``.
 - **LoRAs**: every listed adapter is loaded once, before compiling, and requests only
   switch them (``set_adapters``), so diffusers' LoRA hot-swap (loading a new adapter
@@ -115,14 +115,22 @@ def warm_calls(model: Model, default: tuple[int, int]) -> list[tuple[int, int, i
 
 
 @contextlib.contextmanager
-def serving(model: Model, compiled: Compiled, k: Key) -> Iterator[None]:
-    """Around each pipeline call: a compiled model never compiles here (shapes warm-up
-    did not make run eager, counted and logged once each)."""
-    if not compiled.keys:
+def serving(model: Model, compiled: Compiled | None, params: Any) -> Iterator[None]:
+    """Around each pipeline call of ``params`` (``pipelines.batch.Params``): a compiled
+    model never compiles here (shapes warm-up did not make run eager, counted and logged
+    once each); nothing is done for a model that is not compiled."""
+    if compiled is None or not compiled.keys:
         yield
         return
     import torch
 
+    k = key(
+        model,
+        width=params.width,
+        height=params.height,
+        guidance_scale=params.guidance_scale,
+        loras=params.loras,
+    )
     if k not in compiled.keys:
         compiled.eager_calls += 1
         if k not in compiled.eager_keys:

@@ -432,9 +432,12 @@ def warm_up(loaded: LoadedModel, *, steps: int = 2) -> float:
             loaded.set_loras(loras)
             gens = [torch.Generator(loaded.device).manual_seed(i) for i in range(n)]
             loaded.pipe(prompt=["warm up"] * n, generator=gens, width=w, height=h, **kwargs)
-            if compiled:
-                cfg = compiling.cfg(model, model.guidance_scale)
-                loaded.compiled.keys.add((w, h, cfg, compiling.lora_key(loras)))
+            if compiled:  # the key serving looks each call up by
+                loaded.compiled.keys.add(
+                    compiling.key(
+                        model, width=w, height=h, guidance_scale=model.guidance_scale, loras=loras
+                    )
+                )
     loaded.set_loras(before)
     took = time.perf_counter() - t0
     log.info("warmed up %s in %.2fs (compiled: %s)", model.name, took, loaded.compiled.what or "no")
