@@ -19,7 +19,6 @@ import json
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from pipelines.devices import driver_version, is_cuda, pick_dtype, serving_device
 from pipelines.registry import Model
@@ -195,10 +194,12 @@ def check(model: Model, facts: Host, *, device: str, profile: str, models_dir: P
 
 def _numel(model: Model, folder: Path | None) -> int | None:
     if model.spec.random_init:
+        import torch
+
         from pipelines import fullsize
 
         try:
-            pipe = fullsize.build(model.spec.random_init, _torch_dtype("float32"), "meta")
+            pipe = fullsize.build(model.spec.random_init, torch.float32, "meta")
         except Exception:
             return None
         return sum(
@@ -211,12 +212,6 @@ def _numel(model: Model, folder: Path | None) -> int | None:
         return None
     files = [folder] if folder.is_file() else weight_files(folder, model.spec.variant)
     return sum(numel_in(f) for f in files) if files else None
-
-
-def _torch_dtype(name: str) -> Any:
-    import torch
-
-    return getattr(torch, name)
 
 
 def human(n: int) -> str:
