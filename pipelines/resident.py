@@ -161,6 +161,7 @@ class Resident:
             log.error("%s", exc.message)
             raise
         took = time.perf_counter() - t0
+        self._make_room(name, self.sizes[name])  # its estimate was short: room now
         self.resident[name] = loaded
         if self.on_load is not None:
             self.on_load(Loaded(name, source, took, self.sizes[name]))
