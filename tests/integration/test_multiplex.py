@@ -248,7 +248,7 @@ def test_two_workers_over_the_same_two_models_settle_on_one_each_within_the_budg
 
 
 def test_a_worker_killed_while_it_loads_a_model_loses_no_job(stack: Stack, mx: Mx) -> None:
-    slow = {"KILN_LOAD_DELAY_S": "4"}
+    slow = {"KILN_LOAD_DELAY_S": "2.5"}
     worker = start(stack, mx, ["mx-f", "mx-g"], "--max-resident", "1", env=slow)
     try:
         job = mx.api.submit(prompt="mid-load", model="mx-g", seed=7)
@@ -257,7 +257,7 @@ def test_a_worker_killed_while_it_loads_a_model_loses_no_job(stack: Stack, mx: M
             timeout=30,
             what="the job received by the worker",
         )
-        time.sleep(1)  # the engine is loading mx-g now (4 s)
+        time.sleep(1)  # the engine is loading mx-g now (2.5 s)
         worker.proc.popen.send_signal(signal.SIGKILL)
         worker.proc.popen.wait(10)
         again = stack.restart(worker.proc)
