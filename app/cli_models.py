@@ -141,14 +141,30 @@ def models_remove(name: str) -> None:
     raise click.ClickException(f"no model {name!r} was added (none in {target.parent})")
 
 
+def in_memory(settings: Settings, names: list[str]) -> dict[str, int | None]:
+    """Device bytes per model as the workers measured them at load (job store); none
+    when the job store cannot be reached."""
+    import contextlib
+
+    from tasks.jobs.fleet import Fleet
+    from tasks.jobs.store import JobStore
+
+    with contextlib.suppress(Exception):
+        fleet = Fleet(JobStore.for_settings(settings).redis)
+        return {name: fleet.device_bytes(name) for name in names}
+    return {}
+
+
 def local_rows(settings: Settings) -> list[dict[str, Any]]:
     """Each model of this machine's registry: name, family, dtype, source, bytes on disk
-    (in memory: reported by the workers, not known here)."""
+    and (as its workers measured, when the job store answers) in memory."""
     from pipelines.registry import Registry
 
     dropins = {p.stem for p in settings.models_dropin_dir.glob("*.yaml")}
     rows = []
-    for m in Registry.from_settings(settings).values():
+    registry = Registry.from_settings(settings)
+    memory = in_memory(settings, list(registry))
+    for m in registry.values():
         s = m.spec
         if s.tiny:
             where: Path | None = Path(settings.models_dir) / s.tiny
@@ -167,6 +183,7 @@ def local_rows(settings: Settings) -> list[dict[str, Any]]:
                 "source": source,
                 "config": s.config,
                 "disk_bytes": size,
+                "memory_bytes": memory.get(m.name),
                 "added": m.name in dropins,
                 "stand_in": s.stand_in,
             }
@@ -182,8 +199,9 @@ def echo_local(settings: Settings, *, as_json: bool) -> None:
     click.echo(f"{'model':<16} {'family':<13} {'dtype':<5} {'disk':>10} {'memory':>7}  source")
     for r in rows:
         size = "-" if r["disk_bytes"] is None else f"{r['disk_bytes'] / 1e6:.1f} MB"
+        mem = "-" if r["memory_bytes"] is None else f"{r['memory_bytes'] / 1e6:.0f}MB"
         tag = " (added)" if r["added"] else " (stand-in)" if r["stand_in"] else ""
         click.echo(
-            f"{r['name']:<16} {r['family']:<13} {r['dtype']:<5} {size:>10} {'-':>7}  "
+            f"{r['name']:<16} {r['family']:<13} {r['dtype']:<5} {size:>10} {mem:>7}  "
             f"{r['source']}{tag}"
         )

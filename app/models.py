@@ -34,11 +34,13 @@ def describe(model: Model) -> dict[str, Any]:
         running = fleet.worker_dtypes(model.name)
         resident = fleet.ready_workers(model.name)
         standby, load_s = fleet.standby(model.name)
+        in_memory = fleet.device_bytes(model.name)
     except Exception:  # job store down: the configured dtype, said as such
-        running, resident, standby, load_s = {}, 0, 0, None
+        running, resident, standby, load_s, in_memory = {}, 0, 0, None, None
     out["workers"] = {"resident": resident, "standby": standby}
     out["serving"] = "resident" if resident else "on_demand" if standby else "none"
     out["load_s"] = load_s
+    out["device_bytes"] = in_memory
     if running:
         out["dtype"] = max(running, key=lambda d: running[d])
         out["dtype_source"] = "workers"

@@ -96,6 +96,9 @@ class ModelSchema(Schema):
     )
     serving = fields.String(metadata={"enum": ["resident", "on_demand", "none"]})
     load_s = fields.Float(allow_none=True, metadata={"description": "last measured load"})
+    device_bytes = fields.Integer(
+        allow_none=True, metadata={"description": "its weights on a device, as a worker measured"}
+    )
 
 
 class ModelListSchema(Schema):

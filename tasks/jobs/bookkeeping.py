@@ -202,10 +202,10 @@ def record_batch(r: Any, model: str, *, seconds: float, images: int, measured_on
             r.hset(stats_key(model), "measured_on", measured_on)
 
 
-def record_load(r: Any, model: str, *, seconds: float) -> None:
+def record_load(r: Any, model: str, *, seconds: float, device_bytes: int) -> None:
     """A worker loaded ``model`` in ``seconds`` (the ETA of a job no worker holds it for
-    adds this)."""
-    r.hset(stats_key(model), "load_s", f"{seconds:.3f}")
+    adds this), its weights taking ``device_bytes``."""
+    r.hset(stats_key(model), mapping={"load_s": f"{seconds:.3f}", "device_bytes": device_bytes})
 
 
 def standby(r: Any, model: str) -> tuple[int, float | None]:
@@ -215,6 +215,12 @@ def standby(r: Any, model: str) -> tuple[int, float | None]:
         pipe.hget(stats_key(model), "load_s")
         count, load_s = pipe.execute()
     return int(count), None if load_s is None else float(load_s)
+
+
+def device_bytes(r: Any, model: str) -> int | None:
+    """The device bytes of the model's weights, as the last worker to load it measured."""
+    raw = r.hget(stats_key(model), "device_bytes")
+    return None if raw is None else int(raw)
 
 
 def measured_on(r: Any, model: str) -> str | None:

@@ -32,6 +32,9 @@ class Fleet:
         """Workers that can load the model on demand, and its measured load seconds."""
         return bk.standby(self.redis, model)
 
+    def device_bytes(self, model: str) -> int | None:
+        return bk.device_bytes(self.redis, model)
+
     def worker_dtypes(self, model: str) -> dict[str, int]:
         return bk.worker_dtypes(self.redis, model)
 

@@ -186,7 +186,9 @@ class Runtime:
         its load time for the fleet's ETAs."""
         metrics.model_loaded(load)
         with contextlib.suppress(Exception):  # an ETA figure: never worth failing a load
-            bk.record_load(self.store.redis, load.model, seconds=load.seconds)
+            bk.record_load(
+                self.store.redis, load.model, seconds=load.seconds, device_bytes=load.device_bytes
+            )
 
     def _ooms(self) -> int:
         return self.engine.stats["oom_splits"] if self.engine is not None else 0
