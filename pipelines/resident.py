@@ -178,10 +178,11 @@ class Resident:
     def _bring(self, name: str) -> tuple[Any, str]:
         import torch
 
+        cached = self.host.pop(name, None)  # out of the host cache before room is made
         for attempt in (1, 2):
             self._make_room(name, self.estimate(name))
             try:
-                return self._bring_once(name)
+                return self._bring_once(name, cached)
             except torch.OutOfMemoryError:
                 pass  # freed below, out of this block (its traceback holds the tensors)
             except (ModelUnavailable, OutOfMemory):
@@ -189,7 +190,7 @@ class Resident:
             except Exception as exc:
                 reason = f"{type(exc).__name__}: {exc}"[:400]
                 raise ModelUnavailable(f"model {name} cannot load: {reason}") from None
-            self.host.pop(name, None)
+            cached = None  # half moved: the retry reads it from disk
             self._free()
             if attempt == 1:
                 log.warning("out of memory loading %s: evicting every other model", name)
@@ -197,13 +198,12 @@ class Resident:
                     self.evict(other)
         raise OutOfMemory(f"model {name} does not fit in device memory, even alone")
 
-    def _bring_once(self, name: str) -> tuple[Any, str]:
+    def _bring_once(self, name: str, cached: Any) -> tuple[Any, str]:
         if self.load_delay_s:
             time.sleep(self.load_delay_s)
-        if name in self.host:
-            loaded = self.host.pop(name)
+        if cached is not None:
+            loaded, source = cached, "host"
             loaded.pipe.to(self.device)
-            source = "host"
         else:
             loaded, source = self._load(self.models[name]), "disk"
         size = self.sizes[name] = device_bytes(loaded.pipe)

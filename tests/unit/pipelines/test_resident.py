@@ -150,3 +150,44 @@ def test_capacity_counts_the_biggest_model_against_the_bytes(tmp_path: Path) -> 
     res.get("a")
     res.get("b")
     assert res.capacity() == 2  # 7 MiB // 3 MiB
+
+
+class MovablePipe(SimpleNamespace):
+    """A pipeline that says where ``.to`` put it (no GPU needed to follow the moves)."""
+
+    def to(self, device: str) -> MovablePipe:
+        self.moves.append(device)
+        return self
+
+
+def test_an_evicted_model_waits_in_host_ram_and_comes_back_from_there(tmp_path: Path) -> None:
+    sizes = {"a": 1, "b": 1, "c": 1}
+    loads: list[str] = []
+
+    def load(model: Model) -> Any:
+        loads.append(model.name)
+        pipe = MovablePipe(components={"unet": Weights(sizes[model.name])}, moves=[])
+        return SimpleNamespace(pipe=pipe)
+
+    events: list[Any] = []
+    res = Resident(
+        models(*sizes),
+        load=load,
+        budget=Budget(max_resident=1, host_bytes=1 * MiB),  # room for one in host RAM
+        device="cuda:0",
+        models_dir=tmp_path,
+        on_load=events.append,
+    )
+    a, _ = res.get("a")
+    res.get("b")  # a goes to host RAM
+    assert list(res.host) == ["a"] and a.pipe.moves == ["cpu"]
+    res.get("c")  # b goes to host RAM, a (the oldest there) is dropped
+    assert list(res.host) == ["b"]
+    res.get("b")
+    assert loads == ["a", "b", "c"]  # b came back from host RAM, not from disk
+    assert [(e.model, e.source) for e in events] == [
+        ("a", "disk"),
+        ("b", "disk"),
+        ("c", "disk"),
+        ("b", "host"),
+    ]
