@@ -30,10 +30,14 @@ from typing import Any
 
 from tasks.jobs import bookkeeping as bk
 from tasks.messaging.names import queue_for
+from tasks.worker.runtime import HEARTBEAT_TTL_S
 
 log = logging.getLogger("kiln.swapping")
 TICK_S = 0.5
-CLAIM_S = 30  # a claim outlives a slow load; the worker is ready for the model by then
+# The claim only has to outlive the race of two workers' ticks: the taker beats ready
+# for the model at once, and from then on the others see it as held. A taker that dies
+# frees the model as its heartbeat expires.
+CLAIM_S = HEARTBEAT_TTL_S
 
 
 @dataclass(frozen=True)

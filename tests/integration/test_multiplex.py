@@ -11,10 +11,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
+import redis
 
 from harness.http import KilnHTTP
 from harness.metrics import scrape, value
 from harness.stack import Proc, Stack, free_port, models_file, stop_all, wait_for
+from tasks.jobs import bookkeeping as bk
+from tests.integration.test_flower import AUTH, flower
 
 SWAP_WAIT_S = 3.0
 BUDGET_MB = 10  # one tiny stand-in (6.8 MB of fp32 weights) fits, two do not
@@ -24,6 +27,9 @@ BUDGET_MB = 10  # one tiny stand-in (6.8 MB of fp32 weights) fits, two do not
 class Mx:
     api: KilnHTTP
     env: dict[str, str]
+
+    def redis(self) -> redis.Redis:
+        return redis.Redis.from_url(self.env["KILN_REDIS_URL"], decode_responses=True)
 
 
 @dataclass
@@ -73,7 +79,11 @@ def mx(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mx]:
     }
     names = ["mx-a", "mx-b", "mx-c", "mx-d", "mx-e", "mx-f", "mx-g"]
     path = models_file(work, [*map(entry, names), broken])
+    # A Valkey database of its own: its workers' reaper and queues meet no other model's.
+    db = stack.env["KILN_REDIS_URL"].rsplit("/", 1)[0] + "/7"
     env = {
+        "KILN_BROKER_URL": db,
+        "KILN_REDIS_URL": db,
         "KILN_MODELS_FILE": str(path),
         "KILN_MODELS_DROPIN_DIR": str(work / "models.d"),
         "KILN_MAX_SWAP_WAIT_S": str(SWAP_WAIT_S),
@@ -90,14 +100,25 @@ def start(
     stack: Stack, mx: Mx, models: list[str], *args: str, env: dict[str, str] | None = None
 ) -> Worker:
     port = free_port()
+    r = mx.redis()
+    before = bk.ready_workers(r, models[0])
     proc = stack.start_worker(
         models[0],
         models=tuple(models[1:]),
         name=f"mx-worker-{port}",
         args=("--metrics-port", str(port), *args),
         env={**mx.env, **(env or {})},
-        timeout=180,
+        wait=False,
     )
+    try:  # its Valkey database is not the stack's: wait on that one
+        wait_for(
+            lambda: bk.ready_workers(r, models[0]) > before,
+            timeout=180,
+            what=f"worker of {models[0]}",
+            proc=proc.popen,
+        )
+    except Exception as exc:
+        raise RuntimeError(f"{exc}\n--- {proc.name} ---\n{proc.output()[-4000:]}") from exc
     return Worker(proc, f"http://127.0.0.1:{port}/metrics")
 
 
@@ -201,6 +222,23 @@ def test_the_fleet_says_which_models_a_worker_holds_and_which_it_loads_on_demand
     ready = mx.api.get("/readyz", params={"model": ["mx-a", "mx-b"]})
     assert ready.status_code == 200, ready.text
     assert ready.json()["checks"]["standby"]["mx-b"] >= 1
+
+
+def test_flower_shows_the_queues_a_worker_consumes_now(
+    stack: Stack, one_slot: Worker, mx: Mx
+) -> None:
+    import requests
+
+    mx.api.run(prompt="swap to c", model="mx-c", seed=4)
+    with flower(stack, "flower-multiplex", mx.env) as url:
+
+        def queues() -> set[str]:
+            workers = requests.get(f"{url}/api/workers?refresh=1", auth=AUTH, timeout=30)
+            info = next(v for k, v in workers.json().items() if k.startswith("mx-a+mx-b"))
+            return {q["name"] for q in info.get("active_queues") or []}
+
+        wait_for(lambda: "gen.mx-c" in queues(), timeout=30, what="gen.mx-c in flower")
+        assert queues() <= {"gen.mx-c", "gen.mx-bad"}  # room for one: the one it holds
 
 
 def test_two_workers_over_the_same_two_models_settle_on_one_each_within_the_budget(
