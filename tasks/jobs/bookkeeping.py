@@ -312,9 +312,28 @@ def fleet_demand(r: Any, models: list[str]) -> dict[str, tuple[int, float | None
     return demand
 
 
+# KEYS[1] the model's taking claim; ARGV worker, ttl. Taken when free or already its own.
+_TAKE = """
+local cur = redis.call('GET', KEYS[1])
+if cur and cur ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return 1
+"""
+# KEYS[1] the model's taking claim; ARGV worker. Freed only by its holder.
+_GIVE_UP = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+"""
+
+
 def take_model(r: Any, model: str, worker: str, ttl_s: int) -> bool:
-    """True for the one worker that takes ``model`` in now (the claim expires by itself)."""
-    return bool(r.set(taking_key(model), worker, nx=True, ex=ttl_s))
+    """True for the one worker that takes ``model`` in now (the claim expires by itself,
+    and a worker may take again what it claimed)."""
+    return bool(r.eval(_TAKE, 1, taking_key(model), worker, ttl_s))
+
+
+def give_up_model(r: Any, model: str, worker: str) -> None:
+    """Free this worker's claim on ``model`` (it no longer consumes its queue)."""
+    r.eval(_GIVE_UP, 1, taking_key(model), worker)
 
 
 def worker_dtypes(r: Any, model: str) -> dict[str, int]:

@@ -148,6 +148,7 @@ class Swapper:
         rt = self.runtime
         if swap.drop is not None:
             rt.consumer.cancel_task_queue(queue_for(swap.drop))
+            bk.give_up_model(rt.store.redis, swap.drop, rt.hostname)
         rt.wanted = [m for m in rt.wanted if m != swap.drop] + [swap.take]
         rt.resident.wanted = frozenset(rt.wanted)
         rt.consumer.add_task_queue(queue_for(swap.take))
