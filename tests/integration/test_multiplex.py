@@ -215,6 +215,7 @@ def test_a_corrupt_checkpoint_fails_its_own_jobs_and_is_not_tried_for_every_job(
 def test_the_fleet_says_which_models_a_worker_holds_and_which_it_loads_on_demand(
     one_slot: Worker, mx: Mx
 ) -> None:
+    mx.api.run(prompt="load b once", model="mx-b", seed=1)  # its load time is measured
     mx.api.run(prompt="hold a", model="mx-a", seed=1)
     models = {m["id"]: m for m in mx.api.get("/v1/models").json()["data"]}
     assert models["mx-a"]["serving"] == "resident"
@@ -222,6 +223,17 @@ def test_the_fleet_says_which_models_a_worker_holds_and_which_it_loads_on_demand
     ready = mx.api.get("/readyz", params={"model": ["mx-a", "mx-b"]})
     assert ready.status_code == 200, ready.text
     assert ready.json()["checks"]["standby"]["mx-b"] >= 1
+    # While no worker holds mx-b, a job's ETA adds the load the worker will make first.
+    # (The worker is stopped for a moment, so that it cannot take mx-b in meanwhile;
+    # its heartbeat lives 6 s.)
+    one_slot.proc.popen.send_signal(signal.SIGSTOP)
+    try:
+        waiting = mx.api.submit(prompt="needs a load", model="mx-b", seed=2)
+    finally:
+        one_slot.proc.popen.send_signal(signal.SIGCONT)
+    assert waiting["status"] == "queued"
+    assert waiting["eta_s"] >= models["mx-b"]["load_s"]
+    assert mx.api.wait(waiting["id"])["status"] == "succeeded"
 
 
 def test_flower_shows_the_queues_a_worker_consumes_now(
