@@ -76,21 +76,30 @@ def config_cmd(key: str | None, as_env: bool, secrets: bool) -> None:
 
 
 @main.command()
-@click.option("--model", "-m", required=True, help="Model name from models.yaml.")
+@click.option("--model", "-m", default=None, help="Model name from models.yaml.")
+@click.option(
+    "--models", "models_", default=None, help="Several models, comma separated: one device."
+)
+@click.option(
+    "--max-resident", type=click.IntRange(min=1), default=None, help="Models held at once."
+)
 @click.option("--gpu", type=int, default=None, help="GPU index; sets CUDA_VISIBLE_DEVICES.")
 @click.option("--concurrency", "-c", type=int, default=None, help="Task threads (2 batches).")
 @click.option("--loglevel", "-l", default="INFO")
 @click.option("--metrics-port", type=int, default=0, help="Serve Prometheus /metrics here.")
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
 def worker(
-    model: str,
+    model: str | None,
+    models_: str | None,
+    max_resident: int | None,
     gpu: int | None,
     concurrency: int | None,
     loglevel: str,
     metrics_port: int,
     celery_args: tuple[str, ...],
 ) -> None:
-    """Serve one model on one GPU: load, warm, then consume gen.<model>."""
+    """Serve one model on one GPU (load, warm, then consume gen.<model>), or several
+    (--models a,b,c): those that fit stay resident, the rest load on demand."""
     from config.logging import setup_logging
     from config.production import refuse_dev_defaults
     from config.tls import check_tls
@@ -104,12 +113,21 @@ def worker(
     except SettingsError as exc:
         raise click.ClickException(str(exc)) from None
     setup_logging(settings)
-    try:
-        Registry.from_settings(settings)[model]
-    except UnknownModel:
-        raise click.ClickException(f"unknown model {model!r}; see `kiln models list`") from None
+    names = [m.strip() for m in (models_ or "").split(",") if m.strip()]
+    if bool(model) == bool(names):
+        raise click.UsageError("give --model M or --models a,b,c (one of them)")
+    registry = Registry.from_settings(settings)
+    for name in names or [str(model)]:
+        try:
+            registry[name]
+        except UnknownModel:
+            raise click.ClickException(f"unknown model {name!r}; see `kiln models list`") from None
+    if max_resident is not None and not names:
+        raise click.UsageError("--max-resident goes with --models")
     run_worker(
-        model,
+        names[0] if names else str(model),
+        models=tuple(names),
+        max_resident=max_resident,
         gpu=gpu,
         concurrency=concurrency,
         loglevel=loglevel,

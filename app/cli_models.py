@@ -17,6 +17,7 @@ import click
 from config.errors import CheckpointError, ModelConfigError, UnknownFamily
 from config.models import DTYPES, dropin_path, load_models, write_dropin
 from config.settings import Settings, get_settings
+from pipelines.checkpoints import disk_bytes
 
 FAMILY_ALIASES = {"flux": None}  # "flux": schnell or dev, as the file's keys say
 
@@ -138,15 +139,6 @@ def models_remove(name: str) -> None:
             "enabled: false)"
         )
     raise click.ClickException(f"no model {name!r} was added (none in {target.parent})")
-
-
-def disk_bytes(path: Path) -> int | None:
-    """Bytes of a file, or of every file under a folder; None when not on this disk."""
-    if path.is_file():
-        return path.stat().st_size
-    if path.is_dir():
-        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-    return None
 
 
 def local_rows(settings: Settings) -> list[dict[str, Any]]:

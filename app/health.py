@@ -32,7 +32,8 @@ class Readyz(MethodView):
         ?model=NAME (repeatable) checks those models only; otherwise the models in
         KILN_REQUIRED_MODELS (default: every enabled model). Workers count as ready
         while their heartbeat (every 2 s, 6 s TTL) is alive; a clean stop removes it at
-        once, before the worker drains its running jobs.
+        once, before the worker drains its running jobs. A model no ready worker holds
+        counts when a worker serving several models can load it (standby).
         """
         d = service()
         asked = request.args.getlist("model")
@@ -41,10 +42,13 @@ class Readyz(MethodView):
         )
         unknown = [m for m in required if m not in d.registry]
         checks: dict[str, Any] = {"job_store": d.store.ping(), "storage": d.storage.ping()}
-        workers = {}
+        workers: dict[str, int] = {}
+        standby: dict[str, int] = {}
         if checks["job_store"]:
             workers = {name: d.fleet.ready_workers(name) for name in d.registry}
+            standby = {name: d.fleet.standby(name)[0] for name in d.registry}
         checks["workers"] = workers
+        checks["standby"] = {name: n for name, n in standby.items() if n}
         checks["required"] = required
         if unknown:
             checks["unknown_models"] = unknown
@@ -52,6 +56,6 @@ class Readyz(MethodView):
             checks["job_store"]
             and checks["storage"]
             and not unknown
-            and all(workers.get(m) for m in required)
+            and all(workers.get(m) or standby.get(m) for m in required)
         )
         return {"status": "ok" if ok else "unavailable", "checks": checks}, 200 if ok else 503

@@ -3,7 +3,10 @@
 ``GET /v1/models/<id>`` is the OpenAI SDK's ``models.retrieve``; an unknown id is a
 404 in OpenAI's error shape. ``dtype`` is what the model's ready workers report they
 run (an fp16 entry runs in fp32 on a CPU worker; ``dtype_source: workers``), or the
-configured one while no worker is up (``dtype_source: models.yaml``).
+configured one while no worker is up (``dtype_source: models.yaml``). ``serving``
+says how the fleet serves it now: ``resident`` (a ready worker holds it), ``on_demand``
+(a worker serving several models loads it when its jobs come, in about ``load_s``) or
+``none``.
 """
 
 from __future__ import annotations
@@ -26,10 +29,16 @@ def describe(model: Model) -> dict[str, Any]:
     """The model's public view, with the dtype its workers really run."""
     out: dict[str, Any] = {**model.describe(), "owned_by": "kiln", "queue": queue_for(model.name)}
     out["dtype_configured"] = model.spec.dtype
+    fleet = service().fleet
     try:
-        running = service().fleet.worker_dtypes(model.name)
+        running = fleet.worker_dtypes(model.name)
+        resident = fleet.ready_workers(model.name)
+        standby, load_s = fleet.standby(model.name)
     except Exception:  # job store down: the configured dtype, said as such
-        running = {}
+        running, resident, standby, load_s = {}, 0, 0, None
+    out["workers"] = {"resident": resident, "standby": standby}
+    out["serving"] = "resident" if resident else "on_demand" if standby else "none"
+    out["load_s"] = load_s
     if running:
         out["dtype"] = max(running, key=lambda d: running[d])
         out["dtype_source"] = "workers"

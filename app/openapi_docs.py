@@ -158,6 +158,8 @@ QUEUED = {
     "batches": [],
     "run_s": None,
     "upload_s": None,
+    "worker": None,
+    "load_wait_s": None,
     "queue_position": 3,
     "eta_s": 1.2,
 }

@@ -120,6 +120,8 @@ EXAMPLES: dict[str, dict[str, Any]] = {
         "batches": [],
         "run_s": 0.31,
         "upload_s": 0.03,
+        "worker": "sdxl@gpu0.4242@gpu-host-1",
+        "load_wait_s": None,
         "queue_position": None,
         "eta_s": None,
         "urls": {"self": f"/v1/jobs/{JOB_ID}", "events": f"/v1/jobs/{JOB_ID}/events"},

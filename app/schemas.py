@@ -55,6 +55,11 @@ class JobViewSchema(Schema):
     batches = fields.List(fields.Dict(), allow_none=True)
     run_s = fields.Float(allow_none=True, metadata={"description": "pipeline seconds"})
     upload_s = fields.Float(allow_none=True, metadata={"description": "encode + upload"})
+    worker = fields.String(allow_none=True, metadata={"description": "the worker that ran it"})
+    load_wait_s = fields.Float(
+        allow_none=True,
+        metadata={"description": "seconds it waited for its model to load (none: resident)"},
+    )
     queue_position = fields.Integer(
         allow_none=True,
         metadata={"description": "while queued: 1 = next (jobs waiting in workers count)"},
@@ -84,6 +89,13 @@ class ModelSchema(Schema):
     loras = fields.List(fields.String())
     max_batch = fields.Integer()
     queue = fields.String()
+    workers = fields.Dict(
+        keys=fields.String(),
+        values=fields.Integer(),
+        metadata={"description": "ready workers holding it, and workers that load it on demand"},
+    )
+    serving = fields.String(metadata={"enum": ["resident", "on_demand", "none"]})
+    load_s = fields.Float(allow_none=True, metadata={"description": "last measured load"})
 
 
 class ModelListSchema(Schema):

@@ -102,6 +102,15 @@ class OutOfMemory(PermanentError):
     status = 422
 
 
+class ModelUnavailable(PermanentError):
+    """A model this worker serves cannot be loaded (missing, corrupt, wrong family, larger
+    than the memory budget): its jobs fail with the reason; it is not tried again until its
+    source changes."""
+
+    code = "model_unavailable"
+    status = 422
+
+
 class GenerationFailed(PermanentError):
     code = "generation_failed"
 

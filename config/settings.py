@@ -103,6 +103,15 @@ class Settings:
     # Longest a job may wait in its worker (behind other batches) before its first
     # pipeline call; its time limits count only its own pipeline time. 0: no limit.
     queue_wait_limit_s: float = 300.0
+    # A worker serving several models (``kiln worker --models a,b``): the device bytes its
+    # resident models may take (0: the device's free memory at start less a headroom on a
+    # GPU, no limit on the CPU), a host-RAM cache for evicted ones (0: none), and how long
+    # another model's oldest job may wait before a model whose queue has jobs is evicted.
+    model_budget_mb: int = 0
+    model_headroom_mb: int = 0  # 0: a fifth of the device's memory, at least 2 GiB
+    host_cache_mb: int = 0
+    max_swap_wait_s: float = 10.0
+    load_delay_s: float = 0.0  # added to every model load: rehearses real swap times
     idempotency_ttl_s: int = 24 * 3600
     sse_max_s: int = 900  # one event stream stays open at most this long
     # Requests that hold a gunicorn thread for long, per API process (32 threads): keep

@@ -246,10 +246,14 @@ class Stack:
         wait: bool = True,
         timeout: float = 120,
         netns: str = "",
+        models: tuple[str, ...] = (),
     ) -> Proc:
+        """A worker of ``model``, or (``models``) one worker serving several, the first
+        of them ``model``; waits until it is ready for ``model``."""
+        serve = ["--models", ",".join((model, *(m for m in models if m != model)))]
         proc = self.spawn(
             name or f"worker-{model}",
-            [str(BIN / "kiln"), "worker", "--model", model, *args],
+            [str(BIN / "kiln"), "worker", *(serve if models else ["--model", model]), *args],
             env={**self.env, **(env or {})},
             netns=netns,
         )
@@ -380,9 +384,34 @@ def one_model_file(directory: Path, name: str, **spec: object) -> Path:
         "defaults": {"width": 64, "height": 64},
         **spec,
     }
+    return models_file(directory, [entry])
+
+
+def models_file(directory: Path, entries: list[dict[str, object]]) -> Path:
+    """``directory/models.yaml`` holding ``entries``."""
     path = directory / "models.yaml"
-    path.write_text(yaml.safe_dump({"models": [entry]}))
+    path.write_text(yaml.safe_dump({"models": entries}))
     return path
+
+
+def tiny_models_file(directory: Path, names: list[str], **spec: object) -> Path:
+    """A models.yaml of several tiny SD 1.5-family models (one stand-in, its weights
+    loaded once per name), each with its own queue: what a worker serving several
+    models swaps between."""
+    return models_file(
+        directory,
+        [
+            {
+                "name": name,
+                "family": "sd15",
+                "tiny": "sd-mini",
+                "max_batch": 4,
+                "defaults": {"width": 64, "height": 64},
+                **spec,
+            }
+            for name in names
+        ],
+    )
 
 
 @contextlib.contextmanager

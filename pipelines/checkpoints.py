@@ -185,3 +185,12 @@ def _mark(family: str) -> str:
         "flux-dev": "it has double_blocks and a guidance_in embedding, FLUX.1-dev's",
         "flux-schnell": "it has double_blocks and no guidance_in, FLUX.1-schnell's",
     }[family]
+
+
+def disk_bytes(path: Path) -> int | None:
+    """Bytes of a file, or of every file under a folder; None when not on this disk."""
+    if path.is_file():
+        return path.stat().st_size
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return None

@@ -9,10 +9,12 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from config.settings import CPU_DTYPES
+from config.settings import CPU_DTYPES, Settings
 
 if TYPE_CHECKING:
     import torch
+
+    from pipelines.resident import Budget
 
 log = logging.getLogger("kiln.pipelines")
 
@@ -215,3 +217,26 @@ def serving_device(
     if profile == "prod" and dtype in ("fp16", "bf16"):
         return "cuda", f"the prod profile with a {dtype} model"
     return device, None
+
+
+def model_budget(settings: Settings, *, max_resident: int | None = None) -> Budget:
+    """The device memory a worker's resident models may take: ``KILN_MODEL_BUDGET_MB``;
+    else, on a GPU, its free memory now less a headroom for activations
+    (``KILN_MODEL_HEADROOM_MB``, default a fifth of the card, at least 2 GiB); else (the
+    CPU) no byte limit. ``max_resident`` caps the count; ``KILN_HOST_CACHE_MB`` keeps
+    evicted models in host RAM."""
+    from pipelines.resident import Budget
+
+    mib = 1 << 20
+    device_bytes: int | None = settings.model_budget_mb * mib or None
+    if device_bytes is None and is_cuda(settings.device):
+        import torch
+
+        free, total = torch.cuda.mem_get_info(torch.device(settings.device))
+        headroom = settings.model_headroom_mb * mib or max(2 << 30, total // 5)
+        device_bytes = max(0, free - headroom)
+    return Budget(
+        device_bytes=device_bytes,
+        max_resident=max_resident,
+        host_bytes=settings.host_cache_mb * mib,
+    )

@@ -14,6 +14,11 @@ shown to fit for that shape). Each request's :class:`PipelineClock` counts only 
 time it spends inside pipeline calls, so that its time limits are its own, and its
 ``on_start`` callback says when the first call holding its images begins (until then
 the request is waiting, not running).
+
+An engine may serve several models on one device (:class:`~pipelines.resident.Resident`
+decides which are resident): a batch holds one model's requests, a model that is not
+resident is loaded on this thread before its batch, and batches of resident models go
+first unless another model's oldest request has waited ``max_swap_wait_s``.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from config.errors import Canceled, EngineNotReady, GenerationFailed, KilnError,
 from pipelines.batch import Item, Params, run_batch
 from pipelines.clock import PipelineClock
 from pipelines.registry import Model
+from pipelines.resident import Resident
 
 log = logging.getLogger("kiln.engine")
 
@@ -41,6 +47,7 @@ log = logging.getLogger("kiln.engine")
 class Request:
     id: str
     prompt: str
+    model: str = ""  # which of the engine's models; "": its first
     negative_prompt: str | None = None
     seeds: list[int]
     params: Params
@@ -53,6 +60,7 @@ class Request:
     on_start: Callable[[float], None] | None = None
     cancel_event: threading.Event | None = None
     clock: PipelineClock = field(default_factory=PipelineClock)
+    load_wait_s: float = 0.0  # set before ``on_start``: its model was loaded for it
 
 
 @dataclass
@@ -60,6 +68,7 @@ class BatchInfo:
     id: str
     size: int
     scheduler: str = ""  # class name of the scheduler the call used
+    model: str = ""
 
 
 @dataclass
@@ -109,12 +118,16 @@ class Engine:
         cpu_dtype: str = "fp32",
         load: Callable[[], Any] | None = None,
         on_batch: Callable[[BatchInfo, float, float], None] | None = None,
+        resident: Resident | None = None,
+        initial: tuple[str, ...] = (),
+        max_swap_wait_s: float = 10.0,
     ) -> None:
         self.model = model
-        self.max_batch = model.spec.max_batch
-        self.max_wait_s = model.spec.max_wait_ms / 1000
         self._load = load or (lambda: _default_load(model, models_dir, device, cpu_dtype))
         self.on_batch = on_batch
+        self.resident = resident  # None: one model, loaded at start and kept
+        self.initial = initial or (model.name,)
+        self.max_swap_wait_s = max_swap_wait_s
         self.loaded: Any = None
         self._load_error: BaseException | None = None
         self._ready = threading.Event()
@@ -122,7 +135,7 @@ class Engine:
         self._pending: list[_Pending] = []
         self._stopping = False
         self._thread: threading.Thread | None = None
-        self.shape_limits: dict[tuple[int, int], int] = {}
+        self._shape_limits: dict[str, dict[tuple[int, int], int]] = {}
         self.stats: dict[str, Any] = {
             "calls": 0,
             "images": 0,
@@ -170,9 +183,21 @@ class Engine:
         return fut
 
     # -- the engine thread --------------------------------------------------------
+    @property
+    def shape_limits(self) -> dict[tuple[int, int], int]:
+        """Images per call an out-of-memory split found for each shape of its first model."""
+        return self._shape_limits.setdefault(self.model.name, {})
+
+    def _spec(self, name: str) -> Any:
+        models = self.resident.models if self.resident is not None else {}
+        return models.get(name, self.model).spec
+
     def _main(self) -> None:
         try:
-            self.loaded = self._load()
+            if self.resident is None:
+                self.loaded = self._load()
+            else:
+                self.resident.keep(self.initial)
         except BaseException as exc:
             log.exception("loading %s failed", self.model.name)
             self._load_error = exc
@@ -183,18 +208,54 @@ class Engine:
             batch = self._next_batch()
             if batch is None:
                 return
-            params, slots = batch
-            self._run(params, slots)
+            key, slots = batch
+            if self._bring(key[0], slots):
+                self._run(key, slots)
 
-    def _limit(self, params: Params) -> int:
+    def _bring(self, name: str, slots: list[tuple[_Pending, int]]) -> bool:
+        """Make the batch's model the one its call runs on, loading it when it is not
+        resident; False when it cannot load (the batch's requests fail with why)."""
+        if self.resident is None:
+            return True
+        try:
+            self.loaded, took = self.resident.get(name)
+        except KilnError as exc:
+            self._fail_slots(slots, exc)
+            return False
+        if took:
+            for p, _ in slots:
+                if not p.started:
+                    p.request.load_wait_s = round(took, 3)
+        return True
+
+    def _name(self, p: _Pending) -> str:
+        return p.request.model or self.model.name
+
+    def _limit(self, key: tuple[str, Params]) -> int:
         """Images in one call of this shape: ``max_batch``, lowered by what an OOM split
         found and by the model's pixel budget (one image always fits: the schema
         refuses bigger ones)."""
-        limit = self.shape_limits.get((params.width, params.height), self.max_batch)
-        budget = self.model.spec.limits.max_pixels_per_batch // (params.width * params.height)
+        name, params = key
+        spec = self._spec(name)
+        shapes = self._shape_limits.get(name, {})
+        limit = shapes.get((params.width, params.height), spec.max_batch)
+        budget = spec.limits.max_pixels_per_batch // (params.width * params.height)
         return max(1, min(limit, budget))
 
-    def _next_batch(self) -> tuple[Params, list[tuple[_Pending, int]]] | None:
+    def _first(self, ready: list[tuple[float, tuple[str, Params]]], now: float) -> Any:
+        """The batch to run next: the oldest of a resident model, unless a model that is
+        not resident has waited ``max_swap_wait_s`` (then the oldest of all)."""
+        if self.resident is None:
+            return min(ready, key=lambda r: r[0])[1]
+        held = self.resident.resident
+
+        def order(r: tuple[float, tuple[str, Params]]) -> tuple[int, float]:
+            waited_long = now - r[0] >= self.max_swap_wait_s
+            return (0 if r[1][0] in held or waited_long else 1, r[0])
+
+        return min(ready, key=order)[1]
+
+    def _next_batch(self) -> tuple[tuple[str, Params], list[tuple[_Pending, int]]] | None:
         with self._cond:
             while True:
                 if self._stopping:
@@ -202,24 +263,24 @@ class Engine:
                 for p in [p for p in self._pending if p.canceled]:
                     self._pending.remove(p)
                     _fail(p, Canceled("canceled before it ran"))
-                groups: dict[Params, list[_Pending]] = {}
+                groups: dict[tuple[str, Params], list[_Pending]] = {}
                 for p in self._pending:
-                    groups.setdefault(p.request.params, []).append(p)
+                    groups.setdefault((self._name(p), p.request.params), []).append(p)
                 now, wake = time.monotonic(), None
-                ready: list[tuple[float, Params]] = []
+                ready: list[tuple[float, tuple[str, Params]]] = []
                 for key, ps in groups.items():
                     oldest = min(p.arrived for p in ps)
-                    deadline = oldest + self.max_wait_s
+                    deadline = oldest + self._spec(key[0]).max_wait_ms / 1000
                     if sum(len(p.todo) for p in ps) >= self._limit(key) or now >= deadline:
                         ready.append((oldest, key))
                     else:
                         wake = deadline if wake is None else min(wake, deadline)
                 if ready:
-                    _, key = min(ready, key=lambda r: r[0])
+                    key = self._first(ready, now)
                     return key, self._take(key, groups[key])
                 self._cond.wait(None if wake is None else max(0.0, wake - now))
 
-    def _take(self, key: Params, group: list[_Pending]) -> list[tuple[_Pending, int]]:
+    def _take(self, key: tuple[str, Params], group: list[_Pending]) -> list[tuple[_Pending, int]]:
         slots: list[tuple[_Pending, int]] = []
         limit = self._limit(key)
         for p in sorted(group, key=lambda p: p.arrived):
@@ -231,14 +292,15 @@ class Engine:
                 break
         return slots
 
-    def _run(self, params: Params, slots: list[tuple[_Pending, int]]) -> None:
+    def _run(self, key: tuple[str, Params], slots: list[tuple[_Pending, int]]) -> None:
         import torch
 
+        name, params = key
         live = [s for s in slots if not s[0].future.done()]
         if not live:
             return
         try:
-            self._call(params, live)
+            self._call(key, live)
             return
         except torch.OutOfMemoryError:
             pass  # recovered below, once out of this block (see _recover)
@@ -248,7 +310,7 @@ class Engine:
             self._fail_slots(live, exc)
             return
         except Exception as exc:
-            log.exception("batch failed for %s", self.model.name)
+            log.exception("batch failed for %s", name)
             self._fail_slots(
                 live, GenerationFailed(f"generation failed: {type(exc).__name__}: {exc}"[:500])
             )
@@ -264,16 +326,17 @@ class Engine:
             return
         half = len(live) // 2
         shape = (params.width, params.height)
-        self.shape_limits[shape] = max(1, min(self._limit(params), half))
+        shapes = self._shape_limits.setdefault(name, {})
+        shapes[shape] = max(1, min(self._limit(key), half))
         self.stats["oom_splits"] += 1
         log.warning(
             "out of memory at batch %d for %dx%d: splitting, max_batch now %d",
             len(live),
             *shape,
-            self.shape_limits[shape],
+            shapes[shape],
         )
-        self._run(params, live[:half])
-        self._run(params, live[half:])
+        self._run(key, live[:half])
+        self._run(key, live[half:])
 
     def _recover(self) -> None:
         """After an out-of-memory error, outside its ``except`` block (whose traceback
@@ -291,9 +354,10 @@ class Engine:
         if restore is not None:
             restore()
 
-    def _call(self, params: Params, slots: list[tuple[_Pending, int]]) -> None:
+    def _call(self, key: tuple[str, Params], slots: list[tuple[_Pending, int]]) -> None:
+        params = key[1]
         requests = list(dict.fromkeys(p for p, _ in slots))
-        info = BatchInfo(uuid.uuid4().hex[:12], len(slots))
+        info = BatchInfo(uuid.uuid4().hex[:12], len(slots), model=key[0])
 
         def on_step(step: int) -> bool:
             alive = 0
@@ -341,7 +405,7 @@ class Engine:
         self.stats["batch_sizes"][len(items)] += 1
         if self.on_batch is not None:
             try:
-                self.on_batch(info, took, len(items) / max(1, self._limit(params)))
+                self.on_batch(info, took, len(items) / max(1, self._limit(key)))
             except Exception:
                 log.warning("on_batch hook failed", exc_info=True)
         for (p, i), image in zip(slots, images, strict=True):

@@ -79,6 +79,16 @@ def workers_key(model: str) -> str:
     return f"kiln:workers:{model}"
 
 
+def standby_key(model: str) -> str:
+    """Workers that serve ``model`` without holding it now: they load it on demand."""
+    return f"kiln:standby:{model}"
+
+
+def taking_key(model: str) -> str:
+    """Claimed by the one worker taking ``model`` in now (so that two never both do)."""
+    return f"kiln:taking:{model}"
+
+
 def alive_key(model: str, worker: str) -> str:
     return f"kiln:alive:{model}:{worker}"
 
@@ -192,6 +202,21 @@ def record_batch(r: Any, model: str, *, seconds: float, images: int, measured_on
             r.hset(stats_key(model), "measured_on", measured_on)
 
 
+def record_load(r: Any, model: str, *, seconds: float) -> None:
+    """A worker loaded ``model`` in ``seconds`` (the ETA of a job no worker holds it for
+    adds this)."""
+    r.hset(stats_key(model), "load_s", f"{seconds:.3f}")
+
+
+def standby(r: Any, model: str) -> tuple[int, float | None]:
+    """``(workers that can load model on demand, its last measured load seconds)``."""
+    with r.pipeline(transaction=False) as pipe:
+        pipe.eval(_READY_COUNT, 1, standby_key(model))
+        pipe.hget(stats_key(model), "load_s")
+        count, load_s = pipe.execute()
+    return int(count), None if load_s is None else float(load_s)
+
+
 def measured_on(r: Any, model: str) -> str | None:
     """Where the model's seconds per image were measured (device and dtype)."""
     raw = r.hget(stats_key(model), "measured_on")
@@ -219,20 +244,6 @@ def running_eta_s(*, step: int, steps: int, elapsed_s: float, fallback_s: float)
 
 
 # -- worker heartbeats ------------------------------------------------------------
-# KEYS[1] the worker's alive key, KEYS[2] the model's ready set; ARGV worker, ttl, and
-# 1 while it takes new jobs (0 while it drains: alive, not ready).
-# The alive key holds the dtype the worker runs ('1' before it knows).
-_BEAT = """
-local t = redis.call('TIME')
-redis.call('SET', KEYS[1], ARGV[4], 'EX', ARGV[2])
-if ARGV[3] == '1' then
-  redis.call('ZADD', KEYS[2], t[1] + ARGV[2], ARGV[1])
-else
-  redis.call('ZREM', KEYS[2], ARGV[1])
-end
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', t[1] - 3600)
-redis.call('EXPIRE', KEYS[2], 3600)
-"""
 # KEYS[1] the model's worker set: workers whose heartbeat has not expired (server clock).
 _READY_COUNT = "return redis.call('ZCOUNT', KEYS[1], '(' .. redis.call('TIME')[1], '+inf')"
 
@@ -240,11 +251,64 @@ _READY_COUNT = "return redis.call('ZCOUNT', KEYS[1], '(' .. redis.call('TIME')[1
 _READY_NAMES = "return redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. redis.call('TIME')[1], '+inf')"
 
 
+# KEYS[1] the worker's alive key, KEYS[2] the model's ready set, KEYS[3] its standby set;
+# ARGV worker, ttl, state (ready | standby | draining), dtype.
+_BEAT_STATE = """
+local t = redis.call('TIME')
+redis.call('SET', KEYS[1], ARGV[4], 'EX', ARGV[2])
+local into, outof = nil, {KEYS[2], KEYS[3]}
+if ARGV[3] == 'ready' then into, outof = KEYS[2], {KEYS[3]}
+elseif ARGV[3] == 'standby' then into, outof = KEYS[3], {KEYS[2]} end
+if into then redis.call('ZADD', into, t[1] + ARGV[2], ARGV[1]) end
+for _, key in ipairs(outof) do redis.call('ZREM', key, ARGV[1]) end
+for _, key in ipairs({KEYS[2], KEYS[3]}) do
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', t[1] - 3600)
+  redis.call('EXPIRE', key, 3600)
+end
+"""
+
+
+def beat_all(
+    r: Any, worker: str, ttl_s: int, *, states: dict[str, str], dtypes: dict[str, str]
+) -> None:
+    """One beat of a worker for each model it serves, in one round trip: ``states`` says
+    per model ``ready`` (it holds the model and consumes its queue), ``standby`` (it
+    loads the model on demand) or ``draining`` (alive, neither)."""
+    with r.pipeline(transaction=False) as pipe:
+        for model, state in states.items():
+            keys = (alive_key(model, worker), workers_key(model), standby_key(model))
+            pipe.eval(_BEAT_STATE, 3, *keys, worker, ttl_s, state, dtypes.get(model) or "1")
+        pipe.execute()
+
+
 def beat(
     r: Any, model: str, worker: str, ttl_s: int, *, ready: bool = True, dtype: str = ""
 ) -> None:
-    keys = (alive_key(model, worker), workers_key(model))
-    r.eval(_BEAT, 2, *keys, worker, ttl_s, int(ready), dtype or "1")
+    """One model's beat (a worker of one model): ready, or alive only while it drains.
+    The alive key holds the dtype the worker runs ('1' before it knows)."""
+    state = "ready" if ready else "draining"
+    beat_all(r, worker, ttl_s, states={model: state}, dtypes={model: dtype})
+
+
+def fleet_demand(r: Any, models: list[str]) -> dict[str, tuple[int, float | None, list[str]]]:
+    """Per model: jobs waiting, the oldest one's submit time (None: none wait) and the
+    ready workers holding it, in one round trip."""
+    with r.pipeline(transaction=False) as pipe:
+        for model in models:
+            pipe.zcard(queued_key(model))
+            pipe.zrange(queued_key(model), 0, 0, withscores=True)
+            pipe.eval(_READY_NAMES, 1, workers_key(model))
+        out = pipe.execute()
+    demand = {}
+    for i, model in enumerate(models):
+        count, oldest, names = out[3 * i : 3 * i + 3]
+        demand[model] = (int(count), float(oldest[0][1]) if oldest else None, list(names))
+    return demand
+
+
+def take_model(r: Any, model: str, worker: str, ttl_s: int) -> bool:
+    """True for the one worker that takes ``model`` in now (the claim expires by itself)."""
+    return bool(r.set(taking_key(model), worker, nx=True, ex=ttl_s))
 
 
 def worker_dtypes(r: Any, model: str) -> dict[str, int]:
@@ -260,12 +324,14 @@ def worker_dtypes(r: Any, model: str) -> dict[str, int]:
 def not_ready(r: Any, model: str, worker: str) -> None:
     """Stop counting a worker as ready (it still beats as alive while it drains)."""
     r.zrem(workers_key(model), worker)
+    r.zrem(standby_key(model), worker)
 
 
 def unbeat(r: Any, model: str, worker: str) -> None:
     with r.pipeline() as pipe:
         pipe.delete(alive_key(model, worker))
         pipe.zrem(workers_key(model), worker)
+        pipe.zrem(standby_key(model), worker)
         pipe.execute()
 
 

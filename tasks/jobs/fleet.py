@@ -28,6 +28,10 @@ class Fleet:
     def ready_workers(self, model: str) -> int:
         return bk.ready_workers(self.redis, model)
 
+    def standby(self, model: str) -> tuple[int, float | None]:
+        """Workers that can load the model on demand, and its measured load seconds."""
+        return bk.standby(self.redis, model)
+
     def worker_dtypes(self, model: str) -> dict[str, int]:
         return bk.worker_dtypes(self.redis, model)
 

@@ -38,8 +38,9 @@ return {prev, 1}
 """
 
 # KEYS[1] record, KEYS[2] events, KEYS[3] the model's queued set; ARGV: ttl, worker,
-# job id, started-at (JSON), event data. Applies only while the job is queued on this
-# worker (not canceled meanwhile, nor sent again and received by another worker).
+# job id, started-at (JSON), event data, and (optional, JSON) the seconds it waited for
+# its model to load. Applies only while the job is queued on this worker (not canceled
+# meanwhile, nor sent again and received by another worker).
 START = """
 local cur = redis.call('HGET', KEYS[1], 'status')
 if not cur then return false end
@@ -47,6 +48,7 @@ local prev = cjson.decode(cur)
 local worker = cjson.decode(redis.call('HGET', KEYS[1], 'worker') or 'null')
 if prev ~= 'queued' or worker ~= ARGV[2] then return {prev, 0} end
 redis.call('HSET', KEYS[1], 'status', cjson.encode('running'), 'started_at', ARGV[4])
+if ARGV[6] and ARGV[6] ~= 'null' then redis.call('HSET', KEYS[1], 'load_wait_s', ARGV[6]) end
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', 2000, '*', 'type', 'started', 'data', ARGV[5])
 redis.call('EXPIRE', KEYS[2], ARGV[1])
 redis.call('EXPIRE', KEYS[1], ARGV[1])

@@ -53,9 +53,15 @@ PUBLIC_FIELDS = (
     "eta_s",
     "run_s",
     "upload_s",
+    "worker",
+    "load_wait_s",
 )
 LIVE_FIELDS = frozenset({"progress", "webhook", "batches", "queue_position", "eta_s"})
-WEBHOOK_FIELDS = tuple(f for f in PUBLIC_FIELDS if f not in LIVE_FIELDS | {"run_s", "upload_s"})
+WEBHOOK_FIELDS = tuple(
+    f
+    for f in PUBLIC_FIELDS
+    if f not in LIVE_FIELDS | {"run_s", "upload_s", "worker", "load_wait_s"}
+)
 
 
 def public_view(record: dict[str, Any], fields: tuple[str, ...] = PUBLIC_FIELDS) -> dict[str, Any]:

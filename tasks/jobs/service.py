@@ -310,8 +310,12 @@ class JobService:
                 if fresh is not None and fresh.get("status") != "queued":
                     return self.view(fresh)
             if pos is not None:
+                load_s = 0.0
+                if not workers:  # no ready worker holds the model: one loads it first
+                    workers, measured = self.fleet.standby(model)
+                    load_s = measured or 0.0
                 record["queue_position"] = pos
-                record["eta_s"] = bk.eta_s(
+                record["eta_s"] = load_s + bk.eta_s(
                     position=pos,
                     images=images,
                     workers=workers,

@@ -405,6 +405,7 @@ class JobStore:
         model: str,
         worker: str,
         progress: Mapping[str, tuple[int, int] | tuple[int, int, float | None]] | None = None,
+        load_waits: Mapping[str, float] | None = None,
     ) -> tuple[dict[str, bool | None], list[str]]:
         """Mark the jobs of a batch ``running`` (as ``start``: ``{job_id: began at}``), then
         write the progress of running jobs, all in one round trip. Returns, per start,
@@ -420,6 +421,7 @@ class JobStore:
                         job_id,
                         json.dumps(round(at, 3)),
                         json.dumps({"worker": worker}),
+                        json.dumps((load_waits or {}).get(job_id)),
                     ],
                     client=pipe,
                 )

@@ -117,9 +117,10 @@ def run_job(
                 fields={"_schema": ["kiln.generate takes keyword arguments only"]},
             )
         params = load_job(payload, runtime.registry, task=True)
-        if params["model"] != runtime.model.name:
+        if runtime.serves(params["model"]) is None:
             raise InvalidInput(
-                f"this worker serves {runtime.model.name!r}, not {params['model']!r}",
+                f"this worker serves {', '.join(map(repr, runtime.served))}, "
+                f"not {params['model']!r}",
                 fields={"model": ["sent to the wrong queue"]},
             )
         if not valid_job_id(job_id):  # the task id, when no job_id came in the kwargs
@@ -162,7 +163,7 @@ def run_job(
             runtime,
             job_id,
             "dequeue the job",
-            lambda: store.dequeue(job_id, model=runtime.model.name),
+            lambda: store.dequeue(job_id, model=params["model"]),
         )
         return record
 
@@ -179,7 +180,7 @@ def run_job(
             job_id,
             "receive the job",
             lambda: store.receive(
-                job_id, model=runtime.model.name, worker=runtime.hostname, attempt=attempts
+                job_id, model=params["model"], worker=runtime.hostname, attempt=attempts
             ),
         )
         if not received:  # canceled between the read and now
@@ -296,7 +297,9 @@ def claim(runtime: rt.Runtime, job_id: str, record: dict[str, Any]) -> None:
             runtime,
             job_id,
             "check the job's worker",
-            lambda: runtime.store.worker_alive(model=runtime.model.name, worker=owner),
+            lambda: runtime.store.worker_alive(
+                model=str(record.get("model") or runtime.model.name), worker=owner
+            ),
         )
     ):
         raise RunningElsewhere(owner)
@@ -344,7 +347,7 @@ def fail(runtime: rt.Runtime, job_id: str, exc: KilnError) -> dict[str, Any] | N
     )
     if record is not None:
         log.info("job %s %s: %s", job_id, status, exc.message, extra={"job_id": job_id})
-        metrics.job_finished(runtime.model.name, status, record)
+        metrics.job_finished(str(record.get("model") or runtime.model.name), status, record)
     return record
 
 

@@ -1,8 +1,10 @@
-"""``kiln worker --model M [--gpu I]``: one process per GPU per model.
+"""``kiln worker --model M [--gpu I]``, or ``--models a,b,c [--max-resident N]``.
 
 Pins the GPU with ``CUDA_VISIBLE_DEVICES`` before torch is imported, loads and
-warms the model in the engine thread, and only then consumes its model's queue on a
-threads pool big enough to fill two batches (one running, one gathering).
+warms the model (those that fit) in the engine thread, and only then consumes their
+queues on a threads pool big enough to fill two batches (one running, one gathering).
+A worker serving several models changes the queues it consumes as demand moves
+(``tasks.worker.swapping``).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from tasks.messaging.names import queue_for
 from tasks.worker import metrics
 from tasks.worker import runtime as rt
 from tasks.worker.reaper import Reaper
+from tasks.worker.swapping import Swapper
 
 log = logging.getLogger("kiln.worker")
 
@@ -50,9 +53,30 @@ def check_device(settings: Settings, model: str, gpu: int | None) -> str:
     return device
 
 
+def first_held(settings: Settings, models: tuple[str, ...], max_resident: int | None) -> int:
+    """How many of ``models`` (in order) a worker loads at start: as many as its budget
+    holds (``max_resident``, and the device bytes by their size on disk)."""
+    from pipelines.devices import model_budget
+    from pipelines.registry import Registry
+    from pipelines.resident import Resident
+
+    registry = Registry.from_settings(settings)
+    budget = model_budget(settings, max_resident=max_resident)
+    probe = Resident(
+        {m: registry[m] for m in models},
+        load=lambda _m: None,
+        budget=budget,
+        device=settings.device,
+        models_dir=settings.models_dir,
+    )
+    return probe.capacity()
+
+
 def run_worker(
     model: str,
     *,
+    models: tuple[str, ...] = (),
+    max_resident: int | None = None,
     gpu: int | None = None,
     concurrency: int | None = None,
     loglevel: str = "INFO",
@@ -65,32 +89,44 @@ def run_worker(
     # inductor's FX graph and autotuning caches, kept where the worker's data is kept (a
     # volume in compose and Kubernetes, /var/lib/kiln under systemd) unless set.
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(settings.data_dir / "inductor"))
-    settings = replace(settings, device=check_device(settings, model, gpu))
-    name = worker_name(model, gpu)
-    runtime = rt.build(settings, model, hostname=name)
+    several = bool(models)
+    served = tuple(dict.fromkeys((model, *models)))
+    for each in served:
+        device = check_device(settings, each, gpu)
+    settings = replace(settings, device=device)
+    name = worker_name("+".join(served), gpu)
+    held = served[: first_held(settings, served, max_resident)] if several else (model,)
+    runtime = rt.build(settings, model, hostname=name, models=served, wanted=held)
+    runtime.max_resident = max_resident
 
     metrics.serve(metrics_port)
     t0 = time.perf_counter()
-    runtime.start_engine()
+    runtime.start_engine(several=several)
     load_s = time.perf_counter() - t0
-    metrics.MODEL_LOAD.labels(model).set(load_s)
+    if not several:
+        metrics.MODEL_LOAD.labels(model).set(load_s)
     log.info(
         "model %s ready in %.2fs (worker %s)",
-        model,
+        ", ".join(held),
         load_s,
         name,
         extra={"model": model, "duration_s": round(load_s, 3), "worker": name},
     )
     runtime.storage.ensure_bucket()
+    swapper = Swapper(runtime)
 
-    def on_ready(**_: Any) -> None:
+    def on_ready(sender: Any = None, **_: Any) -> None:
+        runtime.consumer = sender
         runtime.start_heartbeat()
         Reaper(runtime).start()
+        if several and len(served) > 1:
+            swapper.start()
 
     def on_shutdown(**_: Any) -> None:
         runtime.stop()
 
     def on_shutting_down(**_: Any) -> None:
+        swapper.stop()
         runtime.stop_taking_jobs()  # /readyz stops counting it; alive until the drain ends
 
     worker_ready.connect(on_ready, weak=False)
@@ -99,10 +135,10 @@ def run_worker(
 
     runtime.celery = get_celery()
     runtime.start_cancel_listener()
-    threads = concurrency or max(2, 2 * runtime.model.spec.max_batch)
+    threads = concurrency or max(2, 2 * max(m.spec.max_batch for m in runtime.served.values()))
     argv = [
         "worker",
-        f"--queues={queue_for(model)}",
+        f"--queues={','.join(queue_for(m) for m in held)}",
         "--pool=threads",
         f"--concurrency={threads}",
         f"--hostname={name}",

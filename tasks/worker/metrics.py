@@ -61,6 +61,22 @@ EAGER_CALLS = Counter(
     "or LoRA set), run eager rather than compiled on the engine thread",
     ["model"],
 )
+MODEL_LOADS = Counter(
+    "kiln_model_loads_total",
+    "Models loaded onto the device, from disk or from the host-RAM cache",
+    ["model", "source"],
+)
+MODEL_LOAD_SECONDS = Histogram(
+    "kiln_model_load_duration_seconds",
+    "Seconds one load took (warm-up included)",
+    ["model"],
+    buckets=SECONDS,
+)
+MODEL_EVICTIONS = Counter("kiln_model_evictions_total", "Models evicted from the device", ["model"])
+MODEL_RESIDENT = Gauge("kiln_model_resident", "1 while the model is on the device", ["model"])
+MODEL_DEVICE_BYTES = Gauge(
+    "kiln_model_device_bytes", "Device bytes of a resident model's weights", ["model"]
+)
 GPU_ALLOCATED = Gauge("kiln_gpu_memory_allocated_bytes", "torch.cuda.memory_allocated", ["model"])
 GPU_PEAK = Gauge("kiln_gpu_memory_peak_bytes", "torch.cuda.max_memory_allocated", ["model"])
 
@@ -104,3 +120,26 @@ def job_finished(model: str, status: str, record: dict[str, Any] | None = None) 
     JOBS_FINISHED.labels(model, status).inc()
     if record and record.get("started_at") and record.get("created_at"):
         QUEUE_WAIT.labels(model).observe(max(0.0, record["started_at"] - record["created_at"]))
+
+
+def model_loaded(load: Any) -> None:
+    """A model came onto the device (``pipelines.resident.Loaded``)."""
+    MODEL_LOADS.labels(load.model, load.source).inc()
+    MODEL_LOAD_SECONDS.labels(load.model).observe(load.seconds)
+    MODEL_LOAD.labels(load.model).set(load.seconds)
+    MODEL_RESIDENT.labels(load.model).set(1)
+    MODEL_DEVICE_BYTES.labels(load.model).set(load.device_bytes)
+    log.info(
+        "model %s loaded from %s in %.2fs (%d bytes)",
+        load.model,
+        load.source,
+        load.seconds,
+        load.device_bytes,
+        extra={"model": load.model, "duration_s": round(load.seconds, 3)},
+    )
+
+
+def model_evicted(model: str) -> None:
+    MODEL_EVICTIONS.labels(model).inc()
+    MODEL_RESIDENT.labels(model).set(0)
+    MODEL_DEVICE_BYTES.labels(model).set(0)

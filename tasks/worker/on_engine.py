@@ -35,9 +35,10 @@ def generate_images(
     from pipelines.engine import Request
 
     store = runtime.store
+    model = runtime.served[params["model"]]
     state = runtime.job(job_id) or rt.JobState()  # held since the task claimed it
     cancel = state.cancel
-    writer = runtime.progress
+    writer = runtime.writers.get(model.name)
     # A cancel asked before this process held the job: the record read in step 2 says
     # so, and one field read covers a cancel that came between that read and the claim.
     asked = record.get("cancel_requested") or patiently(
@@ -55,7 +56,7 @@ def generate_images(
         clock["t0"] = time.monotonic()
         began.append(at)
         if writer is not None:  # written with the rest of its batch, in one round trip
-            starts.append(writer.job_started(job_id, at))
+            starts.append(writer.job_started(job_id, at, load_wait_s=request.load_wait_s))
         woken.set()
 
     def on_progress(step: int, steps: int) -> None:
@@ -70,10 +71,11 @@ def generate_images(
 
     inputs = Inputs.for_settings(runtime.storage, runtime.settings)
     image, mask = patiently(
-        runtime, job_id, "read the image inputs", lambda: inputs.load(params, runtime.model)
+        runtime, job_id, "read the image inputs", lambda: inputs.load(params, model)
     )
     request = Request(
         id=job_id,
+        model=model.name,
         prompt=params["prompt"],
         negative_prompt=params["negative_prompt"],
         seeds=list(params["seeds"]),
@@ -93,7 +95,7 @@ def generate_images(
         on_start=on_start,
         cancel_event=cancel,
     )
-    spec = runtime.model.spec
+    spec = model.spec
     future = runtime.engine.submit(request)
     future.add_done_callback(lambda _f: woken.set())
     try:
@@ -101,7 +103,9 @@ def generate_images(
         wait_started(woken, cancel, queue_wait_s=runtime.settings.queue_wait_limit_s)
         if began:
             try:
-                mine = mark_running(runtime, job_id, began[0], starts[0] if starts else None)
+                mine = mark_running(
+                    runtime, job_id, began[0], starts[0] if starts else None, model=model.name
+                )
             except BaseException:  # back to the broker: stop running it here first
                 let_go(future, cancel, spec.time_limit_s)
                 raise
@@ -122,7 +126,9 @@ def generate_images(
             writer.discard(job_id)
 
 
-def mark_running(runtime: rt.Runtime, job_id: str, at: float, start: Start | None) -> bool:
+def mark_running(
+    runtime: rt.Runtime, job_id: str, at: float, start: Start | None, *, model: str
+) -> bool:
     """Whether the job is now running here (False: it is no longer this worker's). The
     progress writer writes the start with its batch-mates'; without one, this thread
     does. Through a job-store outage of up to ``outage_budget_s``."""
@@ -132,9 +138,7 @@ def mark_running(runtime: rt.Runtime, job_id: str, at: float, start: Start | Non
                 runtime,
                 job_id,
                 "start the job",
-                lambda: runtime.store.start(
-                    job_id, model=runtime.model.name, worker=runtime.hostname, at=at
-                ),
+                lambda: runtime.store.start(job_id, model=model, worker=runtime.hostname, at=at),
             )
         )
     if not start.written.wait(runtime.settings.outage_budget_s):

@@ -34,8 +34,9 @@ class Start:
     """One job's start, as its task thread sees it: ``written`` once the job store has
     answered, ``applied`` if the job is running on this worker from ``at`` on."""
 
-    def __init__(self, at: float) -> None:
+    def __init__(self, at: float, load_wait_s: float = 0.0) -> None:
         self.at = at
+        self.load_wait_s = load_wait_s
         self.written = threading.Event()
         self.applied = False
         self.abandoned = False
@@ -65,9 +66,10 @@ class ProgressWriter:
         self._thread.start()
         return self
 
-    def job_started(self, job_id: str, at: float) -> Start:
-        """Mark the job running from ``at`` (in memory now; written at once)."""
-        ticket = Start(at)
+    def job_started(self, job_id: str, at: float, *, load_wait_s: float = 0.0) -> Start:
+        """Mark the job running from ``at`` (in memory now; written at once); its model
+        was loaded for it in ``load_wait_s``."""
+        ticket = Start(at, load_wait_s)
         with self._lock:
             self._starts[job_id] = ticket
         self._wake.set()
@@ -116,6 +118,7 @@ class ProgressWriter:
         try:  # progress is best effort; the job goes on
             started, missed = self.store.start_many(
                 {j: s.at for j, s in starts.items()},
+                load_waits={j: s.load_wait_s for j, s in starts.items() if s.load_wait_s},
                 model=self.model,
                 worker=self.worker,
                 progress=batch,

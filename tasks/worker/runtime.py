@@ -1,9 +1,11 @@
-"""What one worker process holds: its model's engine, the job store and storage.
+"""What one worker process holds: its models' engine, the job store and storage.
 
-``kiln worker --model M`` builds it, loads and warms the model (in the engine's
-own thread), and only then starts consuming its model's queue. A heartbeat every
-``HEARTBEAT_S`` tells the fleet that the worker is alive and ready
-(``tasks.jobs.bookkeeping``: it expires ``HEARTBEAT_TTL_S`` after the last beat).
+``kiln worker --model M`` (or ``--models a,b,c``) builds it, loads and warms the model
+(those that fit, in the engine's own thread), and only then starts consuming their
+queues. A heartbeat every ``HEARTBEAT_S`` tells the fleet, for each model it serves,
+that the worker is alive, and whether it holds that model (ready) or can load it
+(standby) (``tasks.jobs.bookkeeping``: it expires ``HEARTBEAT_TTL_S`` after the last
+beat).
 """
 
 from __future__ import annotations
@@ -58,15 +60,37 @@ class Runtime:
     storage: Storage
     engine: Any = None
     celery: Any = None
-    progress: ProgressWriter | None = None
-    dtype: str = ""  # what the engine really runs (fp32 on a CPU for an fp16 entry)
+    consumer: Any = None  # Celery's consumer (``worker_ready``'s sender): its queues
+    served: dict[str, Model] = field(default_factory=dict)  # ``--models``: several
+    wanted: list[str] = field(default_factory=list)  # the models whose queues it consumes
+    resident: Any = None  # pipelines.resident.Resident, when it serves several
+    writers: dict[str, ProgressWriter] = field(default_factory=dict)
+    dtypes: dict[str, str] = field(default_factory=dict)  # what the engine really runs
     jobs: dict[str, JobState] = field(default_factory=dict)  # the jobs this process runs
     lock: threading.Lock = field(default_factory=threading.Lock)  # guards ``jobs``
+    max_resident: int | None = None
     _service: Any = None
+    _seen: dict[str, dict[str, int]] = field(default_factory=dict)  # per model, at last batch
     _stop: threading.Event = field(default_factory=threading.Event)
     _draining: threading.Event = field(default_factory=threading.Event)
     _beat_stop: threading.Event = field(default_factory=threading.Event)
     _beat_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self.served = self.served or {self.model.name: self.model}
+        self.wanted = self.wanted or [self.model.name]
+
+    @property
+    def progress(self) -> ProgressWriter | None:
+        """The progress writer of its first model."""
+        return self.writers.get(self.model.name)
+
+    @property
+    def dtype(self) -> str:
+        return self.dtypes.get(self.model.name, "")
+
+    def serves(self, name: str) -> Model | None:
+        return self.served.get(name)
 
     def service(self) -> Any:
         """The job service this worker's Celery door accepts jobs through (made once)."""
@@ -110,107 +134,131 @@ class Runtime:
                 state.stop()
             return state is not None
 
-    def start_engine(self, *, timeout: float | None = None) -> None:
-        from pipelines.compiling import compiled_graphs
-        from pipelines.devices import dtype_name
+    def start_engine(self, *, timeout: float | None = None, several: bool = False) -> None:
+        """Start the engine thread and wait for its first models to load and warm up.
+        ``several``: serve ``served`` through a memory budget (``kiln worker --models``)."""
         from pipelines.engine import Engine  # torch is imported only here, in workers
-        from pipelines.loader import load_model, set_torch_threads, warm_up
 
-        self.progress = ProgressWriter(
-            self.store, model=self.model.name, worker=self.hostname
-        ).start()
-        writer = self.progress
-
-        model = self.model.name
-        seen_ooms = [0]
-        seen_graphs = [0]
-        seen_eager = [0]
+        for name in self.served:
+            self.writers[name] = ProgressWriter(
+                self.store, model=name, worker=self.hostname
+            ).start()
         settings = self.settings
-
-        def load() -> Any:  # in the engine thread: threads, load and warm-up all there
-            set_torch_threads(settings.torch_threads)
-            loaded = load_model(
-                self.model,
-                device=settings.device,
-                models_dir=settings.models_dir,
-                cpu_dtype=settings.cpu_dtype,
-            )
-            self.dtype = dtype_name(loaded.dtype)
-            writer.measured_on = f"{loaded.device} {self.dtype}"
-            warm_up(loaded)
-            seen_graphs[0] = compiled_graphs()
-            metrics.observe_compiles(model, graphs=seen_graphs[0], new=0)
-            return loaded
-
-        def on_batch(info: Any, seconds: float, fill: float) -> None:
-            writer.record_batch(seconds, info.size)
-            ooms = self.engine.stats["oom_splits"] if self.engine is not None else 0
-            metrics.observe_batch(
-                model, seconds=seconds, size=info.size, fill=fill, oom_splits=ooms - seen_ooms[0]
-            )
-            seen_ooms[0] = ooms
-            graphs = compiled_graphs()
-            compiled = getattr(self.engine.loaded, "compiled", None) if self.engine else None
-            eager = compiled.eager_calls if compiled is not None else 0
-            metrics.observe_compiles(
-                model, graphs=graphs, new=graphs - seen_graphs[0], eager=eager - seen_eager[0]
-            )
-            seen_graphs[0], seen_eager[0] = graphs, eager
-            metrics.observe_gpu(model)
-            log.info(
-                "batch %s: %d image(s) in %.3fs",
-                info.id,
-                info.size,
-                seconds,
-                extra={
-                    "model": model,
-                    "batch_id": info.id,
-                    "batch_size": info.size,
-                    "duration_s": round(seconds, 4),
-                },
-            )
-
+        resident = self.resident = build_resident(self) if several else None
+        model = self.model
         self.engine = Engine(
-            self.model,
-            models_dir=self.settings.models_dir,
-            device=self.settings.device,
-            cpu_dtype=self.settings.cpu_dtype,
-            load=load,
-            on_batch=on_batch,
+            model,
+            models_dir=settings.models_dir,
+            device=settings.device,
+            cpu_dtype=settings.cpu_dtype,
+            load=lambda: self.load(model),
+            on_batch=self.on_batch,
+            resident=resident,
+            initial=tuple(self.wanted),
+            max_swap_wait_s=settings.max_swap_wait_s,
         )
         self.engine.start()
         self.engine.wait_ready(timeout)
+
+    def load(self, model: Model) -> Any:
+        """On the engine thread: torch's threads, the load and the warm-up all there."""
+        from pipelines.compiling import compiled_graphs
+        from pipelines.devices import dtype_name
+        from pipelines.loader import load_model, set_torch_threads, warm_up
+
+        settings = self.settings
+        set_torch_threads(settings.torch_threads)
+        loaded = load_model(
+            model,
+            device=settings.device,
+            models_dir=settings.models_dir,
+            cpu_dtype=settings.cpu_dtype,
+        )
+        dtype = self.dtypes[model.name] = dtype_name(loaded.dtype)
+        self.writers[model.name].measured_on = f"{loaded.device} {dtype}"
+        warm_up(loaded)
+        self._seen[model.name] = {"ooms": self._ooms(), "graphs": compiled_graphs(), "eager": 0}
+        metrics.observe_compiles(model.name, graphs=self._seen[model.name]["graphs"], new=0)
+        return loaded
+
+    def loaded(self, load: Any) -> None:
+        """A model came onto the device (``pipelines.resident.Loaded``): its metrics, and
+        its load time for the fleet's ETAs."""
+        metrics.model_loaded(load)
+        with contextlib.suppress(Exception):  # an ETA figure: never worth failing a load
+            bk.record_load(self.store.redis, load.model, seconds=load.seconds)
+
+    def _ooms(self) -> int:
+        return self.engine.stats["oom_splits"] if self.engine is not None else 0
+
+    def on_batch(self, info: Any, seconds: float, fill: float) -> None:
+        from pipelines.compiling import compiled_graphs
+
+        model = info.model or self.model.name
+        self.writers[model].record_batch(seconds, info.size)
+        seen = self._seen.setdefault(model, {"ooms": 0, "graphs": 0, "eager": 0})
+        ooms = self._ooms()
+        metrics.observe_batch(
+            model, seconds=seconds, size=info.size, fill=fill, oom_splits=ooms - seen["ooms"]
+        )
+        graphs = compiled_graphs()
+        compiled = getattr(self.engine.loaded, "compiled", None) if self.engine else None
+        eager = compiled.eager_calls if compiled is not None else 0
+        metrics.observe_compiles(
+            model, graphs=graphs, new=graphs - seen["graphs"], eager=eager - seen["eager"]
+        )
+        seen.update(ooms=ooms, graphs=graphs, eager=eager)
+        metrics.observe_gpu(model)
+        log.info(
+            "batch %s: %d image(s) in %.3fs",
+            info.id,
+            info.size,
+            seconds,
+            extra={
+                "model": model,
+                "batch_id": info.id,
+                "batch_size": info.size,
+                "duration_s": round(seconds, 4),
+            },
+        )
 
     def heartbeat_forever(self) -> None:
         while not self._beat_stop.is_set():
             try:
                 with self._beat_lock:  # never re-set the key after stop_heartbeat removed it
                     if not self._beat_stop.is_set():
-                        bk.beat(
-                            self.store.redis,
-                            self.model.name,
-                            self.hostname,
-                            HEARTBEAT_TTL_S,
-                            ready=not self._draining.is_set(),
-                            dtype=self.dtype,
-                        )
+                        self.beat()
             except Exception as exc:  # keep beating through a broker blip
                 log.warning("heartbeat failed: %s", type(exc).__name__)
             self._beat_stop.wait(HEARTBEAT_S)
+
+    def beat(self) -> None:
+        """Alive for every model it serves; ready for those whose queues it consumes,
+        standby for the others (it can load them); neither while it drains."""
+        draining, wanted = self._draining.is_set(), set(self.wanted)
+        states = {
+            name: "draining" if draining else "ready" if name in wanted else "standby"
+            for name in self.served
+        }
+        bk.beat_all(
+            self.store.redis, self.hostname, HEARTBEAT_TTL_S, states=states, dtypes=self.dtypes
+        )
 
     def stop_taking_jobs(self) -> None:
         """A warm shutdown began: no longer ready (``/readyz`` stops counting this worker
         at once), still alive while it drains, so its running jobs are not sent again."""
         self._draining.set()
         with contextlib.suppress(Exception):
-            bk.not_ready(self.store.redis, self.model.name, self.hostname)
+            for name in self.served:
+                bk.not_ready(self.store.redis, name, self.hostname)
 
     def stop_heartbeat(self) -> None:
         """Stop beating and remove the heartbeat (the drain has ended)."""
         with self._beat_lock:
             self._beat_stop.set()
             with contextlib.suppress(Exception):
-                bk.unbeat(self.store.redis, self.model.name, self.hostname)
+                for name in self.served:
+                    bk.unbeat(self.store.redis, name, self.hostname)
 
     def listen_for_cancels(self) -> None:
         """Set the cancel event of a job this worker runs when the API cancels it."""
@@ -239,7 +287,8 @@ class Runtime:
         """End this process now (its engine is wedged): unacked jobs go to other workers."""
         log.critical("worker %s exits: %s", self.hostname, reason)
         with contextlib.suppress(Exception):
-            bk.unbeat(self.store.redis, self.model.name, self.hostname)
+            for name in self.served:
+                bk.unbeat(self.store.redis, name, self.hostname)
         logging.shutdown()
         os._exit(70)
 
@@ -248,16 +297,26 @@ class Runtime:
         self.stop_heartbeat()
         if self.engine is not None:
             self.engine.stop()
-        if self.progress is not None:
-            self.progress.stop()
+        for writer in self.writers.values():
+            writer.stop()
 
 
 _RUNTIME: Runtime | None = None
 
 
-def build(settings: Settings, model_name: str, *, hostname: str | None = None) -> Runtime:
+def build(
+    settings: Settings,
+    model_name: str,
+    *,
+    hostname: str | None = None,
+    models: tuple[str, ...] = (),
+    wanted: tuple[str, ...] = (),
+) -> Runtime:
+    """The worker's runtime: ``model_name`` first, then the other ``models`` it serves;
+    ``wanted``: those it holds and consumes at start (default: the first)."""
     global _RUNTIME
     registry = Registry.from_settings(settings)
+    names = dict.fromkeys((model_name, *models))
     _RUNTIME = Runtime(
         settings=settings,
         registry=registry,
@@ -265,8 +324,29 @@ def build(settings: Settings, model_name: str, *, hostname: str | None = None) -
         hostname=hostname or socket.gethostname(),
         store=JobStore.for_settings(settings),
         storage=Storage(settings),
+        served={name: registry[name] for name in names},
+        wanted=list(wanted or (model_name,)),
     )
     return _RUNTIME
+
+
+def build_resident(runtime: Runtime) -> Any:
+    """The memory budget of a worker serving several models, from its settings and its
+    device, with its load and eviction metrics."""
+    from pipelines.devices import model_budget
+    from pipelines.resident import Resident
+
+    settings = runtime.settings
+    return Resident(
+        runtime.served,
+        load=runtime.load,
+        budget=model_budget(settings, max_resident=runtime.max_resident),
+        device=settings.device,
+        models_dir=settings.models_dir,
+        load_delay_s=settings.load_delay_s,
+        on_load=runtime.loaded,
+        on_evict=metrics.model_evicted,
+    )
 
 
 def current() -> Runtime | None:
