@@ -42,6 +42,13 @@ def make_trace(
     return [Arrival(i, m, i / rate) for i, m in enumerate(picks)]
 
 
+def burst(models: Iterable[str], *, each: int) -> list[Arrival]:
+    """``each`` jobs of every model, all due at once (seeds from 10**6 on, apart from any
+    trace's): a warm-up, so that no timed run pays a fresh process's first calls."""
+    jobs = [m for m in models for _ in range(each)]
+    return [Arrival(10**6 + i, m, 0.0) for i, m in enumerate(jobs)]
+
+
 def shares(trace: Sequence[Arrival], *, rate: float) -> dict[str, list[Arrival]]:
     """Each model's jobs alone, in trace order and re-timed at the same ``rate`` from 0:
     what one single-model worker per model, one after another, is given."""

@@ -16,6 +16,7 @@ from bench.multiplex_trace import (
     Done,
     Outcome,
     belady_loads,
+    burst,
     make_trace,
     per_model,
     ratio_rows,
@@ -67,6 +68,12 @@ def test_a_models_share_keeps_its_jobs_in_order_retimed_at_the_same_rate() -> No
         "a": [Arrival(0, "a", 0.0), Arrival(2, "a", 0.5), Arrival(3, "a", 1.0)],
         "b": [Arrival(1, "b", 0.0)],
     }
+
+
+def test_a_warm_up_burst_is_due_at_once_with_seeds_apart_from_the_trace() -> None:
+    jobs = burst(["a", "b"], each=2)
+    assert [(a.model, a.at_s) for a in jobs] == [("a", 0.0), ("a", 0.0), ("b", 0.0), ("b", 0.0)]
+    assert min(a.index for a in jobs) >= 10**6
 
 
 def test_belady_gives_the_textbook_count_cold_loads_included() -> None:
