@@ -5,20 +5,23 @@
 
 Four models (``mx-a`` … ``mx-d``, all the ``sd-mini`` stand-in, in a models.yaml this
 bench writes) get one skewed trace: each job's model drawn from a Zipf law (s 1.1,
-``mx-a`` the most popular), submitted at a fixed rate. The baseline runs each model's
-share of it (re-timed at the same rate) through its own ``kiln worker --model M``,
-one share after another on the same cores (the four start together; three idle). Each case runs the whole trace through one
-``kiln worker --models mx-a,mx-b,mx-c,mx-d --max-resident R``: all four resident,
-room for two, and room for two with ``KILN_LOAD_DELAY_S`` added to every load.
+``mx-a`` the most popular), submitted at a fixed rate (by default about 2.5× what one
+worker serves on 2 cores, so every design runs flat out). The baseline runs each
+model's share of it (re-timed at the same rate) through its own ``kiln worker --model
+M``, one share after another on the same cores (the four start together; three idle).
+Each case runs the whole trace through one ``kiln worker --models mx-a,mx-b,mx-c,mx-d
+--max-resident R``: all four resident, room for two, and room for two with
+``KILN_LOAD_DELAY_S`` added to every load.
 
-Both designs start with their first models loaded: a design's time runs from its first
-planned submit to its last job's end, and the baseline's is the sum over its workers
-(so its model switches cost it nothing, and a load delay changes nothing for it: one
-baseline run serves every case). Latency runs from a job's planned submit to its end
-(``completed_at`` in its record, the same clock). Kiln's loads and evictions are the
-multiplexed worker's own counters, its loads at start included; the optimum is
-Belady's for the trace with that room, cold loads included. Prints jobs/s, p50/p99
-per model, loads, evictions and the ratios; asserts none.
+Every worker is warmed up, its first models loaded, before it is timed. A design's
+time runs from its first planned submit to its last job's end; the baseline's is the
+sum over its shares, so its model switches cost it nothing, and one baseline run
+serves every case (a ``--model`` worker loads before its share and applies no load
+delay). Latency runs from a job's planned submit to its end (``completed_at`` in its
+record, the same clock). Kiln's loads and evictions are the multiplexed worker's own
+counters, its loads at start included; the optimum is Belady's for the trace with that
+room, cold loads included. Prints jobs/s, p50/p99 per model, loads, evictions and the
+ratios; asserts none.
 """
 
 from __future__ import annotations
@@ -192,9 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--zipf", type=float, default=1.1)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument(
-        "--load-delay", type=float, default=2.0, help="KILN_LOAD_DELAY_S of the delayed cases"
-    )
+    ap.add_argument("--load-delay", type=float, default=2.0, help="its KILN_LOAD_DELAY_S")
     ap.add_argument("--torch-threads", type=int, default=1, help="every worker (0: torch's)")
     args = ap.parse_args(argv)
     jobs = 60 if args.quick else args.jobs
