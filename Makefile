@@ -58,7 +58,7 @@ typecheck: $(STAMP)
 check: lint typecheck test
 
 bench: $(STAMP)
-	for b in batching overhead baseline api startup compile; do $(BIN)/python -m bench.$$b || exit 1; done
+	for b in batching overhead baseline api startup compile multiplex; do $(BIN)/python -m bench.$$b || exit 1; done
 	$(BIN)/python -m bench.gpu
 	$(BIN)/python -m bench.plots
 
