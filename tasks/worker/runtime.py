@@ -15,6 +15,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -151,7 +152,7 @@ class Runtime:
             models_dir=settings.models_dir,
             device=settings.device,
             cpu_dtype=settings.cpu_dtype,
-            load=lambda: self.load(model),
+            load=lambda: self.load(model, delay_s=settings.load_delay_s),
             on_batch=self.on_batch,
             resident=resident,
             initial=tuple(self.wanted),
@@ -160,12 +161,15 @@ class Runtime:
         self.engine.start()
         self.engine.wait_ready(timeout)
 
-    def load(self, model: Model) -> Any:
-        """On the engine thread: torch's threads, the load and the warm-up all there."""
+    def load(self, model: Model, *, delay_s: float = 0.0) -> Any:
+        """On the engine thread: torch's threads, the load and the warm-up all there
+        (``delay_s``: ``KILN_LOAD_DELAY_S`` for a one-model worker; a worker serving
+        several has its resident set add it to every load)."""
         from pipelines.compiling import compiled_graphs
         from pipelines.devices import dtype_name
         from pipelines.loader import load_model, set_torch_threads, warm_up
 
+        time.sleep(delay_s)
         settings = self.settings
         set_torch_threads(settings.torch_threads)
         loaded = load_model(
