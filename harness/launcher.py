@@ -51,6 +51,7 @@ WEB = (
     "limits",
     "marshmallow",
     "celery",
+    "celery.bin.celery",  # what ``worker_main`` runs: its CLI and the plugins it loads
     "celery.worker",
     "celery.apps.worker",
     "celery.concurrency.thread",
@@ -98,6 +99,10 @@ LAZY = {
         "T5TokenizerFast",
     ),
 }
+# Caches the libraries build on first use, in every process alike (nothing read from the
+# environment): transformers compiles about a thousand regular expressions for its
+# checkpoint key renames the first time any model loads.
+WARM = {"worker": (("transformers.conversion_mapping", "get_checkpoint_conversion_mapping"),)}
 SCRIPTS = ("kiln", "gunicorn", "celery")
 # Read by no preloaded library at import: Kiln's settings, pytest's note of the current
 # test, prometheus_client's directory (never preloaded) and the directory torch's compiler
@@ -231,6 +236,8 @@ def preload(flavor: str) -> None:
         for package, names in LAZY.items():
             for attr in names:
                 getattr(import_module(package), attr)
+    for module, function in WARM.get(flavor, ()):
+        getattr(import_module(module), function)("")
 
 
 def serve(flavor: str, directory: Path) -> tuple[dict[str, Any], socket.socket]:
