@@ -14,8 +14,10 @@ libraries once, then forks on request. The child becomes the program:
 
 Only libraries that read nothing from the environment at import time are preloaded
 (``prometheus_client``, which reads its multiprocess directory then, is left to the
-child), and a launcher serves only requests whose environment matches its own in all
-that its libraries may read at import (everything but ``UNREAD``). The worker launcher
+child), with what they build once and keep (``WARM``: files read, tables compiled), and
+a launcher serves only requests whose environment matches its own in all that its
+libraries may read (everything but ``UNREAD``). Where the environment says not to write
+bytecode, the children share theirs in the launcher's folder (gone with it). The worker launcher
 is kept apart from the web one, so an API process never holds torch. ``Stack.spawn``
 falls back to a plain ``exec`` for any other program or environment.
 
@@ -99,10 +101,33 @@ LAZY = {
         "T5TokenizerFast",
     ),
 }
-# Caches the libraries build on first use, in every process alike (nothing read from the
-# environment): transformers compiles about a thousand regular expressions for its
-# checkpoint key renames the first time any model loads.
-WARM = {"worker": (("transformers.conversion_mapping", "get_checkpoint_conversion_mapping"),)}
+
+
+def _s3_data() -> None:
+    """boto3's default session with the S3 client's data files read (its service model,
+    endpoint rules, partitions): a client made with it connects to nothing."""
+    import boto3
+
+    boto3.client(
+        "s3",
+        region_name="us-east-1",
+        endpoint_url="http://127.0.0.1:9",
+        aws_access_key_id="warm",
+        aws_secret_access_key="warm-up",
+    )
+
+
+def _checkpoint_renames() -> None:
+    """transformers' table of checkpoint key renames (about a thousand regular
+    expressions), built the first time any model loads."""
+    from transformers.conversion_mapping import get_checkpoint_conversion_mapping
+
+    get_checkpoint_conversion_mapping("")
+
+
+# What the libraries build on first use and then keep for the process, the same in every
+# process of a launcher's environment: done once, before the forks.
+WARM = {"web": (_s3_data,), "worker": (_s3_data, _checkpoint_renames)}
 SCRIPTS = ("kiln", "gunicorn", "celery")
 # Read by no preloaded library at import: Kiln's settings, pytest's note of the current
 # test, prometheus_client's directory (never preloaded) and the directory torch's compiler
@@ -236,8 +261,8 @@ def preload(flavor: str) -> None:
         for package, names in LAZY.items():
             for attr in names:
                 getattr(import_module(package), attr)
-    for module, function in WARM.get(flavor, ()):
-        getattr(import_module(module), function)("")
+    for warm in WARM[flavor]:
+        warm()
 
 
 def serve(flavor: str, directory: Path) -> tuple[dict[str, Any], socket.socket]:
@@ -246,6 +271,10 @@ def serve(flavor: str, directory: Path) -> tuple[dict[str, Any], socket.socket]:
     preload(flavor)
     if len(os.listdir("/proc/self/task")) != 1:
         raise SystemExit("the preloaded libraries started a thread; forking would be unsafe")
+    if sys.dont_write_bytecode:  # PYTHONDONTWRITEBYTECODE: Kiln's modules were compiled
+        # by every child; the children share their bytecode here instead, gone with this.
+        sys.pycache_prefix = str(directory / "pycache")
+        sys.dont_write_bytecode = False
     parent = os.getppid()
     listener = socket.socket(socket.AF_UNIX)
     listener.bind(str(directory / "sock.tmp"))
