@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import gc
 import json
 import os
 import select
@@ -46,6 +47,26 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
+# The commands of celery's command line, which ``worker_main`` runs (not
+# ``celery.bin.celery`` itself: it loads Flower's plugin, and so prometheus_client).
+CELERY_COMMANDS = (
+    "amqp",
+    "base",
+    "beat",
+    "call",
+    "control",
+    "events",
+    "graph",
+    "list",
+    "logtool",
+    "migrate",
+    "multi",
+    "purge",
+    "result",
+    "shell",
+    "upgrade",
+    "worker",
+)
 WEB = (
     "flask",
     "flask_smorest",
@@ -53,7 +74,7 @@ WEB = (
     "limits",
     "marshmallow",
     "celery",
-    "celery.bin.celery",  # what ``worker_main`` runs: its CLI and the plugins it loads
+    *(f"celery.bin.{command}" for command in CELERY_COMMANDS),
     "celery.worker",
     "celery.apps.worker",
     "celery.concurrency.thread",
@@ -150,9 +171,16 @@ def base_env(env: Mapping[str, str]) -> dict[str, str]:
 
 
 def launch(
-    argv: list[str], *, env: Mapping[str, str], cwd: Path, log: Path, netns: str = ""
+    argv: list[str],
+    *,
+    env: Mapping[str, str],
+    cwd: Path,
+    log: Path,
+    err: Path | None = None,
+    netns: str = "",
 ) -> LaunchedProcess | None:
-    """A ``LaunchedProcess`` running ``argv``, or None where a plain exec must start it."""
+    """A ``LaunchedProcess`` running ``argv`` (its stdout, and its stderr unless ``err``
+    is given, to ``log``), or None where a plain exec must start it."""
     script = Path(argv[0])
     if not _enabled or script.name not in SCRIPTS or script.parent != Path(sys.executable).parent:
         return None
@@ -163,7 +191,7 @@ def launch(
             launcher = _launchers[flavor] = Launcher(flavor, base_env(env), cwd=cwd)
     if launcher.env != base_env(env):
         return None
-    return launcher.start(argv, env=env, cwd=cwd, log=log, netns=netns)
+    return launcher.start(argv, env=env, cwd=cwd, log=log, err=err, netns=netns)
 
 
 class Launcher:
@@ -190,9 +218,23 @@ class Launcher:
         return self.popen.poll() is None
 
     def start(
-        self, argv: list[str], *, env: Mapping[str, str], cwd: Path, log: Path, netns: str = ""
+        self,
+        argv: list[str],
+        *,
+        env: Mapping[str, str],
+        cwd: Path,
+        log: Path,
+        err: Path | None = None,
+        netns: str = "",
     ) -> LaunchedProcess:
-        spec = {"argv": argv, "env": dict(env), "cwd": str(cwd), "log": str(log), "netns": netns}
+        spec = {
+            "argv": argv,
+            "env": dict(env),
+            "cwd": str(cwd),
+            "log": str(log),
+            "err": str(err or log),
+            "netns": netns,
+        }
         deadline = time.monotonic() + 120  # the first request waits for the imports
         while True:
             try:
@@ -271,10 +313,15 @@ def serve(flavor: str, directory: Path) -> tuple[dict[str, Any], socket.socket]:
     preload(flavor)
     if len(os.listdir("/proc/self/task")) != 1:
         raise SystemExit("the preloaded libraries started a thread; forking would be unsafe")
+    if "prometheus_client" in sys.modules:
+        raise SystemExit("prometheus_client was preloaded: its children would miss its directory")
     if sys.dont_write_bytecode:  # PYTHONDONTWRITEBYTECODE: Kiln's modules were compiled
         # by every child; the children share their bytecode here instead, gone with this.
         sys.pycache_prefix = str(directory / "pycache")
         sys.dont_write_bytecode = False
+    # The preloaded objects live as long as each child: outside the collector's sweeps,
+    # which would otherwise walk (and copy, page by page) all of them in every child.
+    gc.freeze()
     parent = os.getppid()
     listener = socket.socket(socket.AF_UNIX)
     listener.bind(str(directory / "sock.tmp"))
@@ -320,13 +367,13 @@ def become(spec: dict[str, Any], conn: socket.socket) -> None:
     os.chdir(spec["cwd"])
     os.environ.clear()
     os.environ.update(spec["env"])
-    log = os.open(spec["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
-    os.dup2(log, 1)
-    os.dup2(log, 2)
-    os.close(log)
     os.close(null)
+    for fd, path in ((1, spec["log"]), (2, spec["err"])):
+        out = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(out, fd)
+        os.close(out)
     sys.argv = list(spec["argv"])
     sys.path[0] = str(Path(sys.argv[0]).parent)  # as for a script run directly
     (entry,) = entry_points(group="console_scripts", name=Path(sys.argv[0]).name)
