@@ -25,6 +25,30 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 # Workers, APIs and webhooks workers start as forks of processes that imported their
 # libraries once (harness.launcher): a fresh interpreter's imports cost more than most tests.
 launcher.enable()
+_run_launchers: list[Path] = []  # under xdist, in the controller: the folder its workers share
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node) -> None:  # xdist, in the controller, for each worker
+    """The xdist workers of one run share their launchers (one preload of each flavor,
+    not one per worker), which end with this process."""
+    import tempfile
+
+    if not _run_launchers:
+        _run_launchers.append(Path(tempfile.mkdtemp(prefix="kiln-launchers-")))
+    node.workerinput["kiln_launchers"] = str(_run_launchers[0])
+    node.workerinput["kiln_launchers_owner"] = os.getpid()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    shared = getattr(config, "workerinput", {}).get("kiln_launchers")
+    if shared:
+        launcher.share(Path(shared), owner=int(config.workerinput["kiln_launchers_owner"]))
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    for directory in _run_launchers:
+        launcher.close_shared(directory)
 
 
 @pytest.fixture(scope="session")
