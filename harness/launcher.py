@@ -48,10 +48,19 @@ from pathlib import Path
 from harness.launcher_server import running
 
 SCRIPTS = ("kiln", "gunicorn", "celery")
+FLAVORS = ("worker", "web")  # ``kiln worker``, and every other program
 # Read by no preloaded library at import: Kiln's settings, pytest's note of the current
-# test, prometheus_client's directory (never preloaded) and the directory torch's compiler
-# sets in the test process's own environment once a test compiles (read when compiling).
-UNREAD = ("KILN_", "PYTEST_", "PROMETHEUS_MULTIPROC_DIR", "TORCHINDUCTOR_CACHE_DIR")
+# test, prometheus_client's directory (never preloaded), the directory torch's compiler
+# sets in the test process's own environment once a test compiles (read when compiling)
+# and the terminal size xdist gives its workers (read when printing).
+UNREAD = (
+    "KILN_",
+    "PYTEST_",
+    "PROMETHEUS_MULTIPROC_DIR",
+    "TORCHINDUCTOR_CACHE_DIR",
+    "COLUMNS",
+    "LINES",
+)
 _enabled = False
 _shared: tuple[Path, int] | None = None  # the folder of a run's launchers, and its owner
 _launchers: dict[str, Launcher] = {}
@@ -69,6 +78,15 @@ def share(directory: Path, *, owner: int) -> None:
     needs one first and ended when ``owner`` (the process that ends the run) is gone."""
     global _shared
     _shared = (directory, owner)
+
+
+def prestart(env: Mapping[str, str], *, cwd: Path) -> None:
+    """Start the launchers of every flavor for ``env`` now (their imports take seconds),
+    where ``launch`` would start them on first use."""
+    with _lock:
+        for flavor in FLAVORS:
+            if flavor not in _launchers:
+                _launchers[flavor] = _launcher(flavor, base_env(env), cwd)
 
 
 def close_shared(directory: Path) -> None:
