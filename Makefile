@@ -36,10 +36,11 @@ stunnel:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq stunnel4; \
 	  else echo "install Debian's stunnel4 for the TLS tests" >&2; fi; }
 
-# One pytest process per core and one more (the fault tests spend much of their time
-# waiting out real timeouts, which leaves a core idle), a test module each at a time, in
-# the order tests/conftest.py gives (longest first; xdist's own order is by test count).
-TEST_PROCS ?= $(shell echo $$(( $$(nproc) + 1 )))
+# One pytest process per core and two more (the fault and host tests spend much of their
+# time waiting out real timeouts, which leaves cores idle; the processes share their
+# launchers, so one more costs little), a test module each at a time, in the order
+# tests/conftest.py gives (longest first; xdist's own order is by test count).
+TEST_PROCS ?= $(shell echo $$(( $$(nproc) + 2 )))
 test: $(STAMP) chromium stunnel
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

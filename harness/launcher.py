@@ -14,22 +14,26 @@ libraries once, then forks on request. The child becomes the program:
 
 Only libraries that read nothing from the environment at import time are preloaded
 (``prometheus_client``, which reads its multiprocess directory then, is left to the
-child), and a launcher serves only requests whose environment matches its own in all
-that its libraries may read at import (everything but ``UNREAD``). The worker launcher
+child), with what they build once and keep (``WARM``: files read, tables compiled), and
+a launcher serves only requests whose environment matches its own in all that its
+libraries may read (everything but ``UNREAD``). Where the environment says not to write
+bytecode, the children share theirs in the launcher's folder (gone with it). The worker launcher
 is kept apart from the web one, so an API process never holds torch. ``Stack.spawn``
 falls back to a plain ``exec`` for any other program or environment.
 
-Used by the test suite (``tests/conftest.py`` calls ``enable``); the benchmarks measure
-real starts and never use it.
+Used by the test suite (``tests/conftest.py`` calls ``enable``; under xdist its worker
+processes ``share`` one launcher of each flavor, started by whichever needs it first and
+ended with the run); the benchmarks measure real starts and never use it. The server
+side is ``harness.launcher_server``.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import fcntl
 import json
 import os
-import select
 import shutil
 import signal
 import socket
@@ -39,71 +43,26 @@ import tempfile
 import threading
 import time
 from collections.abc import Mapping
-from importlib import import_module
-from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any
 
-WEB = (
-    "flask",
-    "flask_smorest",
-    "flask_limiter",
-    "limits",
-    "marshmallow",
-    "celery",
-    "celery.worker",
-    "celery.apps.worker",
-    "celery.concurrency.thread",
-    "kombu.transport.redis",
-    "redis",
-    "valkey",
-    "boto3",
-    "botocore.client",
-    "requests",
-    "click",
-    "yaml",
-    "PIL.Image",
-    "gunicorn.app.wsgiapp",
-    "gunicorn.arbiter",
-    "gunicorn.workers.gthread",
-)
-WORKER = (
-    *WEB,
-    "torch",
-    "diffusers",
-    "transformers",
-    "accelerate",
-    "peft",
-    "safetensors.torch",
-)
-# Pipeline and model classes that diffusers and transformers import lazily, on first use.
-LAZY = {
-    "diffusers": (
-        "StableDiffusionPipeline",
-        "StableDiffusionImg2ImgPipeline",
-        "StableDiffusionInpaintPipeline",
-        "StableDiffusionXLPipeline",
-        "StableDiffusionXLImg2ImgPipeline",
-        "StableDiffusionXLInpaintPipeline",
-        "FluxPipeline",
-        "FluxImg2ImgPipeline",
-        "FluxInpaintPipeline",
-        "AutoencoderKL",
-    ),
-    "transformers": (
-        "CLIPTextModel",
-        "CLIPTextModelWithProjection",
-        "CLIPTokenizer",
-        "T5EncoderModel",
-        "T5TokenizerFast",
-    ),
-}
+from harness.launcher_server import running
+
 SCRIPTS = ("kiln", "gunicorn", "celery")
+FLAVORS = ("worker", "web")  # ``kiln worker``, and every other program
 # Read by no preloaded library at import: Kiln's settings, pytest's note of the current
-# test, prometheus_client's directory (never preloaded) and the directory torch's compiler
-# sets in the test process's own environment once a test compiles (read when compiling).
-UNREAD = ("KILN_", "PYTEST_", "PROMETHEUS_MULTIPROC_DIR", "TORCHINDUCTOR_CACHE_DIR")
+# test, prometheus_client's directory (never preloaded), the directory torch's compiler
+# sets in the test process's own environment once a test compiles (read when compiling)
+# and the terminal size xdist gives its workers (read when printing).
+UNREAD = (
+    "KILN_",
+    "PYTEST_",
+    "PROMETHEUS_MULTIPROC_DIR",
+    "TORCHINDUCTOR_CACHE_DIR",
+    "COLUMNS",
+    "LINES",
+)
 _enabled = False
+_shared: tuple[Path, int] | None = None  # the folder of a run's launchers, and its owner
 _launchers: dict[str, Launcher] = {}
 _lock = threading.Lock()
 
@@ -114,15 +73,46 @@ def enable() -> None:
     _enabled = True
 
 
+def share(directory: Path, *, owner: int) -> None:
+    """Use the launchers in ``directory``, started there by whichever process of a run
+    needs one first and ended when ``owner`` (the process that ends the run) is gone."""
+    global _shared
+    _shared = (directory, owner)
+
+
+def prestart(env: Mapping[str, str], *, cwd: Path) -> None:
+    """Start the launchers of every flavor for ``env`` now (their imports take seconds),
+    where ``launch`` would start them on first use."""
+    with _lock:
+        for flavor in FLAVORS:
+            if flavor not in _launchers:
+                _launchers[flavor] = _launcher(flavor, base_env(env), cwd)
+
+
+def close_shared(directory: Path) -> None:
+    """End the launchers in ``directory`` and remove it (the run's owner, at its end)."""
+    for info in directory.glob("*/launcher.json"):
+        with contextlib.suppress(ValueError, ProcessLookupError):
+            os.kill(int(json.loads(info.read_text())["pid"]), signal.SIGKILL)
+    shutil.rmtree(directory, ignore_errors=True)
+
+
 def base_env(env: Mapping[str, str]) -> dict[str, str]:
     """What a launcher's libraries may have read at import time."""
     return {k: v for k, v in env.items() if not k.startswith(UNREAD)}
 
 
 def launch(
-    argv: list[str], *, env: Mapping[str, str], cwd: Path, log: Path, netns: str = ""
+    argv: list[str],
+    *,
+    env: Mapping[str, str],
+    cwd: Path,
+    log: Path,
+    err: Path | None = None,
+    netns: str = "",
 ) -> LaunchedProcess | None:
-    """A ``LaunchedProcess`` running ``argv``, or None where a plain exec must start it."""
+    """A ``LaunchedProcess`` running ``argv`` (its stdout, and its stderr unless ``err``
+    is given, to ``log``), or None where a plain exec must start it."""
     script = Path(argv[0])
     if not _enabled or script.name not in SCRIPTS or script.parent != Path(sys.executable).parent:
         return None
@@ -130,39 +120,100 @@ def launch(
     with _lock:
         launcher = _launchers.get(flavor)
         if launcher is None or not launcher.alive():
-            launcher = _launchers[flavor] = Launcher(flavor, base_env(env), cwd=cwd)
+            launcher = _launchers[flavor] = _launcher(flavor, base_env(env), cwd)
     if launcher.env != base_env(env):
         return None
-    return launcher.start(argv, env=env, cwd=cwd, log=log, netns=netns)
+    return launcher.start(argv, env=env, cwd=cwd, log=log, err=err, netns=netns)
+
+
+def _launcher(flavor: str, env: dict[str, str], cwd: Path) -> Launcher:
+    """This process's own launcher, or the run's (found, else started) when shared."""
+    if _shared is None:
+        launcher = Launcher.start_server(flavor, env, cwd=cwd)
+        atexit.register(launcher.close)
+        return launcher
+    root, owner = _shared
+    with (root / f"{flavor}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one start among the run's processes
+        found = Launcher.found(root / flavor)
+        if found is not None and found.alive():
+            return found
+        return Launcher.start_server(flavor, env, cwd=cwd, directory=root / flavor, owner=owner)
 
 
 class Launcher:
-    """One launcher server (a subprocess of this process) and the status files of its
-    children: ``<pid>`` holds the exit code, as ``Popen.returncode`` spells it."""
+    """One launcher server and the status files of its children: ``<pid>`` holds the
+    exit code, as ``Popen.returncode`` spells it; ``launcher.json`` its pid and the
+    environment it preloaded in."""
 
-    def __init__(self, flavor: str, env: dict[str, str], *, cwd: Path) -> None:
-        self.env = env
-        self.dir = Path(tempfile.mkdtemp(prefix=f"kiln-launcher-{flavor}-"))
-        self.sock = str(self.dir / "sock")
-        self._log = (self.dir / "launcher.log").open("ab")
-        self.popen = subprocess.Popen(
-            [sys.executable, "-u", "-m", "harness.launcher", flavor, str(self.dir)],
-            cwd=cwd,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        atexit.register(self.close)
+    def __init__(self, directory: Path, pid: int, env: dict[str, str]) -> None:
+        self.dir, self.pid, self.env = directory, pid, env
+        self.sock = str(directory / "sock")
+        self.popen: subprocess.Popen | None = None  # when this process started it
+
+    @classmethod
+    def start_server(
+        cls,
+        flavor: str,
+        env: dict[str, str],
+        *,
+        cwd: Path,
+        directory: Path | None = None,
+        owner: int | None = None,
+    ) -> Launcher:
+        """A new server in ``directory`` (a fresh temporary one by default) that ends when
+        ``owner`` (this process by default) is gone."""
+        directory = directory or Path(tempfile.mkdtemp(prefix=f"kiln-launcher-{flavor}-"))
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "sock").unlink(missing_ok=True)  # a former server's
+        argv = ["-m", "harness.launcher_server", flavor, str(directory), str(owner or os.getpid())]
+        with (directory / "launcher.log").open("ab") as log:
+            popen = subprocess.Popen(
+                [sys.executable, "-u", *argv],
+                cwd=cwd,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        info = directory / "launcher.json.tmp"
+        info.write_text(json.dumps({"pid": popen.pid, "env": env}))
+        info.rename(directory / "launcher.json")
+        launcher = cls(directory, popen.pid, env)
+        launcher.popen = popen
+        return launcher
+
+    @classmethod
+    def found(cls, directory: Path) -> Launcher | None:
+        """The server another process started in ``directory``, if any."""
+        try:
+            info = json.loads((directory / "launcher.json").read_text())
+        except FileNotFoundError:
+            return None
+        return cls(directory, int(info["pid"]), info["env"])
 
     def alive(self) -> bool:
-        return self.popen.poll() is None
+        return self.popen.poll() is None if self.popen else running(self.pid)
 
     def start(
-        self, argv: list[str], *, env: Mapping[str, str], cwd: Path, log: Path, netns: str = ""
+        self,
+        argv: list[str],
+        *,
+        env: Mapping[str, str],
+        cwd: Path,
+        log: Path,
+        err: Path | None = None,
+        netns: str = "",
     ) -> LaunchedProcess:
-        spec = {"argv": argv, "env": dict(env), "cwd": str(cwd), "log": str(log), "netns": netns}
+        spec = {
+            "argv": argv,
+            "env": dict(env),
+            "cwd": str(cwd),
+            "log": str(log),
+            "err": str(err or log),
+            "netns": netns,
+        }
         deadline = time.monotonic() + 120  # the first request waits for the imports
         while True:
             try:
@@ -183,10 +234,10 @@ class Launcher:
 
     def close(self) -> None:
         with contextlib.suppress(ProcessLookupError):
-            self.popen.kill()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.popen.wait(5)
-        self._log.close()
+            os.kill(self.pid, signal.SIGKILL)
+        if self.popen is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.popen.wait(5)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -221,83 +272,3 @@ class LaunchedProcess:
 
     def kill(self) -> None:
         self.send_signal(signal.SIGKILL)
-
-
-# -- the server side --------------------------------------------------------------------
-def preload(flavor: str) -> None:
-    for name in WORKER if flavor == "worker" else WEB:
-        import_module(name)
-    if flavor == "worker":
-        for package, names in LAZY.items():
-            for attr in names:
-                getattr(import_module(package), attr)
-
-
-def serve(flavor: str, directory: Path) -> tuple[dict[str, Any], socket.socket]:
-    """Preload, then fork one child per request; returns only in a child, with its spec and
-    the connection it answers on once it is set up (as ``Popen`` returns after the exec)."""
-    preload(flavor)
-    if len(os.listdir("/proc/self/task")) != 1:
-        raise SystemExit("the preloaded libraries started a thread; forking would be unsafe")
-    parent = os.getppid()
-    listener = socket.socket(socket.AF_UNIX)
-    listener.bind(str(directory / "sock.tmp"))
-    listener.listen(64)
-    os.rename(directory / "sock.tmp", directory / "sock")
-    while os.getppid() == parent:
-        reap(directory)
-        ready, _, _ = select.select([listener], [], [], 0.05)
-        if not ready:
-            continue
-        conn, _ = listener.accept()
-        spec = json.loads(conn.makefile().readline())
-        if os.fork() == 0:
-            listener.close()
-            return spec, conn
-        conn.close()
-    raise SystemExit(0)  # the test process is gone
-
-
-def reap(directory: Path) -> None:
-    while True:
-        try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
-        code = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
-        tmp = directory / f"{pid}.tmp"
-        tmp.write_text(str(code))
-        tmp.rename(directory / str(pid))
-
-
-def become(spec: dict[str, Any], conn: socket.socket) -> None:
-    """In the child: the network namespace (``netns``, as ``ip netns exec`` enters it),
-    session, directory, environment, log and argv of the program; then the answer (its
-    pid); then its console-script entry point, as its own script would run it."""
-    if spec.get("netns"):
-        from harness.netns import enter
-
-        enter(spec["netns"])
-    os.setsid()
-    os.chdir(spec["cwd"])
-    os.environ.clear()
-    os.environ.update(spec["env"])
-    log = os.open(spec["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    null = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(null, 0)
-    os.dup2(log, 1)
-    os.dup2(log, 2)
-    os.close(log)
-    os.close(null)
-    sys.argv = list(spec["argv"])
-    sys.path[0] = str(Path(sys.argv[0]).parent)  # as for a script run directly
-    (entry,) = entry_points(group="console_scripts", name=Path(sys.argv[0]).name)
-    with conn:
-        conn.sendall(json.dumps({"pid": os.getpid()}).encode() + b"\n")
-    sys.exit(entry.load()())
-
-
-if __name__ == "__main__":
-    become(*serve(sys.argv[1], Path(sys.argv[2])))

@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -70,9 +71,23 @@ def process_env() -> dict[str, str]:
 def run_kiln(
     *args: str, env: Mapping[str, str], timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:
-    """``kiln ARGS`` run to its end as a person runs it: no input, output read as text."""
+    """``kiln ARGS`` run to its end as a person runs it: no input, output read as text.
+    In the stacks' environment, a launcher's child (``harness.launcher``) runs it."""
+    argv = [str(BIN / "kiln"), *args]
+    if launcher.base_env(env) == launcher.base_env(process_env()):
+        with tempfile.TemporaryDirectory(prefix="kiln-run-") as tmp:
+            out, err = Path(tmp) / "stdout", Path(tmp) / "stderr"
+            proc = launcher.launch(argv, env=env, cwd=ROOT, log=out, err=err)
+            if proc is not None:
+                try:
+                    code = proc.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(10)
+                    raise
+                return subprocess.CompletedProcess(argv, code, out.read_text(), err.read_text())
     return subprocess.run(
-        [str(BIN / "kiln"), *args],
+        argv,
         env=dict(env),
         cwd=ROOT,
         stdin=subprocess.DEVNULL,

@@ -16,7 +16,7 @@ import pytest
 
 from harness import launcher
 from harness.http import KilnHTTP
-from harness.stack import Stack, free_port
+from harness.stack import ROOT, Stack, free_port, process_env
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # The suite's workers share two cores with each other and with pytest: one OpenMP thread
@@ -25,6 +25,32 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 # Workers, APIs and webhooks workers start as forks of processes that imported their
 # libraries once (harness.launcher): a fresh interpreter's imports cost more than most tests.
 launcher.enable()
+_run_launchers: list[Path] = []  # under xdist, in the controller: the folder its workers share
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node) -> None:  # xdist, in the controller, for each worker
+    """The xdist workers of one run share their launchers (one preload of each flavor,
+    not one per worker), which end with this process."""
+    import tempfile
+
+    if not _run_launchers:  # started now, their imports overlap the workers' collection
+        _run_launchers.append(Path(tempfile.mkdtemp(prefix="kiln-launchers-")))
+        launcher.share(_run_launchers[0], owner=os.getpid())
+        launcher.prestart(process_env(), cwd=ROOT)
+    node.workerinput["kiln_launchers"] = str(_run_launchers[0])
+    node.workerinput["kiln_launchers_owner"] = os.getpid()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    shared = getattr(config, "workerinput", {}).get("kiln_launchers")
+    if shared:
+        launcher.share(Path(shared), owner=int(config.workerinput["kiln_launchers_owner"]))
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    for directory in _run_launchers:
+        launcher.close_shared(directory)
 
 
 @pytest.fixture(scope="session")
@@ -70,17 +96,17 @@ SERVER_FIXTURES = {"servers", "stack", "api", "redis_url"}
 LONGEST_FIRST = (
     "test_faults",
     "test_hosts",
+    "test_gpu_proof",
     "test_families",
+    "test_readme",
+    "test_web_page",
     "test_security",
+    "test_batching",
     "test_reliability",
     "test_compile",
-    "test_gpu_proof",
-    "test_web_page",
-    "test_batching",
-    "test_readme",
+    "test_crash",
     "test_single_file",
     "test_cli",
-    "test_crash",
     "test_fuzz",
 )
 

@@ -16,5 +16,6 @@
 - ``storage``: object storage (S3)
 - ``urlsafety`` and ``egress``: which webhook and input URLs may be called, and the
   one client that calls them
+- ``sending``: the one way a ``kiln.generate`` message is sent (broker only)
 - ``celery_door``: ``send_generate`` for Python services that install Kiln
 """

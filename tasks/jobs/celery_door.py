@@ -20,9 +20,8 @@ from typing import Any
 
 from celery.result import AsyncResult
 
-from tasks.jobs.records import kwargs_repr
+from tasks.jobs.sending import send_generate_message
 from tasks.messaging.app import get_celery
-from tasks.messaging.names import GENERATE, route_task
 
 CONTRACT_VERSION = 1
 
@@ -39,6 +38,4 @@ def send_generate(*, app: Any = None, **job: Any) -> AsyncResult:
     app = app or get_celery()
     params = load_job(job, Registry.from_settings(get_settings()))
     kwargs = {k: v for k, v in params.items() if v is not None}
-    # ``app`` may be the caller's own Celery app, without Kiln's routes: route explicitly.
-    route = route_task(GENERATE, (), kwargs, {})
-    return app.send_task(GENERATE, kwargs=kwargs, kwargsrepr=kwargs_repr(kwargs), **route)
+    return send_generate_message(app, kwargs)  # ``app`` may be the caller's own

@@ -37,14 +37,15 @@ from tasks.jobs import bookkeeping as bk
 from tasks.jobs.ends import end_job
 from tasks.jobs.fleet import Fleet
 from tasks.jobs.inputs import FetchSlots, Inputs
-from tasks.jobs.records import JobRecord, kwargs_repr, new_job_id
+from tasks.jobs.records import JobRecord, new_job_id
 from tasks.jobs.request import Accepted, JobRequest
 from tasks.jobs.schema import check_image_size, load_job, validate_job
+from tasks.jobs.sending import send_generate_message
 from tasks.jobs.storage import Storage
 from tasks.jobs.store import TERMINAL, JobStore
 from tasks.jobs.urlsafety import check_job_webhook
 from tasks.messaging.app import make_celery
-from tasks.messaging.names import GENERATE, queue_for
+from tasks.messaging.names import queue_for
 
 log = logging.getLogger("kiln.jobs")
 
@@ -229,11 +230,9 @@ class JobService:
         if outcome == "exists":
             raise Conflict(f"job id {job_id!r} is taken", fields={"job_id": ["taken"]})
         try:
-            kwargs = job.to_task_kwargs()
-            self.celery.send_task(
-                GENERATE,
-                kwargs=kwargs,
-                kwargsrepr=kwargs_repr(kwargs),
+            send_generate_message(
+                self.celery,
+                job.to_task_kwargs(),
                 task_id=job_id,
                 ignore_result=True,  # the job store has the outcome: no result subscription
             )

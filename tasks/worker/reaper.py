@@ -34,9 +34,10 @@ from typing import Any
 
 from config.settings import is_redis_url
 from tasks.jobs import bookkeeping as bk
-from tasks.jobs.records import kwargs_repr, task_kwargs_from_record
+from tasks.jobs.records import task_kwargs_from_record
+from tasks.jobs.sending import send_generate_message
 from tasks.messaging.lost import unheard
-from tasks.messaging.names import DELIVER_WEBHOOK, GENERATE, queue_for
+from tasks.messaging.names import DELIVER_WEBHOOK, queue_for
 from tasks.worker.runtime import HEARTBEAT_TTL_S, Runtime
 
 log = logging.getLogger("kiln.reaper")
@@ -128,9 +129,8 @@ class Reaper:
 
     def send_again(self, record: dict[str, Any]) -> None:
         """A fresh ``kiln.generate`` message for a recorded job (same id, same seeds)."""
-        kwargs: dict[str, Any] = task_kwargs_from_record(record)
-        self.runtime.celery.send_task(
-            GENERATE, kwargs=kwargs, kwargsrepr=kwargs_repr(kwargs), task_id=record["id"]
+        send_generate_message(
+            self.runtime.celery, task_kwargs_from_record(record), task_id=record["id"]
         )
 
     def resend(self, model: str, job_id: str, dead_worker: str) -> bool:

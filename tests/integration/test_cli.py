@@ -47,6 +47,9 @@ def job_id_of(proc: subprocess.Popen) -> str:
 
 # A job long enough on the tiny model to be interrupted while it runs.
 LONG = ("--width", "128", "--height", "128", "--steps", "150")
+# A job left running by Ctrl-C runs to its end: long enough (a second or more) that the
+# interrupt comes while the command still waits, no longer.
+LEFT = "20"
 
 
 @pytest.mark.parametrize(
@@ -71,7 +74,7 @@ def test_sigint_cancels_the_job_without_asking(
 
 
 def test_sigint_with_detach_leaves_the_job_running(stack: Stack, api: KilnHTTP) -> None:
-    proc = started(stack, "--detach", "--steps", "60", env={"CI": "true"})
+    proc = started(stack, "--detach", "--steps", LEFT, env={"CI": "true"})
     job_id = job_id_of(proc)
     proc.send_signal(signal.SIGINT)
     try:
@@ -87,7 +90,7 @@ def test_sigint_at_a_terminal_asks_once(stack: Stack, api: KilnHTTP) -> None:
     """At a terminal (stdin a tty, CI unset), Ctrl-C asks; "n" leaves the job running."""
     master, terminal = pty.openpty()
     proc = subprocess.Popen(
-        [KILN, "generate", "a red fox", "--steps", "60", "--url", stack.api_url],
+        [KILN, "generate", "a red fox", "--steps", LEFT, "--url", stack.api_url],
         env={**stack.env, "CI": ""},
         stdin=terminal,
         stdout=subprocess.PIPE,
