@@ -13,12 +13,12 @@ Each case runs the whole trace through one ``kiln worker --models mx-a,mx-b,mx-c
 --max-resident R``: all four resident, room for two, and room for two with
 ``KILN_LOAD_DELAY_S`` added to every load.
 
-Every worker is warmed up, its first models loaded, before it is timed. A design's
-time runs from its first planned submit to its last job's end; the baseline's is the
-sum over its shares, so its model switches cost it nothing, and one baseline run
-serves every case (a ``--model`` worker loads before its share, any load delay
-included, before the clock starts). Latency runs from a job's planned submit to its
-end (``completed_at`` in its record, the same clock). Kiln's loads and evictions are the multiplexed worker's own
+Every worker is warmed up, its first models loaded, before it is timed. A design's time
+runs from its first planned submit to its last job's end; the baseline's is the sum over
+its shares, so its model switches cost it nothing, and one baseline run serves every
+case (a ``--model`` worker loads before its share, any load delay included, before the
+clock starts). Latency runs from a job's planned submit to its end (``completed_at`` in
+its record, the same clock). Kiln's loads and evictions are the multiplexed worker's own
 counters, its loads at start included; the optimum is Belady's for the trace with that
 room, cold loads included. Prints jobs/s, p50/p99 per model, loads, evictions and the
 ratios; asserts none.
