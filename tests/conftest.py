@@ -162,3 +162,11 @@ def stack(servers: Stack, tiny_models_dir: Path) -> Stack:
 @pytest.fixture(scope="session")
 def api(stack: Stack) -> KilnHTTP:
     return KilnHTTP(stack.api_url)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """What the process holds once the tests are collected (torch and the rest, all of
+    it kept to the end) leaves the collector's sweeps, which walk it again and again."""
+    import gc
+
+    gc.freeze()
