@@ -17,7 +17,7 @@ import click
 from config.errors import CheckpointError, ModelConfigError, UnknownFamily
 from config.models import DTYPES, dropin_path, load_models, write_dropin
 from config.settings import Settings, get_settings
-from pipelines.checkpoints import disk_bytes
+from pipelines.checkpoints import disk_bytes, weights_path
 
 FAMILY_ALIASES = {"flux": None}  # "flux": schnell or dev, as the file's keys say
 
@@ -166,14 +166,13 @@ def local_rows(settings: Settings) -> list[dict[str, Any]]:
     memory = in_memory(settings, list(registry))
     for m in registry.values():
         s = m.spec
+        where = weights_path(s, settings.models_dir)
         if s.tiny:
-            where: Path | None = Path(settings.models_dir) / s.tiny
             source = f"tiny:{s.tiny}"
         elif s.random_init:
-            where, source = None, f"random_init:{s.random_init}"
+            source = f"random_init:{s.random_init}"
         else:
             source = s.source.replace("{models_dir}", str(settings.models_dir))
-            where = Path(source).expanduser()
         size = disk_bytes(where) if where is not None else None
         rows.append(
             {

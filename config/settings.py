@@ -111,7 +111,7 @@ class Settings:
     model_headroom_mb: int = 0  # 0: a fifth of the device's memory, at least 2 GiB
     host_cache_mb: int = 0
     max_swap_wait_s: float = 10.0
-    load_delay_s: float = 0.0  # added to every model load: rehearses real swap times
+    load_delay_s: float = 0.0  # added to every load from disk: rehearses real load times
     idempotency_ttl_s: int = 24 * 3600
     sse_max_s: int = 900  # one event stream stays open at most this long
     # Requests that hold a gunicorn thread for long, per API process (32 threads): keep

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from config.errors import CheckpointError
+from config.models import ModelSpec
 
 SUFFIX = ".safetensors"
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
@@ -194,3 +195,14 @@ def disk_bytes(path: Path) -> int | None:
     if path.is_dir():
         return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
     return None
+
+
+def weights_path(spec: ModelSpec, models_dir: Path) -> Path | None:
+    """Where on this disk an entry's weights are: its tiny stand-in's folder, or its
+    source (``{models_dir}`` filled in; a hub id names no local path that exists); None
+    for random weights, built on the device."""
+    if spec.random_init:
+        return None
+    if spec.tiny:
+        return Path(models_dir) / spec.tiny
+    return Path(spec.source.replace("{models_dir}", str(models_dir))).expanduser()

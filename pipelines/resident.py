@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from config.errors import ModelUnavailable, OutOfMemory
-from pipelines.checkpoints import disk_bytes
+from pipelines.checkpoints import disk_bytes, weights_path
 from pipelines.registry import Model
 
 log = logging.getLogger("kiln.resident")
@@ -35,16 +35,6 @@ class Budget:
     device_bytes: int | None = None
     max_resident: int | None = None
     host_bytes: int = 0
-
-    def describe(self) -> str:
-        parts = []
-        if self.device_bytes is not None:
-            parts.append(f"{self.device_bytes / MiB:.0f} MiB")
-        if self.max_resident is not None:
-            parts.append(f"at most {self.max_resident} model(s)")
-        if self.host_bytes:
-            parts.append(f"host cache {self.host_bytes / MiB:.0f} MiB")
-        return ", ".join(parts) or "no limit"
 
 
 @dataclass(frozen=True)
@@ -85,7 +75,6 @@ class Resident:
         budget: Budget,
         device: str,
         models_dir: Path,
-        load_delay_s: float = 0.0,
         on_load: Callable[[Loaded], None] | None = None,
         on_evict: Callable[[str], None] | None = None,
     ) -> None:
@@ -93,7 +82,6 @@ class Resident:
         self.budget = budget
         self.device = device
         self.models_dir = Path(models_dir)
-        self.load_delay_s = load_delay_s
         self.on_load = on_load
         self.on_evict = on_evict
         self._load = load
@@ -122,22 +110,16 @@ class Resident:
         """Device bytes of a model: measured once loaded, else its weights' bytes on disk."""
         if name in self.sizes:
             return self.sizes[name]
-        spec = self.models[name].spec
-        if spec.random_init:
-            return 0
-        where = self.models_dir / spec.tiny if spec.tiny else Path(self._source(name))
-        return disk_bytes(where) or 0
-
-    def _source(self, name: str) -> str:
-        source = self.models[name].spec.source.replace("{models_dir}", str(self.models_dir))
-        return str(Path(source).expanduser())
+        where = weights_path(self.models[name].spec, self.models_dir)
+        return (disk_bytes(where) if where is not None else None) or 0
 
     def _fingerprint(self, name: str) -> Any:
+        where = weights_path(self.models[name].spec, self.models_dir)
         try:
-            st = Path(self._source(name)).stat()
+            st = where.stat() if where is not None else None
         except OSError:
             return None
-        return (st.st_mtime_ns, st.st_size)
+        return None if st is None else (st.st_mtime_ns, st.st_size)
 
     # -- on the engine thread -----------------------------------------------------
     def get(self, name: str) -> tuple[Any, float]:
@@ -199,8 +181,6 @@ class Resident:
         raise OutOfMemory(f"model {name} does not fit in device memory, even alone")
 
     def _bring_once(self, name: str, cached: Any) -> tuple[Any, str]:
-        if self.load_delay_s:
-            time.sleep(self.load_delay_s)
         if cached is not None:
             loaded, source = cached, "host"
             loaded.pipe.to(self.device)

@@ -53,25 +53,6 @@ def check_device(settings: Settings, model: str, gpu: int | None) -> str:
     return device
 
 
-def first_held(settings: Settings, models: tuple[str, ...], max_resident: int | None) -> int:
-    """How many of ``models`` (in order) a worker loads at start: as many as its budget
-    holds (``max_resident``, and the device bytes by their size on disk)."""
-    from pipelines.devices import model_budget
-    from pipelines.registry import Registry
-    from pipelines.resident import Resident
-
-    registry = Registry.from_settings(settings)
-    budget = model_budget(settings, max_resident=max_resident)
-    probe = Resident(
-        {m: registry[m] for m in models},
-        load=lambda _m: None,
-        budget=budget,
-        device=settings.device,
-        models_dir=settings.models_dir,
-    )
-    return probe.capacity()
-
-
 def run_worker(
     model: str,
     *,
@@ -95,13 +76,12 @@ def run_worker(
         device = check_device(settings, each, gpu)
     settings = replace(settings, device=device)
     name = worker_name("+".join(served), gpu)
-    held = served[: first_held(settings, served, max_resident)] if several else (model,)
-    runtime = rt.build(settings, model, hostname=name, models=served, wanted=held)
-    runtime.max_resident = max_resident
+    runtime = rt.build(settings, model, hostname=name, models=models, max_resident=max_resident)
+    held = runtime.wanted
 
     metrics.serve(metrics_port)
     t0 = time.perf_counter()
-    runtime.start_engine(several=several)
+    runtime.start_engine()
     load_s = time.perf_counter() - t0
     if not several:
         metrics.MODEL_LOAD.labels(model).set(load_s)

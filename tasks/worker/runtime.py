@@ -69,7 +69,6 @@ class Runtime:
     dtypes: dict[str, str] = field(default_factory=dict)  # what the engine really runs
     jobs: dict[str, JobState] = field(default_factory=dict)  # the jobs this process runs
     lock: threading.Lock = field(default_factory=threading.Lock)  # guards ``jobs``
-    max_resident: int | None = None
     _service: Any = None
     _seen: dict[str, dict[str, int]] = field(default_factory=dict)  # per model, at last batch
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -80,15 +79,6 @@ class Runtime:
     def __post_init__(self) -> None:
         self.served = self.served or {self.model.name: self.model}
         self.wanted = self.wanted or [self.model.name]
-
-    @property
-    def progress(self) -> ProgressWriter | None:
-        """The progress writer of its first model."""
-        return self.writers.get(self.model.name)
-
-    @property
-    def dtype(self) -> str:
-        return self.dtypes.get(self.model.name, "")
 
     def serves(self, name: str) -> Model | None:
         return self.served.get(name)
@@ -135,9 +125,9 @@ class Runtime:
                 state.stop()
             return state is not None
 
-    def start_engine(self, *, timeout: float | None = None, several: bool = False) -> None:
-        """Start the engine thread and wait for its first models to load and warm up.
-        ``several``: serve ``served`` through a memory budget (``kiln worker --models``)."""
+    def start_engine(self, *, timeout: float | None = None) -> None:
+        """Start the engine thread and wait for its first models to load and warm up
+        (those ``wanted``, through ``resident`` when it serves several)."""
         from pipelines.engine import Engine  # torch is imported only here, in workers
 
         for name in self.served:
@@ -145,32 +135,30 @@ class Runtime:
                 self.store, model=name, worker=self.hostname
             ).start()
         settings = self.settings
-        resident = self.resident = build_resident(self) if several else None
         model = self.model
         self.engine = Engine(
             model,
             models_dir=settings.models_dir,
             device=settings.device,
             cpu_dtype=settings.cpu_dtype,
-            load=lambda: self.load(model, delay_s=settings.load_delay_s),
+            load=lambda: self.load(model),
             on_batch=self.on_batch,
-            resident=resident,
+            resident=self.resident,
             initial=tuple(self.wanted),
             max_swap_wait_s=settings.max_swap_wait_s,
         )
         self.engine.start()
         self.engine.wait_ready(timeout)
 
-    def load(self, model: Model, *, delay_s: float = 0.0) -> Any:
+    def load(self, model: Model) -> Any:
         """On the engine thread: torch's threads, the load and the warm-up all there
-        (``delay_s``: ``KILN_LOAD_DELAY_S`` for a one-model worker; a worker serving
-        several has its resident set add it to every load)."""
+        (after ``KILN_LOAD_DELAY_S``, which rehearses real load times)."""
         from pipelines.compiling import compiled_graphs
         from pipelines.devices import dtype_name
         from pipelines.loader import load_model, set_torch_threads, warm_up
 
-        time.sleep(delay_s)
         settings = self.settings
+        time.sleep(settings.load_delay_s)
         set_torch_threads(settings.torch_threads)
         loaded = load_model(
             model,
@@ -316,10 +304,11 @@ def build(
     *,
     hostname: str | None = None,
     models: tuple[str, ...] = (),
-    wanted: tuple[str, ...] = (),
+    max_resident: int | None = None,
 ) -> Runtime:
-    """The worker's runtime: ``model_name`` first, then the other ``models`` it serves;
-    ``wanted``: those it holds and consumes at start (default: the first)."""
+    """The worker's runtime: ``model_name`` first, then the other ``models`` it serves
+    (given any, through a memory budget: it holds and consumes at start as many of them,
+    in order, as the budget fits; otherwise ``model_name`` alone)."""
     global _RUNTIME
     registry = Registry.from_settings(settings)
     names = dict.fromkeys((model_name, *models))
@@ -331,12 +320,15 @@ def build(
         store=JobStore.for_settings(settings),
         storage=Storage(settings),
         served={name: registry[name] for name in names},
-        wanted=list(wanted or (model_name,)),
     )
+    if models:
+        _RUNTIME.resident = resident = build_resident(_RUNTIME, max_resident=max_resident)
+        _RUNTIME.wanted = list(_RUNTIME.served)[: resident.capacity()]
+        resident.wanted = frozenset(_RUNTIME.wanted)
     return _RUNTIME
 
 
-def build_resident(runtime: Runtime) -> Any:
+def build_resident(runtime: Runtime, *, max_resident: int | None) -> Any:
     """The memory budget of a worker serving several models, from its settings and its
     device, with its load and eviction metrics."""
     from pipelines.devices import model_budget
@@ -346,10 +338,9 @@ def build_resident(runtime: Runtime) -> Any:
     return Resident(
         runtime.served,
         load=runtime.load,
-        budget=model_budget(settings, max_resident=runtime.max_resident),
+        budget=model_budget(settings, max_resident=max_resident),
         device=settings.device,
         models_dir=settings.models_dir,
-        load_delay_s=settings.load_delay_s,
         on_load=runtime.loaded,
         on_evict=metrics.model_evicted,
     )

@@ -91,7 +91,6 @@ class Swapper:
         self.runtime = runtime
         self.tick_s = tick_s
         self._stop = threading.Event()
-        self.swaps = 0
 
     def start(self) -> threading.Thread:
         thread = threading.Thread(target=self._run, name="kiln-swapper", daemon=True)
@@ -129,9 +128,7 @@ class Swapper:
         demand = self.demand()
         for model in [m for m in rt.wanted if m in resident.failed and len(rt.wanted) > 1]:
             if demand[model].waiting == 0:  # its jobs have failed: stop taking its queue
-                rt.consumer.cancel_task_queue(queue_for(model))
-                rt.wanted = [m for m in rt.wanted if m != model]
-                resident.wanted = frozenset(rt.wanted)
+                self._give_up(model)
         swap = plan(
             list(rt.wanted),
             demand,
@@ -147,13 +144,10 @@ class Swapper:
     def apply(self, swap: Swap) -> None:
         rt = self.runtime
         if swap.drop is not None:
-            rt.consumer.cancel_task_queue(queue_for(swap.drop))
-            bk.give_up_model(rt.store.redis, swap.drop, rt.hostname)
-        rt.wanted = [m for m in rt.wanted if m != swap.drop] + [swap.take]
-        rt.resident.wanted = frozenset(rt.wanted)
+            self._give_up(swap.drop)
+        self._want([*rt.wanted, swap.take])
         rt.consumer.add_task_queue(queue_for(swap.take))
         rt.beat()  # the fleet sees the change now, not at the next heartbeat
-        self.swaps += 1
         log.info(
             "takes in %s%s: %s",
             swap.take,
@@ -161,3 +155,15 @@ class Swapper:
             swap.why,
             extra={"model": swap.take, "worker": rt.hostname},
         )
+
+    def _give_up(self, model: str) -> None:
+        """Stop consuming ``model``'s queue and free this worker's claim on it."""
+        rt = self.runtime
+        rt.consumer.cancel_task_queue(queue_for(model))
+        bk.give_up_model(rt.store.redis, model, rt.hostname)
+        self._want([m for m in rt.wanted if m != model])
+
+    def _want(self, models: list[str]) -> None:
+        """The models it consumes now: the resident set evicts the others first."""
+        self.runtime.wanted = models
+        self.runtime.resident.wanted = frozenset(models)
